@@ -1,0 +1,224 @@
+//! The crate's error type.
+
+use std::time::Duration;
+
+/// Everything that can go wrong when taking, extending or releasing a lock.
+///
+/// The variants separate three situations a caller handles differently:
+///
+/// * the lock is busy: [`Error::NotObtained`] (the wait budget ran out while
+///   someone else held the lock);
+/// * the lock is gone: [`Error::NotHeld`] (it expired or was taken over, so
+///   the work it protected may have overlapped with another holder);
+/// * Redis could not be asked: [`Error::Unavailable`] and [`Error::Timeout`]
+///   (transient: [`Error::is_transient`] is `true`), or it refused the
+///   command ([`Error::WrongType`], [`Error::Redis`]).
+///
+/// Bad arguments are caught before anything is sent: [`Error::InvalidKey`],
+/// [`Error::InvalidTtl`], [`Error::Config`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lock was held by someone else for the whole wait budget (attempts
+    /// of the retry strategy, or the acquire timeout).
+    #[error(
+        "lock `{key}` was not obtained after {attempts} attempt(s) in {waited:?}: another holder kept it; \
+         retry later or give the acquisition a longer retry strategy or timeout"
+    )]
+    NotObtained {
+        /// The key that was asked for.
+        key: String,
+        /// How many acquisition attempts were sent.
+        attempts: u32,
+        /// How long the call waited in all.
+        waited: Duration,
+    },
+
+    /// The lock is no longer held by this guard: its lease expired or another
+    /// client replaced it. Nothing that belongs to another holder was touched.
+    #[error(
+        "lock `{key}` is no longer held (its lease expired or another client took it over); \
+         work done under it may have overlapped with another holder"
+    )]
+    NotHeld {
+        /// The lock's key.
+        key: String,
+    },
+
+    /// The key cannot be used as a lock key.
+    #[error("invalid lock key `{key}`: {reason}")]
+    InvalidKey {
+        /// The key as given (cut to its first 64 characters).
+        key: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// The lease duration cannot be used.
+    #[error("invalid lock TTL {ttl:?} for `{key}`: {reason}")]
+    InvalidTtl {
+        /// The key the TTL was given for (empty when given to the builder).
+        key: String,
+        /// The TTL as given.
+        ttl: Duration,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// Redis did not answer within the command timeout. The command may or may
+    /// not have run; an acquisition that ends this way schedules a release of
+    /// its own token, so nothing stays locked beyond that.
+    #[error(
+        "Redis did not answer within {after:?}{}; check that the server is reachable \
+         and not overloaded, or raise the command timeout",
+        for_lock(.key)
+    )]
+    Timeout {
+        /// The lock's key.
+        key: String,
+        /// The command timeout that elapsed.
+        after: Duration,
+    },
+
+    /// Redis could not be reached (connection refused, reset or closed).
+    /// Transient: the same call may succeed once the connection is back.
+    #[error("Redis is unavailable{}: {source}; check the connection and retry", for_lock(.key))]
+    Unavailable {
+        /// The lock's key (empty when connecting).
+        key: String,
+        /// The client's error.
+        #[source]
+        source: fred::error::Error,
+    },
+
+    /// The key exists but holds a value of another type (a list, a hash, ...),
+    /// so it is not a lock: it was left untouched.
+    #[error(
+        "key `{key}` holds a value that is not a lock (WRONGTYPE); it was left untouched: \
+         pick a key that is used only for locking, or a key prefix"
+    )]
+    WrongType {
+        /// The lock's key.
+        key: String,
+        /// The server's error.
+        #[source]
+        source: fred::error::Error,
+    },
+
+    /// Redis refused the command (authentication, out of memory, read-only
+    /// replica, ...). Not transient: the server needs attention.
+    #[error("Redis refused the command{}: {source}", for_lock(.key))]
+    Redis {
+        /// The lock's key.
+        key: String,
+        /// The server's error.
+        #[source]
+        source: fred::error::Error,
+    },
+
+    /// The configuration cannot work (a malformed URL, a retry strategy
+    /// without attempts, a zero command timeout, ...).
+    #[error("invalid configuration: {message}")]
+    Config {
+        /// What is wrong and how to fix it.
+        message: String,
+        /// The client's error, where it reported one.
+        #[source]
+        source: Option<fred::error::Error>,
+    },
+
+    /// [`DistributedMutex::shutdown`](crate::DistributedMutex::shutdown) was
+    /// called: the mutex takes no new locks.
+    #[error("lock `{key}` was refused: the mutex has been shut down; create a new one to take locks")]
+    Shutdown {
+        /// The key that was asked for.
+        key: String,
+    },
+}
+
+impl Error {
+    /// `true` for errors that say nothing about the lock itself, only that
+    /// Redis could not be asked right now ([`Error::Unavailable`],
+    /// [`Error::Timeout`]); the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Timeout { .. })
+    }
+
+    /// The lock key this error is about, where there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Error::NotObtained { key, .. }
+            | Error::NotHeld { key }
+            | Error::InvalidKey { key, .. }
+            | Error::Timeout { key, .. }
+            | Error::Unavailable { key, .. }
+            | Error::WrongType { key, .. }
+            | Error::Redis { key, .. }
+            | Error::Shutdown { key } => Some(key),
+            Error::InvalidTtl { key, .. } => (!key.is_empty()).then_some(key.as_str()),
+            Error::Config { .. } => None,
+        }
+    }
+
+    /// Names `key` in the error (scripts report the prefixed Redis key).
+    pub(crate) fn set_key(&mut self, new: &str) {
+        match self {
+            Error::NotObtained { key, .. }
+            | Error::NotHeld { key }
+            | Error::InvalidKey { key, .. }
+            | Error::InvalidTtl { key, .. }
+            | Error::Timeout { key, .. }
+            | Error::Unavailable { key, .. }
+            | Error::WrongType { key, .. }
+            | Error::Redis { key, .. }
+            | Error::Shutdown { key } => new.clone_into(key),
+            Error::Config { .. } => {}
+        }
+    }
+
+    /// Sorts an error from the fred client into the variant a caller can act on.
+    pub(crate) fn from_redis(key: &str, source: fred::error::Error) -> Self {
+        use fred::error::ErrorKind;
+        let key = key.to_owned();
+        let details = source.details();
+        if details.starts_with("WRONGTYPE") || details.contains(" WRONGTYPE ") {
+            return Error::WrongType { key, source };
+        }
+        match source.kind() {
+            ErrorKind::IO
+            | ErrorKind::Canceled
+            | ErrorKind::Routing
+            | ErrorKind::Cluster
+            | ErrorKind::Backpressure
+            | ErrorKind::Sentinel => Error::Unavailable { key, source },
+            ErrorKind::Timeout => Error::Unavailable { key, source },
+            ErrorKind::Config | ErrorKind::Url => Error::Config {
+                message: format!("the Redis client is misconfigured ({})", source.details()),
+                source: Some(source),
+            },
+            // LOADING and TRYAGAIN are transient server states.
+            _ if details.starts_with("LOADING") || details.starts_with("TRYAGAIN") => {
+                Error::Unavailable { key, source }
+            }
+            _ => Error::Redis { key, source },
+        }
+    }
+}
+
+/// " for lock `key`", or nothing when the error is not about one key.
+fn for_lock(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" for lock `{key}`")
+    }
+}
+
+/// Cuts a key for display in an error message.
+pub(crate) fn display_key(key: &str) -> String {
+    const MAX: usize = 64;
+    match key.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &key[..i]),
+        None => key.to_owned(),
+    }
+}

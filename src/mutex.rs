@@ -1,0 +1,619 @@
+//! [`DistributedMutex`], its builder, and the acquisition loop.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::clients::Client;
+use fred::interfaces::ClientLike;
+
+use crate::error::display_key;
+use crate::release::ReleaseQueue;
+use crate::scripts::{self, Acquired};
+use crate::{Error, LockGuard, RetryStrategy};
+
+/// The lease a lock gets unless told otherwise: one minute.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// How long one command to Redis may take unless told otherwise: two seconds.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest key accepted, in bytes (not counting the mutex's key prefix).
+///
+/// Redis would take keys up to 512 MB, but a lock key is sent with every
+/// command, stored for the whole lease and printed in every log line and
+/// error; 4 KiB leaves room for keys built from URLs or paths while catching
+/// a key built from a request body by mistake.
+pub const MAX_KEY_LEN: usize = 4096;
+/// The longest key prefix accepted, in bytes.
+pub const MAX_PREFIX_LEN: usize = 1024;
+/// The shortest lease accepted: one millisecond (Redis counts in milliseconds).
+pub const MIN_TTL: Duration = Duration::from_millis(1);
+/// The longest lease accepted: 365 days. Longer is almost always a unit
+/// mistake (seconds given as milliseconds); a lock that must outlive a year
+/// is not a lease.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// A lock service over one Redis connection: many keys, many tasks, many
+/// processes.
+///
+/// Cheap to clone (clones share the connection and the release worker), and
+/// `Send + Sync`. Each lock is a Redis key holding a random token, set with
+/// `SET key token NX PX ttl` and released with a token-checked delete, so it
+/// interoperates with bsm/redislock, redis-py's `Lock` and other clients of
+/// that protocol on the same key.
+///
+/// ```no_run
+/// use distributed_mutex::DistributedMutex;
+///
+/// # async fn demo() -> Result<(), distributed_mutex::Error> {
+/// let mutex = DistributedMutex::connect("redis://127.0.0.1:6379").await?;
+/// {
+///     let _guard = mutex.lock("tenant:42:settings").await?;
+///     // only one holder in the whole fleet runs this at a time
+/// } // dropped: released
+/// mutex.shutdown().await; // wait for releases still in flight
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct DistributedMutex {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) ttl: Duration,
+    pub(crate) retry: RetryStrategy,
+    pub(crate) prefix: String,
+    pub(crate) command_timeout: Duration,
+    pub(crate) releases: ReleaseQueue,
+    shut_down: AtomicBool,
+}
+
+impl DistributedMutex {
+    /// A mutex over a connected fred client, with the defaults: a TTL of one
+    /// minute, [`RetryStrategy::linear`]`(250 ms, 20)`, no key prefix and a
+    /// command timeout of two seconds.
+    ///
+    /// Give the client a reconnect policy (fred has none by default, and
+    /// without one a command after a dropped connection fails for good), or
+    /// use [`DistributedMutex::connect`], which does.
+    pub fn new(client: Client) -> Self {
+        DistributedMutex::from_parts(
+            client,
+            DEFAULT_TTL,
+            RetryStrategy::default(),
+            String::new(),
+            DEFAULT_COMMAND_TIMEOUT,
+        )
+    }
+
+    /// A builder to change the defaults.
+    ///
+    /// ```no_run
+    /// use distributed_mutex::{DistributedMutex, RetryStrategy};
+    /// use std::time::Duration;
+    ///
+    /// # fn demo(client: fred::clients::Client) -> Result<(), distributed_mutex::Error> {
+    /// let mutex = DistributedMutex::builder(client)
+    ///     .ttl(Duration::from_secs(10))
+    ///     .retry(RetryStrategy::exponential(Duration::from_millis(10), Duration::from_secs(1), 30))
+    ///     .key_prefix("locks:")
+    ///     .command_timeout(Duration::from_millis(500))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(client: Client) -> Builder {
+        Builder {
+            client,
+            ttl: DEFAULT_TTL,
+            retry: RetryStrategy::default(),
+            prefix: String::new(),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
+
+    /// Connects to `url` (`redis://[user:password@]host:port[/db]`, or the
+    /// other URL forms fred accepts) with a client set up the way a lock needs
+    /// it, and returns a mutex with the defaults.
+    ///
+    /// The client reconnects by itself (exponential backoff from 100 ms to
+    /// 2 s, forever), bounds connecting and every command by the command
+    /// timeout, and fails at once if the first connection cannot be made.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed URL or a refused password,
+    /// [`Error::Unavailable`] when the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let client = connect_client(url, DEFAULT_COMMAND_TIMEOUT).await?;
+        Ok(DistributedMutex::new(client))
+    }
+
+    fn from_parts(
+        client: Client,
+        ttl: Duration,
+        retry: RetryStrategy,
+        prefix: String,
+        command_timeout: Duration,
+    ) -> Self {
+        let releases = ReleaseQueue::new(client.clone(), command_timeout);
+        DistributedMutex {
+            inner: Arc::new(Inner {
+                client,
+                ttl,
+                retry,
+                prefix,
+                command_timeout,
+                releases,
+                shut_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The fred client the mutex sends its commands through.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Takes the lock on `key`, waiting per the retry strategy.
+    ///
+    /// Shorthand for `self.acquire(key).await`; see [`DistributedMutex::acquire`]
+    /// for per-call options.
+    ///
+    /// # Errors
+    /// [`Error::NotObtained`] when another holder kept the lock for the whole
+    /// wait; [`Error::Unavailable`]/[`Error::Timeout`] when the last attempt
+    /// could not reach Redis; [`Error::InvalidKey`] for an empty or too long
+    /// key; [`Error::WrongType`] when the key holds something that is not a
+    /// lock; [`Error::Shutdown`] after [`shutdown`](Self::shutdown).
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing locked: if an attempt
+    /// may have set the lock, a release of this acquisition's token is queued.
+    pub async fn lock(&self, key: impl AsRef<str>) -> Result<LockGuard, Error> {
+        self.acquire(key).await
+    }
+
+    /// Makes one attempt at the lock on `key`: `Ok(None)` if someone else
+    /// holds it.
+    ///
+    /// ```no_run
+    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+    /// match mutex.try_lock("cron:nightly-report").await? {
+    ///     Some(_guard) => { /* this replica runs the job */ }
+    ///     None => { /* another replica is running it */ }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock), except that a busy lock is `Ok(None)`.
+    pub async fn try_lock(&self, key: impl AsRef<str>) -> Result<Option<LockGuard>, Error> {
+        match self.acquire(key).retry(RetryStrategy::none()).await {
+            Ok(guard) => Ok(Some(guard)),
+            Err(Error::NotObtained { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An acquisition of `key` with per-call options; `.await` it.
+    ///
+    /// ```no_run
+    /// use distributed_mutex::RetryStrategy;
+    /// use std::time::Duration;
+    ///
+    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+    /// let guard = mutex
+    ///     .acquire("invoice:2026-11")
+    ///     .ttl(Duration::from_secs(30))
+    ///     .retry(RetryStrategy::linear(Duration::from_millis(50), 100))
+    ///     .timeout(Duration::from_secs(2))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn acquire(&self, key: impl AsRef<str>) -> Acquire {
+        Acquire {
+            inner: Arc::clone(&self.inner),
+            key: key.as_ref().to_owned(),
+            ttl: None,
+            retry: None,
+            timeout: None,
+        }
+    }
+
+    /// Waits for the releases still queued by dropped guards, then refuses
+    /// new locks with [`Error::Shutdown`].
+    ///
+    /// Guards still alive keep working and are still released when dropped.
+    pub async fn shutdown(&self) {
+        self.inner.shut_down.store(true, Ordering::SeqCst);
+        self.inner.releases.flush().await;
+    }
+}
+
+impl fmt::Debug for DistributedMutex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DistributedMutex")
+            .field("ttl", &self.inner.ttl)
+            .field("retry", &self.inner.retry)
+            .field("prefix", &self.inner.prefix)
+            .field("command_timeout", &self.inner.command_timeout)
+            .field("shut_down", &self.inner.shut_down.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`DistributedMutex`] with other settings than the defaults.
+/// Made by [`DistributedMutex::builder`].
+#[derive(Debug)]
+#[must_use = "call .build() to get the mutex"]
+pub struct Builder {
+    client: Client,
+    ttl: Duration,
+    retry: RetryStrategy,
+    prefix: String,
+    command_timeout: Duration,
+}
+
+impl Builder {
+    /// The lease of every lock (default one minute), between [`MIN_TTL`] and
+    /// [`MAX_TTL`]; whole milliseconds (a fraction is dropped).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long `lock` waits for a busy lock (default `linear(250 ms, 20)`).
+    pub fn retry(mut self, retry: RetryStrategy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// A prefix put before every key in Redis (default none), e.g. `"locks:"`.
+    ///
+    /// Without a prefix the Redis key is the caller's key, so that other
+    /// lock clients (bsm/redislock, redis-py's `Lock`) on the same key exclude
+    /// this one and the reverse; a prefix keeps lock keys apart from data.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The longest one command to Redis may take (default two seconds). A
+    /// call that runs out of it fails with [`Error::Timeout`].
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and builds the mutex.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTtl`] for a TTL out of range; [`Error::Config`] for a
+    /// retry strategy without attempts, a zero command timeout or a prefix
+    /// longer than [`MAX_PREFIX_LEN`].
+    pub fn build(self) -> Result<DistributedMutex, Error> {
+        let ttl = Duration::from_millis(ttl_millis("", self.ttl)?);
+        self.retry.validate()?;
+        if self.command_timeout.is_zero() {
+            return Err(Error::Config {
+                message: "the command timeout is zero, so every command would time out; give it \
+                          at least a few milliseconds"
+                    .into(),
+                source: None,
+            });
+        }
+        if self.prefix.len() > MAX_PREFIX_LEN {
+            return Err(Error::Config {
+                message: format!(
+                    "the key prefix is {} bytes long; at most {MAX_PREFIX_LEN} are accepted",
+                    self.prefix.len()
+                ),
+                source: None,
+            });
+        }
+        Ok(DistributedMutex::from_parts(
+            self.client,
+            ttl,
+            self.retry,
+            self.prefix,
+            self.command_timeout,
+        ))
+    }
+}
+
+/// One acquisition with per-call options, made by
+/// [`DistributedMutex::acquire`]. `.await` it to get the [`LockGuard`].
+///
+/// The returned future is `Send + 'static`, so it can be spawned.
+#[must_use = "an acquisition does nothing until it is awaited"]
+#[derive(Debug)]
+pub struct Acquire {
+    inner: Arc<Inner>,
+    key: String,
+    ttl: Option<Duration>,
+    retry: Option<RetryStrategy>,
+    timeout: Option<Duration>,
+}
+
+impl Acquire {
+    /// The lease for this lock, instead of the mutex's.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How to wait for this lock, instead of the mutex's retry strategy.
+    pub fn retry(mut self, retry: RetryStrategy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// The longest time to wait for the lock to become free, on top of the
+    /// retry strategy (whichever ends first). At least one attempt is always
+    /// made, so `Duration::ZERO` means "one attempt". An attempt in flight is
+    /// bounded by the command timeout, not by this; for a hard bound on the
+    /// whole call wrap it in `tokio::time::timeout`, which is cancel-safe.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+impl IntoFuture for Acquire {
+    type Output = Result<LockGuard, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'static>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(acquire(self))
+    }
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner").finish_non_exhaustive()
+    }
+}
+
+/// A token that may have been set in Redis and has no guard yet. Dropped
+/// while armed (the acquisition was cancelled or failed with an unknown
+/// outcome), it queues a release of its token.
+struct Pending<'a> {
+    inner: &'a Arc<Inner>,
+    redis_key: String,
+    token: String,
+    armed: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.releases.queue(
+                std::mem::take(&mut self.redis_key),
+                std::mem::take(&mut self.token),
+            );
+        }
+    }
+}
+
+async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
+    let Acquire {
+        inner,
+        key,
+        ttl,
+        retry,
+        timeout,
+    } = req;
+    let ttl_ms = ttl_millis(&key, ttl.unwrap_or(inner.ttl))?;
+    let ttl = Duration::from_millis(ttl_ms);
+    validate_key(&key)?;
+    let retry = retry.unwrap_or(inner.retry);
+    retry.validate()?;
+    if inner.shut_down.load(Ordering::SeqCst) {
+        return Err(Error::Shutdown { key });
+    }
+    let redis_key = if inner.prefix.is_empty() {
+        key.clone()
+    } else {
+        format!("{}{key}", inner.prefix)
+    };
+
+    inner.releases.ensure_started();
+    // A release of this key that this process queued (a guard dropped just
+    // before) goes first, so it does not stand in our own way.
+    inner
+        .releases
+        .settled(&redis_key, inner.command_timeout)
+        .await;
+
+    let mut pending = Pending {
+        inner: &inner,
+        redis_key,
+        token: uuid::Uuid::new_v4().to_string(),
+        armed: false,
+    };
+    let started = Instant::now();
+    let deadline = timeout.map(|t| started + t);
+    let mut attempts = 0u32;
+    // Set once an attempt ended without a definite answer: its SET may still
+    // land, so the token must be released if we give up.
+    let mut uncertain = false;
+    loop {
+        if attempts > 0 && inner.shut_down.load(Ordering::SeqCst) {
+            return Err(Error::Shutdown { key });
+        }
+        attempts += 1;
+        pending.armed = true;
+        let sent_at = Instant::now();
+        let outcome = scripts::acquire(
+            &inner.client,
+            &pending.redis_key,
+            &pending.token,
+            ttl_ms,
+            inner.command_timeout,
+        )
+        .await;
+        let (holder_ttl, last_error) = match outcome {
+            Ok(Acquired::Yes) => {
+                pending.armed = false;
+                tracing::debug!(key = %key, attempts, "lock acquired");
+                let redis_key = std::mem::take(&mut pending.redis_key);
+                let token = std::mem::take(&mut pending.token);
+                return Ok(LockGuard::new(
+                    Arc::clone(&inner),
+                    key,
+                    redis_key,
+                    token,
+                    ttl,
+                    sent_at,
+                ));
+            }
+            Ok(Acquired::No { pttl }) => {
+                pending.armed = uncertain;
+                (pttl, None)
+            }
+            Err(mut e) if e.is_transient() => {
+                uncertain = true;
+                e.set_key(&key);
+                tracing::debug!(key = %key, attempts, error = %e, "lock attempt failed");
+                (None, Some(e))
+            }
+            Err(mut e) => {
+                e.set_key(&key);
+                return Err(e);
+            }
+        };
+
+        let next = retry.delay_after(attempts).and_then(|backoff| {
+            // Never sleep past the moment the holder's lease can end.
+            let mut delay = match holder_ttl {
+                Some(pttl) => backoff.min(pttl + Duration::from_millis(1)),
+                None => backoff,
+            };
+            if let Some(deadline) = deadline {
+                let left = deadline.checked_duration_since(Instant::now())?;
+                if left.is_zero() {
+                    return None;
+                }
+                delay = delay.min(left);
+            }
+            Some(delay)
+        });
+        let Some(delay) = next else {
+            return Err(last_error.unwrap_or_else(|| Error::NotObtained {
+                key,
+                attempts,
+                waited: started.elapsed(),
+            }));
+        };
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Builds a fred client configured for locking and connects it.
+pub(crate) async fn connect_client(url: &str, command_timeout: Duration) -> Result<Client, Error> {
+    use fred::types::config::{Config, ReconnectPolicy};
+    let config = Config::from_url(url).map_err(|source| Error::Config {
+        message: format!(
+            "the Redis URL is malformed ({}); expected redis://[user:password@]host:port[/db]",
+            source.details()
+        ),
+        source: Some(source),
+    })?;
+    let client = fred::types::Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = command_timeout;
+            c.internal_command_timeout = command_timeout;
+        })
+        .with_performance_config(|p| p.default_command_timeout = command_timeout)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build()
+        .map_err(|source| Error::Config {
+            message: format!("the Redis client could not be built ({})", source.details()),
+            source: Some(source),
+        })?;
+    match client.init().await {
+        Ok(_) => Ok(client),
+        Err(source) => {
+            let _ = client.quit().await;
+            Err(match source.kind() {
+                fred::error::ErrorKind::Auth => Error::Config {
+                    message: format!(
+                        "Redis refused the credentials ({}); check the user and password in the URL",
+                        source.details()
+                    ),
+                    source: Some(source),
+                },
+                _ => Error::from_redis("", source),
+            })
+        }
+    }
+}
+
+/// The TTL in whole milliseconds, or `InvalidTtl`.
+pub(crate) fn ttl_millis(key: &str, ttl: Duration) -> Result<u64, Error> {
+    let reason = if ttl < MIN_TTL {
+        "a lock's TTL must be at least 1 ms"
+    } else if ttl > MAX_TTL {
+        "a lock's TTL must be at most 365 days (is it a unit mistake?)"
+    } else {
+        return Ok(ttl.as_millis() as u64);
+    };
+    Err(Error::InvalidTtl {
+        key: display_key(key),
+        ttl,
+        reason,
+    })
+}
+
+/// The drift margin taken off a lease: 1 % of it plus 2 ms, for clock rate
+/// differences between this host and Redis and for timer granularity.
+pub(crate) fn drift(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+fn validate_key(key: &str) -> Result<(), Error> {
+    let reason = if key.is_empty() {
+        "a lock key must not be empty"
+    } else if key.len() > MAX_KEY_LEN {
+        "a lock key must be at most 4096 bytes long"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidKey {
+        key: display_key(key),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_bounds() {
+        assert!(ttl_millis("k", Duration::ZERO).is_err());
+        assert!(ttl_millis("k", Duration::from_micros(999)).is_err());
+        assert_eq!(ttl_millis("k", Duration::from_millis(1)).unwrap(), 1);
+        assert_eq!(ttl_millis("k", Duration::from_micros(1500)).unwrap(), 1);
+        assert_eq!(ttl_millis("k", MAX_TTL).unwrap(), MAX_TTL.as_millis() as u64);
+        assert!(ttl_millis("k", MAX_TTL + Duration::from_millis(1)).is_err());
+        assert!(ttl_millis("k", Duration::MAX).is_err());
+    }
+
+    #[test]
+    fn key_bounds() {
+        assert!(matches!(validate_key(""), Err(Error::InvalidKey { .. })));
+        assert!(validate_key("a").is_ok());
+        assert!(validate_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
+        assert!(validate_key(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
+        assert!(validate_key("spaces {braces}\nnewline ключ 鍵").is_ok());
+    }
+
+    #[test]
+    fn drift_is_one_percent_plus_two_ms() {
+        assert_eq!(drift(Duration::from_secs(60)), Duration::from_millis(602));
+        assert_eq!(drift(Duration::from_millis(1)), Duration::from_micros(2010));
+    }
+}

@@ -1,0 +1,193 @@
+//! The release worker: releases handed over by `Drop`, run in the background.
+//!
+//! `Drop` cannot await, so a dropped guard (or a cancelled acquisition that
+//! may have set its token) sends `(key, token)` down an unbounded channel,
+//! whose `send` is synchronous and never blocks. A worker task, started on the
+//! runtime of the first acquisition, runs the compare-and-delete script for
+//! each, concurrently; failures are logged and left to the lease's expiry.
+//!
+//! The queue also remembers which keys have a release in flight, so that a
+//! task that drops a guard and takes the same key again at once waits for its
+//! own release instead of finding its own old lock in the way.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fred::clients::Client;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinSet;
+
+use crate::scripts;
+
+enum Msg {
+    Release { key: String, token: String },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Keys whose release is queued or running, with a count per key.
+#[derive(Default)]
+struct Pending {
+    keys: Mutex<HashMap<String, usize>>,
+    settled: Notify,
+}
+
+impl Pending {
+    fn keys(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        // A poisoned map is still a valid map: nothing here panics mid-update.
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, key: &str) {
+        *self.keys().entry(key.to_owned()).or_insert(0) += 1;
+    }
+
+    fn done(&self, key: &str) {
+        let mut keys = self.keys();
+        if let Some(n) = keys.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                keys.remove(key);
+            }
+        }
+        drop(keys);
+        self.settled.notify_waiters();
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.keys().contains_key(key)
+    }
+}
+
+/// State the worker needs; taken when it starts.
+struct Dormant {
+    rx: mpsc::UnboundedReceiver<Msg>,
+    client: Client,
+    timeout: Duration,
+}
+
+pub(crate) struct ReleaseQueue {
+    tx: mpsc::UnboundedSender<Msg>,
+    dormant: Mutex<Option<Dormant>>,
+    pending: Arc<Pending>,
+}
+
+impl ReleaseQueue {
+    pub(crate) fn new(client: Client, timeout: Duration) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        ReleaseQueue {
+            tx,
+            dormant: Mutex::new(Some(Dormant {
+                rx,
+                client,
+                timeout,
+            })),
+            pending: Arc::default(),
+        }
+    }
+
+    /// Starts the worker on the current runtime, once. Called from every
+    /// acquisition, which runs inside a runtime.
+    pub(crate) fn ensure_started(&self) {
+        let mut dormant = self.dormant.lock().unwrap_or_else(|e| e.into_inner());
+        if dormant.is_none() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(d) = dormant.take() {
+            handle.spawn(worker(d, Arc::clone(&self.pending)));
+        }
+    }
+
+    /// Hands a release to the worker. Synchronous, never blocks, never panics.
+    pub(crate) fn queue(&self, key: String, token: String) {
+        self.pending.add(&key);
+        if let Err(mpsc::error::SendError(Msg::Release { key, .. })) =
+            self.tx.send(Msg::Release { key, token })
+        {
+            self.pending.done(&key);
+            tracing::warn!(
+                key = %key,
+                "lock release could not be queued (the runtime that ran the release worker has \
+                 stopped); the lock will expire with its TTL"
+            );
+        }
+    }
+
+    /// Waits (at most `limit`) until no release of `key` is in flight.
+    pub(crate) async fn settled(&self, key: &str, limit: Duration) {
+        let wait = async {
+            loop {
+                let notified = self.pending.settled.notified();
+                if !self.pending.contains(key) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+
+    /// Waits until every release queued so far has run.
+    pub(crate) async fn flush(&self) {
+        let started = self
+            .dormant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none();
+        if !started {
+            return;
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done_tx)).is_ok() {
+            let _ = done_rx.await;
+        }
+    }
+}
+
+async fn worker(d: Dormant, pending: Arc<Pending>) {
+    let Dormant {
+        mut rx,
+        client,
+        timeout,
+    } = d;
+    let mut running = JoinSet::new();
+    loop {
+        tokio::select! {
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            msg = rx.recv() => match msg {
+                Some(Msg::Release { key, token }) => {
+                    let client = client.clone();
+                    let pending = Arc::clone(&pending);
+                    running.spawn(async move {
+                        release_one(&client, &key, &token, timeout).await;
+                        pending.done(&key);
+                    });
+                }
+                Some(Msg::Flush(done)) => {
+                    while running.join_next().await.is_some() {}
+                    let _ = done.send(());
+                }
+                None => break,
+            },
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+async fn release_one(client: &Client, key: &str, token: &str, timeout: Duration) {
+    match scripts::release(client, key, token, timeout).await {
+        Ok(true) => tracing::debug!(key = %key, "lock released"),
+        Ok(false) => tracing::debug!(
+            key = %key,
+            "lock was already gone (expired or taken over); nothing released"
+        ),
+        Err(e) => tracing::warn!(
+            key = %key,
+            error = %e,
+            "lock release failed; the lock will expire with its TTL"
+        ),
+    }
+}

@@ -1,0 +1,214 @@
+//! How long to wait between acquisition attempts.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How many times to try for a busy lock, and how long to wait between tries.
+///
+/// Whatever the strategy says, a waiter never sleeps past the moment the
+/// current holder's lease can end: each failed attempt returns the holder's
+/// remaining TTL, and the next attempt comes at the earlier of the two.
+///
+/// ```
+/// use distributed_mutex::RetryStrategy;
+/// use std::time::Duration;
+///
+/// // The default: every 250 ms, 20 attempts in all (about 5 s).
+/// let s = RetryStrategy::linear(Duration::from_millis(250), 20);
+/// assert_eq!(s.max_attempts(), 20);
+/// assert_eq!(s.delay_after(1), Some(Duration::from_millis(250)));
+/// assert_eq!(s.delay_after(20), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryStrategy {
+    kind: Kind,
+    max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    None,
+    Linear(Duration),
+    Exponential { min: Duration, max: Duration },
+}
+
+impl RetryStrategy {
+    /// One attempt, no waiting (what [`try_lock`](crate::DistributedMutex::try_lock) uses).
+    pub const fn none() -> Self {
+        RetryStrategy {
+            kind: Kind::None,
+            max_attempts: 1,
+        }
+    }
+
+    /// Up to `max_attempts` attempts in all, `interval` apart (a constant
+    /// interval, as in bsm/redislock's `LinearBackoff`).
+    ///
+    /// `max_attempts` counts the first attempt: `linear(250 ms, 20)` tries 20
+    /// times and waits at most 19 × 250 ms. A strategy with zero attempts is
+    /// refused with [`Error::Config`](crate::Error::Config) when used.
+    pub const fn linear(interval: Duration, max_attempts: u32) -> Self {
+        RetryStrategy {
+            kind: Kind::Linear(interval),
+            max_attempts,
+        }
+    }
+
+    /// Up to `max_attempts` attempts in all, with delays that double from
+    /// `min` up to `max`, each drawn at random from its upper half (jitter), so
+    /// that waiters that failed together do not retry together.
+    ///
+    /// The n-th delay lies in `[d/2, d]` with `d = min(max, min × 2^(n-1))`,
+    /// and never below `min`.
+    pub const fn exponential(min: Duration, max: Duration, max_attempts: u32) -> Self {
+        RetryStrategy {
+            kind: Kind::Exponential { min, max },
+            max_attempts,
+        }
+    }
+
+    /// How many attempts the strategy allows in all, the first one included.
+    pub const fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The delay to wait after the `attempt`-th failed attempt (counting from
+    /// 1), or `None` when no attempts are left.
+    pub fn delay_after(&self, attempt: u32) -> Option<Duration> {
+        if attempt >= self.max_attempts {
+            return None;
+        }
+        Some(match self.kind {
+            Kind::None => Duration::ZERO,
+            Kind::Linear(interval) => interval,
+            Kind::Exponential { min, max } => {
+                let max = max.max(min);
+                let ceiling = 1u32
+                    .checked_shl(attempt.saturating_sub(1))
+                    .and_then(|factor| min.checked_mul(factor))
+                    .map_or(max, |d| d.min(max));
+                let floor = (ceiling / 2).max(min);
+                if ceiling <= floor {
+                    ceiling
+                } else {
+                    let span = (ceiling - floor).as_nanos() as u64;
+                    floor + Duration::from_nanos(random_u64() % (span + 1))
+                }
+            }
+        })
+    }
+
+    /// Checks that the strategy can make at least one attempt.
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        if self.max_attempts == 0 {
+            return Err(crate::Error::Config {
+                message: "the retry strategy allows zero attempts; use RetryStrategy::none() for a \
+                          single attempt or give max_attempts >= 1"
+                    .into(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for RetryStrategy {
+    /// `linear(250 ms, 20)`: the Go package's behaviour, about 5 s in all.
+    fn default() -> Self {
+        RetryStrategy::linear(Duration::from_millis(250), 20)
+    }
+}
+
+/// A cheap, non-cryptographic random number for jitter (no extra dependency:
+/// std's `RandomState` is seeded randomly per process).
+fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn sequence(s: &RetryStrategy) -> Vec<Duration> {
+        (1..).map_while(|n| s.delay_after(n)).collect()
+    }
+
+    #[test]
+    fn none_makes_one_attempt_and_never_waits() {
+        let s = RetryStrategy::none();
+        assert_eq!(s.max_attempts(), 1);
+        assert_eq!(sequence(&s), Vec::<Duration>::new());
+    }
+
+    #[test]
+    fn linear_repeats_its_interval_until_attempts_run_out() {
+        let s = RetryStrategy::linear(ms(250), 20);
+        let seq = sequence(&s);
+        assert_eq!(seq.len(), 19, "20 attempts leave 19 waits");
+        assert!(seq.iter().all(|d| *d == ms(250)));
+        assert_eq!(seq.iter().sum::<Duration>(), ms(4750));
+    }
+
+    #[test]
+    fn linear_with_one_attempt_never_waits() {
+        assert_eq!(sequence(&RetryStrategy::linear(ms(10), 1)), vec![]);
+    }
+
+    #[test]
+    fn default_is_the_go_packages_250ms_by_20() {
+        assert_eq!(RetryStrategy::default(), RetryStrategy::linear(ms(250), 20));
+    }
+
+    #[test]
+    fn exponential_doubles_within_jitter_bounds_and_caps_at_max() {
+        let s = RetryStrategy::exponential(ms(10), ms(640), 12);
+        for _ in 0..50 {
+            let seq = sequence(&s);
+            assert_eq!(seq.len(), 11);
+            for (i, d) in seq.iter().enumerate() {
+                let ceiling = ms(10 * (1 << i)).min(ms(640));
+                let floor = (ceiling / 2).max(ms(10));
+                assert!(
+                    *d >= floor && *d <= ceiling,
+                    "delay {i} = {d:?} outside [{floor:?}, {ceiling:?}]"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn exponential_jitter_varies() {
+        let s = RetryStrategy::exponential(ms(100), ms(10_000), 10);
+        let draws: std::collections::HashSet<_> = (0..32).map(|_| s.delay_after(5)).collect();
+        assert!(draws.len() > 1, "32 draws of the 5th delay were all equal");
+    }
+
+    #[test]
+    fn exponential_survives_huge_attempt_numbers() {
+        let s = RetryStrategy::exponential(ms(1), Duration::from_secs(3600), u32::MAX);
+        let d = s.delay_after(u32::MAX - 1).unwrap();
+        assert!(d >= Duration::from_secs(1800) && d <= Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn exponential_with_max_below_min_uses_min() {
+        let s = RetryStrategy::exponential(ms(50), ms(10), 4);
+        assert_eq!(sequence(&s), vec![ms(50); 3]);
+    }
+
+    #[test]
+    fn zero_attempts_is_refused() {
+        assert!(RetryStrategy::linear(ms(1), 0).validate().is_err());
+        assert!(RetryStrategy::exponential(ms(1), ms(2), 0).validate().is_err());
+        assert!(RetryStrategy::none().validate().is_ok());
+    }
+}
