@@ -597,7 +597,10 @@ mod tests {
         assert!(ttl_millis("k", Duration::from_micros(999)).is_err());
         assert_eq!(ttl_millis("k", Duration::from_millis(1)).unwrap(), 1);
         assert_eq!(ttl_millis("k", Duration::from_micros(1500)).unwrap(), 1);
-        assert_eq!(ttl_millis("k", MAX_TTL).unwrap(), MAX_TTL.as_millis() as u64);
+        assert_eq!(
+            ttl_millis("k", MAX_TTL).unwrap(),
+            MAX_TTL.as_millis() as u64
+        );
         assert!(ttl_millis("k", MAX_TTL + Duration::from_millis(1)).is_err());
         assert!(ttl_millis("k", Duration::MAX).is_err());
     }

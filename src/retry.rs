@@ -104,9 +104,10 @@ impl RetryStrategy {
     pub(crate) fn validate(&self) -> Result<(), crate::Error> {
         if self.max_attempts == 0 {
             return Err(crate::Error::Config {
-                message: "the retry strategy allows zero attempts; use RetryStrategy::none() for a \
+                message:
+                    "the retry strategy allows zero attempts; use RetryStrategy::none() for a \
                           single attempt or give max_attempts >= 1"
-                    .into(),
+                        .into(),
                 source: None,
             });
         }
@@ -208,7 +209,9 @@ mod tests {
     #[test]
     fn zero_attempts_is_refused() {
         assert!(RetryStrategy::linear(ms(1), 0).validate().is_err());
-        assert!(RetryStrategy::exponential(ms(1), ms(2), 0).validate().is_err());
+        assert!(RetryStrategy::exponential(ms(1), ms(2), 0)
+            .validate()
+            .is_err());
         assert!(RetryStrategy::none().validate().is_ok());
     }
 }

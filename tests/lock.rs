@@ -1,0 +1,1027 @@
+//! Core behaviour of `DistributedMutex` and `LockGuard` against real,
+//! private `redis-server` processes (see `tests/support`).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use distributed_mutex::{
+    Builder, DistributedMutex, Error, LockGuard, RetryStrategy, MAX_KEY_LEN, MAX_TTL,
+};
+use fred::prelude::*;
+use support::RedisServer;
+
+// ---- helpers ------------------------------------------------------------
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A mutex with the defaults over a client made by `DistributedMutex::connect`.
+async fn mutex_for(server: &RedisServer) -> DistributedMutex {
+    DistributedMutex::connect(&server.url())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", server.url()))
+}
+
+/// A builder over a fresh client made by `DistributedMutex::connect` (so it
+/// has the reconnect policy and timeouts a lock needs).
+async fn builder_for(server: &RedisServer) -> Builder {
+    DistributedMutex::builder(mutex_for(server).await.client().clone())
+}
+
+async fn raw_get(client: &Client, key: &str) -> Option<String> {
+    client.get(key).await.expect("raw GET")
+}
+
+async fn raw_pttl(client: &Client, key: &str) -> i64 {
+    client.pttl(key).await.expect("raw PTTL")
+}
+
+async fn raw_dbsize(client: &Client) -> i64 {
+    client.dbsize().await.expect("raw DBSIZE")
+}
+
+/// Polls raw `GET key` until it is nil; `true` if that happened within `limit`.
+async fn gone_within(client: &Client, key: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if raw_get(client, key).await.is_none() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(ms(10)).await;
+    }
+}
+
+/// `true` if `s` looks like a hyphenated v4 UUID.
+fn is_uuid_v4(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
+        && s.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
+        && parts[2].starts_with('4')
+        && matches!(
+            parts[3].chars().next(),
+            Some('8' | '9' | 'a' | 'b' | 'A' | 'B')
+        )
+}
+
+/// The `calls` of every `INFO commandstats` entry whose command starts with
+/// one of `prefixes` (e.g. `"eval"` matches `eval` and `evalsha`).
+fn command_calls(server: &RedisServer, prefixes: &[&str]) -> Vec<String> {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("cmdstat_")
+                .is_some_and(|rest| prefixes.iter().any(|p| rest.starts_with(p)))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+// ---- 1. double acquire --------------------------------------------------
+
+#[tokio::test]
+async fn try_lock_on_a_held_key_is_none_and_lock_gives_up_after_its_attempts() {
+    let server = RedisServer::start();
+    let mutex = mutex_for(&server).await;
+    let _held = mutex.lock("double").await.unwrap();
+
+    assert!(mutex.try_lock("double").await.unwrap().is_none());
+
+    // A second client (own connection) sees it held too.
+    let other = builder_for(&server)
+        .await
+        .retry(RetryStrategy::linear(ms(20), 3))
+        .build()
+        .unwrap();
+    assert!(other.try_lock("double").await.unwrap().is_none());
+
+    let started = Instant::now();
+    let err = other.lock("double").await.unwrap_err();
+    let elapsed = started.elapsed();
+    match err {
+        Error::NotObtained {
+            ref key,
+            attempts,
+            waited,
+        } => {
+            assert_eq!(key, "double");
+            assert_eq!(attempts, 3);
+            assert!(waited >= ms(39), "two 20 ms waits, but waited {waited:?}");
+            assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+        }
+        other => panic!("expected NotObtained, got {other:?}"),
+    }
+    assert!(elapsed >= ms(39) && elapsed < Duration::from_secs(2));
+
+    // The per-call retry overrides the mutex's.
+    let err = mutex
+        .acquire("double")
+        .retry(RetryStrategy::linear(ms(20), 3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotObtained { attempts: 3, waited, .. } if waited >= ms(39)),
+        "{err:?}"
+    );
+}
+
+// ---- 2. release then re-acquire -------------------------------------------
+
+#[tokio::test]
+async fn release_deletes_the_key_and_the_lock_can_be_taken_again_at_once() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+
+    let guard = mutex.lock("relock").await.unwrap();
+    assert_eq!(
+        raw_get(&raw, "relock").await.as_deref(),
+        Some(guard.token())
+    );
+    guard.release().await.unwrap();
+    assert_eq!(
+        raw_get(&raw, "relock").await,
+        None,
+        "key left after release"
+    );
+
+    let again = mutex.try_lock("relock").await.unwrap();
+    let again = again.expect("lock free again after release");
+    assert_eq!(
+        raw_get(&raw, "relock").await.as_deref(),
+        Some(again.token())
+    );
+    again.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn drop_then_relock_in_the_same_task_does_not_wait_for_the_backoff() {
+    let server = RedisServer::start();
+    let mutex = builder_for(&server)
+        .await
+        .retry(RetryStrategy::linear(Duration::from_secs(1), 2))
+        .build()
+        .unwrap();
+
+    let mut guard = mutex.lock("drop-relock").await.unwrap();
+    for round in 0..5 {
+        let old_token = guard.token().to_owned();
+        drop(guard);
+        let started = Instant::now();
+        guard = mutex.lock("drop-relock").await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < ms(900),
+            "round {round}: relock after drop took {took:?} (waited for the 1 s backoff?)"
+        );
+        assert_ne!(guard.token(), old_token, "each acquisition has a new token");
+    }
+    guard.release().await.unwrap();
+}
+
+// ---- 3. what is stored in Redis -------------------------------------------
+
+#[tokio::test]
+async fn the_redis_value_is_the_token_and_pttl_is_within_the_ttl() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = builder_for(&server)
+        .await
+        .ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    let guard = mutex.lock("stored").await.unwrap();
+    assert!(is_uuid_v4(guard.token()), "token {:?}", guard.token());
+    assert_eq!(guard.key(), "stored");
+    assert_eq!(guard.ttl(), Duration::from_secs(10));
+    assert_eq!(
+        raw_get(&raw, "stored").await.as_deref(),
+        Some(guard.token())
+    );
+    let pttl = raw_pttl(&raw, "stored").await;
+    assert!(pttl > 0 && pttl <= 10_000, "PTTL {pttl}");
+    // Nothing else was written.
+    assert_eq!(raw_dbsize(&raw).await, 1);
+
+    // Two acquisitions never share a token.
+    let second = mutex.lock("stored-2").await.unwrap();
+    assert_ne!(second.token(), guard.token());
+    assert_eq!(
+        raw_get(&raw, "stored-2").await.as_deref(),
+        Some(second.token())
+    );
+}
+
+#[tokio::test]
+async fn a_key_prefix_applies_in_redis_but_not_to_guard_key() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = builder_for(&server)
+        .await
+        .key_prefix("locks:")
+        .build()
+        .unwrap();
+
+    let guard = mutex.lock("tenant:42").await.unwrap();
+    assert_eq!(guard.key(), "tenant:42");
+    assert_eq!(
+        raw_get(&raw, "locks:tenant:42").await.as_deref(),
+        Some(guard.token())
+    );
+    assert_eq!(raw_get(&raw, "tenant:42").await, None);
+    assert_eq!(raw_dbsize(&raw).await, 1);
+
+    // The unprefixed key is a different lock: a client without the prefix
+    // can take it; one with the prefix cannot take the prefixed one.
+    let plain = mutex_for(&server).await;
+    let unprefixed = plain.try_lock("tenant:42").await.unwrap();
+    assert!(unprefixed.is_some());
+    assert!(mutex.try_lock("tenant:42").await.unwrap().is_none());
+
+    guard.release().await.unwrap();
+    assert_eq!(raw_get(&raw, "locks:tenant:42").await, None);
+}
+
+// ---- 4. expiry lets a rival in ----------------------------------------------
+
+#[tokio::test]
+async fn an_expired_lock_lets_a_rival_in_after_its_ttl() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let holder = mutex_for(&server).await;
+    let rival = mutex_for(&server).await; // default retry: linear(250 ms, 20)
+
+    let stale = holder.acquire("expiry").ttl(ms(200)).await.unwrap();
+    let started = Instant::now();
+    let fresh = rival.lock("expiry").await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= ms(100) && took < Duration::from_secs(2),
+        "rival got the lock after {took:?}; the holder's TTL was 200 ms"
+    );
+    assert_eq!(
+        raw_get(&raw, "expiry").await.as_deref(),
+        Some(fresh.token())
+    );
+
+    // The stale holder learns it lost the lock and touches nothing.
+    assert_eq!(stale.remaining(), Duration::ZERO);
+    assert!(matches!(
+        stale.release().await,
+        Err(Error::NotHeld { ref key }) if key == "expiry"
+    ));
+    assert_eq!(
+        raw_get(&raw, "expiry").await.as_deref(),
+        Some(fresh.token())
+    );
+    fresh.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_waiter_never_sleeps_past_the_holders_pttl() {
+    let server = RedisServer::start();
+    let holder = mutex_for(&server).await;
+    let waiter = builder_for(&server)
+        .await
+        .retry(RetryStrategy::linear(Duration::from_secs(5), 3))
+        .build()
+        .unwrap();
+
+    let _held = holder.acquire("pttl-rule").ttl(ms(300)).await.unwrap();
+    let started = Instant::now();
+    let guard = waiter.lock("pttl-rule").await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= ms(150),
+        "waiter got the lock after {took:?}, before the holder's 300 ms lease ended"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "waiter took {took:?}: it slept its 5 s backoff instead of the holder's PTTL"
+    );
+    guard.release().await.unwrap();
+}
+
+// ---- 5. concurrency ------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_100_concurrent_try_locks_exactly_one_wins() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    // Four connections, 25 tasks each.
+    let mut mutexes = Vec::new();
+    for _ in 0..4 {
+        mutexes.push(mutex_for(&server).await);
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(100));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let mutex = mutexes[i % 4].clone();
+        let barrier = barrier.clone();
+        tasks.spawn(async move {
+            barrier.wait().await;
+            mutex.try_lock("contended").await
+        });
+    }
+    // Keep every guard alive until all tasks are done.
+    let mut winners: Vec<LockGuard> = Vec::new();
+    let mut losers = 0;
+    let mut errors = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("task panicked") {
+            Ok(Some(guard)) => winners.push(guard),
+            Ok(None) => losers += 1,
+            Err(e) => errors.push(e),
+        }
+    }
+    assert!(errors.is_empty(), "errors: {errors:?}");
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    assert_eq!(losers, 99);
+    assert_eq!(
+        raw_get(&raw, "contended").await.as_deref(),
+        Some(winners[0].token())
+    );
+    winners.pop().unwrap().release().await.unwrap();
+}
+
+// ---- 6. losing the lock -----------------------------------------------------------
+
+#[tokio::test]
+async fn release_after_expiry_is_not_held() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+
+    let guard = mutex.acquire("expired").ttl(ms(100)).await.unwrap();
+    tokio::time::sleep(ms(250)).await;
+    assert_eq!(raw_get(&raw, "expired").await, None);
+    let err = guard.release().await.unwrap_err();
+    assert!(
+        matches!(err, Error::NotHeld { ref key } if key == "expired"),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(
+        raw_dbsize(&raw).await,
+        0,
+        "release must not recreate the key"
+    );
+}
+
+#[tokio::test]
+async fn release_after_a_takeover_is_not_held_and_leaves_the_other_value() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+
+    let guard = mutex.lock("taken-over").await.unwrap();
+    let _: () = raw
+        .set("taken-over", "someone-else", None, None, false)
+        .await
+        .unwrap();
+    let err = guard.release().await.unwrap_err();
+    assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
+    assert_eq!(
+        raw_get(&raw, "taken-over").await.as_deref(),
+        Some("someone-else")
+    );
+}
+
+#[tokio::test]
+async fn dropping_a_taken_over_guard_leaves_the_other_value() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+
+    let guard = mutex.lock("taken-over-drop").await.unwrap();
+    let _: () = raw
+        .set("taken-over-drop", "someone-else", None, None, false)
+        .await
+        .unwrap();
+    // A guard of ours on another key, dropped at the same time, shows that
+    // the drop releases did run by the time shutdown returns.
+    let control = mutex.lock("control").await.unwrap();
+    drop(guard);
+    drop(control);
+    mutex.shutdown().await;
+    assert_eq!(
+        raw_get(&raw, "control").await,
+        None,
+        "drop release did not run"
+    );
+    assert_eq!(
+        raw_get(&raw, "taken-over-drop").await.as_deref(),
+        Some("someone-else")
+    );
+}
+
+// ---- 7. extend -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn extend_before_expiry_prolongs_the_lease_in_redis_and_locally() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+
+    let guard = mutex
+        .acquire("extend")
+        .ttl(Duration::from_secs(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(ms(200)).await;
+    let pttl_before = raw_pttl(&raw, "extend").await;
+    let remaining_before = guard.remaining();
+    assert!(pttl_before > 0 && pttl_before <= 1000, "{pttl_before}");
+
+    guard.extend(Duration::from_secs(5)).await.unwrap();
+    let pttl_after = raw_pttl(&raw, "extend").await;
+    assert!(
+        pttl_after > pttl_before && pttl_after > 4000 && pttl_after <= 5000,
+        "PTTL {pttl_before} -> {pttl_after}"
+    );
+    let remaining_after = guard.remaining();
+    assert!(
+        remaining_after > remaining_before
+            && remaining_after > Duration::from_secs(4)
+            && remaining_after <= Duration::from_secs(5),
+        "remaining {remaining_before:?} -> {remaining_after:?}"
+    );
+    assert_eq!(guard.ttl(), Duration::from_secs(5));
+
+    // Outlives the original 1 s lease.
+    tokio::time::sleep(ms(1200)).await;
+    assert_eq!(
+        raw_get(&raw, "extend").await.as_deref(),
+        Some(guard.token())
+    );
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn extend_after_expiry_is_not_held_and_remaining_becomes_zero() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+
+    let guard = mutex.acquire("extend-late").ttl(ms(100)).await.unwrap();
+    tokio::time::sleep(ms(250)).await;
+    let err = guard.extend(Duration::from_secs(10)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::NotHeld { ref key } if key == "extend-late"),
+        "{err:?}"
+    );
+    assert_eq!(guard.remaining(), Duration::ZERO);
+    assert_eq!(
+        raw_get(&raw, "extend-late").await,
+        None,
+        "extend recreated the key"
+    );
+
+    // Taken over by a rival meanwhile: the extend leaves the rival's lease alone.
+    let guard = mutex.acquire("extend-rival").ttl(ms(100)).await.unwrap();
+    tokio::time::sleep(ms(250)).await;
+    let rival = mutex_for(&server).await;
+    let rival_guard = rival
+        .acquire("extend-rival")
+        .ttl(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let err = guard.extend(ms(500)).await.unwrap_err();
+    assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
+    assert_eq!(guard.remaining(), Duration::ZERO);
+    let pttl = raw_pttl(&raw, "extend-rival").await;
+    assert!(pttl > 50_000, "rival's lease was changed: PTTL {pttl}");
+    assert_eq!(
+        raw_get(&raw, "extend-rival").await.as_deref(),
+        Some(rival_guard.token())
+    );
+}
+
+#[tokio::test]
+async fn extend_with_an_invalid_ttl_is_refused() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+    let guard = mutex
+        .acquire("extend-bad")
+        .ttl(Duration::from_secs(30))
+        .await
+        .unwrap();
+    for ttl in [Duration::ZERO, MAX_TTL + ms(1), Duration::MAX] {
+        let err = guard.extend(ttl).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidTtl { ref key, ttl: t, .. } if key == "extend-bad" && t == ttl),
+            "{ttl:?}: {err:?}"
+        );
+    }
+    // The lease is unchanged and still ours.
+    assert_eq!(guard.ttl(), Duration::from_secs(30));
+    assert!(guard.remaining() > Duration::from_secs(20));
+    let pttl = raw_pttl(&raw, "extend-bad").await;
+    assert!(pttl > 20_000 && pttl <= 30_000, "{pttl}");
+    guard.release().await.unwrap();
+}
+
+// ---- 8. remaining() ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn remaining_is_conservative_and_reaches_zero() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+    let ttl = ms(500);
+
+    let guard = mutex.acquire("remaining").ttl(ttl).await.unwrap();
+    let remaining = guard.remaining();
+    let asked = Instant::now();
+    let pttl = raw_pttl(&raw, "remaining").await;
+    let rtt = asked.elapsed();
+    assert!(
+        remaining > Duration::ZERO && remaining <= ttl,
+        "{remaining:?}"
+    );
+    // Never more than what Redis still grants (PTTL was read after
+    // `remaining`, at most `rtt` later; 2 ms for Redis's ms rounding).
+    assert!(pttl > 0);
+    assert!(
+        remaining <= ms(pttl as u64) + rtt + ms(2),
+        "remaining {remaining:?} overstates Redis's PTTL {pttl} ms (rtt {rtt:?})"
+    );
+    // It counts down.
+    tokio::time::sleep(ms(100)).await;
+    assert!(guard.remaining() < remaining);
+
+    tokio::time::sleep(ttl).await;
+    assert_eq!(guard.remaining(), Duration::ZERO);
+}
+
+// ---- 9. drop on every runtime flavour, shutdown ---------------------------------------------
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_guard_dropped_in_a_current_thread_runtime_task_is_released() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+
+    let guard = mutex.lock("drop-ct").await.unwrap();
+    assert!(raw_get(&raw, "drop-ct").await.is_some());
+    tokio::spawn(async move { drop(guard) }).await.unwrap();
+    assert!(
+        gone_within(&raw, "drop-ct", Duration::from_secs(2)).await,
+        "lock still in Redis 2 s after its guard was dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_dropped_in_a_multi_thread_runtime_is_released() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+
+    let guard = mutex.lock("drop-mt").await.unwrap();
+    assert!(raw_get(&raw, "drop-mt").await.is_some());
+    tokio::spawn(async move { drop(guard) }).await.unwrap();
+    assert!(
+        gone_within(&raw, "drop-mt", Duration::from_secs(2)).await,
+        "lock still in Redis 2 s after its guard was dropped"
+    );
+
+    // And dropped directly in the test's own task.
+    let guard = mutex.lock("drop-mt-2").await.unwrap();
+    drop(guard);
+    assert!(gone_within(&raw, "drop-mt-2", Duration::from_secs(2)).await);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_guard_dropped_on_a_plain_thread_outside_any_runtime_is_released() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+
+    let guard = mutex.lock("drop-thread").await.unwrap();
+    assert!(raw_get(&raw, "drop-thread").await.is_some());
+    std::thread::spawn(move || {
+        assert!(tokio::runtime::Handle::try_current().is_err());
+        drop(guard);
+    })
+    .join()
+    .expect("dropping a guard outside a runtime panicked");
+    assert!(
+        gone_within(&raw, "drop-thread", Duration::from_secs(2)).await,
+        "lock still in Redis 2 s after its guard was dropped on a plain thread"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_queued_releases_then_refuses_new_locks() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+
+    let mut guards = Vec::new();
+    for i in 0..20 {
+        guards.push(mutex.lock(format!("shutdown:{i}")).await.unwrap());
+    }
+    let survivor = mutex.lock("shutdown:survivor").await.unwrap();
+    assert_eq!(raw_dbsize(&raw).await, 21);
+    drop(guards);
+    mutex.shutdown().await;
+    // Right after shutdown returns: every dropped guard's release has run.
+    assert_eq!(
+        raw_dbsize(&raw).await,
+        1,
+        "releases still pending after shutdown"
+    );
+
+    let err = mutex.lock("shutdown:new").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Shutdown { ref key } if key == "shutdown:new"),
+        "{err:?}"
+    );
+    assert!(matches!(
+        mutex.try_lock("shutdown:new").await,
+        Err(Error::Shutdown { .. })
+    ));
+    // Clones share the shutdown.
+    assert!(matches!(
+        mutex.clone().lock("shutdown:clone").await,
+        Err(Error::Shutdown { .. })
+    ));
+    assert_eq!(raw_get(&raw, "shutdown:new").await, None);
+
+    // A guard alive across shutdown keeps working and is released on drop.
+    survivor.extend(Duration::from_secs(30)).await.unwrap();
+    drop(survivor);
+    assert!(gone_within(&raw, "shutdown:survivor", Duration::from_secs(2)).await);
+    mutex.shutdown().await; // idempotent
+    assert_eq!(raw_dbsize(&raw).await, 0);
+}
+
+// ---- 10. scripts reload ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn lock_and_release_keep_working_after_script_flush() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+
+    let guard = mutex.lock("flush").await.unwrap();
+    guard.extend(Duration::from_secs(30)).await.unwrap();
+    guard.release().await.unwrap();
+
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    let guard = mutex.lock("flush").await.unwrap();
+    assert_eq!(raw_get(&raw, "flush").await.as_deref(), Some(guard.token()));
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    guard.extend(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    guard.release().await.unwrap();
+    assert_eq!(raw_get(&raw, "flush").await, None);
+
+    // The release worker (drop) reloads too.
+    let guard = mutex.lock("flush").await.unwrap();
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    drop(guard);
+    mutex.shutdown().await;
+    assert_eq!(raw_get(&raw, "flush").await, None);
+}
+
+#[tokio::test]
+async fn the_acquire_script_is_idempotent_for_its_own_token() {
+    // fred re-sends in-flight commands after a reconnect; the acquire script
+    // must then confirm (and refresh) the lock it already set.
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+    let script = include_str!("../src/scripts/acquire.lua");
+
+    let guard = mutex
+        .acquire("idem")
+        .ttl(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let again: Vec<i64> = raw
+        .eval(script, vec!["idem"], vec![guard.token(), "20000"])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![1],
+        "re-run with the holder's token must succeed"
+    );
+    let pttl = raw_pttl(&raw, "idem").await;
+    assert!(
+        pttl > 5_000 && pttl <= 20_000,
+        "lease not refreshed: {pttl}"
+    );
+    assert_eq!(raw_get(&raw, "idem").await.as_deref(), Some(guard.token()));
+
+    // Another token is refused with the holder's PTTL, and changes nothing.
+    let other: Vec<i64> = raw
+        .eval(script, vec!["idem"], vec!["not-the-token", "1000"])
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 2, "{other:?}");
+    assert_eq!(other[0], 0);
+    assert!(other[1] > 5_000 && other[1] <= 20_000, "{other:?}");
+    assert_eq!(raw_get(&raw, "idem").await.as_deref(), Some(guard.token()));
+    guard.release().await.unwrap();
+}
+
+// ---- 11. unreachable Redis, bad URLs -------------------------------------------------------------
+
+#[tokio::test]
+async fn connect_to_an_unreachable_server_is_unavailable_promptly() {
+    let url = support::unreachable_url();
+    let started = Instant::now();
+    let result = DistributedMutex::connect(&url).await;
+    let took = started.elapsed();
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.is_transient());
+    assert!(took < Duration::from_secs(5), "connect took {took:?}");
+}
+
+#[tokio::test]
+async fn connect_with_a_malformed_url_is_a_config_error() {
+    for url in ["not a url", "redis://127.0.0.1:notaport", "redis://[::1"] {
+        let err = DistributedMutex::connect(url).await.unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{url:?}: {err:?}");
+        assert!(!err.is_transient());
+    }
+}
+
+#[tokio::test]
+async fn a_killed_server_gives_transient_errors_not_not_obtained() {
+    let mut server = RedisServer::start();
+    let mutex = builder_for(&server)
+        .await
+        .command_timeout(ms(300))
+        .retry(RetryStrategy::none())
+        .build()
+        .unwrap();
+    // In use: a lock taken and released over this connection.
+    mutex.lock("killed").await.unwrap().release().await.unwrap();
+
+    server.kill();
+    let started = Instant::now();
+    let err = mutex.lock("killed").await.unwrap_err();
+    assert!(
+        err.is_transient(),
+        "expected Unavailable or Timeout, got {err:?}"
+    );
+    assert!(
+        matches!(err, Error::Unavailable { ref key, .. } | Error::Timeout { ref key, .. } if key == "killed"),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let err = mutex.try_lock("killed").await.unwrap_err();
+    assert!(err.is_transient(), "try_lock: {err:?}");
+
+    // With retries, the last attempt's error is reported, not NotObtained.
+    let started = Instant::now();
+    let err = mutex
+        .acquire("killed")
+        .retry(RetryStrategy::linear(ms(50), 3))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "with retries: {err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+// ---- 12. a key of another type ---------------------------------------------------------------
+
+#[tokio::test]
+async fn a_key_holding_a_list_is_wrong_type_and_left_untouched() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+    let len: i64 = raw.lpush("a-list", vec!["a", "b", "c"]).await.unwrap();
+    assert_eq!(len, 3);
+
+    let started = Instant::now();
+    let err = mutex.lock("a-list").await.unwrap_err();
+    assert!(
+        matches!(err, Error::WrongType { ref key, .. } if key == "a-list"),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    // Not retried for the whole default budget (~5 s).
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    let err = mutex.try_lock("a-list").await.unwrap_err();
+    assert!(matches!(err, Error::WrongType { .. }), "{err:?}");
+
+    let llen: i64 = raw.llen("a-list").await.unwrap();
+    assert_eq!(llen, 3);
+    let items: Vec<String> = raw.lrange("a-list", 0, -1).await.unwrap();
+    assert_eq!(items, ["c", "b", "a"]);
+    assert_eq!(
+        raw_pttl(&raw, "a-list").await,
+        -1,
+        "an expiry was set on the list"
+    );
+    assert_eq!(raw_dbsize(&raw).await, 1);
+}
+
+// ---- 13. bad input ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn invalid_keys_ttls_and_settings_are_refused_before_anything_is_sent() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+    let client = mutex.client().clone();
+    assert_eq!(server.cli(&["CONFIG", "RESETSTAT"]), "OK");
+
+    // Keys.
+    for key in [String::new(), "k".repeat(MAX_KEY_LEN + 1)] {
+        let err = mutex.lock(&key).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidKey { .. }), "lock: {err:?}");
+        let err = mutex.try_lock(&key).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidKey { .. }), "try_lock: {err:?}");
+    }
+    // TTLs, per call.
+    for ttl in [Duration::ZERO, MAX_TTL + ms(1), Duration::MAX] {
+        let err = mutex.acquire("k").ttl(ttl).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidTtl { ref key, ttl: t, .. } if key == "k" && t == ttl),
+            "{ttl:?}: {err:?}"
+        );
+    }
+    // TTLs, in the builder.
+    for ttl in [Duration::ZERO, MAX_TTL + ms(1), Duration::MAX] {
+        let err = DistributedMutex::builder(client.clone())
+            .ttl(ttl)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidTtl { .. }), "{ttl:?}: {err:?}");
+    }
+    // Retry strategies without attempts.
+    for retry in [
+        RetryStrategy::linear(ms(10), 0),
+        RetryStrategy::exponential(ms(10), ms(100), 0),
+    ] {
+        let err = mutex.acquire("k").retry(retry).await.unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{retry:?}: {err:?}");
+        let err = DistributedMutex::builder(client.clone())
+            .retry(retry)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{retry:?}: {err:?}");
+    }
+    // A zero command timeout.
+    let err = DistributedMutex::builder(client.clone())
+        .command_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+
+    // Nothing reached Redis.
+    assert_eq!(raw_dbsize(&raw).await, 0);
+    let sent = command_calls(&server, &["eval", "set", "script", "pexpire"]);
+    assert!(sent.is_empty(), "commands reached Redis: {sent:?}");
+
+    // The limits themselves are accepted.
+    let longest = "k".repeat(MAX_KEY_LEN);
+    let guard = mutex.lock(&longest).await.unwrap();
+    assert_eq!(
+        raw_get(&raw, &longest).await.as_deref(),
+        Some(guard.token())
+    );
+    guard.release().await.unwrap();
+    let guard = mutex.acquire("a-year").ttl(MAX_TTL).await.unwrap();
+    let pttl = raw_pttl(&raw, "a-year").await;
+    assert!(pttl > MAX_TTL.as_millis() as i64 - 60_000, "{pttl}");
+    guard.release().await.unwrap();
+    let guard = mutex.acquire("a-ms").ttl(ms(1)).await;
+    assert!(guard.is_ok(), "{guard:?}");
+}
+
+#[tokio::test]
+async fn keys_with_spaces_braces_newlines_and_non_ascii_round_trip() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+    let keys = [
+        "with spaces",
+        "{braces}:and:{tags}",
+        "new\nline\r\n",
+        "ключ 鍵 🔒",
+        "quote\"s 'and' \\backslash",
+        "*?[glob]",
+    ];
+    for key in keys {
+        let guard = mutex.lock(key).await.unwrap();
+        assert_eq!(guard.key(), key);
+        assert_eq!(
+            raw_get(&raw, key).await.as_deref(),
+            Some(guard.token()),
+            "{key:?}"
+        );
+        assert!(mutex.try_lock(key).await.unwrap().is_none(), "{key:?}");
+        guard.release().await.unwrap();
+        assert_eq!(raw_get(&raw, key).await, None, "{key:?}");
+    }
+    assert_eq!(raw_dbsize(&raw).await, 0);
+}
+
+// ---- 14. restart --------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn after_a_restart_release_is_not_held_and_new_locks_work() {
+    let mut server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = mutex_for(&server).await;
+    let guard = mutex.lock("restart").await.unwrap();
+
+    server.restart();
+
+    // Wait until the mutex's client is back (a probe lock on another key).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match mutex.try_lock(format!("probe:{:?}", Instant::now())).await {
+            Ok(Some(probe)) => {
+                probe.release().await.unwrap();
+                break;
+            }
+            Ok(None) => panic!("a fresh probe key cannot be busy"),
+            Err(e) => {
+                assert!(e.is_transient(), "{e:?}");
+                assert!(Instant::now() < deadline, "no reconnect within 10 s: {e:?}");
+                tokio::time::sleep(ms(100)).await;
+            }
+        }
+    }
+
+    let err = guard.release().await.unwrap_err();
+    assert!(
+        matches!(err, Error::NotHeld { ref key } if key == "restart"),
+        "{err:?}"
+    );
+    let started = Instant::now();
+    let guard = mutex.lock("restart").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        raw_get(&raw, "restart").await.as_deref(),
+        Some(guard.token())
+    );
+    guard.release().await.unwrap();
+}
+
+// ---- 15. a paused server ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_paused_server_times_out_and_works_again_after_resume() {
+    let server = RedisServer::start();
+    let mutex = builder_for(&server)
+        .await
+        .command_timeout(ms(300))
+        .build()
+        .unwrap();
+    mutex.lock("paused").await.unwrap().release().await.unwrap();
+
+    server.pause();
+    let started = Instant::now();
+    let result = mutex.try_lock("paused").await;
+    let took = started.elapsed();
+    server.resume();
+    match result {
+        Err(Error::Timeout { ref key, after }) => {
+            assert_eq!(key, "paused");
+            assert_eq!(after, ms(300));
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(took >= ms(250) && took < ms(1500), "try_lock took {took:?}");
+
+    // Works again after resume (the timed-out attempt's release may have to
+    // run first).
+    let raw = server.client().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let guard = loop {
+        match mutex.try_lock("paused").await {
+            Ok(Some(guard)) => break guard,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "not lockable after resume: {other:?}"
+                );
+                tokio::time::sleep(ms(50)).await;
+            }
+        }
+    };
+    assert_eq!(
+        raw_get(&raw, "paused").await.as_deref(),
+        Some(guard.token())
+    );
+    guard.release().await.unwrap();
+    assert_eq!(raw_dbsize(&raw).await, 0);
+}
