@@ -1,0 +1,610 @@
+//! The legacy fire-and-forget `Adapter` shim against a real Redis server:
+//! defaults, waiting and giving up, logs, formatted keys, leak pruning and
+//! concurrent use of one adapter by many tasks.
+//!
+//! Log assertions install a capturing `tracing` layer with `set_default`,
+//! which is per thread, so those tests run on a current-thread runtime.
+
+mod support;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use distributed_mutex::{provide_adapter, Adapter, DistributedMutex, RedisAdapter, RetryStrategy};
+use fred::prelude::*;
+use support::RedisServer;
+use tracing::field::{Field, Visit};
+use tracing::Level;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+// ---- log capture -----------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Captured {
+    level: Level,
+    message: String,
+    key: Option<String>,
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<Captured>>>);
+
+impl Capture {
+    /// Installs the capture as this thread's default subscriber until the
+    /// returned guard is dropped.
+    fn install() -> (Capture, tracing::subscriber::DefaultGuard) {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(capture.clone());
+        let guard = tracing::subscriber::set_default(subscriber);
+        (capture, guard)
+    }
+
+    fn events(&self) -> Vec<Captured> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Events at `level` whose message starts with `message` and whose `key`
+    /// field is `key`.
+    fn count(&self, level: Level, message: &str, key: &str) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| {
+                e.level == level && e.message.starts_with(message) && e.key.as_deref() == Some(key)
+            })
+            .count()
+    }
+
+    fn assert_logged(&self, level: Level, message: &str, key: &str) {
+        assert!(
+            self.count(level, message, key) > 0,
+            "expected a {level} event {message:?} with key={key:?}; captured: {:#?}",
+            self.events()
+        );
+    }
+
+    fn at_least(&self, level: Level) -> Vec<Captured> {
+        // `Level` orders by verbosity: ERROR < WARN < INFO < DEBUG < TRACE.
+        self.events()
+            .into_iter()
+            .filter(|e| e.level <= level)
+            .collect()
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        #[derive(Default)]
+        struct Fields {
+            message: String,
+            key: Option<String>,
+        }
+        impl Visit for Fields {
+            fn record_str(&mut self, field: &Field, value: &str) {
+                match field.name() {
+                    "message" => self.message = value.to_owned(),
+                    "key" => self.key = Some(value.to_owned()),
+                    _ => {}
+                }
+            }
+            fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+                // `%key` (Display) and `format_args!` messages both print
+                // their plain text through `Debug`.
+                match field.name() {
+                    "message" => self.message = format!("{value:?}"),
+                    "key" => self.key = Some(format!("{value:?}")),
+                    _ => {}
+                }
+            }
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(Captured {
+            level: *event.metadata().level(),
+            message: fields.message,
+            key: fields.key,
+        });
+    }
+}
+
+// ---- helpers ---------------------------------------------------------------
+
+async fn get(client: &Client, key: &str) -> Option<String> {
+    client.get(key).await.expect("GET")
+}
+
+async fn exists(client: &Client, key: &str) -> bool {
+    let n: i64 = client.exists(key).await.expect("EXISTS");
+    n == 1
+}
+
+fn assert_uuid(value: &str) {
+    let parsed = uuid::Uuid::parse_str(value)
+        .unwrap_or_else(|e| panic!("lock value {value:?} is not a UUID: {e}"));
+    assert_eq!(
+        parsed.get_version_num(),
+        4,
+        "token {value} is not a v4 UUID"
+    );
+}
+
+/// A mutex of another "process" on the same server (its own connection).
+async fn rival(server: &RedisServer) -> DistributedMutex {
+    DistributedMutex::new(server.client().await)
+}
+
+fn assert_send_sync<T: Send + Sync + ?Sized>() {}
+fn assert_send<T: Send>(_: &T) {}
+
+// ---- defaults --------------------------------------------------------------
+
+#[tokio::test]
+async fn provide_adapter_locks_for_one_minute_with_a_uuid_token() {
+    let server = RedisServer::start();
+    let redis = server.client().await;
+    let adapter = provide_adapter(server.client().await);
+    let key = "adapter:defaults";
+
+    adapter.acquire(key).await;
+
+    let pttl: i64 = redis.pttl(key).await.unwrap();
+    assert!(
+        (59_000..=60_000).contains(&pttl),
+        "a fresh adapter lock should have a ~60 s lease, PTTL is {pttl} ms"
+    );
+    let token = get(&redis, key)
+        .await
+        .expect("the adapter's lock is in Redis");
+    assert_uuid(&token);
+
+    let other = rival(&server).await;
+    assert!(
+        other.try_lock(key).await.unwrap().is_none(),
+        "a rival must not get a key the adapter holds"
+    );
+    assert_eq!(get(&redis, key).await.as_deref(), Some(token.as_str()));
+
+    adapter.release(key).await;
+    assert!(
+        !exists(&redis, key).await,
+        "release must delete the lock key"
+    );
+    let guard = other.try_lock(key).await.unwrap();
+    assert!(
+        guard.is_some(),
+        "the rival gets the key once it is released"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn acquire_waits_about_five_seconds_then_gives_up_and_logs() {
+    let (logs, _default) = Capture::install();
+    let server = RedisServer::start();
+    let redis = server.client().await;
+    let key = "adapter:busy";
+
+    let other = rival(&server).await;
+    let held = other
+        .acquire(key)
+        .ttl(Duration::from_secs(30))
+        .await
+        .expect("rival takes the lock");
+
+    let adapter = provide_adapter(server.client().await);
+    let started = Instant::now();
+    adapter.acquire(key).await;
+    let waited = started.elapsed();
+
+    // 20 attempts, 250 ms apart: 19 waits of 250 ms = 4.75 s.
+    assert!(
+        waited >= Duration::from_millis(4_500) && waited <= Duration::from_secs(7),
+        "acquire should give up after ~5 s (250 ms x 20), took {waited:?}"
+    );
+    assert_eq!(
+        get(&redis, key).await.as_deref(),
+        Some(held.token()),
+        "the rival's lock must be untouched"
+    );
+    logs.assert_logged(Level::ERROR, "timed out acquiring lock", key);
+
+    // The adapter does not think it holds the key: releasing it only warns and
+    // leaves the rival's lock alone.
+    adapter.release(key).await;
+    logs.assert_logged(
+        Level::WARN,
+        "release of a lock this adapter does not hold",
+        key,
+    );
+    assert_eq!(get(&redis, key).await.as_deref(), Some(held.token()));
+    held.release().await.unwrap();
+}
+
+// ---- logs ------------------------------------------------------------------
+
+#[tokio::test(flavor = "current_thread")]
+async fn logs_acquired_and_released_at_debug_with_the_key() {
+    let (logs, _default) = Capture::install();
+    let server = RedisServer::start();
+    let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
+    let key = "adapter:logs";
+
+    adapter.acquire(key).await;
+    logs.assert_logged(Level::DEBUG, "lock acquired", key);
+    assert_eq!(logs.count(Level::DEBUG, "lock released", key), 0);
+
+    adapter.release(key).await;
+    logs.assert_logged(Level::DEBUG, "lock released", key);
+    assert!(
+        logs.at_least(Level::WARN).is_empty(),
+        "a clean acquire/release logs no warning or error: {:#?}",
+        logs.events()
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn release_of_an_unknown_key_warns() {
+    let (logs, _default) = Capture::install();
+    let server = RedisServer::start();
+    let redis = server.client().await;
+    let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
+
+    // A key nobody holds, and a key someone else holds.
+    adapter.release("adapter:never-taken").await;
+    logs.assert_logged(
+        Level::WARN,
+        "release of a lock this adapter does not hold",
+        "adapter:never-taken",
+    );
+
+    let other = rival(&server).await;
+    let held = other.lock("adapter:someone-elses").await.unwrap();
+    adapter.release("adapter:someone-elses").await;
+    logs.assert_logged(
+        Level::WARN,
+        "release of a lock this adapter does not hold",
+        "adapter:someone-elses",
+    );
+    assert_eq!(
+        get(&redis, "adapter:someone-elses").await.as_deref(),
+        Some(held.token()),
+        "releasing a key the adapter does not hold must not touch it"
+    );
+    assert_eq!(
+        logs.count(Level::DEBUG, "lock released", "adapter:someone-elses"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn release_of_a_lost_lock_logs_an_error() {
+    let (logs, _default) = Capture::install();
+    let server = RedisServer::start();
+    let redis = server.client().await;
+    let mutex = DistributedMutex::builder(server.client().await)
+        .ttl(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let adapter = RedisAdapter::new(mutex);
+    let key = "adapter:lost";
+
+    adapter.acquire(key).await;
+    assert!(exists(&redis, key).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!exists(&redis, key).await, "the 150 ms lease has run out");
+
+    adapter.release(key).await;
+    logs.assert_logged(Level::ERROR, "failed to release lock", key);
+    assert_eq!(logs.count(Level::DEBUG, "lock released", key), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn acquire_dropped_by_a_deadline_logs_cancellation() {
+    let (logs, _default) = Capture::install();
+    let server = RedisServer::start();
+    let redis = server.client().await;
+    let key = "adapter:deadline";
+    let other = rival(&server).await;
+    let held = other
+        .acquire(key)
+        .ttl(Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let mutex = DistributedMutex::new(server.client().await);
+    let adapter = RedisAdapter::new(mutex.clone());
+    let outcome = tokio::time::timeout(Duration::from_millis(300), adapter.acquire(key)).await;
+    assert!(
+        outcome.is_err(),
+        "the acquire must still be waiting at the deadline"
+    );
+
+    logs.assert_logged(Level::ERROR, "lock acquisition cancelled", key);
+    assert_eq!(logs.count(Level::ERROR, "timed out acquiring lock", key), 0);
+    assert_eq!(adapter.held_count(), 0);
+    // Whatever the cancelled acquisition queued, the rival's lock survives it.
+    mutex.shutdown().await;
+    assert_eq!(get(&redis, key).await.as_deref(), Some(held.token()));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn acquire_of_an_invalid_key_logs_failure() {
+    let (logs, _default) = Capture::install();
+    let server = RedisServer::start();
+    let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
+
+    adapter.acquire("").await;
+    logs.assert_logged(Level::ERROR, "failed to acquire lock", "");
+    assert_eq!(adapter.held_count(), 0);
+}
+
+// ---- formatted keys --------------------------------------------------------
+
+#[tokio::test(flavor = "current_thread")]
+async fn acquiref_and_releasef_lock_the_formatted_key() {
+    let (logs, _default) = Capture::install();
+    let server = RedisServer::start();
+    let redis = server.client().await;
+    let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
+    let key = "tenant:42:settings";
+
+    adapter
+        .acquiref(format_args!("tenant:{}:settings", 42))
+        .await;
+    assert_eq!(adapter.held_count(), 1);
+    let token = get(&redis, key)
+        .await
+        .expect("tenant:42:settings is locked");
+    assert_uuid(&token);
+    assert!(rival(&server).await.try_lock(key).await.unwrap().is_none());
+    logs.assert_logged(Level::DEBUG, "lock acquired", key);
+
+    adapter
+        .releasef(format_args!("tenant:{}:settings", 42))
+        .await;
+    assert!(
+        !exists(&redis, key).await,
+        "releasef must free the formatted key"
+    );
+    assert_eq!(adapter.held_count(), 0);
+    logs.assert_logged(Level::DEBUG, "lock released", key);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn releasef_of_an_empty_key_only_warns() {
+    let (logs, _default) = Capture::install();
+    let server = RedisServer::start();
+    let redis = server.client().await;
+    let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
+    adapter.acquire("adapter:kept").await;
+
+    let empty = "";
+    adapter.releasef(format_args!("{empty}")).await;
+
+    logs.assert_logged(
+        Level::WARN,
+        "release of a lock this adapter does not hold",
+        "",
+    );
+    assert_eq!(adapter.held_count(), 1, "other locks are unaffected");
+    assert!(exists(&redis, "adapter:kept").await);
+}
+
+// ---- leak pruning ----------------------------------------------------------
+
+#[tokio::test]
+async fn forgotten_locks_are_pruned_once_their_lease_passed() {
+    let server = RedisServer::start();
+    let redis = server.client().await;
+    // The brief's numbers are 100 ms / 300 ms; a little more lease keeps a
+    // slow machine from letting the first locks pass before they are counted.
+    let ttl = Duration::from_millis(250);
+    let mutex = DistributedMutex::builder(server.client().await)
+        .ttl(ttl)
+        .build()
+        .unwrap();
+    let adapter = Arc::new(RedisAdapter::new(mutex));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let adapter = Arc::clone(&adapter);
+        tasks.spawn(async move { adapter.acquire(&format!("adapter:leak:{i}")).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(adapter.held_count(), 50, "all 50 forgotten locks are held");
+    let in_redis: i64 = redis.dbsize().await.unwrap();
+    assert_eq!(in_redis, 50, "all 50 locks are in Redis");
+
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(
+        adapter.held_count(),
+        0,
+        "entries whose lease has passed must be dropped from the map"
+    );
+    let in_redis: i64 = redis.dbsize().await.unwrap();
+    assert_eq!(in_redis, 0, "the forgotten locks expired in Redis");
+}
+
+#[tokio::test]
+async fn dropping_the_adapter_releases_what_it_holds() {
+    let server = RedisServer::start();
+    let redis = server.client().await;
+    let mutex = DistributedMutex::new(server.client().await);
+    let adapter = RedisAdapter::new(mutex.clone());
+    adapter.acquire("adapter:drop:a").await;
+    adapter.acquire("adapter:drop:b").await;
+    assert_eq!(adapter.held_count(), 2);
+
+    drop(adapter);
+    mutex.shutdown().await;
+    assert!(!exists(&redis, "adapter:drop:a").await);
+    assert!(!exists(&redis, "adapter:drop:b").await);
+}
+
+// ---- concurrency -----------------------------------------------------------
+
+#[tokio::test(flavor = "current_thread")]
+async fn same_key_through_one_adapter_waits_for_the_holder() {
+    let (logs, _default) = Capture::install();
+    let server = RedisServer::start();
+    let redis = server.client().await;
+    let mutex = DistributedMutex::builder(server.client().await)
+        .retry(RetryStrategy::linear(Duration::from_millis(50), 200))
+        .build()
+        .unwrap();
+    let adapter = Arc::new(RedisAdapter::new(mutex));
+    let key = "adapter:shared";
+
+    // Task A.
+    adapter.acquire(key).await;
+    let token_a = get(&redis, key).await.expect("A holds the key");
+
+    // Task B, same adapter, same key.
+    let b = {
+        let adapter = Arc::clone(&adapter);
+        tokio::spawn(async move { adapter.acquire(key).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!b.is_finished(), "B must wait while A holds the key");
+    assert_eq!(
+        get(&redis, key).await.as_deref(),
+        Some(token_a.as_str()),
+        "A's lock must not be replaced while A holds it"
+    );
+    assert_eq!(adapter.held_count(), 1, "only A's entry");
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    adapter.release(key).await; // A releases its own lock ...
+    logs.assert_logged(Level::DEBUG, "lock released", key);
+    assert_eq!(logs.count(Level::ERROR, "failed to release lock", key), 0);
+
+    // ... and B gets the key right after.
+    tokio::time::timeout(Duration::from_secs(3), b)
+        .await
+        .expect("B acquires soon after A's release")
+        .unwrap();
+    let token_b = get(&redis, key).await.expect("B holds the key");
+    assert_uuid(&token_b);
+    assert_ne!(token_a, token_b, "B holds its own lock, not A's");
+    assert_eq!(adapter.held_count(), 1);
+
+    // The API is key-based: the next release(key) frees B's lock.
+    adapter.release(key).await;
+    assert!(!exists(&redis, key).await);
+    assert_eq!(adapter.held_count(), 0);
+    assert!(
+        logs.at_least(Level::WARN).is_empty(),
+        "no warning or error expected: {:#?}",
+        logs.events()
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn many_tasks_on_one_key_through_one_adapter_are_mutually_exclusive() {
+    const TASKS: usize = 20;
+    let (logs, _default) = Capture::install();
+    let server = RedisServer::start();
+    let redis = server.client().await;
+    let mutex = DistributedMutex::builder(server.client().await)
+        // A 10 s budget: no task gives up, so every acquire that returns holds
+        // the key (checked below through the logs and the tokens).
+        .retry(RetryStrategy::linear(Duration::from_millis(10), 1000))
+        .build()
+        .unwrap();
+    let adapter: Arc<RedisAdapter> = Arc::new(RedisAdapter::new(mutex));
+    let key = "adapter:contended";
+    let occupancy = Arc::new(AtomicUsize::new(0));
+    let max_occupancy = Arc::new(AtomicUsize::new(0));
+    let tokens = Arc::new(Mutex::new(HashSet::new()));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let adapter = Arc::clone(&adapter);
+        let occupancy = Arc::clone(&occupancy);
+        let max_occupancy = Arc::clone(&max_occupancy);
+        let tokens = Arc::clone(&tokens);
+        let redis = redis.clone();
+        tasks.spawn(async move {
+            adapter.acquire(key).await;
+            let inside = occupancy.fetch_add(1, Ordering::SeqCst) + 1;
+            max_occupancy.fetch_max(inside, Ordering::SeqCst);
+
+            // Did this acquire get the lock? A fresh token in Redis, and the
+            // adapter's single entry.
+            let token = get(&redis, key).await.expect("the key is locked");
+            assert!(
+                tokens.lock().unwrap().insert(token.clone()),
+                "token {token} seen by two critical sections: an acquire returned without the lock"
+            );
+            assert_eq!(adapter.held_count(), 1);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert_eq!(
+                get(&redis, key).await.as_deref(),
+                Some(token.as_str()),
+                "the lock changed hands inside a critical section"
+            );
+
+            occupancy.fetch_sub(1, Ordering::SeqCst);
+            adapter.release(key).await;
+        });
+    }
+    let deadline = Duration::from_secs(30);
+    tokio::time::timeout(deadline, async {
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    })
+    .await
+    .expect("20 short critical sections finish well within 30 s");
+
+    assert_eq!(max_occupancy.load(Ordering::SeqCst), 1, "mutual exclusion");
+    assert_eq!(
+        tokens.lock().unwrap().len(),
+        TASKS,
+        "one acquisition per task"
+    );
+    assert!(
+        logs.at_least(Level::WARN).is_empty(),
+        "no acquire may time out and no release fail: {:#?}",
+        logs.at_least(Level::WARN)
+    );
+    assert_eq!(adapter.held_count(), 0);
+    assert!(!exists(&redis, key).await);
+}
+
+#[tokio::test]
+async fn arc_dyn_adapter_is_send_sync_and_works_from_spawned_tasks() {
+    assert_send_sync::<dyn Adapter>();
+    assert_send_sync::<Arc<dyn Adapter>>();
+    assert_send_sync::<RedisAdapter>();
+
+    let server = RedisServer::start();
+    let redis = server.client().await;
+    let adapter: Arc<dyn Adapter> = provide_adapter(server.client().await);
+    assert_send(&adapter.acquire("adapter:send"));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let adapter = Arc::clone(&adapter);
+        let redis = redis.clone();
+        tasks.spawn(async move {
+            let key = format!("adapter:spawned:{i}");
+            // `format_args!`'s temporaries live to the end of the statement
+            // and are not `Send`: make the future in its own statement so a
+            // spawned (Send) task does not hold them across the await.
+            let acquiring = adapter.acquiref(format_args!("adapter:spawned:{i}"));
+            acquiring.await;
+            let token = get(&redis, &key).await.expect("locked from a spawned task");
+            assert_uuid(&token);
+            adapter.release(&key).await;
+            assert!(!exists(&redis, &key).await);
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
