@@ -143,7 +143,9 @@ pub enum Error {
 
     /// [`DistributedMutex::shutdown`](crate::DistributedMutex::shutdown) was
     /// called: the mutex takes no new locks.
-    #[error("lock `{key}` was refused: the mutex has been shut down; create a new one to take locks")]
+    #[error(
+        "lock `{key}` was refused: the mutex has been shut down; create a new one to take locks"
+    )]
     Shutdown {
         /// The key that was asked for.
         key: String,

@@ -52,6 +52,7 @@ mod error;
 mod guard;
 mod lease;
 mod mutex;
+mod notify;
 mod release;
 mod renew;
 mod retry;

@@ -12,6 +12,7 @@ use fred::interfaces::ClientLike;
 
 use crate::error::display_key;
 use crate::lease::{Lease, LeaseCore};
+use crate::notify::{Ticket, Waiters};
 use crate::release::ReleaseQueue;
 use crate::renew::Renewer;
 use crate::scripts::{self, Acquired};
@@ -71,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) command_timeout: Duration,
     pub(crate) auto_renew: bool,
     pub(crate) fencing: bool,
+    notifications: bool,
+    waiters: Waiters,
     pub(crate) releases: ReleaseQueue,
     renewer: Renewer,
     shut_down: AtomicBool,
@@ -112,6 +115,7 @@ impl DistributedMutex {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             auto_renew: true,
             fencing: false,
+            notifications: true,
         }
     }
 
@@ -135,6 +139,7 @@ impl DistributedMutex {
     fn from_builder(b: Builder) -> Self {
         let releases = ReleaseQueue::new(b.client.clone(), b.command_timeout);
         let renewer = Renewer::new(b.client.clone(), b.command_timeout);
+        let waiters = Waiters::new(b.client.clone(), b.command_timeout);
         DistributedMutex {
             inner: Arc::new(Inner {
                 client: b.client,
@@ -144,6 +149,8 @@ impl DistributedMutex {
                 command_timeout: b.command_timeout,
                 auto_renew: b.auto_renew,
                 fencing: b.fencing,
+                notifications: b.notifications,
+                waiters,
                 releases,
                 renewer,
                 shut_down: AtomicBool::new(false),
@@ -312,9 +319,22 @@ pub struct Builder {
     command_timeout: Duration,
     auto_renew: bool,
     fencing: bool,
+    notifications: bool,
 }
 
 impl Builder {
+    /// Whether waiters are woken by release messages (default `true`).
+    ///
+    /// On: the release script publishes on `<key>:released`; the mutex keeps
+    /// one extra connection (made on the first wait) subscribed to the
+    /// channels of keys it has waiters for, and wakes its waiters of a key
+    /// one at a time, in FIFO order. Off: waiters poll at the retry
+    /// strategy's delays. Either way a wait never outlasts the holder's TTL.
+    pub fn notifications(mut self, on: bool) -> Self {
+        self.notifications = on;
+        self
+    }
+
     /// Whether guards renew their lease in the background while they live
     /// (default `true`): a third of the TTL after each confirmed renewal,
     /// batched across all the mutex's locks. With `false` a lock lasts one
@@ -520,6 +540,7 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
         .settled(&redis_key, inner.command_timeout)
         .await;
 
+    let notify = inner.notifications && retry.max_attempts() > 1;
     let mut pending = Pending {
         inner: &inner,
         redis_key,
@@ -527,83 +548,120 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
         armed: false,
     };
     let started = Instant::now();
-    let deadline = timeout.map(|t| started + t);
+    // The retry strategy bounds the whole wait by the sum of its delays;
+    // `.timeout` may cut it shorter.
+    let budget = started + retry.max_total_wait();
+    let deadline = timeout.map_or(budget, |t| budget.min(started + t));
     let mut attempts = 0u32;
+    // Waits that ended without a release message: these advance the retry
+    // strategy (a wake-up by a message does not use up an attempt).
+    let mut polls = 0u32;
     // Set once an attempt ended without a definite answer: its SET may still
     // land, so the token must be released if we give up.
     let mut uncertain = false;
+    let mut holder_ttl = None;
+    let mut last_error = None;
+    let mut ticket: Option<Ticket<'_>> = None;
+    // Waiters of this key already queued in this process go first: join
+    // the queue behind them instead of barging in with an attempt.
+    let mut skip_attempt = false;
+    if notify && inner.waiters.has_waiters(&pending.redis_key) {
+        ticket = Some(inner.waiters.join(&pending.redis_key));
+        skip_attempt = true;
+    }
     loop {
-        if attempts > 0 && inner.shut_down.load(Ordering::SeqCst) {
-            return Err(Error::Shutdown { key });
+        if !std::mem::take(&mut skip_attempt) {
+            if attempts > 0 && inner.shut_down.load(Ordering::SeqCst) {
+                return Err(Error::Shutdown { key });
+            }
+            attempts += 1;
+            pending.armed = true;
+            let sent_at = Instant::now();
+            let outcome = scripts::acquire(
+                &inner.client,
+                &pending.redis_key,
+                fence_key.as_deref(),
+                &pending.token,
+                ttl_ms,
+                inner.command_timeout,
+            )
+            .await;
+            match outcome {
+                Ok(Acquired::Yes { fencing_token }) => {
+                    pending.armed = false;
+                    if let Some(ticket) = ticket.take() {
+                        ticket.acquired();
+                    }
+                    tracing::debug!(key = %key, attempts, ?fencing_token, "lock acquired");
+                    let lease = Arc::new(LeaseCore::new(
+                        key,
+                        std::mem::take(&mut pending.redis_key),
+                        std::mem::take(&mut pending.token),
+                        fencing_token,
+                        ttl,
+                        sent_at,
+                    ));
+                    if auto_renew {
+                        inner.renewer.track(&lease, sent_at);
+                    }
+                    return Ok(LockGuard::new(Arc::clone(&inner), lease));
+                }
+                Ok(Acquired::No { pttl }) => {
+                    pending.armed = uncertain;
+                    holder_ttl = pttl;
+                    last_error = None;
+                }
+                Err(mut e) if e.is_transient() => {
+                    uncertain = true;
+                    e.set_key(&key);
+                    tracing::debug!(key = %key, attempts, error = %e, "lock attempt failed");
+                    holder_ttl = None;
+                    last_error = Some(e);
+                }
+                Err(mut e) => {
+                    e.set_key(&key);
+                    return Err(e);
+                }
+            }
         }
-        attempts += 1;
-        pending.armed = true;
-        let sent_at = Instant::now();
-        let outcome = scripts::acquire(
-            &inner.client,
-            &pending.redis_key,
-            fence_key.as_deref(),
-            &pending.token,
-            ttl_ms,
-            inner.command_timeout,
-        )
-        .await;
-        let (holder_ttl, last_error) = match outcome {
-            Ok(Acquired::Yes { fencing_token }) => {
-                pending.armed = false;
-                tracing::debug!(key = %key, attempts, ?fencing_token, "lock acquired");
-                let lease = Arc::new(LeaseCore::new(
-                    key,
-                    std::mem::take(&mut pending.redis_key),
-                    std::mem::take(&mut pending.token),
-                    fencing_token,
-                    ttl,
-                    sent_at,
-                ));
-                if auto_renew {
-                    inner.renewer.track(&lease, sent_at);
-                }
-                return Ok(LockGuard::new(Arc::clone(&inner), lease));
-            }
-            Ok(Acquired::No { pttl }) => {
-                pending.armed = uncertain;
-                (pttl, None)
-            }
-            Err(mut e) if e.is_transient() => {
-                uncertain = true;
-                e.set_key(&key);
-                tracing::debug!(key = %key, attempts, error = %e, "lock attempt failed");
-                (None, Some(e))
-            }
-            Err(mut e) => {
-                e.set_key(&key);
-                return Err(e);
-            }
-        };
 
-        let next = retry.delay_after(attempts).and_then(|backoff| {
-            // Never sleep past the moment the holder's lease can end.
-            let mut delay = match holder_ttl {
-                Some(pttl) => backoff.min(pttl + Duration::from_millis(1)),
-                None => backoff,
-            };
-            if let Some(deadline) = deadline {
-                let left = deadline.checked_duration_since(Instant::now())?;
-                if left.is_zero() {
-                    return None;
-                }
-                delay = delay.min(left);
-            }
-            Some(delay)
-        });
-        let Some(delay) = next else {
+        // Wait for a release message, the holder's lease to end (never
+        // sleep past it), or the strategy's next delay, whichever is first.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let next = retry.delay_after(polls + 1).filter(|_| !left.is_zero());
+        let Some(backoff) = next else {
             return Err(last_error.unwrap_or_else(|| Error::NotObtained {
                 key,
                 attempts,
                 waited: started.elapsed(),
             }));
         };
-        tokio::time::sleep(delay).await;
+        let mut wait = backoff.min(left);
+        if let Some(pttl) = holder_ttl {
+            wait = wait.min(pttl + Duration::from_millis(1));
+        }
+        if notify {
+            let ticket = match &mut ticket {
+                Some(ticket) => ticket,
+                empty => {
+                    let mut joined = inner.waiters.join(&pending.redis_key);
+                    let subscribed = joined.subscribed(inner.command_timeout).await;
+                    let joined = empty.insert(joined);
+                    if subscribed {
+                        // A release may have come before the subscription:
+                        // try again at once.
+                        continue;
+                    }
+                    joined
+                }
+            };
+            if !ticket.wait(wait).await {
+                polls += 1;
+            }
+        } else {
+            tokio::time::sleep(wait).await;
+            polls += 1;
+        }
     }
 }
 
@@ -657,18 +715,21 @@ fn fence_key(key: &str, redis_key: &str) -> Result<String, Error> {
     use fred::util::redis_keyslot;
     let slot = redis_keyslot(redis_key.as_bytes());
     let same_slot = |candidate: &String| redis_keyslot(candidate.as_bytes()) == slot;
-    [format!("{redis_key}:fence"), format!("{{{redis_key}}}:fence")]
-        .into_iter()
-        .find(same_slot)
-        .or_else(|| {
-            (0u32..1 << 20)
-                .find(|n| redis_keyslot(n.to_string().as_bytes()) == slot)
-                .map(|n| format!("{{{n}}}:fence:{redis_key}"))
-        })
-        .ok_or_else(|| Error::InvalidKey {
-            key: display_key(key),
-            reason: "no fencing counter key in the lock key's cluster slot could be derived",
-        })
+    [
+        format!("{redis_key}:fence"),
+        format!("{{{redis_key}}}:fence"),
+    ]
+    .into_iter()
+    .find(same_slot)
+    .or_else(|| {
+        (0u32..1 << 20)
+            .find(|n| redis_keyslot(n.to_string().as_bytes()) == slot)
+            .map(|n| format!("{{{n}}}:fence:{redis_key}"))
+    })
+    .ok_or_else(|| Error::InvalidKey {
+        key: display_key(key),
+        reason: "no fencing counter key in the lock key's cluster slot could be derived",
+    })
 }
 
 /// The TTL in whole milliseconds, or `InvalidTtl`.
@@ -717,7 +778,10 @@ mod tests {
         assert!(ttl_millis("k", Duration::from_micros(999)).is_err());
         assert_eq!(ttl_millis("k", Duration::from_millis(1)).unwrap(), 1);
         assert_eq!(ttl_millis("k", Duration::from_micros(1500)).unwrap(), 1);
-        assert_eq!(ttl_millis("k", MAX_TTL).unwrap(), MAX_TTL.as_millis() as u64);
+        assert_eq!(
+            ttl_millis("k", MAX_TTL).unwrap(),
+            MAX_TTL.as_millis() as u64
+        );
         assert!(ttl_millis("k", MAX_TTL + Duration::from_millis(1)).is_err());
         assert!(ttl_millis("k", Duration::MAX).is_err());
     }
@@ -736,7 +800,11 @@ mod tests {
         use fred::util::redis_keyslot;
         for key in ["plain", "{tag}rest", "a{b}c", "ключ", "with space", "x}y"] {
             let fence = fence_key(key, key).unwrap();
-            assert_eq!(redis_keyslot(fence.as_bytes()), redis_keyslot(key.as_bytes()), "{key}");
+            assert_eq!(
+                redis_keyslot(fence.as_bytes()),
+                redis_keyslot(key.as_bytes()),
+                "{key}"
+            );
             assert_ne!(fence, key);
         }
         assert_eq!(fence_key("plain", "plain").unwrap(), "{plain}:fence");

@@ -209,7 +209,13 @@ async fn renew_chunk(
     let entries: Vec<(&str, &str, u64)> = chunk
         .iter()
         .zip(&ttls)
-        .map(|(l, ttl)| (l.redis_key.as_str(), l.token.as_str(), ttl.as_millis() as u64))
+        .map(|(l, ttl)| {
+            (
+                l.redis_key.as_str(),
+                l.token.as_str(),
+                ttl.as_millis() as u64,
+            )
+        })
         .collect();
     let sent_at = Instant::now();
     let result = scripts::extend(client, &entries, timeout).await;
@@ -235,7 +241,8 @@ async fn renew_chunk(
             let now = Instant::now();
             for (lease, ttl) in chunk.iter().zip(ttls) {
                 if lease.lost_reason().is_none() {
-                    let retry = (period(ttl) / 3).clamp(Duration::from_millis(1), Duration::from_secs(1));
+                    let retry =
+                        (period(ttl) / 3).clamp(Duration::from_millis(1), Duration::from_secs(1));
                     next.push((Arc::downgrade(lease), now + retry));
                 }
             }

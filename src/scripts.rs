@@ -98,7 +98,15 @@ pub(crate) async fn release(
     token: &str,
     timeout: Duration,
 ) -> Result<bool, Error> {
-    let deleted: i64 = run(client, &RELEASE, key, key, vec![Value::from(token)], timeout).await?;
+    let deleted: i64 = run(
+        client,
+        &RELEASE,
+        key,
+        key,
+        vec![Value::from(token)],
+        timeout,
+    )
+    .await?;
     Ok(deleted == 1)
 }
 
