@@ -153,7 +153,8 @@ impl Adapter for RedisAdapter {
     fn acquire<'a>(&'a self, key: &'a str) -> AdapterFuture<'a> {
         Box::pin(async move {
             let cancelled = CancelLog { key, armed: true };
-            let result = self.mutex.lock(key).await;
+            // The Go package's fixed lease: no renewal.
+            let result = self.mutex.acquire(key).auto_renew(false).await;
             let mut cancelled = cancelled;
             cancelled.armed = false;
             match result {

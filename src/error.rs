@@ -45,6 +45,20 @@ pub enum Error {
         key: String,
     },
 
+    /// The lock was lost while work ran under it
+    /// ([`DistributedMutex::with_lock`](crate::DistributedMutex::with_lock)):
+    /// the work was cancelled at its next await point.
+    #[error(
+        "lock `{key}` was lost while work ran under it ({reason}); the work was cancelled, and \
+         anything it wrote before may overlap with another holder's work"
+    )]
+    Lost {
+        /// The lock's key.
+        key: String,
+        /// Why the lock was lost.
+        reason: crate::LostReason,
+    },
+
     /// The key cannot be used as a lock key.
     #[error("invalid lock key `{key}`: {reason}")]
     InvalidKey {
@@ -151,6 +165,7 @@ impl Error {
         match self {
             Error::NotObtained { key, .. }
             | Error::NotHeld { key }
+            | Error::Lost { key, .. }
             | Error::InvalidKey { key, .. }
             | Error::Timeout { key, .. }
             | Error::Unavailable { key, .. }
@@ -167,6 +182,7 @@ impl Error {
         match self {
             Error::NotObtained { key, .. }
             | Error::NotHeld { key }
+            | Error::Lost { key, .. }
             | Error::InvalidKey { key, .. }
             | Error::InvalidTtl { key, .. }
             | Error::Timeout { key, .. }

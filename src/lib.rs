@@ -50,14 +50,18 @@
 mod adapter;
 mod error;
 mod guard;
+mod lease;
 mod mutex;
+mod notify;
 mod release;
+mod renew;
 mod retry;
 mod scripts;
 
 pub use adapter::{provide_adapter, Adapter, AdapterFuture, RedisAdapter};
 pub use error::Error;
 pub use guard::LockGuard;
+pub use lease::{Lease, LostReason};
 pub use mutex::{
     Acquire, Builder, DistributedMutex, DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_KEY_LEN,
     MAX_PREFIX_LEN, MAX_TTL, MIN_TTL,

@@ -11,7 +11,10 @@ use fred::clients::Client;
 use fred::interfaces::ClientLike;
 
 use crate::error::display_key;
+use crate::lease::{Lease, LeaseCore};
+use crate::notify::{Ticket, Waiters};
 use crate::release::ReleaseQueue;
+use crate::renew::Renewer;
 use crate::scripts::{self, Acquired};
 use crate::{Error, LockGuard, RetryStrategy};
 
@@ -67,7 +70,12 @@ pub(crate) struct Inner {
     pub(crate) retry: RetryStrategy,
     pub(crate) prefix: String,
     pub(crate) command_timeout: Duration,
+    pub(crate) auto_renew: bool,
+    pub(crate) fencing: bool,
+    notifications: bool,
+    waiters: Waiters,
     pub(crate) releases: ReleaseQueue,
+    renewer: Renewer,
     shut_down: AtomicBool,
 }
 
@@ -80,13 +88,7 @@ impl DistributedMutex {
     /// without one a command after a dropped connection fails for good), or
     /// use [`DistributedMutex::connect`], which does.
     pub fn new(client: Client) -> Self {
-        DistributedMutex::from_parts(
-            client,
-            DEFAULT_TTL,
-            RetryStrategy::default(),
-            String::new(),
-            DEFAULT_COMMAND_TIMEOUT,
-        )
+        DistributedMutex::from_builder(DistributedMutex::builder(client))
     }
 
     /// A builder to change the defaults.
@@ -111,6 +113,9 @@ impl DistributedMutex {
             retry: RetryStrategy::default(),
             prefix: String::new(),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            auto_renew: true,
+            fencing: false,
+            notifications: true,
         }
     }
 
@@ -130,22 +135,24 @@ impl DistributedMutex {
         Ok(DistributedMutex::new(client))
     }
 
-    fn from_parts(
-        client: Client,
-        ttl: Duration,
-        retry: RetryStrategy,
-        prefix: String,
-        command_timeout: Duration,
-    ) -> Self {
-        let releases = ReleaseQueue::new(client.clone(), command_timeout);
+    /// Builds from settings already checked (or the defaults).
+    fn from_builder(b: Builder) -> Self {
+        let releases = ReleaseQueue::new(b.client.clone(), b.command_timeout);
+        let renewer = Renewer::new(b.client.clone(), b.command_timeout);
+        let waiters = Waiters::new(b.client.clone(), b.command_timeout);
         DistributedMutex {
             inner: Arc::new(Inner {
-                client,
-                ttl,
-                retry,
-                prefix,
-                command_timeout,
+                client: b.client,
+                ttl: b.ttl,
+                retry: b.retry,
+                prefix: b.prefix,
+                command_timeout: b.command_timeout,
+                auto_renew: b.auto_renew,
+                fencing: b.fencing,
+                notifications: b.notifications,
+                waiters,
                 releases,
+                renewer,
                 shut_down: AtomicBool::new(false),
             }),
         }
@@ -219,6 +226,62 @@ impl DistributedMutex {
             ttl: None,
             retry: None,
             timeout: None,
+            auto_renew: None,
+            fencing: None,
+        }
+    }
+
+    /// Runs `work` while holding the lock on `key`, and releases it after.
+    ///
+    /// The lock is taken as by [`lock`](Self::lock) (renewed while the work
+    /// runs). `work` gets a [`Lease`] (key, fencing token, remaining time). If
+    /// the lock is lost while the work runs, the work future is dropped at its
+    /// next await point (cancelled) and the call returns [`Error::Lost`].
+    ///
+    /// Cancellation does not undo what the work already did: a write sent
+    /// before the loss was noticed may land after another holder took the
+    /// lock. Where that matters, take the lock with fencing and have the
+    /// resource reject stale fencing tokens.
+    ///
+    /// ```no_run
+    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+    /// let rows = mutex
+    ///     .with_lock("tenant:42:settings", |lease| async move {
+    ///         println!("holding {} for at least {:?}", lease.key(), lease.remaining());
+    ///         42 // the work's output
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock), and [`Error::Lost`] when the lock was lost
+    /// before the work finished (or found lost when releasing it).
+    pub async fn with_lock<F, Fut, T>(&self, key: impl AsRef<str>, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let guard = self.lock(key).await?;
+        let work = work(guard.lease());
+        let output = tokio::select! {
+            biased;
+            reason = guard.lost() => {
+                return Err(Error::Lost { key: guard.key().to_owned(), reason });
+            }
+            output = work => output,
+        };
+        let key = guard.key().to_owned();
+        match guard.release().await {
+            Ok(()) => Ok(output),
+            Err(Error::NotHeld { .. }) => Err(Error::Lost {
+                key,
+                reason: crate::LostReason::Missing,
+            }),
+            // Redis could not be asked to release: the lock was held as far
+            // as anyone can tell; the release is retried in the background.
+            Err(e) if e.is_transient() => Ok(output),
+            Err(e) => Err(e),
         }
     }
 
@@ -254,9 +317,42 @@ pub struct Builder {
     retry: RetryStrategy,
     prefix: String,
     command_timeout: Duration,
+    auto_renew: bool,
+    fencing: bool,
+    notifications: bool,
 }
 
 impl Builder {
+    /// Whether waiters are woken by release messages (default `true`).
+    ///
+    /// On: the release script publishes on `<key>:released`; the mutex keeps
+    /// one extra connection (made on the first wait) subscribed to the
+    /// channels of keys it has waiters for, and wakes its waiters of a key
+    /// one at a time, in FIFO order. Off: waiters poll at the retry
+    /// strategy's delays. Either way a wait never outlasts the holder's TTL.
+    pub fn notifications(mut self, on: bool) -> Self {
+        self.notifications = on;
+        self
+    }
+
+    /// Whether guards renew their lease in the background while they live
+    /// (default `true`): a third of the TTL after each confirmed renewal,
+    /// batched across all the mutex's locks. With `false` a lock lasts one
+    /// TTL unless [`extend`](LockGuard::extend)ed.
+    pub fn auto_renew(mut self, on: bool) -> Self {
+        self.auto_renew = on;
+        self
+    }
+
+    /// Takes every lock with a fencing token (default off; see
+    /// [`LockGuard::fencing_token`]). Each key then also has a counter key
+    /// that is never deleted: `<key>:fence` when the key has a cluster hash
+    /// tag, `{<key>}:fence` otherwise, so both hash to one cluster slot.
+    pub fn fencing(mut self) -> Self {
+        self.fencing = true;
+        self
+    }
+
     /// The lease of every lock (default one minute), between [`MIN_TTL`] and
     /// [`MAX_TTL`]; whole milliseconds (a fraction is dropped).
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -313,13 +409,7 @@ impl Builder {
                 source: None,
             });
         }
-        Ok(DistributedMutex::from_parts(
-            self.client,
-            ttl,
-            self.retry,
-            self.prefix,
-            self.command_timeout,
-        ))
+        Ok(DistributedMutex::from_builder(Builder { ttl, ..self }))
     }
 }
 
@@ -335,9 +425,24 @@ pub struct Acquire {
     ttl: Option<Duration>,
     retry: Option<RetryStrategy>,
     timeout: Option<Duration>,
+    auto_renew: Option<bool>,
+    fencing: Option<bool>,
 }
 
 impl Acquire {
+    /// Whether this guard renews its lease while it lives, instead of the
+    /// mutex's setting (default on).
+    pub fn auto_renew(mut self, on: bool) -> Self {
+        self.auto_renew = Some(on);
+        self
+    }
+
+    /// Takes this lock with a fencing token (see [`LockGuard::fencing_token`]).
+    pub fn fencing(mut self) -> Self {
+        self.fencing = Some(true);
+        self
+    }
+
     /// The lease for this lock, instead of the mutex's.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
@@ -404,6 +509,8 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
         ttl,
         retry,
         timeout,
+        auto_renew,
+        fencing,
     } = req;
     let ttl_ms = ttl_millis(&key, ttl.unwrap_or(inner.ttl))?;
     let ttl = Duration::from_millis(ttl_ms);
@@ -418,6 +525,12 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
     } else {
         format!("{}{key}", inner.prefix)
     };
+    let fence_key = if fencing.unwrap_or(inner.fencing) {
+        Some(fence_key(&key, &redis_key)?)
+    } else {
+        None
+    };
+    let auto_renew = auto_renew.unwrap_or(inner.auto_renew);
 
     inner.releases.ensure_started();
     // A release of this key that this process queued (a guard dropped just
@@ -427,6 +540,7 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
         .settled(&redis_key, inner.command_timeout)
         .await;
 
+    let notify = inner.notifications && retry.max_attempts() > 1;
     let mut pending = Pending {
         inner: &inner,
         redis_key,
@@ -434,80 +548,120 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
         armed: false,
     };
     let started = Instant::now();
-    let deadline = timeout.map(|t| started + t);
+    // The retry strategy bounds the whole wait by the sum of its delays;
+    // `.timeout` may cut it shorter.
+    let budget = started + retry.max_total_wait();
+    let deadline = timeout.map_or(budget, |t| budget.min(started + t));
     let mut attempts = 0u32;
+    // Waits that ended without a release message: these advance the retry
+    // strategy (a wake-up by a message does not use up an attempt).
+    let mut polls = 0u32;
     // Set once an attempt ended without a definite answer: its SET may still
     // land, so the token must be released if we give up.
     let mut uncertain = false;
+    let mut holder_ttl = None;
+    let mut last_error = None;
+    let mut ticket: Option<Ticket<'_>> = None;
+    // Waiters of this key already queued in this process go first: join
+    // the queue behind them instead of barging in with an attempt.
+    let mut skip_attempt = false;
+    if notify && inner.waiters.has_waiters(&pending.redis_key) {
+        ticket = Some(inner.waiters.join(&pending.redis_key));
+        skip_attempt = true;
+    }
     loop {
-        if attempts > 0 && inner.shut_down.load(Ordering::SeqCst) {
-            return Err(Error::Shutdown { key });
-        }
-        attempts += 1;
-        pending.armed = true;
-        let sent_at = Instant::now();
-        let outcome = scripts::acquire(
-            &inner.client,
-            &pending.redis_key,
-            &pending.token,
-            ttl_ms,
-            inner.command_timeout,
-        )
-        .await;
-        let (holder_ttl, last_error) = match outcome {
-            Ok(Acquired::Yes) => {
-                pending.armed = false;
-                tracing::debug!(key = %key, attempts, "lock acquired");
-                let redis_key = std::mem::take(&mut pending.redis_key);
-                let token = std::mem::take(&mut pending.token);
-                return Ok(LockGuard::new(
-                    Arc::clone(&inner),
-                    key,
-                    redis_key,
-                    token,
-                    ttl,
-                    sent_at,
-                ));
+        if !std::mem::take(&mut skip_attempt) {
+            if attempts > 0 && inner.shut_down.load(Ordering::SeqCst) {
+                return Err(Error::Shutdown { key });
             }
-            Ok(Acquired::No { pttl }) => {
-                pending.armed = uncertain;
-                (pttl, None)
-            }
-            Err(mut e) if e.is_transient() => {
-                uncertain = true;
-                e.set_key(&key);
-                tracing::debug!(key = %key, attempts, error = %e, "lock attempt failed");
-                (None, Some(e))
-            }
-            Err(mut e) => {
-                e.set_key(&key);
-                return Err(e);
-            }
-        };
-
-        let next = retry.delay_after(attempts).and_then(|backoff| {
-            // Never sleep past the moment the holder's lease can end.
-            let mut delay = match holder_ttl {
-                Some(pttl) => backoff.min(pttl + Duration::from_millis(1)),
-                None => backoff,
-            };
-            if let Some(deadline) = deadline {
-                let left = deadline.checked_duration_since(Instant::now())?;
-                if left.is_zero() {
-                    return None;
+            attempts += 1;
+            pending.armed = true;
+            let sent_at = Instant::now();
+            let outcome = scripts::acquire(
+                &inner.client,
+                &pending.redis_key,
+                fence_key.as_deref(),
+                &pending.token,
+                ttl_ms,
+                inner.command_timeout,
+            )
+            .await;
+            match outcome {
+                Ok(Acquired::Yes { fencing_token }) => {
+                    pending.armed = false;
+                    if let Some(ticket) = ticket.take() {
+                        ticket.acquired();
+                    }
+                    tracing::debug!(key = %key, attempts, ?fencing_token, "lock acquired");
+                    let lease = Arc::new(LeaseCore::new(
+                        key,
+                        std::mem::take(&mut pending.redis_key),
+                        std::mem::take(&mut pending.token),
+                        fencing_token,
+                        ttl,
+                        sent_at,
+                    ));
+                    if auto_renew {
+                        inner.renewer.track(&lease, sent_at);
+                    }
+                    return Ok(LockGuard::new(Arc::clone(&inner), lease));
                 }
-                delay = delay.min(left);
+                Ok(Acquired::No { pttl }) => {
+                    pending.armed = uncertain;
+                    holder_ttl = pttl;
+                    last_error = None;
+                }
+                Err(mut e) if e.is_transient() => {
+                    uncertain = true;
+                    e.set_key(&key);
+                    tracing::debug!(key = %key, attempts, error = %e, "lock attempt failed");
+                    holder_ttl = None;
+                    last_error = Some(e);
+                }
+                Err(mut e) => {
+                    e.set_key(&key);
+                    return Err(e);
+                }
             }
-            Some(delay)
-        });
-        let Some(delay) = next else {
+        }
+
+        // Wait for a release message, the holder's lease to end (never
+        // sleep past it), or the strategy's next delay, whichever is first.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let next = retry.delay_after(polls + 1).filter(|_| !left.is_zero());
+        let Some(backoff) = next else {
             return Err(last_error.unwrap_or_else(|| Error::NotObtained {
                 key,
                 attempts,
                 waited: started.elapsed(),
             }));
         };
-        tokio::time::sleep(delay).await;
+        let mut wait = backoff.min(left);
+        if let Some(pttl) = holder_ttl {
+            wait = wait.min(pttl + Duration::from_millis(1));
+        }
+        if notify {
+            let ticket = match &mut ticket {
+                Some(ticket) => ticket,
+                empty => {
+                    let mut joined = inner.waiters.join(&pending.redis_key);
+                    let subscribed = joined.subscribed(inner.command_timeout).await;
+                    let joined = empty.insert(joined);
+                    if subscribed {
+                        // A release may have come before the subscription:
+                        // try again at once.
+                        continue;
+                    }
+                    joined
+                }
+            };
+            if !ticket.wait(wait).await {
+                polls += 1;
+            }
+        } else {
+            tokio::time::sleep(wait).await;
+            polls += 1;
+        }
     }
 }
 
@@ -549,6 +703,33 @@ pub(crate) async fn connect_client(url: &str, command_timeout: Duration) -> Resu
             })
         }
     }
+}
+
+/// The fencing counter's key: in the same cluster slot as the lock's key.
+///
+/// A key with a hash tag keeps it when suffixed (`<key>:fence`); a key
+/// without braces becomes the tag (`{<key>}:fence`). A key whose stray braces
+/// defeat both gets a numeric tag found to hash to its slot
+/// (`{<n>}:fence:<key>`).
+fn fence_key(key: &str, redis_key: &str) -> Result<String, Error> {
+    use fred::util::redis_keyslot;
+    let slot = redis_keyslot(redis_key.as_bytes());
+    let same_slot = |candidate: &String| redis_keyslot(candidate.as_bytes()) == slot;
+    [
+        format!("{redis_key}:fence"),
+        format!("{{{redis_key}}}:fence"),
+    ]
+    .into_iter()
+    .find(same_slot)
+    .or_else(|| {
+        (0u32..1 << 20)
+            .find(|n| redis_keyslot(n.to_string().as_bytes()) == slot)
+            .map(|n| format!("{{{n}}}:fence:{redis_key}"))
+    })
+    .ok_or_else(|| Error::InvalidKey {
+        key: display_key(key),
+        reason: "no fencing counter key in the lock key's cluster slot could be derived",
+    })
 }
 
 /// The TTL in whole milliseconds, or `InvalidTtl`.
@@ -612,6 +793,23 @@ mod tests {
         assert!(validate_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
         assert!(validate_key(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
         assert!(validate_key("spaces {braces}\nnewline ключ 鍵").is_ok());
+    }
+
+    #[test]
+    fn fence_keys_share_the_lock_keys_slot() {
+        use fred::util::redis_keyslot;
+        for key in ["plain", "{tag}rest", "a{b}c", "ключ", "with space", "x}y"] {
+            let fence = fence_key(key, key).unwrap();
+            assert_eq!(
+                redis_keyslot(fence.as_bytes()),
+                redis_keyslot(key.as_bytes()),
+                "{key}"
+            );
+            assert_ne!(fence, key);
+        }
+        assert_eq!(fence_key("plain", "plain").unwrap(), "{plain}:fence");
+        assert_eq!(fence_key("{t}x", "{t}x").unwrap(), "{t}x:fence");
+        assert!(fence_key("x}y", "x}y").unwrap().ends_with(":fence:x}y"));
     }
 
     #[test]

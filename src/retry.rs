@@ -100,6 +100,35 @@ impl RetryStrategy {
         })
     }
 
+    /// The longest the strategy waits in all: the sum of its delays (for
+    /// `exponential`, of their upper bounds).
+    pub fn max_total_wait(&self) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut attempt = 1;
+        while attempt < self.max_attempts {
+            let ceiling = match self.kind {
+                Kind::None => Duration::ZERO,
+                Kind::Linear(interval) => interval,
+                Kind::Exponential { min, max } => 1u32
+                    .checked_shl(attempt - 1)
+                    .and_then(|factor| min.checked_mul(factor))
+                    .map_or(max.max(min), |d| d.min(max.max(min))),
+            };
+            let reached_max = match self.kind {
+                Kind::Exponential { min, max } => ceiling >= max.max(min),
+                _ => true,
+            };
+            if reached_max {
+                // Every later delay is the same: multiply instead of looping.
+                let left = self.max_attempts - attempt;
+                return total.saturating_add(ceiling.saturating_mul(left));
+            }
+            total = total.saturating_add(ceiling);
+            attempt += 1;
+        }
+        total
+    }
+
     /// Checks that the strategy can make at least one attempt.
     pub(crate) fn validate(&self) -> Result<(), crate::Error> {
         if self.max_attempts == 0 {
@@ -204,6 +233,23 @@ mod tests {
     fn exponential_with_max_below_min_uses_min() {
         let s = RetryStrategy::exponential(ms(50), ms(10), 4);
         assert_eq!(sequence(&s), vec![ms(50); 3]);
+    }
+
+    #[test]
+    fn max_total_wait_sums_the_delays() {
+        assert_eq!(RetryStrategy::none().max_total_wait(), Duration::ZERO);
+        assert_eq!(RetryStrategy::default().max_total_wait(), ms(4750));
+        assert_eq!(
+            RetryStrategy::linear(ms(10), 1).max_total_wait(),
+            Duration::ZERO
+        );
+        // 10 + 20 + 40 + 80 + 80 (capped)
+        assert_eq!(
+            RetryStrategy::exponential(ms(10), ms(80), 6).max_total_wait(),
+            ms(230)
+        );
+        let huge = RetryStrategy::exponential(ms(1), Duration::from_secs(1), u32::MAX);
+        assert!(huge.max_total_wait() > Duration::from_secs(1_000_000));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fred::clients::Client;
 use fred::types::scripts::Script;
-use fred::types::{FromValue, Value};
+use fred::types::{FromValue, MultipleKeys, Value};
 
 use crate::Error;
 
@@ -24,8 +24,8 @@ static EXTEND: LazyLock<Script> =
 /// What the acquire script answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Acquired {
-    /// The caller holds the lock.
-    Yes,
+    /// The caller holds the lock (with its fencing token, when asked for).
+    Yes { fencing_token: Option<u64> },
     /// Someone else holds it; `pttl` is their remaining lease, `None` when
     /// the key has no expiry (set by something other than a lock client).
     No { pttl: Option<Duration> },
@@ -36,10 +36,11 @@ async fn run<R: FromValue>(
     client: &Client,
     script: &Script,
     key: &str,
+    keys: impl Into<MultipleKeys> + Send,
     args: Vec<Value>,
     timeout: Duration,
 ) -> Result<R, Error> {
-    match tokio::time::timeout(timeout, script.evalsha_with_reload(client, key, args)).await {
+    match tokio::time::timeout(timeout, script.evalsha_with_reload(client, keys, args)).await {
         Ok(Ok(reply)) => Ok(reply),
         Ok(Err(e)) => Err(Error::from_redis(key, e)),
         Err(_) => Err(Error::Timeout {
@@ -49,18 +50,29 @@ async fn run<R: FromValue>(
     }
 }
 
-/// `SET key token NX PX ttl`, idempotent for `token`.
+/// `SET key token NX PX ttl`, idempotent for `token`; with `fence_key`, also
+/// draws the next fencing token from that counter.
 pub(crate) async fn acquire(
     client: &Client,
     key: &str,
+    fence_key: Option<&str>,
     token: &str,
     ttl_ms: u64,
     timeout: Duration,
 ) -> Result<Acquired, Error> {
     let args = vec![Value::from(token), Value::from(ttl_ms as i64)];
-    let reply: Vec<i64> = run(client, &ACQUIRE, key, args, timeout).await?;
+    let keys: Vec<&str> = match fence_key {
+        Some(fence_key) => vec![key, fence_key],
+        None => vec![key],
+    };
+    let reply: Vec<i64> = run(client, &ACQUIRE, key, keys, args, timeout).await?;
     match reply.as_slice() {
-        [1, ..] => Ok(Acquired::Yes),
+        [1] if fence_key.is_none() => Ok(Acquired::Yes {
+            fencing_token: None,
+        }),
+        [1, fence] if fence_key.is_some() && *fence > 0 => Ok(Acquired::Yes {
+            fencing_token: Some(*fence as u64),
+        }),
         [0, pttl] if *pttl >= 0 => Ok(Acquired::No {
             pttl: Some(Duration::from_millis(*pttl as u64)),
         }),
@@ -86,19 +98,59 @@ pub(crate) async fn release(
     token: &str,
     timeout: Duration,
 ) -> Result<bool, Error> {
-    let deleted: i64 = run(client, &RELEASE, key, vec![Value::from(token)], timeout).await?;
+    let deleted: i64 = run(
+        client,
+        &RELEASE,
+        key,
+        key,
+        vec![Value::from(token)],
+        timeout,
+    )
+    .await?;
     Ok(deleted == 1)
 }
 
-/// Compare-and-pexpire. `true` when the lease was extended.
+/// What a compare-and-pexpire found for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Extended {
+    /// The lease was extended.
+    Yes,
+    /// The key is gone.
+    Missing,
+    /// The key holds something else.
+    Replaced,
+}
+
+/// Compare-and-pexpire for a batch of `(key, token, ttl_ms)`, all in one
+/// cluster slot; one answer per entry, in order.
 pub(crate) async fn extend(
     client: &Client,
-    key: &str,
-    token: &str,
-    ttl_ms: u64,
+    entries: &[(&str, &str, u64)],
     timeout: Duration,
-) -> Result<bool, Error> {
-    let args = vec![Value::from(token), Value::from(ttl_ms as i64)];
-    let extended: i64 = run(client, &EXTEND, key, args, timeout).await?;
-    Ok(extended == 1)
+) -> Result<Vec<Extended>, Error> {
+    let first = entries.first().map_or("", |e| e.0);
+    let keys: Vec<&str> = entries.iter().map(|e| e.0).collect();
+    let mut args = Vec::with_capacity(entries.len() * 2);
+    for (_, token, ttl_ms) in entries {
+        args.push(Value::from(*token));
+        args.push(Value::from(*ttl_ms as i64));
+    }
+    let reply: Vec<i64> = run(client, &EXTEND, first, keys, args, timeout).await?;
+    if reply.len() != entries.len() {
+        return Err(Error::Redis {
+            key: first.to_owned(),
+            source: fred::error::Error::new(
+                fred::error::ErrorKind::Protocol,
+                format!("unexpected reply from the extend script: {reply:?}"),
+            ),
+        });
+    }
+    Ok(reply
+        .into_iter()
+        .map(|n| match n {
+            1 => Extended::Yes,
+            0 => Extended::Missing,
+            _ => Extended::Replaced,
+        })
+        .collect())
 }

@@ -1,20 +1,28 @@
 -- Acquire (or re-confirm) a lock.
 -- KEYS[1]: the lock key
+-- KEYS[2]: (optional) the lock's fencing counter, in the same cluster slot
 -- ARGV[1]: this acquisition's token
 -- ARGV[2]: the lease in milliseconds
 --
--- Returns {1} when the caller holds the lock, or {0, pttl} with the current
--- holder's remaining lease (-1: the key has no expiry) so a waiter never
--- sleeps past the moment the lock can become free.
+-- Returns {1} (or {1, fencing_token} with KEYS[2]) when the caller holds the
+-- lock, or {0, pttl} with the current holder's remaining lease (-1: the key
+-- has no expiry) so a waiter never sleeps past the moment the lock can end.
 --
 -- Idempotent for its own token: fred re-sends in-flight commands after a
 -- reconnect, and a plain `SET NX` would then answer nil while we hold the
--- lock. Here the retry sees its own token and refreshes the lease instead.
+-- lock. Here the retry sees its own token and refreshes the lease instead
+-- (and returns the fencing token it already drew).
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if KEYS[2] then
+    return {1, redis.call('INCR', KEYS[2])}
+  end
   return {1}
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if KEYS[2] then
+    return {1, tonumber(redis.call('GET', KEYS[2]))}
+  end
   return {1}
 end
 return {0, redis.call('PTTL', KEYS[1])}

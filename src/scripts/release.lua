@@ -1,10 +1,17 @@
--- Release a lock: compare-and-delete.
+-- Release a lock: compare-and-delete, then tell waiters.
 -- KEYS[1]: the lock key
 -- ARGV[1]: the token the caller acquired it with
 --
 -- Returns 1 when the caller's lock was deleted, 0 when the key is gone or
 -- belongs to someone else (whose lock is left untouched).
+--
+-- On a release, publishes on `<key>:released` so that waiters subscribed to
+-- it try at once instead of polling. Plain PUBLISH (not sharded SPUBLISH):
+-- it works on every Redis version and, on a cluster, reaches subscribers on
+-- any node; a PUBLISH nobody listens to costs a hash lookup.
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', KEYS[1] .. ':released', '')
+  return 1
 end
 return 0

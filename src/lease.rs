@@ -1,0 +1,235 @@
+//! The state of one held lock, shared by its guard, the renewer and any
+//! [`Lease`] handles: how long it is valid, and whether it is known lost.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::mutex::drift;
+
+/// Why a lock is known to be lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// The lease ran out locally (last confirmed send time + TTL − drift)
+    /// before a renewal was confirmed: Redis was unreachable, paused or too
+    /// slow, or renewal was off and the work outlasted the TTL.
+    Expired,
+    /// The key is gone from Redis: it was deleted, it expired there, or the
+    /// server restarted without its data.
+    Missing,
+    /// The key holds another client's token (or another type of value) now.
+    Replaced,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LostReason::Expired => "its lease ran out before a renewal was confirmed",
+            LostReason::Missing => "its key is gone from Redis",
+            LostReason::Replaced => "its key holds another holder's token",
+        })
+    }
+}
+
+pub(crate) struct LeaseCore {
+    pub(crate) key: String,
+    pub(crate) redis_key: String,
+    pub(crate) token: String,
+    pub(crate) fencing_token: Option<u64>,
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    ttl: Duration,
+    valid_until: Instant,
+    lost: Option<LostReason>,
+    /// Send time of the command that set `valid_until`: a reply to an older
+    /// command never overrides a newer one.
+    confirmed_at: Instant,
+    /// Released or dropped: renewal stops.
+    ended: bool,
+}
+
+impl LeaseCore {
+    pub(crate) fn new(
+        key: String,
+        redis_key: String,
+        token: String,
+        fencing_token: Option<u64>,
+        ttl: Duration,
+        sent_at: Instant,
+    ) -> Self {
+        LeaseCore {
+            key,
+            redis_key,
+            token,
+            fencing_token,
+            state: Mutex::new(State {
+                ttl,
+                valid_until: valid_until(sent_at, ttl),
+                lost: None,
+                confirmed_at: sent_at,
+                ended: false,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The reason the lock is lost, marking it `Expired` once the local
+    /// validity has passed.
+    pub(crate) fn lost_reason(&self) -> Option<LostReason> {
+        let mut state = self.state();
+        if state.lost.is_none() && Instant::now() >= state.valid_until {
+            state.lost = Some(LostReason::Expired);
+            drop(state);
+            self.changed.notify_waiters();
+            return Some(LostReason::Expired);
+        }
+        state.lost
+    }
+
+    pub(crate) fn remaining(&self) -> Duration {
+        if self.lost_reason().is_some() {
+            return Duration::ZERO;
+        }
+        self.state()
+            .valid_until
+            .saturating_duration_since(Instant::now())
+    }
+
+    pub(crate) fn ttl(&self) -> Duration {
+        self.state().ttl
+    }
+
+    /// Records a loss (the first reason sticks). A lost lease never comes back.
+    pub(crate) fn mark_lost(&self, reason: LostReason) {
+        let mut state = self.state();
+        if state.lost.is_none() {
+            state.lost = Some(reason);
+            drop(state);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Records a confirmed extension sent at `sent_at` for `ttl`. Refused
+    /// (and the lease marked lost) when the local validity had already
+    /// passed: a lease reported lost is never reported held again.
+    pub(crate) fn confirm(&self, sent_at: Instant, ttl: Duration) -> bool {
+        let mut state = self.state();
+        if state.lost.is_some() {
+            return false;
+        }
+        if Instant::now() >= state.valid_until {
+            state.lost = Some(LostReason::Expired);
+            drop(state);
+            self.changed.notify_waiters();
+            return false;
+        }
+        if sent_at >= state.confirmed_at {
+            state.ttl = ttl;
+            state.valid_until = valid_until(sent_at, ttl);
+            state.confirmed_at = sent_at;
+        }
+        true
+    }
+
+    /// Released or dropped: the renewer forgets it.
+    pub(crate) fn end(&self) {
+        self.state().ended = true;
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.state().ended
+    }
+
+    /// `true` when the token can no longer be in Redis, so a release would
+    /// be a wasted command.
+    pub(crate) fn known_gone(&self) -> bool {
+        matches!(
+            self.state().lost,
+            Some(LostReason::Missing | LostReason::Replaced)
+        )
+    }
+
+    /// Completes when the lock is known lost.
+    pub(crate) async fn lost(&self) -> LostReason {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(reason) = self.lost_reason() {
+                return reason;
+            }
+            let until = self.state().valid_until;
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
+    }
+}
+
+/// The lease's validity: from the send time, less the drift margin.
+pub(crate) fn valid_until(sent_at: Instant, ttl: Duration) -> Instant {
+    sent_at + ttl.saturating_sub(drift(ttl))
+}
+
+/// A cheap, cloneable view of a held lock, for work that runs under it
+/// (see [`DistributedMutex::with_lock`](crate::DistributedMutex::with_lock)).
+///
+/// It does not keep the lock: the [`LockGuard`](crate::LockGuard) does.
+#[derive(Clone)]
+pub struct Lease {
+    pub(crate) core: Arc<LeaseCore>,
+}
+
+impl Lease {
+    /// The key as the caller gave it.
+    pub fn key(&self) -> &str {
+        &self.core.key
+    }
+
+    /// The random token stored as the lock's value in Redis.
+    pub fn token(&self) -> &str {
+        &self.core.token
+    }
+
+    /// The fencing token, when the lock was taken with fencing.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.core.fencing_token
+    }
+
+    /// How long the lock is at least still held (zero once lost).
+    pub fn remaining(&self) -> Duration {
+        self.core.remaining()
+    }
+
+    /// `true` once the lock is known lost.
+    pub fn is_lost(&self) -> bool {
+        self.core.lost_reason().is_some()
+    }
+
+    /// Completes when the lock is known lost, with the reason.
+    pub async fn lost(&self) -> LostReason {
+        self.core.lost().await
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.core.key)
+            .field("fencing_token", &self.core.fencing_token)
+            .field("remaining", &self.remaining())
+            .finish()
+    }
+}

@@ -1,0 +1,292 @@
+//! Notification-based waiting.
+//!
+//! The release script publishes on `<key>:released`. Each mutex has one
+//! subscriber connection, made on the first wait, subscribed to a key's
+//! channel while this process has waiters for that key (and resubscribed
+//! after a reconnect). Waiters of one key queue locally in FIFO order; a
+//! release message wakes only the head of the queue, so there is no
+//! thundering herd inside a process. A new acquisition of a key with local
+//! waiters queues behind them instead of barging.
+//!
+//! Nothing depends on a message arriving: every wait is also capped by the
+//! holder's remaining TTL and by the retry strategy's next delay, so a lost
+//! message, or a subscriber connection that is down, costs at most that.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// The suffix of a key's release channel.
+pub(crate) const CHANNEL_SUFFIX: &str = ":released";
+
+/// After a failed attempt to make the subscriber connection, waiters poll
+/// for this long before it is tried again.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Queues {
+    keys: HashMap<String, VecDeque<(u64, Arc<Notify>)>>,
+    next_id: u64,
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+}
+
+impl Shared {
+    fn queues(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the head waiter of `key`, if any.
+    fn wake_head(&self, key: &str) {
+        if let Some((_, notify)) = self.queues().keys.get(key).and_then(|q| q.front()) {
+            notify.notify_one();
+        }
+    }
+}
+
+enum Op {
+    Subscribe(String, oneshot::Sender<bool>),
+    Unsubscribe(String),
+}
+
+/// The local wait queues of one mutex, and its subscriber.
+pub(crate) struct Waiters {
+    shared: Arc<Shared>,
+    ops: mpsc::UnboundedSender<Op>,
+    dormant: Mutex<Option<(mpsc::UnboundedReceiver<Op>, Client, Duration)>>,
+}
+
+impl Waiters {
+    pub(crate) fn new(client: Client, timeout: Duration) -> Self {
+        let (ops, rx) = mpsc::unbounded_channel();
+        Waiters {
+            shared: Arc::new(Shared {
+                queues: Mutex::new(Queues::default()),
+            }),
+            ops,
+            dormant: Mutex::new(Some((rx, client, timeout))),
+        }
+    }
+
+    /// `true` when this process has waiters queued for `key`.
+    pub(crate) fn has_waiters(&self, key: &str) -> bool {
+        self.shared.queues().keys.contains_key(key)
+    }
+
+    /// Joins the queue of `key`. The first waiter of a key asks for the
+    /// subscription; [`Ticket::subscribed`] waits for it.
+    pub(crate) fn join(&self, key: &str) -> Ticket<'_> {
+        self.start();
+        let notify = Arc::new(Notify::new());
+        let mut queues = self.shared.queues();
+        queues.next_id += 1;
+        let id = queues.next_id;
+        let queue = queues.keys.entry(key.to_owned()).or_default();
+        let first = queue.is_empty();
+        queue.push_back((id, Arc::clone(&notify)));
+        let subscribed = if first {
+            let (ack, rx) = oneshot::channel();
+            // Sent under the queue lock: subscribe and unsubscribe requests
+            // of one key reach the manager in the order they were decided.
+            let _ = self.ops.send(Op::Subscribe(channel(key), ack));
+            Some(rx)
+        } else {
+            None
+        };
+        drop(queues);
+        Ticket {
+            waiters: self,
+            key: key.to_owned(),
+            id,
+            notify,
+            subscribed,
+            acquired: false,
+        }
+    }
+
+    fn start(&self) {
+        let mut dormant = self.dormant.lock().unwrap_or_else(|e| e.into_inner());
+        if dormant.is_none() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            if let Some((rx, client, timeout)) = dormant.take() {
+                handle.spawn(manager(rx, client, timeout, Arc::clone(&self.shared)));
+            }
+        }
+    }
+}
+
+fn channel(key: &str) -> String {
+    format!("{key}{CHANNEL_SUFFIX}")
+}
+
+/// A waiter's place in a key's local queue. Dropped, it leaves the queue;
+/// the last waiter of a key drops the subscription.
+pub(crate) struct Ticket<'a> {
+    waiters: &'a Waiters,
+    key: String,
+    id: u64,
+    notify: Arc<Notify>,
+    subscribed: Option<oneshot::Receiver<bool>>,
+    acquired: bool,
+}
+
+impl Ticket<'_> {
+    /// For the waiter that asked for the subscription: waits (at most
+    /// `limit`) until it is in place. `true` when it is: the caller must then
+    /// try again at once, since a release may have come before it.
+    pub(crate) async fn subscribed(&mut self, limit: Duration) -> bool {
+        match self.subscribed.take() {
+            Some(rx) => matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(true))),
+            None => false,
+        }
+    }
+
+    /// Waits until woken by a release message (`true`) or for `cap`
+    /// (`false`).
+    pub(crate) async fn wait(&self, cap: Duration) -> bool {
+        tokio::time::timeout(cap, self.notify.notified())
+            .await
+            .is_ok()
+    }
+
+    /// The lock was taken: leave the queue without passing a wake-up on
+    /// (the next waiter would only find the lock held).
+    pub(crate) fn acquired(mut self) {
+        self.acquired = true;
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut queues = self.waiters.shared.queues();
+        let Some(queue) = queues.keys.get_mut(&self.key) else {
+            return;
+        };
+        let was_head = queue.front().is_some_and(|(id, _)| *id == self.id);
+        queue.retain(|(id, _)| *id != self.id);
+        if queue.is_empty() {
+            queues.keys.remove(&self.key);
+            let _ = self.waiters.ops.send(Op::Unsubscribe(channel(&self.key)));
+        } else if was_head && !self.acquired {
+            // We may have taken a wake-up meant for the head: pass it on.
+            if let Some((_, next)) = queue.front() {
+                next.notify_one();
+            }
+        }
+    }
+}
+
+/// Owns the subscriber connection: applies subscription changes in order,
+/// and turns release messages into wake-ups.
+async fn manager(
+    mut ops: mpsc::UnboundedReceiver<Op>,
+    client: Client,
+    timeout: Duration,
+    shared: Arc<Shared>,
+) {
+    let mut subscriber: Option<SubscriberClient> = None;
+    let mut retry_at = Instant::now();
+    let mut messages = None;
+    loop {
+        tokio::select! {
+            op = ops.recv() => {
+                let Some(op) = op else { break };
+                if subscriber.is_none() && Instant::now() >= retry_at {
+                    match connect(&client, timeout).await {
+                        Some(s) => {
+                            messages = Some(s.message_rx());
+                            subscriber = Some(s);
+                        }
+                        None => retry_at = Instant::now() + RECONNECT_PAUSE,
+                    }
+                }
+                apply(subscriber.as_ref(), op, timeout).await;
+            }
+            message = recv(&mut messages), if messages.is_some() => match message {
+                Ok(message) => {
+                    if let Some(key) = message.channel.strip_suffix(CHANNEL_SUFFIX) {
+                        shared.wake_head(key);
+                    }
+                }
+                // Messages were dropped: wake every head (a spurious attempt
+                // costs one command; a missed wake-up costs a wait).
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let keys: Vec<String> = shared.queues().keys.keys().cloned().collect();
+                    for key in keys {
+                        shared.wake_head(&key);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => messages = None,
+            },
+        }
+    }
+    if let Some(s) = subscriber {
+        let _ = s.quit().await;
+    }
+}
+
+async fn recv(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<fred::types::Message>>,
+) -> Result<fred::types::Message, tokio::sync::broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn apply(subscriber: Option<&SubscriberClient>, op: Op, timeout: Duration) {
+    match op {
+        Op::Subscribe(channel, ack) => {
+            let ok = match subscriber {
+                Some(s) => matches!(
+                    tokio::time::timeout(timeout, s.subscribe(channel.as_str())).await,
+                    Ok(Ok(()))
+                ),
+                None => false,
+            };
+            let _ = ack.send(ok);
+        }
+        Op::Unsubscribe(channel) => {
+            if let Some(s) = subscriber {
+                let _ = tokio::time::timeout(timeout, s.unsubscribe(channel.as_str())).await;
+            }
+        }
+    }
+}
+
+/// Makes the subscriber connection, with the main client's settings.
+async fn connect(client: &Client, timeout: Duration) -> Option<SubscriberClient> {
+    let mut builder = fred::types::Builder::from_config(client.client_config());
+    builder
+        .set_connection_config(client.connection_config().clone())
+        .set_performance_config(fred::types::config::PerformanceConfig {
+            broadcast_channel_capacity: 4096,
+            ..client.perf_config()
+        });
+    if let Some(policy) = client.client_reconnect_policy() {
+        builder.set_policy(policy);
+    }
+    let subscriber = builder.build_subscriber_client().ok()?;
+    match tokio::time::timeout(timeout, subscriber.init()).await {
+        Ok(Ok(_)) => {
+            drop(subscriber.manage_subscriptions());
+            Some(subscriber)
+        }
+        outcome => {
+            tracing::debug!(
+                error = ?outcome.ok().and_then(|r| r.err()),
+                "release notifications unavailable (subscriber connection failed); waiting by polling"
+            );
+            let _ = subscriber.quit().await;
+            None
+        }
+    }
+}
