@@ -548,10 +548,11 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
         armed: false,
     };
     let started = Instant::now();
-    // The retry strategy bounds the whole wait by the sum of its delays;
-    // `.timeout` may cut it shorter.
-    let budget = started + retry.max_total_wait();
-    let deadline = timeout.map_or(budget, |t| budget.min(started + t));
+    let deadline = timeout.map(|t| started + t);
+    // The retry strategy bounds the time spent waiting by the sum of its
+    // delays (time spent in commands does not count); `.timeout` bounds the
+    // whole call.
+    let mut budget = retry.max_total_wait();
     let mut attempts = 0u32;
     // Waits that ended without a release message: these advance the retry
     // strategy (a wake-up by a message does not use up an attempt).
@@ -569,12 +570,16 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
         ticket = Some(inner.waiters.join(&pending.redis_key));
         skip_attempt = true;
     }
+    // A re-check right after subscribing is part of the attempt before it.
+    let mut recheck = false;
     loop {
         if !std::mem::take(&mut skip_attempt) {
             if attempts > 0 && inner.shut_down.load(Ordering::SeqCst) {
                 return Err(Error::Shutdown { key });
             }
-            attempts += 1;
+            if !std::mem::take(&mut recheck) {
+                attempts += 1;
+            }
             pending.armed = true;
             let sent_at = Instant::now();
             let outcome = scripts::acquire(
@@ -627,7 +632,9 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
 
         // Wait for a release message, the holder's lease to end (never
         // sleep past it), or the strategy's next delay, whichever is first.
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.map_or(budget, |d| {
+            budget.min(d.saturating_duration_since(Instant::now()))
+        });
         let next = retry.delay_after(polls + 1).filter(|_| !left.is_zero());
         let Some(backoff) = next else {
             return Err(last_error.unwrap_or_else(|| Error::NotObtained {
@@ -649,17 +656,23 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
                     let joined = empty.insert(joined);
                     if subscribed {
                         // A release may have come before the subscription:
-                        // try again at once.
+                        // check again at once.
+                        recheck = true;
                         continue;
                     }
                     joined
                 }
             };
+            let waiting_since = Instant::now();
             if !ticket.wait(wait).await {
                 polls += 1;
             }
+            // A wait counts for at most its planned length (timer lateness
+            // must not eat the budget).
+            budget = budget.saturating_sub(waiting_since.elapsed().min(wait));
         } else {
             tokio::time::sleep(wait).await;
+            budget = budget.saturating_sub(wait);
             polls += 1;
         }
     }

@@ -255,6 +255,7 @@ async fn our_release_and_extend_leave_a_foreign_token_untouched() {
     let guard = mutex
         .acquire(key)
         .ttl(Duration::from_millis(100))
+        .auto_renew(false)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -291,6 +292,7 @@ async fn our_release_and_extend_leave_a_foreign_token_untouched() {
     let guard = mutex
         .acquire(key)
         .ttl(Duration::from_millis(100))
+        .auto_renew(false)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;

@@ -257,7 +257,12 @@ async fn an_expired_lock_lets_a_rival_in_after_its_ttl() {
     let holder = mutex_for(&server).await;
     let rival = mutex_for(&server).await; // default retry: linear(250 ms, 20)
 
-    let stale = holder.acquire("expiry").ttl(ms(200)).await.unwrap();
+    let stale = holder
+        .acquire("expiry")
+        .ttl(ms(200))
+        .auto_renew(false)
+        .await
+        .unwrap();
     let started = Instant::now();
     let fresh = rival.lock("expiry").await.unwrap();
     let took = started.elapsed();
@@ -293,7 +298,12 @@ async fn a_waiter_never_sleeps_past_the_holders_pttl() {
         .build()
         .unwrap();
 
-    let _held = holder.acquire("pttl-rule").ttl(ms(300)).await.unwrap();
+    let _held = holder
+        .acquire("pttl-rule")
+        .ttl(ms(300))
+        .auto_renew(false)
+        .await
+        .unwrap();
     let started = Instant::now();
     let guard = waiter.lock("pttl-rule").await.unwrap();
     let took = started.elapsed();
@@ -358,7 +368,12 @@ async fn release_after_expiry_is_not_held() {
     let raw = server.client().await;
     let mutex = mutex_for(&server).await;
 
-    let guard = mutex.acquire("expired").ttl(ms(100)).await.unwrap();
+    let guard = mutex
+        .acquire("expired")
+        .ttl(ms(100))
+        .auto_renew(false)
+        .await
+        .unwrap();
     tokio::time::sleep(ms(250)).await;
     assert_eq!(raw_get(&raw, "expired").await, None);
     let err = guard.release().await.unwrap_err();
@@ -469,7 +484,12 @@ async fn extend_after_expiry_is_not_held_and_remaining_becomes_zero() {
     let raw = server.client().await;
     let mutex = mutex_for(&server).await;
 
-    let guard = mutex.acquire("extend-late").ttl(ms(100)).await.unwrap();
+    let guard = mutex
+        .acquire("extend-late")
+        .ttl(ms(100))
+        .auto_renew(false)
+        .await
+        .unwrap();
     tokio::time::sleep(ms(250)).await;
     let err = guard.extend(Duration::from_secs(10)).await.unwrap_err();
     assert!(
@@ -484,7 +504,12 @@ async fn extend_after_expiry_is_not_held_and_remaining_becomes_zero() {
     );
 
     // Taken over by a rival meanwhile: the extend leaves the rival's lease alone.
-    let guard = mutex.acquire("extend-rival").ttl(ms(100)).await.unwrap();
+    let guard = mutex
+        .acquire("extend-rival")
+        .ttl(ms(100))
+        .auto_renew(false)
+        .await
+        .unwrap();
     tokio::time::sleep(ms(250)).await;
     let rival = mutex_for(&server).await;
     let rival_guard = rival
@@ -537,7 +562,12 @@ async fn remaining_is_conservative_and_reaches_zero() {
     let mutex = mutex_for(&server).await;
     let ttl = ms(500);
 
-    let guard = mutex.acquire("remaining").ttl(ttl).await.unwrap();
+    let guard = mutex
+        .acquire("remaining")
+        .ttl(ttl)
+        .auto_renew(false)
+        .await
+        .unwrap();
     let remaining = guard.remaining();
     let asked = Instant::now();
     let pttl = raw_pttl(&raw, "remaining").await;
