@@ -57,6 +57,7 @@ mod release;
 mod renew;
 mod retry;
 mod scripts;
+mod task;
 
 pub use adapter::{provide_adapter, Adapter, AdapterFuture, RedisAdapter};
 pub use error::Error;

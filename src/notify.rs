@@ -20,6 +20,8 @@ use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::task::Lazy;
+
 /// The suffix of a key's release channel.
 pub(crate) const CHANNEL_SUFFIX: &str = ":released";
 
@@ -59,7 +61,7 @@ enum Op {
 pub(crate) struct Waiters {
     shared: Arc<Shared>,
     ops: mpsc::UnboundedSender<Op>,
-    dormant: Mutex<Option<(mpsc::UnboundedReceiver<Op>, Client, Duration)>>,
+    manager: Lazy<(mpsc::UnboundedReceiver<Op>, Client, Duration)>,
 }
 
 impl Waiters {
@@ -70,7 +72,7 @@ impl Waiters {
                 queues: Mutex::new(Queues::default()),
             }),
             ops,
-            dormant: Mutex::new(Some((rx, client, timeout))),
+            manager: Lazy::new((rx, client, timeout)),
         }
     }
 
@@ -111,15 +113,9 @@ impl Waiters {
     }
 
     fn start(&self) {
-        let mut dormant = self.dormant.lock().unwrap_or_else(|e| e.into_inner());
-        if dormant.is_none() {
-            return;
-        }
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            if let Some((rx, client, timeout)) = dormant.take() {
-                handle.spawn(manager(rx, client, timeout, Arc::clone(&self.shared)));
-            }
-        }
+        let shared = Arc::clone(&self.shared);
+        self.manager
+            .start(|(rx, client, timeout)| manager(rx, client, timeout, shared));
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 
 use crate::scripts;
+use crate::task::Lazy;
 
 enum Msg {
     Release { key: String, token: String },
@@ -68,7 +69,7 @@ struct Dormant {
 
 pub(crate) struct ReleaseQueue {
     tx: mpsc::UnboundedSender<Msg>,
-    dormant: Mutex<Option<Dormant>>,
+    worker: Lazy<Dormant>,
     pending: Arc<Pending>,
 }
 
@@ -77,11 +78,11 @@ impl ReleaseQueue {
         let (tx, rx) = mpsc::unbounded_channel();
         ReleaseQueue {
             tx,
-            dormant: Mutex::new(Some(Dormant {
+            worker: Lazy::new(Dormant {
                 rx,
                 client,
                 timeout,
-            })),
+            }),
             pending: Arc::default(),
         }
     }
@@ -89,16 +90,8 @@ impl ReleaseQueue {
     /// Starts the worker on the current runtime, once. Called from every
     /// acquisition, which runs inside a runtime.
     pub(crate) fn ensure_started(&self) {
-        let mut dormant = self.dormant.lock().unwrap_or_else(|e| e.into_inner());
-        if dormant.is_none() {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if let Some(d) = dormant.take() {
-            handle.spawn(worker(d, Arc::clone(&self.pending)));
-        }
+        let pending = Arc::clone(&self.pending);
+        self.worker.start(|d| worker(d, pending));
     }
 
     /// Hands a release to the worker. Synchronous, never blocks, never panics.
@@ -132,12 +125,7 @@ impl ReleaseQueue {
 
     /// Waits until every release queued so far has run.
     pub(crate) async fn flush(&self) {
-        let started = self
-            .dormant
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none();
-        if !started {
+        if !self.worker.started() {
             return;
         }
         let (done_tx, done_rx) = oneshot::channel();

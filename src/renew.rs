@@ -13,7 +13,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use fred::clients::Client;
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::lease::{LeaseCore, LostReason};
 use crate::scripts::{self, Extended};
+use crate::task::Lazy;
 
 /// The most keys renewed by one script call (a script blocks Redis while it
 /// runs: 500 GET + PEXPIRE take well under a millisecond).
@@ -72,7 +73,7 @@ struct Dormant {
 
 pub(crate) struct Renewer {
     tx: mpsc::UnboundedSender<Msg>,
-    dormant: Mutex<Option<Dormant>>,
+    task: Lazy<Dormant>,
 }
 
 impl Renewer {
@@ -80,27 +81,18 @@ impl Renewer {
         let (tx, rx) = mpsc::unbounded_channel();
         Renewer {
             tx,
-            dormant: Mutex::new(Some(Dormant {
+            task: Lazy::new(Dormant {
                 rx,
                 client,
                 timeout,
-            })),
+            }),
         }
     }
 
     /// Renews `lease` until it ends or is lost; the first renewal is due a
     /// period after `sent_at`.
     pub(crate) fn track(&self, lease: &Arc<LeaseCore>, sent_at: Instant) {
-        {
-            let mut dormant = self.dormant.lock().unwrap_or_else(|e| e.into_inner());
-            if dormant.is_some() {
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    if let Some(d) = dormant.take() {
-                        handle.spawn(run(d));
-                    }
-                }
-            }
-        }
+        self.task.start(run);
         let due = sent_at + period(lease.ttl());
         let _ = self.tx.send(Msg::Track(Arc::downgrade(lease), due));
     }
