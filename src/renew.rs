@@ -7,18 +7,21 @@
 //! group with one script call (at most `BATCH` keys each). Holding 10,000
 //! locks thus costs a few script calls a second, not 10,000 timers.
 //!
-//! The renewer holds only weak references: a dropped guard is forgotten the
-//! next time it comes up. Results are applied through [`LeaseCore`], which
+//! Guards add themselves to the queue directly (no message, no task wake-up
+//! unless they fall due first). The queue holds only weak references: a
+//! dropped guard is forgotten the next time it comes up, and the queue is
+//! swept when dead entries pile up. Results are applied through [`LeaseCore`], which
 //! never turns a lost lease back into a held one.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::lease::{LeaseCore, LostReason};
 use crate::scripts::{self, Extended};
@@ -61,77 +64,113 @@ impl Ord for Entry {
     }
 }
 
-enum Msg {
-    Track(Weak<LeaseCore>, Instant),
+/// The queue of leases by due time, shared by the guards that add to it and
+/// the renewer task that takes from it.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the renewer when a lease due earlier than all others arrives,
+    /// or when the mutex is gone.
+    wake: Notify,
+    closed: AtomicBool,
 }
 
-struct Dormant {
-    rx: mpsc::UnboundedReceiver<Msg>,
-    client: Client,
-    timeout: Duration,
+struct Queue {
+    heap: BinaryHeap<Reverse<Entry>>,
+    seq: u64,
+    /// Dropped guards leave dead entries behind until they come due; the
+    /// heap is swept when it grows past this.
+    sweep_at: usize,
+}
+
+const MIN_SWEEP: usize = 1024;
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `lease` for renewal at `due`, waking the renewer only when it
+    /// is now the first due (a new lock usually is not: no task wake-up per
+    /// lock).
+    fn push(&self, lease: Weak<LeaseCore>, due: Instant) {
+        let mut queue = self.queue();
+        let first = queue.heap.peek().map_or(true, |Reverse(e)| due < e.due);
+        queue.seq += 1;
+        let seq = queue.seq;
+        queue.heap.push(Reverse(Entry { due, seq, lease }));
+        if queue.heap.len() >= queue.sweep_at {
+            queue
+                .heap
+                .retain(|Reverse(e)| e.lease.upgrade().is_some_and(|l| live(&l)));
+            queue.sweep_at = (queue.heap.len() * 2).max(MIN_SWEEP);
+        }
+        drop(queue);
+        if first {
+            self.wake.notify_one();
+        }
+    }
+}
+
+fn live(lease: &LeaseCore) -> bool {
+    !lease.is_ended() && lease.lost_reason().is_none()
 }
 
 pub(crate) struct Renewer {
-    tx: mpsc::UnboundedSender<Msg>,
-    task: Lazy<Dormant>,
+    shared: Arc<Shared>,
+    task: Lazy<(Client, Duration)>,
 }
 
 impl Renewer {
     pub(crate) fn new(client: Client, timeout: Duration) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
         Renewer {
-            tx,
-            task: Lazy::new(Dormant {
-                rx,
-                client,
-                timeout,
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue {
+                    heap: BinaryHeap::new(),
+                    seq: 0,
+                    sweep_at: MIN_SWEEP,
+                }),
+                wake: Notify::new(),
+                closed: AtomicBool::new(false),
             }),
+            task: Lazy::new((client, timeout)),
         }
     }
 
     /// Renews `lease` until it ends or is lost; the first renewal is due a
     /// period after `sent_at`.
     pub(crate) fn track(&self, lease: &Arc<LeaseCore>, sent_at: Instant) {
-        self.task.start(run);
+        let shared = Arc::clone(&self.shared);
+        self.task
+            .start(|(client, timeout)| run(shared, client, timeout));
         let due = sent_at + period(lease.ttl());
-        let _ = self.tx.send(Msg::Track(Arc::downgrade(lease), due));
+        self.shared.push(Arc::downgrade(lease), due);
     }
 }
 
-async fn run(d: Dormant) {
-    let Dormant {
-        mut rx,
-        client,
-        timeout,
-    } = d;
-    let mut queue: BinaryHeap<Reverse<Entry>> = BinaryHeap::new();
-    let mut seq = 0u64;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<(Weak<LeaseCore>, Instant)>>();
-    loop {
-        let next_due = queue.peek().map(|Reverse(e)| e.due);
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        // The mutex and every guard are gone: nothing left to renew.
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+}
+
+async fn run(shared: Arc<Shared>, client: Client, timeout: Duration) {
+    while !shared.closed.load(Ordering::SeqCst) {
+        // `notify_one` leaves a permit when no one waits: no lost wake-ups.
+        let woken = shared.wake.notified();
+        let next_due = shared.queue().heap.peek().map(|Reverse(e)| e.due);
         tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(Msg::Track(lease, due)) => {
-                    seq += 1;
-                    queue.push(Reverse(Entry { due, seq, lease }));
-                }
-                // The mutex and every guard are gone: nothing left to renew.
-                None => break,
-            },
-            Some(reschedule) = done_rx.recv() => {
-                for (lease, due) in reschedule {
-                    seq += 1;
-                    queue.push(Reverse(Entry { due, seq, lease }));
-                }
-            }
+            _ = woken => {}
             _ = sleep_until(next_due), if next_due.is_some() => {
-                let batch = take_due(&mut queue);
+                let batch = take_due(&mut shared.queue());
                 if !batch.is_empty() {
                     let client = client.clone();
-                    let done_tx = done_tx.clone();
+                    let shared = Arc::clone(&shared);
                     tokio::spawn(async move {
-                        let next = renew(&client, batch, timeout).await;
-                        let _ = done_tx.send(next);
+                        for (lease, due) in renew(&client, batch, timeout).await {
+                            shared.push(lease, due);
+                        }
                     });
                 }
             }
@@ -146,7 +185,8 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Pops every live lease due now or within the coalescing window.
-fn take_due(queue: &mut BinaryHeap<Reverse<Entry>>) -> Vec<Arc<LeaseCore>> {
+fn take_due(queue: &mut Queue) -> Vec<Arc<LeaseCore>> {
+    let queue = &mut queue.heap;
     let now = Instant::now();
     let mut batch = Vec::new();
     while let Some(Reverse(top)) = queue.peek() {
@@ -154,7 +194,7 @@ fn take_due(queue: &mut BinaryHeap<Reverse<Entry>>) -> Vec<Arc<LeaseCore>> {
             queue.pop();
             continue;
         };
-        if lease.is_ended() || lease.lost_reason().is_some() {
+        if !live(&lease) {
             queue.pop();
             continue;
         }
