@@ -582,15 +582,38 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
             }
             pending.armed = true;
             let sent_at = Instant::now();
-            let outcome = scripts::acquire(
-                &inner.client,
-                &pending.redis_key,
-                fence_key.as_deref(),
-                &pending.token,
-                ttl_ms,
-                inner.command_timeout,
-            )
-            .await;
+            // First attempt without fencing: a plain SET NX, cheaper than the
+            // script, which runs only when the key exists (to tell our own
+            // re-sent SET from another holder, and to learn its TTL).
+            let fast = if attempts == 1 && fence_key.is_none() {
+                scripts::set_nx(
+                    &inner.client,
+                    &pending.redis_key,
+                    &pending.token,
+                    ttl_ms,
+                    inner.command_timeout,
+                )
+                .await
+            } else {
+                Ok(false)
+            };
+            let outcome = match fast {
+                Ok(true) => Ok(Acquired::Yes {
+                    fencing_token: None,
+                }),
+                Ok(false) => {
+                    scripts::acquire(
+                        &inner.client,
+                        &pending.redis_key,
+                        fence_key.as_deref(),
+                        &pending.token,
+                        ttl_ms,
+                        inner.command_timeout,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
             match outcome {
                 Ok(Acquired::Yes { fencing_token }) => {
                     pending.armed = false;
@@ -702,19 +725,17 @@ pub(crate) async fn connect_client(url: &str, command_timeout: Duration) -> Resu
         })?;
     match client.init().await {
         Ok(_) => Ok(client),
-        Err(source) => {
-            let _ = client.quit().await;
-            Err(match source.kind() {
-                fred::error::ErrorKind::Auth => Error::Config {
-                    message: format!(
-                        "Redis refused the credentials ({}); check the user and password in the URL",
-                        source.details()
-                    ),
-                    source: Some(source),
-                },
-                _ => Error::from_redis("", source),
-            })
-        }
+        // fred has stopped the client already.
+        Err(source) => Err(match source.kind() {
+            fred::error::ErrorKind::Auth => Error::Config {
+                message: format!(
+                    "Redis refused the credentials ({}); check the user and password in the URL",
+                    source.details()
+                ),
+                source: Some(source),
+            },
+            _ => Error::from_redis("", source),
+        }),
     }
 }
 

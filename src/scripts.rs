@@ -91,6 +91,36 @@ pub(crate) async fn acquire(
     }
 }
 
+/// The fast path of a first attempt: a plain `SET key token NX PX ttl`.
+/// `true` when it set the key. `false` says only that the key exists (it may
+/// be ours, if this command was re-sent after a reconnect): the acquire
+/// script must then decide.
+pub(crate) async fn set_nx(
+    client: &Client,
+    key: &str,
+    token: &str,
+    ttl_ms: u64,
+    timeout: Duration,
+) -> Result<bool, Error> {
+    use fred::interfaces::KeysInterface;
+    use fred::types::{Expiration, SetOptions};
+    let set = client.set::<Option<String>, _, _>(
+        key,
+        token,
+        Some(Expiration::PX(ttl_ms as i64)),
+        Some(SetOptions::NX),
+        false,
+    );
+    match tokio::time::timeout(timeout, set).await {
+        Ok(Ok(reply)) => Ok(reply.is_some()),
+        Ok(Err(e)) => Err(Error::from_redis(key, e)),
+        Err(_) => Err(Error::Timeout {
+            key: key.to_owned(),
+            after: timeout,
+        }),
+    }
+}
+
 /// Compare-and-delete. `true` when the caller's lock was deleted.
 pub(crate) async fn release(
     client: &Client,
