@@ -1,0 +1,637 @@
+//! The container suite: Redis in a Docker container started through
+//! testcontainers-modules (`Redis`, tag 7.2), instead of the local
+//! `redis-server` processes the rest of the suite uses.
+//!
+//! * the mutual-exclusion property test (as in `tests/property.rs`), with
+//!   both "processes" connected through the container's mapped port;
+//! * a container paused mid-hold: the guard reports the lock lost by the time
+//!   its lease ran out, and keeps reporting it lost after the unpause;
+//! * a container stopped mid-hold: the guard reports the lock lost, and lock
+//!   calls fail with a transient error (Redis unreachable), not `NotObtained`.
+//!
+//! These tests run only when `DM_CONTAINER_TESTS=1` (`.ci/run` sets it after
+//! building the image with `scripts/build-redis-image` wherever `docker info`
+//! succeeds). Without it every test prints why it skipped and passes; with
+//! it, a missing Docker engine or a missing `redis:7.2` image is a failure.
+//! No image is ever pulled: the image must exist locally.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use distributed_mutex::{DistributedMutex, Error, LockGuard, LostReason, RetryStrategy};
+use fred::prelude::*;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use testcontainers_modules::redis::{Redis, REDIS_PORT};
+use testcontainers_modules::testcontainers::runners::AsyncRunner;
+use testcontainers_modules::testcontainers::{ContainerAsync, ImageExt};
+
+/// The variable that turns the suite on (and makes a missing engine or image
+/// a failure).
+const ENABLE_VAR: &str = "DM_CONTAINER_TESTS";
+const IMAGE_TAG: &str = "7.2";
+/// Every container of this suite carries this label, so `.ci/run` can remove
+/// any that a killed test process left behind.
+const SUITE_LABEL: (&str, &str) = ("io.github.distributed-mutex.suite", "containers");
+
+// ---------------------------------------------------------------------------
+// The container fixture
+// ---------------------------------------------------------------------------
+
+/// `true` when the suite should run; prints why not otherwise. Panics when
+/// the suite is switched on but cannot run here.
+fn containers_enabled(test: &str) -> bool {
+    let on = std::env::var(ENABLE_VAR).is_ok_and(|v| !v.is_empty() && v != "0");
+    if !on {
+        eprintln!(
+            "SKIPPED {test}: the container suite runs only with {ENABLE_VAR}=1 \
+             (.ci/run sets it when `docker info` succeeds, after scripts/build-redis-image)"
+        );
+        return false;
+    }
+    let image = format!("redis:{IMAGE_TAG}");
+    let inspect = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &image])
+        .output();
+    match inspect {
+        Ok(out) if out.status.success() => true,
+        Ok(out) => panic!(
+            "{ENABLE_VAR} is set but the image {image} is not available locally (no image can be \
+             pulled here; build it with scripts/build-redis-image): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!("{ENABLE_VAR} is set but the docker CLI could not be run: {e}"),
+    }
+}
+
+/// A Redis container and the URL of its mapped port.
+struct RedisContainer {
+    container: ContainerAsync<Redis>,
+    url: String,
+}
+
+impl RedisContainer {
+    async fn start() -> RedisContainer {
+        let container = Redis::default()
+            .with_tag(IMAGE_TAG)
+            .with_label(SUITE_LABEL.0, SUITE_LABEL.1)
+            .with_startup_timeout(Duration::from_secs(30))
+            .start()
+            .await
+            .expect("start the redis:7.2 container (is the Docker engine running?)");
+        let port = container
+            .get_host_port_ipv4(REDIS_PORT)
+            .await
+            .expect("the container's mapped port");
+        let host = container.get_host().await.expect("the container's host");
+        // The engine runs here: talk to it over loopback, never through
+        // the bridge network's addresses.
+        let host = match host.to_string().as_str() {
+            "localhost" => "127.0.0.1".to_owned(),
+            other => other.to_owned(),
+        };
+        RedisContainer {
+            container,
+            url: format!("redis://{host}:{port}"),
+        }
+    }
+
+    /// Removes the container (it is also removed on drop, inside a runtime).
+    async fn remove(self) {
+        self.container.rm().await.expect("remove the container");
+    }
+}
+
+/// A mutex over a client connected to `url` (the library's reconnecting
+/// client), with a short command timeout and lease for fault tests.
+async fn mutex_for(url: &str, ttl: Duration, command_timeout: Duration) -> DistributedMutex {
+    let client = DistributedMutex::connect(url)
+        .await
+        .expect("connect to the container")
+        .client()
+        .clone();
+    DistributedMutex::builder(client)
+        .ttl(ttl)
+        .command_timeout(command_timeout)
+        .build()
+        .expect("valid settings")
+}
+
+// ---------------------------------------------------------------------------
+// 1. Mutual exclusion under random operations (as tests/property.rs)
+// ---------------------------------------------------------------------------
+
+const LOCK_PREFIX: &str = "ctr:lock:";
+const PROP_TTL: Duration = Duration::from_secs(3);
+const PROP_CASES: u32 = 16;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Lock(usize),
+    TryLock(usize),
+    Extend,
+    Release,
+    Drop,
+    Sleep(u64),
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    keys: usize,
+    /// One sequence of operations per task; task `i` uses process `i % 2`.
+    tasks: Vec<Vec<Op>>,
+}
+
+fn op(keys: usize) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..keys).prop_map(Op::Lock),
+        2 => (0..keys).prop_map(Op::TryLock),
+        1 => Just(Op::Extend),
+        2 => Just(Op::Release),
+        2 => Just(Op::Drop),
+        2 => (0u64..8).prop_map(Op::Sleep),
+    ]
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (2usize..=3).prop_flat_map(|keys| {
+        prop::collection::vec(prop::collection::vec(op(keys), 5..=15), 3..=4)
+            .prop_map(move |tasks| Scenario { keys, tasks })
+    })
+}
+
+fn lock_key(k: usize) -> String {
+    format!("{LOCK_PREFIX}{k}")
+}
+
+fn counter_key(key: &str) -> String {
+    format!("count:{{{key}}}")
+}
+
+/// What every task shares within one case.
+struct Shared {
+    /// How many tasks are inside the critical section of each key.
+    occupancy: Mutex<HashMap<String, usize>>,
+    sections: AtomicUsize,
+    not_obtained: AtomicUsize,
+}
+
+/// A held lock and the critical section it protects.
+struct Section {
+    key: String,
+    guard: LockGuard,
+}
+
+type TaskResult = Result<(), String>;
+
+async fn enter(shared: &Shared, redis: &Client, guard: LockGuard) -> Result<Section, String> {
+    let key = guard.key().to_owned();
+    if guard.remaining().is_zero() || guard.is_lost() {
+        return Err(format!("{key}: a fresh guard has no lease left"));
+    }
+    {
+        let mut occupancy = shared.occupancy.lock().unwrap();
+        let inside = occupancy.entry(key.clone()).or_insert(0);
+        *inside += 1;
+        if *inside > 1 {
+            return Err(format!(
+                "{key}: {inside} holders inside the critical section"
+            ));
+        }
+    }
+    shared.sections.fetch_add(1, Ordering::Relaxed);
+    // Non-atomic read-modify-write of a Redis counter.
+    let counter = counter_key(&key);
+    let n: Option<i64> = redis.get(&counter).await.map_err(|e| e.to_string())?;
+    let n = n.unwrap_or(0);
+    if n != 0 {
+        return Err(format!(
+            "{key}: counter reads {n} on entry, another holder is inside"
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let _: () = redis
+        .set(&counter, n + 1, None, None, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Section { key, guard })
+}
+
+/// Leaves the critical section; the caller then releases or drops the guard.
+async fn leave(shared: &Shared, redis: &Client, section: &Section) -> TaskResult {
+    let key = &section.key;
+    let counter = counter_key(key);
+    let n: Option<i64> = redis.get(&counter).await.map_err(|e| e.to_string())?;
+    if n != Some(1) {
+        return Err(format!("{key}: counter reads {n:?} on exit, expected 1"));
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let _: () = redis
+        .set(&counter, 0, None, None, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    if section.guard.remaining().is_zero() || section.guard.is_lost() {
+        return Err(format!(
+            "{key}: the lease ran out inside the critical section (machine too slow?)"
+        ));
+    }
+    let mut occupancy = shared.occupancy.lock().unwrap();
+    let inside = occupancy.get_mut(key.as_str()).expect("entered before");
+    *inside -= 1;
+    Ok(())
+}
+
+async fn run_task(
+    shared: Arc<Shared>,
+    mutex: DistributedMutex,
+    keys: Vec<String>,
+    ops: Vec<Op>,
+) -> TaskResult {
+    let redis = mutex.client().clone();
+    let mut held: Option<Section> = None;
+    for op in ops {
+        match op {
+            Op::Lock(k) | Op::TryLock(k) => {
+                // One lock at a time per task, so tasks cannot deadlock.
+                if let Some(section) = held.take() {
+                    leave(&shared, &redis, &section).await?;
+                    section.guard.release().await.map_err(|e| e.to_string())?;
+                }
+                let outcome = if matches!(op, Op::Lock(_)) {
+                    mutex
+                        .acquire(&keys[k])
+                        .retry(RetryStrategy::linear(Duration::from_millis(5), 400))
+                        .await
+                        .map(Some)
+                } else {
+                    mutex.try_lock(&keys[k]).await
+                };
+                match outcome {
+                    Ok(Some(guard)) => held = Some(enter(&shared, &redis, guard).await?),
+                    Ok(None) | Err(Error::NotObtained { .. }) => {
+                        shared.not_obtained.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(format!("{}: lock failed: {e}", keys[k])),
+                }
+            }
+            Op::Extend => {
+                if let Some(section) = &held {
+                    section
+                        .guard
+                        .extend(PROP_TTL)
+                        .await
+                        .map_err(|e| format!("{}: extend failed: {e}", section.key))?;
+                }
+            }
+            Op::Release => {
+                if let Some(section) = held.take() {
+                    leave(&shared, &redis, &section).await?;
+                    let key = section.key.clone();
+                    section
+                        .guard
+                        .release()
+                        .await
+                        .map_err(|e| format!("{key}: release failed: {e}"))?;
+                }
+            }
+            Op::Drop => {
+                if let Some(section) = held.take() {
+                    leave(&shared, &redis, &section).await?;
+                    drop(section);
+                }
+            }
+            Op::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
+    }
+    if let Some(section) = held.take() {
+        leave(&shared, &redis, &section).await?;
+        drop(section);
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    sections: AtomicUsize,
+    not_obtained: AtomicUsize,
+}
+
+async fn run_case(url: &str, scenario: Scenario, totals: &Totals) -> Result<(), TestCaseError> {
+    // Two "processes": each its own mutex over its own connection to the
+    // container's mapped port (the library's default command timeout).
+    let processes = [
+        mutex_for(url, PROP_TTL, distributed_mutex::DEFAULT_COMMAND_TIMEOUT).await,
+        mutex_for(url, PROP_TTL, distributed_mutex::DEFAULT_COMMAND_TIMEOUT).await,
+    ];
+    let keys: Vec<String> = (0..scenario.keys).map(lock_key).collect();
+    let redis = processes[0].client().clone();
+    for key in &keys {
+        let _: i64 = redis.del(counter_key(key)).await.unwrap();
+    }
+
+    let shared = Arc::new(Shared {
+        occupancy: Mutex::new(HashMap::new()),
+        sections: AtomicUsize::new(0),
+        not_obtained: AtomicUsize::new(0),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, ops) in scenario.tasks.into_iter().enumerate() {
+        tasks.spawn(run_task(
+            Arc::clone(&shared),
+            processes[i % 2].clone(),
+            keys.clone(),
+            ops,
+        ));
+    }
+    let mut failures = Vec::new();
+    let joined = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failures.push(e),
+                Err(e) => failures.push(format!("task panicked: {e}")),
+            }
+        }
+    })
+    .await;
+    prop_assert!(joined.is_ok(), "tasks did not finish within 20 s");
+    prop_assert!(failures.is_empty(), "invariant violated: {failures:?}");
+
+    for mutex in &processes {
+        mutex.shutdown().await;
+    }
+    let left: Vec<String> = redis
+        .custom(fred::cmd!("KEYS"), vec![format!("{LOCK_PREFIX}*")])
+        .await
+        .unwrap();
+    prop_assert!(
+        left.is_empty(),
+        "lock keys left after every task finished and both mutexes shut down: {left:?}"
+    );
+    for key in &keys {
+        let n: Option<i64> = redis.get(counter_key(key)).await.unwrap();
+        prop_assert!(
+            n.unwrap_or(0) == 0,
+            "counter of {key} is {n:?} after every section was left"
+        );
+    }
+
+    totals
+        .sections
+        .fetch_add(shared.sections.load(Ordering::Relaxed), Ordering::Relaxed);
+    totals.not_obtained.fetch_add(
+        shared.not_obtained.load(Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
+    for mutex in &processes {
+        let _ = mutex.client().quit().await;
+    }
+    Ok(())
+}
+
+#[test]
+fn random_operations_keep_mutual_exclusion_against_a_redis_container() {
+    if !containers_enabled("random_operations_keep_mutual_exclusion_against_a_redis_container") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The container is removed on drop, which needs a runtime context (also
+    // when a failed case unwinds).
+    let _context = runtime.enter();
+    let redis = runtime.block_on(RedisContainer::start());
+    let totals = Totals::default();
+
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: PROP_CASES,
+        max_shrink_iters: 32,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&scenario(), |scenario| {
+        runtime.block_on(run_case(&redis.url, scenario, &totals))
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+
+    let sections = totals.sections.load(Ordering::Relaxed);
+    let not_obtained = totals.not_obtained.load(Ordering::Relaxed);
+    eprintln!(
+        "{PROP_CASES} cases against {}: {sections} critical sections, {not_obtained} attempts \
+         not obtained",
+        redis.url
+    );
+    // 16 cases of 3-4 tasks doing 5-15 operations, a third of them lock
+    // attempts: locks must actually have been taken.
+    assert!(
+        sections >= PROP_CASES as usize,
+        "only {sections} critical sections were entered"
+    );
+    runtime.block_on(redis.remove());
+}
+
+// ---------------------------------------------------------------------------
+// 2. and 3. The container goes away mid-hold
+// ---------------------------------------------------------------------------
+
+const FAULT_TTL: Duration = Duration::from_secs(1);
+const FAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(300);
+/// Allowance on top of the lease for `lost()` to fire on a loaded 2-core
+/// machine. Generous: the point is "reported, and not much later than the
+/// lease", not a latency measurement.
+const LOSS_SLACK: Duration = Duration::from_secs(2);
+
+/// Takes `key` and holds it past several renewals while Redis is up, so the
+/// later loss is the fault's doing, not a renewal that never worked.
+async fn lock_and_hold(mutex: &DistributedMutex, key: &str) -> LockGuard {
+    let guard = mutex.lock(key).await.expect("lock while Redis is up");
+    assert_eq!(guard.ttl(), FAULT_TTL);
+    // 1.5 leases: without working renewal the lock would be lost by now.
+    tokio::time::sleep(FAULT_TTL * 3 / 2).await;
+    assert!(
+        !guard.is_lost(),
+        "the lock was lost while Redis was up: renewal does not work against the container"
+    );
+    assert!(!guard.remaining().is_zero());
+    guard
+}
+
+/// Waits for `guard.lost()`, and checks it fired neither while the lease was
+/// still valid nor much later than the lease's end. Returns the reason.
+async fn expect_loss_within_lease(guard: &LockGuard, what: &str) -> LostReason {
+    let remaining = guard.remaining();
+    let started = Instant::now();
+    let reason = tokio::time::timeout(remaining + LOSS_SLACK, guard.lost())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{what}: lost() did not fire within the {remaining:?} left on the lease + \
+                 {LOSS_SLACK:?}"
+            )
+        });
+    let took = started.elapsed();
+    eprintln!("{what}: lost() = {reason:?} after {took:?} ({remaining:?} were left)");
+    // Timers never fire early: a loss reported before the lease ran out would
+    // mean the guard gave up a lock it still held.
+    assert!(
+        took + Duration::from_millis(20) >= remaining,
+        "{what}: lost() fired after {took:?}, before the {remaining:?} left on the lease ran out"
+    );
+    assert!(guard.is_lost());
+    assert_eq!(guard.remaining(), Duration::ZERO);
+    reason
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_container_mid_hold_reports_the_lock_lost_and_keeps_it_lost() {
+    if !containers_enabled("paused_container_mid_hold_reports_the_lock_lost_and_keeps_it_lost") {
+        return;
+    }
+    let redis = RedisContainer::start().await;
+    let mutex = mutex_for(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
+    let guard = lock_and_hold(&mutex, "ctr:paused").await;
+
+    redis.container.pause().await.expect("pause the container");
+    let reason = expect_loss_within_lease(&guard, "paused container").await;
+    assert_eq!(
+        reason,
+        LostReason::Expired,
+        "no renewal could be confirmed while Redis was paused"
+    );
+
+    redis
+        .container
+        .unpause()
+        .await
+        .expect("unpause the container");
+    // Redis answers again (the reconnecting client may need a moment).
+    let other = mutex_for(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if other.client().ping::<String>(None).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "Redis did not answer after the unpause");
+    // Give renewal (period ~1/3 s) every chance to "revive" the lease.
+    tokio::time::sleep(FAULT_TTL).await;
+
+    assert!(
+        guard.is_lost(),
+        "the guard reports the lock held again after the unpause"
+    );
+    assert_eq!(guard.remaining(), Duration::ZERO);
+    let again = tokio::time::timeout(Duration::from_millis(100), guard.lost())
+        .await
+        .expect("lost() of a lost guard completes at once");
+    assert_eq!(again, LostReason::Expired, "the first reason sticks");
+    assert!(
+        matches!(
+            guard.extend(FAULT_TTL).await,
+            Err(Error::NotHeld { ref key }) if key == "ctr:paused"
+        ),
+        "extend on a lost guard must report NotHeld"
+    );
+    // The loss was real: the key ran out in Redis too, so another client
+    // takes the lock now.
+    let taken = other
+        .acquire("ctr:paused")
+        .retry(RetryStrategy::linear(Duration::from_millis(100), 30))
+        .await
+        .expect("another client takes the lock the paused holder lost");
+    assert_ne!(taken.token(), guard.token());
+    assert!(
+        matches!(guard.release().await, Err(Error::NotHeld { .. })),
+        "the lost guard's release must report NotHeld and leave the new holder's lock alone"
+    );
+    let value: Option<String> = other.client().get("ctr:paused").await.unwrap();
+    assert_eq!(value.as_deref(), Some(taken.token()));
+    taken.release().await.expect("the new holder releases");
+
+    mutex.shutdown().await;
+    other.shutdown().await;
+    redis.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_container_mid_hold_reports_the_lock_lost_and_lock_calls_fail_transiently() {
+    if !containers_enabled(
+        "stopped_container_mid_hold_reports_the_lock_lost_and_lock_calls_fail_transiently",
+    ) {
+        return;
+    }
+    let redis = RedisContainer::start().await;
+    let mutex = mutex_for(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
+    let guard = lock_and_hold(&mutex, "ctr:stopped").await;
+
+    redis
+        .container
+        .stop_with_timeout(Some(2))
+        .await
+        .expect("stop the container");
+    assert!(!redis.container.is_running().await.unwrap());
+    let reason = expect_loss_within_lease(&guard, "stopped container").await;
+    assert_eq!(
+        reason,
+        LostReason::Expired,
+        "no renewal could be confirmed with Redis gone"
+    );
+    assert!(
+        matches!(guard.extend(FAULT_TTL).await, Err(Error::NotHeld { .. })),
+        "extend on a lost guard must report NotHeld"
+    );
+    drop(guard);
+
+    // With Redis gone, lock calls say "Redis unreachable" (transient), never
+    // "someone else holds it" (NotObtained), and they return.
+    let bound = Duration::from_secs(15);
+    for key in ["ctr:stopped", "ctr:fresh"] {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            bound,
+            mutex
+                .acquire(key)
+                .retry(RetryStrategy::linear(Duration::from_millis(50), 3)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("lock({key}) with Redis stopped did not return in {bound:?}"));
+        match outcome {
+            Err(e) => {
+                assert!(
+                    matches!(e, Error::Unavailable { .. } | Error::Timeout { .. })
+                        && e.is_transient(),
+                    "lock({key}) with Redis stopped: expected Unavailable or Timeout, got {e:?}"
+                );
+                eprintln!("lock({key}) after {:?}: {e}", started.elapsed());
+            }
+            Ok(g) => panic!("lock({key}) succeeded with Redis stopped: {g:?}"),
+        }
+        let outcome = tokio::time::timeout(bound, mutex.try_lock(key))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("try_lock({key}) with Redis stopped did not return in {bound:?}")
+            });
+        match outcome {
+            Err(e) => assert!(
+                matches!(e, Error::Unavailable { .. } | Error::Timeout { .. }) && e.is_transient(),
+                "try_lock({key}) with Redis stopped: expected Unavailable or Timeout, got {e:?}"
+            ),
+            Ok(g) => panic!("try_lock({key}) with Redis stopped answered {g:?}"),
+        }
+    }
+
+    tokio::time::timeout(Duration::from_secs(10), mutex.shutdown())
+        .await
+        .expect("shutdown returns with Redis gone");
+    redis.remove().await;
+}
