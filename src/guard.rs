@@ -32,15 +32,18 @@ use crate::Error;
 pub struct LockGuard {
     inner: Arc<Inner>,
     lease: Arc<LeaseCore>,
+    /// Whether the renewer keeps this lease alive.
+    auto_renew: bool,
     /// Whether `Drop` must release.
     armed: bool,
 }
 
 impl LockGuard {
-    pub(crate) fn new(inner: Arc<Inner>, lease: Arc<LeaseCore>) -> Self {
+    pub(crate) fn new(inner: Arc<Inner>, lease: Arc<LeaseCore>, auto_renew: bool) -> Self {
         LockGuard {
             inner,
             lease,
+            auto_renew,
             armed: true,
         }
     }
@@ -144,7 +147,13 @@ impl LockGuard {
             .await
             .map_err(|e| self.rekey(e))?;
         match answer.first() {
-            Some(Extended::Yes) if self.lease.confirm(sent_at, ttl) => Ok(()),
+            Some(Extended::Yes) if self.lease.confirm(sent_at, ttl) => {
+                if self.auto_renew {
+                    // The next renewal is due a period of the new TTL from now.
+                    self.inner.renewer.track(&self.lease, sent_at);
+                }
+                Ok(())
+            }
             Some(Extended::Yes) => Err(self.not_held()),
             Some(Extended::Replaced) => {
                 self.lease.mark_lost(LostReason::Replaced);

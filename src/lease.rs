@@ -2,6 +2,7 @@
 //! [`Lease`] handles: how long it is valid, and whether it is known lost.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,8 @@ pub(crate) struct LeaseCore {
     pub(crate) fencing_token: Option<u64>,
     state: Mutex<State>,
     changed: Notify,
+    /// Bumped each time the renewer is given a new schedule for this lease.
+    generation: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +80,7 @@ impl LeaseCore {
                 ended: false,
             }),
             changed: Notify::new(),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -140,6 +144,16 @@ impl LeaseCore {
             state.confirmed_at = sent_at;
         }
         true
+    }
+
+    /// Starts a new renewal schedule; entries of older ones are dropped.
+    pub(crate) fn reschedule(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The current renewal schedule.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Released or dropped: the renewer forgets it.

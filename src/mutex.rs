@@ -75,7 +75,7 @@ pub(crate) struct Inner {
     notifications: bool,
     waiters: Waiters,
     pub(crate) releases: ReleaseQueue,
-    renewer: Renewer,
+    pub(crate) renewer: Renewer,
     shut_down: AtomicBool,
 }
 
@@ -632,7 +632,7 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
                     if auto_renew {
                         inner.renewer.track(&lease, sent_at);
                     }
-                    return Ok(LockGuard::new(Arc::clone(&inner), lease));
+                    return Ok(LockGuard::new(Arc::clone(&inner), lease, auto_renew));
                 }
                 Ok(Acquired::No { pttl }) => {
                     pending.armed = uncertain;

@@ -44,6 +44,9 @@ pub(crate) fn period(ttl: Duration) -> Duration {
 struct Entry {
     due: Instant,
     seq: u64,
+    /// The lease's schedule generation when queued: an entry from an older
+    /// schedule (before an `extend`) is dropped when it comes up.
+    generation: u64,
     lease: Weak<LeaseCore>,
 }
 
@@ -92,16 +95,23 @@ impl Shared {
     /// Queues `lease` for renewal at `due`, waking the renewer only when it
     /// is now the first due (a new lock usually is not: no task wake-up per
     /// lock).
-    fn push(&self, lease: Weak<LeaseCore>, due: Instant) {
+    fn push(&self, lease: Weak<LeaseCore>, generation: u64, due: Instant) {
         let mut queue = self.queue();
         let first = queue.heap.peek().map_or(true, |Reverse(e)| due < e.due);
         queue.seq += 1;
         let seq = queue.seq;
-        queue.heap.push(Reverse(Entry { due, seq, lease }));
+        queue.heap.push(Reverse(Entry {
+            due,
+            seq,
+            generation,
+            lease,
+        }));
         if queue.heap.len() >= queue.sweep_at {
-            queue
-                .heap
-                .retain(|Reverse(e)| e.lease.upgrade().is_some_and(|l| live(&l)));
+            queue.heap.retain(|Reverse(e)| {
+                e.lease
+                    .upgrade()
+                    .is_some_and(|l| live(&l) && l.generation() == e.generation)
+            });
             queue.sweep_at = (queue.heap.len() * 2).max(MIN_SWEEP);
         }
         drop(queue);
@@ -136,14 +146,16 @@ impl Renewer {
         }
     }
 
-    /// Renews `lease` until it ends or is lost; the first renewal is due a
-    /// period after `sent_at`.
+    /// Renews `lease` until it ends or is lost; the next renewal is due a
+    /// period (of its current TTL) after `sent_at`. Tracking a lease again
+    /// (after an `extend`) replaces its schedule.
     pub(crate) fn track(&self, lease: &Arc<LeaseCore>, sent_at: Instant) {
         let shared = Arc::clone(&self.shared);
         self.task
             .start(|(client, timeout)| run(shared, client, timeout));
         let due = sent_at + period(lease.ttl());
-        self.shared.push(Arc::downgrade(lease), due);
+        let generation = lease.reschedule();
+        self.shared.push(Arc::downgrade(lease), generation, due);
     }
 }
 
@@ -168,8 +180,8 @@ async fn run(shared: Arc<Shared>, client: Client, timeout: Duration) {
                     let client = client.clone();
                     let shared = Arc::clone(&shared);
                     tokio::spawn(async move {
-                        for (lease, due) in renew(&client, batch, timeout).await {
-                            shared.push(lease, due);
+                        for (lease, generation, due) in renew(&client, batch, timeout).await {
+                            shared.push(lease, generation, due);
                         }
                     });
                 }
@@ -185,7 +197,7 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Pops every live lease due now or within the coalescing window.
-fn take_due(queue: &mut Queue) -> Vec<Arc<LeaseCore>> {
+fn take_due(queue: &mut Queue) -> Vec<(Arc<LeaseCore>, u64)> {
     let queue = &mut queue.heap;
     let now = Instant::now();
     let mut batch = Vec::new();
@@ -194,7 +206,7 @@ fn take_due(queue: &mut Queue) -> Vec<Arc<LeaseCore>> {
             queue.pop();
             continue;
         };
-        if !live(&lease) {
+        if !live(&lease) || top.generation != lease.generation() {
             queue.pop();
             continue;
         }
@@ -202,8 +214,9 @@ fn take_due(queue: &mut Queue) -> Vec<Arc<LeaseCore>> {
         if top.due > now + window {
             break;
         }
+        let generation = top.generation;
         queue.pop();
-        batch.push(lease);
+        batch.push((lease, generation));
     }
     batch
 }
@@ -211,14 +224,14 @@ fn take_due(queue: &mut Queue) -> Vec<Arc<LeaseCore>> {
 /// Renews a batch; returns the leases to renew again, with when.
 async fn renew(
     client: &Client,
-    batch: Vec<Arc<LeaseCore>>,
+    batch: Vec<(Arc<LeaseCore>, u64)>,
     timeout: Duration,
-) -> Vec<(Weak<LeaseCore>, Instant)> {
-    let mut groups: HashMap<u16, Vec<Arc<LeaseCore>>> = HashMap::new();
+) -> Vec<(Weak<LeaseCore>, u64, Instant)> {
+    let mut groups: HashMap<u16, Vec<(Arc<LeaseCore>, u64)>> = HashMap::new();
     if client.is_clustered() {
-        for lease in batch {
-            let slot = fred::util::redis_keyslot(lease.redis_key.as_bytes());
-            groups.entry(slot).or_default().push(lease);
+        for entry in batch {
+            let slot = fred::util::redis_keyslot(entry.0.redis_key.as_bytes());
+            groups.entry(slot).or_default().push(entry);
         }
     } else {
         groups.insert(0, batch);
@@ -234,14 +247,14 @@ async fn renew(
 
 async fn renew_chunk(
     client: &Client,
-    chunk: &[Arc<LeaseCore>],
+    chunk: &[(Arc<LeaseCore>, u64)],
     timeout: Duration,
-) -> Vec<(Weak<LeaseCore>, Instant)> {
-    let ttls: Vec<Duration> = chunk.iter().map(|l| l.ttl()).collect();
+) -> Vec<(Weak<LeaseCore>, u64, Instant)> {
+    let ttls: Vec<Duration> = chunk.iter().map(|(l, _)| l.ttl()).collect();
     let entries: Vec<(&str, &str, u64)> = chunk
         .iter()
         .zip(&ttls)
-        .map(|(l, ttl)| {
+        .map(|((l, _), ttl)| {
             (
                 l.redis_key.as_str(),
                 l.token.as_str(),
@@ -254,11 +267,12 @@ async fn renew_chunk(
     let mut next = Vec::with_capacity(chunk.len());
     match result {
         Ok(answers) => {
-            for ((lease, ttl), answer) in chunk.iter().zip(ttls).zip(answers) {
+            for (((lease, generation), ttl), answer) in chunk.iter().zip(ttls).zip(answers) {
                 match answer {
                     Extended::Yes => {
                         if lease.confirm(sent_at, ttl) && !lease.is_ended() {
-                            next.push((Arc::downgrade(lease), sent_at + period(ttl)));
+                            let due = sent_at + period(ttl);
+                            next.push((Arc::downgrade(lease), *generation, due));
                         }
                     }
                     Extended::Missing => lost(lease, LostReason::Missing),
@@ -271,11 +285,11 @@ async fn renew_chunk(
             // was and is reported lost when its local validity passes.
             tracing::debug!(error = %e, keys = chunk.len(), "lease renewal failed; retrying");
             let now = Instant::now();
-            for (lease, ttl) in chunk.iter().zip(ttls) {
+            for ((lease, generation), ttl) in chunk.iter().zip(ttls) {
                 if lease.lost_reason().is_none() {
                     let retry =
                         (period(ttl) / 3).clamp(Duration::from_millis(1), Duration::from_secs(1));
-                    next.push((Arc::downgrade(lease), now + retry));
+                    next.push((Arc::downgrade(lease), *generation, now + retry));
                 }
             }
         }

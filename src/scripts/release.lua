@@ -3,13 +3,15 @@
 -- ARGV[1]: the token the caller acquired it with
 --
 -- Returns 1 when the caller's lock was deleted, 0 when the key is gone or
--- belongs to someone else (whose lock is left untouched).
+-- holds something else (another holder's token, or a value of another type,
+-- which is left untouched).
 --
 -- On a release, publishes on `<key>:released` so that waiters subscribed to
 -- it try at once instead of polling. Plain PUBLISH (not sharded SPUBLISH):
 -- it works on every Redis version and, on a cluster, reaches subscribers on
 -- any node; a PUBLISH nobody listens to costs a hash lookup.
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local value = redis.pcall('GET', KEYS[1])
+if value == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', KEYS[1] .. ':released', '')
   return 1
