@@ -81,7 +81,8 @@ pub enum Error {
 
     /// Redis did not answer within the command timeout. The command may or may
     /// not have run; an acquisition that ends this way schedules a release of
-    /// its own token, so nothing stays locked beyond that.
+    /// its own token (retried for a few seconds), and otherwise the lock
+    /// expires with its TTL.
     #[error(
         "Redis did not answer within {after:?}{}; check that the server is reachable \
          and not overloaded, or raise the command timeout",

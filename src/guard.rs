@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use crate::lease::{Lease, LeaseCore, LostReason};
 use crate::mutex::{ttl_millis, Inner};
-use crate::scripts::{self, Extended};
+use crate::scripts::{self, Extended, Released};
 use crate::Error;
+use fred::interfaces::EventInterface;
+use tokio::sync::broadcast::error::TryRecvError;
 
 /// A held lock. Dropping it releases the lock.
 ///
@@ -183,9 +185,11 @@ impl LockGuard {
     /// # Ok(()) }
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
+        let held = self.lease.lost_reason().is_none();
         // Renewal stops first; a renewal already in flight cannot bring the
         // key back, because the extend script checks the token.
         self.lease.end();
+        let mut reconnects = self.inner.client.reconnect_rx();
         // `self` stays alive across the await: if this future is dropped
         // mid-flight, `Drop` queues the release instead.
         let result = scripts::release(
@@ -198,14 +202,25 @@ impl LockGuard {
         match result {
             // Our token was still there, so no one else held the key since
             // we took it (tokens are unique): the lock was held to the end.
-            Ok(true) => {
+            Ok(Released::Yes) => {
                 self.armed = false;
                 tracing::debug!(key = %self.key(), "lock released");
                 Ok(())
             }
-            Ok(false) => {
+            // The key is gone, and the connection was re-established while
+            // the release was in flight: fred re-sends in-flight commands
+            // after a reconnect, so the first send most likely deleted our
+            // key and this answer is the re-send's. The lease was valid when
+            // we sent it, so no one else can have held the key before.
+            Ok(Released::Missing)
+                if held && !matches!(reconnects.try_recv(), Err(TryRecvError::Empty)) =>
+            {
                 self.armed = false;
-                self.lease.mark_lost(LostReason::Missing);
+                tracing::debug!(key = %self.key(), "lock released (reply lost in a reconnect)");
+                Ok(())
+            }
+            Ok(_) => {
+                self.armed = false;
                 Err(self.not_held())
             }
             Err(e) => Err(self.rekey(e)),

@@ -23,6 +23,9 @@ pub enum LostReason {
     Missing,
     /// The key holds another client's token (or another type of value) now.
     Replaced,
+    /// The guard released the lock (or was dropped, which releases it): seen
+    /// by [`Lease`] handles that outlive their guard.
+    Released,
 }
 
 impl fmt::Display for LostReason {
@@ -31,6 +34,7 @@ impl fmt::Display for LostReason {
             LostReason::Expired => "its lease ran out before a renewal was confirmed",
             LostReason::Missing => "its key is gone from Redis",
             LostReason::Replaced => "its key holds another holder's token",
+            LostReason::Released => "it was released",
         })
     }
 }
@@ -156,9 +160,16 @@ impl LeaseCore {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Released or dropped: the renewer forgets it.
+    /// Released or dropped: the renewer forgets it, and `Lease` handles
+    /// that outlive the guard no longer claim the lock.
     pub(crate) fn end(&self) {
-        self.state().ended = true;
+        let mut state = self.state();
+        state.ended = true;
+        if state.lost.is_none() {
+            state.lost = Some(LostReason::Released);
+            drop(state);
+            self.changed.notify_waiters();
+        }
     }
 
     pub(crate) fn is_ended(&self) -> bool {

@@ -289,6 +289,9 @@ impl DistributedMutex {
     /// new locks with [`Error::Shutdown`].
     ///
     /// Guards still alive keep working and are still released when dropped.
+    /// A queued release that fails for a transient reason is tried three
+    /// times in all, so with Redis unreachable this waits about three command
+    /// timeouts; a release that still fails is left to the lock's TTL.
     pub async fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::SeqCst);
         self.inner.releases.flush().await;
@@ -704,6 +707,26 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
 /// Builds a fred client configured for locking and connects it.
 pub(crate) async fn connect_client(url: &str, command_timeout: Duration) -> Result<Client, Error> {
     use fred::types::config::{Config, ReconnectPolicy};
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    if scheme.starts_with("rediss") {
+        return Err(Error::Config {
+            message:
+                "the URL asks for TLS (rediss://), which this build of distributed-mutex does \
+                      not enable; use redis:// or build the fred client yourself with TLS and pass \
+                      it to DistributedMutex::new"
+                    .into(),
+            source: None,
+        });
+    }
+    if !scheme.starts_with("redis") {
+        return Err(Error::Config {
+            message: format!(
+                "the Redis URL is malformed (`{scheme}://` is not a Redis scheme); expected \
+                 redis://[user:password@]host:port[/db]"
+            ),
+            source: None,
+        });
+    }
     let config = Config::from_url(url).map_err(|source| Error::Config {
         message: format!(
             "the Redis URL is malformed ({}); expected redis://[user:password@]host:port[/db]",

@@ -165,17 +165,38 @@ async fn worker(d: Dormant, pending: Arc<Pending>) {
     while running.join_next().await.is_some() {}
 }
 
+/// Tries a queued release, again after transient errors (a reconnect, a
+/// timeout: its reply may be lost while the key is still ours), for a few
+/// seconds in all; after that the lock expires with its TTL.
 async fn release_one(client: &Client, key: &str, token: &str, timeout: Duration) {
-    match scripts::release(client, key, token, timeout).await {
-        Ok(true) => tracing::debug!(key = %key, "lock released"),
-        Ok(false) => tracing::debug!(
-            key = %key,
-            "lock was already gone (expired or taken over); nothing released"
-        ),
-        Err(e) => tracing::warn!(
-            key = %key,
-            error = %e,
-            "lock release failed; the lock will expire with its TTL"
-        ),
+    const TRIES: u32 = 3;
+    let mut pause = Duration::from_millis(100);
+    for attempt in 1..=TRIES {
+        match scripts::release(client, key, token, timeout).await {
+            Ok(scripts::Released::Yes) => {
+                tracing::debug!(key = %key, "lock released");
+                return;
+            }
+            Ok(_) => {
+                tracing::debug!(
+                    key = %key,
+                    "lock was already gone (expired or taken over); nothing released"
+                );
+                return;
+            }
+            Err(e) if e.is_transient() && attempt < TRIES => {
+                tracing::debug!(key = %key, error = %e, "lock release failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    key = %key,
+                    error = %e,
+                    "lock release failed; the lock will expire with its TTL"
+                );
+                return;
+            }
+        }
     }
 }

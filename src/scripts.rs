@@ -121,13 +121,24 @@ pub(crate) async fn set_nx(
     }
 }
 
-/// Compare-and-delete. `true` when the caller's lock was deleted.
+/// What a compare-and-delete found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// The caller's lock was deleted.
+    Yes,
+    /// The key was gone.
+    Missing,
+    /// The key holds something else (left untouched).
+    Replaced,
+}
+
+/// Compare-and-delete.
 pub(crate) async fn release(
     client: &Client,
     key: &str,
     token: &str,
     timeout: Duration,
-) -> Result<bool, Error> {
+) -> Result<Released, Error> {
     let deleted: i64 = run(
         client,
         &RELEASE,
@@ -137,7 +148,11 @@ pub(crate) async fn release(
         timeout,
     )
     .await?;
-    Ok(deleted == 1)
+    Ok(match deleted {
+        1 => Released::Yes,
+        0 => Released::Missing,
+        _ => Released::Replaced,
+    })
 }
 
 /// What a compare-and-pexpire found for one key.

@@ -27,9 +27,9 @@
 //! | 21  | retry with a zero interval                         | `NotObtained` at once, no busy loop                                     |
 //! | 22  | a URL naming a database that does not exist        | `Redis` ("DB index is out of range") from `connect`                     |
 //!
-//! Two more rows are `#[ignore]`d library bugs (see their reasons): a
-//! `rediss://` or `http://` URL is accepted and used as plain `redis://`, and
-//! a `Lease` kept past its guard's release still reports the lock held.
+//! Two more rows were library bugs, now fixed: a
+//! `rediss://` or `http://` URL was accepted and used as plain `redis://`, and
+//! a `Lease` kept past its guard's release still reported the lock held.
 //!
 //! Rows that tests/lock.rs and tests/adapter.rs already cover in part
 //! (`invalid_keys_ttls_and_settings_are_refused_before_anything_is_sent`,
@@ -863,8 +863,6 @@ async fn row_17_extend_after_release_is_not_held_and_never_brings_the_key_back()
 }
 
 #[tokio::test]
-#[ignore = "library bug: a Lease kept past its guard's release() still reports remaining() > 0 and \
-            is_lost() == false (LeaseCore::end does not mark it lost or zero its validity)"]
 async fn row_17b_a_lease_kept_past_its_guards_release_does_not_claim_the_lock() {
     let server = RedisServer::start();
     let mutex = mutex_for(&server).await;
@@ -1036,9 +1034,6 @@ async fn row_22_a_url_naming_a_database_that_does_not_exist_is_a_redis_error() {
 // ---- a URL scheme the client cannot honour ----------------------------------------------
 
 #[tokio::test]
-#[ignore = "library bug: `rediss://` (TLS asked for) connects in plain text, because the crate \
-            enables no fred TLS feature and fred then ignores the scheme; `http://` is taken as \
-            `redis://` too. connect() should refuse both with Error::Config"]
 async fn row_23_a_url_whose_scheme_cannot_be_honoured_is_a_config_error() {
     let server = RedisServer::start();
     let port = server.port();

@@ -360,9 +360,6 @@ async fn a_cut_during_release_leaves_nothing_locked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "library bug: release() reports NotHeld for a lock it held to the end and deleted itself, \
-            when the connection is cut after the release script ran (fred re-sends it, and the \
-            re-run finds the key gone)"]
 async fn a_release_cut_after_it_ran_is_not_reported_as_a_lost_lock() {
     let server = RedisServer::start();
     load_scripts(&server.client().await).await;

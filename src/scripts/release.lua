@@ -2,9 +2,9 @@
 -- KEYS[1]: the lock key
 -- ARGV[1]: the token the caller acquired it with
 --
--- Returns 1 when the caller's lock was deleted, 0 when the key is gone or
--- holds something else (another holder's token, or a value of another type,
--- which is left untouched).
+-- Returns 1 when the caller's lock was deleted, 0 when the key is gone, -1
+-- when it holds something else (another holder's token, or a value of
+-- another type, which is left untouched).
 --
 -- On a release, publishes on `<key>:released` so that waiters subscribed to
 -- it try at once instead of polling. Plain PUBLISH (not sharded SPUBLISH):
@@ -15,5 +15,8 @@ if value == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', KEYS[1] .. ':released', '')
   return 1
+end
+if value then
+  return -1
 end
 return 0
