@@ -196,6 +196,7 @@ impl LockGuard {
             &self.inner.client,
             &self.lease.redis_key,
             &self.lease.token,
+            &self.inner.id,
             self.inner.command_timeout,
         )
         .await;

@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) auto_renew: bool,
     pub(crate) fencing: bool,
     notifications: bool,
+    /// A random id, sent with releases so this mutex can tell its own.
+    pub(crate) id: Arc<str>,
     waiters: Waiters,
     pub(crate) releases: ReleaseQueue,
     pub(crate) renewer: Renewer,
@@ -137,9 +139,10 @@ impl DistributedMutex {
 
     /// Builds from settings already checked (or the defaults).
     fn from_builder(b: Builder) -> Self {
-        let releases = ReleaseQueue::new(b.client.clone(), b.command_timeout);
+        let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let releases = ReleaseQueue::new(b.client.clone(), b.command_timeout, Arc::clone(&id));
         let renewer = Renewer::new(b.client.clone(), b.command_timeout);
-        let waiters = Waiters::new(b.client.clone(), b.command_timeout);
+        let waiters = Waiters::new(b.client.clone(), b.command_timeout, Arc::clone(&id));
         DistributedMutex {
             inner: Arc::new(Inner {
                 client: b.client,
@@ -150,6 +153,7 @@ impl DistributedMutex {
                 auto_renew: b.auto_renew,
                 fencing: b.fencing,
                 notifications: b.notifications,
+                id,
                 waiters,
                 releases,
                 renewer,
@@ -588,7 +592,9 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
             // First attempt without fencing: a plain SET NX, cheaper than the
             // script, which runs only when the key exists (to tell our own
             // re-sent SET from another holder, and to learn its TTL).
-            let fast = if attempts == 1 && fence_key.is_none() {
+            // (Not for a waiter that was queued: the key was held moments ago,
+            // so the script is the likelier answer.)
+            let fast = if attempts == 1 && fence_key.is_none() && ticket.is_none() {
                 scripts::set_nx(
                     &inner.client,
                     &pending.redis_key,

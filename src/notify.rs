@@ -25,6 +25,9 @@ use crate::task::Lazy;
 /// The suffix of a key's release channel.
 pub(crate) const CHANNEL_SUFFIX: &str = ":released";
 
+/// How long a mutex lets other processes try first after its own release.
+const YIELD_TO_OTHERS: Duration = Duration::from_millis(1);
+
 /// After a failed attempt to make the subscriber connection, waiters poll
 /// for this long before it is tried again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
@@ -37,6 +40,9 @@ struct Queues {
 
 struct Shared {
     queues: Mutex<Queues>,
+    /// The mutex's id: a release message carrying it was sent by this
+    /// mutex while other processes' waiters listened too.
+    id: Arc<str>,
 }
 
 impl Shared {
@@ -65,11 +71,12 @@ pub(crate) struct Waiters {
 }
 
 impl Waiters {
-    pub(crate) fn new(client: Client, timeout: Duration) -> Self {
+    pub(crate) fn new(client: Client, timeout: Duration, id: Arc<str>) -> Self {
         let (ops, rx) = mpsc::unbounded_channel();
         Waiters {
             shared: Arc::new(Shared {
                 queues: Mutex::new(Queues::default()),
+                id,
             }),
             ops,
             manager: Lazy::new((rx, client, timeout)),
@@ -209,7 +216,20 @@ async fn manager(
             message = recv(&mut messages), if messages.is_some() => match message {
                 Ok(message) => {
                     if let Some(key) = message.channel.strip_suffix(CHANNEL_SUFFIX) {
-                        shared.wake_head(key);
+                        let ours = message.value.as_str().is_some_and(|v| *v == *shared.id);
+                        if ours {
+                            // Our own release, with other processes waiting:
+                            // give them the first try, so that processes take
+                            // turns instead of the releaser winning every race.
+                            let shared = Arc::clone(&shared);
+                            let key = key.to_owned();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(YIELD_TO_OTHERS).await;
+                                shared.wake_head(&key);
+                            });
+                        } else {
+                            shared.wake_head(key);
+                        }
                     }
                 }
                 // Messages were dropped: wake every head (a spurious attempt
@@ -242,9 +262,16 @@ async fn apply(subscriber: Option<&SubscriberClient>, op: Op, timeout: Duration)
     match op {
         Op::Subscribe(channel, ack) => {
             let ok = match subscriber {
+                // fred answers SUBSCRIBE once it is queued, not once Redis
+                // has it; a PING behind it on the same connection answers
+                // only after Redis has subscribed.
                 Some(s) => matches!(
-                    tokio::time::timeout(timeout, s.subscribe(channel.as_str())).await,
-                    Ok(Ok(()))
+                    tokio::time::timeout(timeout, async {
+                        s.subscribe(channel.as_str()).await?;
+                        s.ping::<fred::types::Value>(None).await
+                    })
+                    .await,
+                    Ok(Ok(_))
                 ),
                 None => false,
             };

@@ -65,6 +65,8 @@ struct Dormant {
     rx: mpsc::UnboundedReceiver<Msg>,
     client: Client,
     timeout: Duration,
+    /// The mutex's id, sent with releases (see `release.lua`).
+    id: Arc<str>,
 }
 
 pub(crate) struct ReleaseQueue {
@@ -74,7 +76,7 @@ pub(crate) struct ReleaseQueue {
 }
 
 impl ReleaseQueue {
-    pub(crate) fn new(client: Client, timeout: Duration) -> Self {
+    pub(crate) fn new(client: Client, timeout: Duration, id: Arc<str>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         ReleaseQueue {
             tx,
@@ -82,6 +84,7 @@ impl ReleaseQueue {
                 rx,
                 client,
                 timeout,
+                id,
             }),
             pending: Arc::default(),
         }
@@ -140,6 +143,7 @@ async fn worker(d: Dormant, pending: Arc<Pending>) {
         mut rx,
         client,
         timeout,
+        id,
     } = d;
     let mut running = JoinSet::new();
     loop {
@@ -149,8 +153,9 @@ async fn worker(d: Dormant, pending: Arc<Pending>) {
                 Some(Msg::Release { key, token }) => {
                     let client = client.clone();
                     let pending = Arc::clone(&pending);
+                    let id = Arc::clone(&id);
                     running.spawn(async move {
-                        release_one(&client, &key, &token, timeout).await;
+                        release_one(&client, &key, &token, &id, timeout).await;
                         pending.done(&key);
                     });
                 }
@@ -168,11 +173,11 @@ async fn worker(d: Dormant, pending: Arc<Pending>) {
 /// Tries a queued release, again after transient errors (a reconnect, a
 /// timeout: its reply may be lost while the key is still ours), for a few
 /// seconds in all; after that the lock expires with its TTL.
-async fn release_one(client: &Client, key: &str, token: &str, timeout: Duration) {
+async fn release_one(client: &Client, key: &str, token: &str, id: &str, timeout: Duration) {
     const TRIES: u32 = 3;
     let mut pause = Duration::from_millis(100);
     for attempt in 1..=TRIES {
-        match scripts::release(client, key, token, timeout).await {
+        match scripts::release(client, key, token, id, timeout).await {
             Ok(scripts::Released::Yes) => {
                 tracing::debug!(key = %key, "lock released");
                 return;

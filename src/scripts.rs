@@ -137,6 +137,7 @@ pub(crate) async fn release(
     client: &Client,
     key: &str,
     token: &str,
+    releaser: &str,
     timeout: Duration,
 ) -> Result<Released, Error> {
     let deleted: i64 = run(
@@ -144,7 +145,7 @@ pub(crate) async fn release(
         &RELEASE,
         key,
         key,
-        vec![Value::from(token)],
+        vec![Value::from(token), Value::from(releaser)],
         timeout,
     )
     .await?;
