@@ -573,7 +573,8 @@ async fn acquire(req: Acquire) -> Result<LockGuard, Error> {
     // Waiters of this key already queued in this process go first: join
     // the queue behind them instead of barging in with an attempt.
     let mut skip_attempt = false;
-    if notify && inner.waiters.has_waiters(&pending.redis_key) {
+    let may_wait = timeout.map_or(true, |t| !t.is_zero());
+    if notify && may_wait && inner.waiters.has_waiters(&pending.redis_key) {
         ticket = Some(inner.waiters.join(&pending.redis_key));
         skip_attempt = true;
     }
