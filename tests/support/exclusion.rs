@@ -1,0 +1,312 @@
+//! The mutual-exclusion property test, shared by `tests/property.rs` (local
+//! redis-server processes) and `tests/containers.rs` (Redis in a container):
+//! random interleavings of lock, try_lock, extend, release, drop and sleep by
+//! several tasks across two `DistributedMutex` instances (two "processes",
+//! each with its own connection) over a few keys.
+//!
+//! Invariants, checked in every generated case:
+//! 1. mutual exclusion: a table of who is inside a critical section, per key,
+//!    never counts more than one (leases are long, 3 s, and sections short,
+//!    so no lease can run out legitimately; `remaining()` and `is_lost()` are
+//!    checked too);
+//! 2. a Redis counter per key, incremented and decremented non-atomically
+//!    (GET, sleep, SET) inside the section, reads 0 on every entry;
+//! 3. once every task is done and both mutexes are shut down, no lock key is
+//!    left in Redis.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use distributed_mutex::{DistributedMutex, Error, LockGuard, RetryStrategy};
+use fred::prelude::*;
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+/// The lease of every lock: long enough that none can run out legitimately
+/// within a case.
+pub const TTL: Duration = Duration::from_secs(3);
+
+/// One step of a task.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Lock(usize),
+    TryLock(usize),
+    Extend,
+    Release,
+    Drop,
+    Sleep(u64),
+}
+
+/// A generated case.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub keys: usize,
+    /// One sequence of operations per task; task `i` uses process `i % 2`.
+    pub tasks: Vec<Vec<Op>>,
+}
+
+fn op(keys: usize) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..keys).prop_map(Op::Lock),
+        2 => (0..keys).prop_map(Op::TryLock),
+        1 => Just(Op::Extend),
+        2 => Just(Op::Release),
+        2 => Just(Op::Drop),
+        2 => (0u64..8).prop_map(Op::Sleep),
+    ]
+}
+
+/// Cases: 2-3 keys, 3-4 tasks of 5-15 operations each.
+pub fn scenario() -> impl Strategy<Value = Scenario> {
+    (2usize..=3).prop_flat_map(|keys| {
+        prop::collection::vec(prop::collection::vec(op(keys), 5..=15), 3..=4)
+            .prop_map(move |tasks| Scenario { keys, tasks })
+    })
+}
+
+fn lock_key(prefix: &str, k: usize) -> String {
+    format!("{prefix}{k}")
+}
+
+fn counter_key(key: &str) -> String {
+    format!("count:{{{key}}}")
+}
+
+/// What every task shares within one case.
+struct Shared {
+    /// How many tasks are inside the critical section of each key.
+    occupancy: Mutex<HashMap<String, usize>>,
+    sections: AtomicUsize,
+    not_obtained: AtomicUsize,
+}
+
+/// A held lock and the critical section it protects.
+struct Section {
+    key: String,
+    guard: LockGuard,
+}
+
+type TaskResult = Result<(), String>;
+
+async fn enter(shared: &Shared, redis: &Client, guard: LockGuard) -> Result<Section, String> {
+    let key = guard.key().to_owned();
+    if guard.remaining().is_zero() || guard.is_lost() {
+        return Err(format!("{key}: a fresh guard has no lease left"));
+    }
+    {
+        let mut occupancy = shared.occupancy.lock().unwrap();
+        let inside = occupancy.entry(key.clone()).or_insert(0);
+        *inside += 1;
+        if *inside > 1 {
+            return Err(format!(
+                "{key}: {inside} holders inside the critical section"
+            ));
+        }
+    }
+    shared.sections.fetch_add(1, Ordering::Relaxed);
+    // Non-atomic read-modify-write of a Redis counter.
+    let counter = counter_key(&key);
+    let n: Option<i64> = redis.get(&counter).await.map_err(|e| e.to_string())?;
+    let n = n.unwrap_or(0);
+    if n != 0 {
+        return Err(format!(
+            "{key}: counter reads {n} on entry, another holder is inside"
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let _: () = redis
+        .set(&counter, n + 1, None, None, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Section { key, guard })
+}
+
+/// Leaves the critical section; the caller then releases or drops the guard.
+async fn leave(shared: &Shared, redis: &Client, section: &Section) -> TaskResult {
+    let key = &section.key;
+    let counter = counter_key(key);
+    let n: Option<i64> = redis.get(&counter).await.map_err(|e| e.to_string())?;
+    if n != Some(1) {
+        return Err(format!("{key}: counter reads {n:?} on exit, expected 1"));
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let _: () = redis
+        .set(&counter, 0, None, None, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    if section.guard.remaining().is_zero() || section.guard.is_lost() {
+        return Err(format!(
+            "{key}: the lease ran out inside the critical section (machine too slow?)"
+        ));
+    }
+    let mut occupancy = shared.occupancy.lock().unwrap();
+    let inside = occupancy.get_mut(key.as_str()).expect("entered before");
+    *inside -= 1;
+    Ok(())
+}
+
+async fn run_task(
+    shared: Arc<Shared>,
+    mutex: DistributedMutex,
+    keys: Vec<String>,
+    ops: Vec<Op>,
+) -> TaskResult {
+    let redis = mutex.client().clone();
+    let mut held: Option<Section> = None;
+    for op in ops {
+        match op {
+            Op::Lock(k) | Op::TryLock(k) => {
+                // One lock at a time per task, so tasks cannot deadlock.
+                if let Some(section) = held.take() {
+                    leave(&shared, &redis, &section).await?;
+                    section.guard.release().await.map_err(|e| e.to_string())?;
+                }
+                let outcome = if matches!(op, Op::Lock(_)) {
+                    mutex
+                        .acquire(&keys[k])
+                        .retry(RetryStrategy::linear(Duration::from_millis(5), 400))
+                        .await
+                        .map(Some)
+                } else {
+                    mutex.try_lock(&keys[k]).await
+                };
+                match outcome {
+                    Ok(Some(guard)) => held = Some(enter(&shared, &redis, guard).await?),
+                    Ok(None) | Err(Error::NotObtained { .. }) => {
+                        shared.not_obtained.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(format!("{}: lock failed: {e}", keys[k])),
+                }
+            }
+            Op::Extend => {
+                if let Some(section) = &held {
+                    section
+                        .guard
+                        .extend(TTL)
+                        .await
+                        .map_err(|e| format!("{}: extend failed: {e}", section.key))?;
+                }
+            }
+            Op::Release => {
+                if let Some(section) = held.take() {
+                    leave(&shared, &redis, &section).await?;
+                    let key = section.key.clone();
+                    section
+                        .guard
+                        .release()
+                        .await
+                        .map_err(|e| format!("{key}: release failed: {e}"))?;
+                }
+            }
+            Op::Drop => {
+                if let Some(section) = held.take() {
+                    leave(&shared, &redis, &section).await?;
+                    drop(section);
+                }
+            }
+            Op::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
+    }
+    if let Some(section) = held.take() {
+        leave(&shared, &redis, &section).await?;
+        drop(section);
+    }
+    Ok(())
+}
+
+/// Runs one generated case against the Redis at `url`, with lock keys under
+/// `prefix`; fails the case when an invariant breaks.
+pub async fn run_case(
+    url: &str,
+    prefix: &str,
+    scenario: Scenario,
+    totals: &Totals,
+) -> Result<(), TestCaseError> {
+    let connect = |url| async move {
+        let client = DistributedMutex::connect(url)
+            .await
+            .expect("connect")
+            .client()
+            .clone();
+        DistributedMutex::builder(client)
+            .ttl(TTL)
+            .build()
+            .expect("valid settings")
+    };
+    let processes = [connect(url).await, connect(url).await];
+    let keys: Vec<String> = (0..scenario.keys).map(|k| lock_key(prefix, k)).collect();
+    let redis = processes[0].client().clone();
+    for key in &keys {
+        let _: i64 = redis.del(counter_key(key)).await.unwrap();
+    }
+
+    let shared = Arc::new(Shared {
+        occupancy: Mutex::new(HashMap::new()),
+        sections: AtomicUsize::new(0),
+        not_obtained: AtomicUsize::new(0),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, ops) in scenario.tasks.into_iter().enumerate() {
+        tasks.spawn(run_task(
+            Arc::clone(&shared),
+            processes[i % 2].clone(),
+            keys.clone(),
+            ops,
+        ));
+    }
+    let mut failures = Vec::new();
+    let joined = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failures.push(e),
+                Err(e) => failures.push(format!("task panicked: {e}")),
+            }
+        }
+    })
+    .await;
+    prop_assert!(joined.is_ok(), "tasks did not finish within 20 s");
+    prop_assert!(failures.is_empty(), "invariant violated: {failures:?}");
+
+    for mutex in &processes {
+        mutex.shutdown().await;
+    }
+    let left: Vec<String> = redis
+        .custom(fred::cmd!("KEYS"), vec![format!("{prefix}*")])
+        .await
+        .unwrap();
+    prop_assert!(
+        left.is_empty(),
+        "lock keys left after every task finished and both mutexes shut down: {left:?}"
+    );
+    for key in &keys {
+        let n: Option<i64> = redis.get(counter_key(key)).await.unwrap();
+        prop_assert!(
+            n.unwrap_or(0) == 0,
+            "counter of {key} is {n:?} after every section was left"
+        );
+    }
+
+    totals
+        .sections
+        .fetch_add(shared.sections.load(Ordering::Relaxed), Ordering::Relaxed);
+    totals.not_obtained.fetch_add(
+        shared.not_obtained.load(Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
+    for mutex in &processes {
+        let _ = mutex.client().quit().await;
+    }
+    Ok(())
+}
+
+/// Counts over all cases.
+#[derive(Default)]
+pub struct Totals {
+    /// Critical sections entered.
+    pub sections: AtomicUsize,
+    /// Lock attempts that gave up.
+    pub not_obtained: AtomicUsize,
+}
