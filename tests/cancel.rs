@@ -10,18 +10,8 @@ use std::time::{Duration, Instant};
 
 use distributed_mutex::{DistributedMutex, RetryStrategy};
 use fred::prelude::*;
+use support::common::{ms, mutex_for};
 use support::RedisServer;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// A mutex with the defaults over a client made by `DistributedMutex::connect`.
-async fn mutex_for(server: &RedisServer) -> DistributedMutex {
-    DistributedMutex::connect(&server.url())
-        .await
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", server.url()))
-}
 
 async fn raw_keys(client: &Client) -> Vec<String> {
     client

@@ -5,56 +5,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use distributed_mutex::{
-    Builder, DistributedMutex, Error, LockGuard, RetryStrategy, MAX_KEY_LEN, MAX_TTL,
-};
+use distributed_mutex::{DistributedMutex, Error, LockGuard, RetryStrategy, MAX_KEY_LEN, MAX_TTL};
 use fred::prelude::*;
+use support::common::{builder_for, gone_within, ms, mutex_for, raw_dbsize, raw_get, raw_pttl};
 use support::RedisServer;
 
 // ---- helpers ------------------------------------------------------------
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// A mutex with the defaults over a client made by `DistributedMutex::connect`.
-async fn mutex_for(server: &RedisServer) -> DistributedMutex {
-    DistributedMutex::connect(&server.url())
-        .await
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", server.url()))
-}
-
-/// A builder over a fresh client made by `DistributedMutex::connect` (so it
-/// has the reconnect policy and timeouts a lock needs).
-async fn builder_for(server: &RedisServer) -> Builder {
-    DistributedMutex::builder(mutex_for(server).await.client().clone())
-}
-
-async fn raw_get(client: &Client, key: &str) -> Option<String> {
-    client.get(key).await.expect("raw GET")
-}
-
-async fn raw_pttl(client: &Client, key: &str) -> i64 {
-    client.pttl(key).await.expect("raw PTTL")
-}
-
-async fn raw_dbsize(client: &Client) -> i64 {
-    client.dbsize().await.expect("raw DBSIZE")
-}
-
-/// Polls raw `GET key` until it is nil; `true` if that happened within `limit`.
-async fn gone_within(client: &Client, key: &str, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if raw_get(client, key).await.is_none() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(ms(10)).await;
-    }
-}
 
 /// `true` if `s` looks like a hyphenated v4 UUID.
 fn is_uuid_v4(s: &str) -> bool {

@@ -11,54 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use distributed_mutex::{Builder, DistributedMutex, Error, LostReason, RetryStrategy};
+use distributed_mutex::{Error, LostReason, RetryStrategy};
 use fred::prelude::*;
+use support::common::{builder_for, gone_within, ms, mutex_for, raw_dbsize, raw_get, raw_pttl};
 use support::RedisServer;
 
 // ---- helpers ------------------------------------------------------------
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// A mutex with the defaults over a client made by `DistributedMutex::connect`
-/// (reconnect policy and timeouts as a lock needs them).
-async fn mutex_for(server: &RedisServer) -> DistributedMutex {
-    DistributedMutex::connect(&server.url())
-        .await
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", server.url()))
-}
-
-/// A builder over a fresh connection of its own.
-async fn builder_for(server: &RedisServer) -> Builder {
-    DistributedMutex::builder(mutex_for(server).await.client().clone())
-}
-
-async fn raw_get(client: &Client, key: &str) -> Option<String> {
-    client.get(key).await.expect("raw GET")
-}
-
-async fn raw_pttl(client: &Client, key: &str) -> i64 {
-    client.pttl(key).await.expect("raw PTTL")
-}
-
-async fn raw_dbsize(client: &Client) -> i64 {
-    client.dbsize().await.expect("raw DBSIZE")
-}
-
-/// Polls raw `GET key` until it is nil; `true` if that happened within `limit`.
-async fn gone_within(client: &Client, key: &str, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if raw_get(client, key).await.is_none() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(ms(10)).await;
-    }
-}
 
 /// `calls` of `cmdstat_evalsha` in `INFO commandstats` (0 if never called).
 fn evalsha_calls(server: &RedisServer) -> u64 {

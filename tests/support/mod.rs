@@ -9,6 +9,7 @@
 //! Environment overrides: `REDIS_SERVER_BIN` / `REDIS_CLI_BIN` (default:
 //! `redis-server` / `redis-cli` from `PATH`).
 
+pub mod common;
 pub mod exclusion;
 pub mod proxy;
 use std::fs::{self, OpenOptions};
