@@ -114,6 +114,10 @@ impl ReleaseQueue {
 
     /// Waits (at most `limit`) until no release of `key` is in flight.
     pub(crate) async fn settled(&self, key: &str, limit: Duration) {
+        // The usual case, on every acquisition: nothing in flight, no timer.
+        if !self.pending.contains(key) {
+            return;
+        }
         let wait = async {
             loop {
                 let notified = self.pending.settled.notified();
