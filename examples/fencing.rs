@@ -121,10 +121,12 @@ async fn main() -> ExitCode {
 async fn run(url: &str) -> Result<bool, BoxError> {
     let pid = std::process::id();
     let lock_key = format!("fencing-example:{pid}:lock");
-    let a = DistributedMutex::builder(DistributedMutex::connect(url).await?.client().clone())
+    let a = distributed_mutex::Builder::connect(url)
+        .await?
         .fencing()
         .build()?;
-    let b = DistributedMutex::builder(DistributedMutex::connect(url).await?.client().clone())
+    let b = distributed_mutex::Builder::connect(url)
+        .await?
         .fencing()
         .retry(RetryStrategy::linear(Duration::from_millis(50), 200))
         .build()?;

@@ -47,21 +47,37 @@ pub type AdapterFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 pub trait Adapter: Send + Sync {
     /// Takes the lock on `key`, waiting per the adapter's retry strategy
     /// (250 ms × 20 by default). On failure an error is logged and the call
-    /// returns without the lock. Dropping the future (a deadline) gives up.
+    /// returns without the lock.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future (a deadline) gives up, logs it, and
+    /// leaves nothing locked.
     fn acquire<'a>(&'a self, key: &'a str) -> AdapterFuture<'a>;
 
     /// [`acquire`](Adapter::acquire) with a key built from `format_args!`.
+    ///
+    /// # Cancel safety
+    /// As [`acquire`](Adapter::acquire).
     fn acquiref<'a>(&'a self, args: fmt::Arguments<'_>) -> AdapterFuture<'a> {
         // `Arguments` is not `Send`: format before boxing.
         let key = fmt::format(args);
         Box::pin(async move { self.acquire(&key).await })
     }
 
-    /// Releases the lock on `key` that this adapter holds. A warning is
-    /// logged when it holds none; an error when the lock had been lost.
+    /// Releases the lock on `key` that this adapter holds, whichever of its
+    /// tasks took it (see [`RedisAdapter`]). A warning is logged when it holds
+    /// none, or when another task took it; an error when the lock had been
+    /// lost.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: once the future has started, the lock is released even
+    /// if it is dropped (in the background).
     fn release<'a>(&'a self, key: &'a str) -> AdapterFuture<'a>;
 
     /// [`release`](Adapter::release) with a key built from `format_args!`.
+    ///
+    /// # Cancel safety
+    /// As [`release`](Adapter::release).
     fn releasef<'a>(&'a self, args: fmt::Arguments<'_>) -> AdapterFuture<'a> {
         let key = fmt::format(args);
         Box::pin(async move { self.release(&key).await })
@@ -79,9 +95,16 @@ pub fn provide_adapter(client: Client) -> Arc<dyn Adapter> {
 /// `release(key)` needs in a map from key to held lock.
 ///
 /// * Safe for concurrent use by many tasks. Acquiring a key that this adapter
-///   already holds (from another task) waits like any other contender; it
-///   never overwrites the holder's entry, so one task's release cannot free a
-///   lock another task took later.
+///   already holds (from another task) waits like any other contender, and
+///   never overwrites the holder's entry.
+/// * **It does not protect tasks of one adapter from each other's
+///   releases.** As in the Go package, `release(key)` releases the key's
+///   lock whoever took it: a task whose `acquire` failed (the error is only
+///   logged) and which then calls `release(key)` frees the lock that another
+///   task of the same adapter holds, and both then run as if they held it.
+///   Such a release is logged as a warning naming both tasks (tokio task
+///   ids). Code that needs the guarantee should use [`DistributedMutex`] and
+///   its guards, which cannot release what they do not hold.
 /// * No leak when callers forget `release`: an entry whose lease has passed
 ///   is dropped from the map. The map is swept at most once a second, during
 ///   `acquire`, `release` and [`held_count`](RedisAdapter::held_count), so it
@@ -93,8 +116,14 @@ pub struct RedisAdapter {
 }
 
 struct Held {
-    locks: HashMap<String, LockGuard>,
+    locks: HashMap<String, Entry>,
     next_sweep: Instant,
+}
+
+/// A held lock and the task that took it.
+struct Entry {
+    guard: LockGuard,
+    task: Option<tokio::task::Id>,
 }
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -139,8 +168,8 @@ impl Held {
             return;
         }
         self.next_sweep = at + SWEEP_EVERY;
-        self.locks.retain(|key, guard| {
-            let live = !guard.remaining().is_zero();
+        self.locks.retain(|key, entry| {
+            let live = !entry.guard.remaining().is_zero();
             if !live {
                 tracing::debug!(key = %key, "lock lease passed without a release; entry dropped");
             }
@@ -163,7 +192,8 @@ impl Adapter for RedisAdapter {
                     held.sweep(false);
                     // We hold the key in Redis, so an entry still in the map
                     // is a lease that has passed: replace it.
-                    held.locks.insert(key.to_owned(), guard);
+                    let task = tokio::task::try_id();
+                    held.locks.insert(key.to_owned(), Entry { guard, task });
                     drop(held);
                     tracing::debug!(key = %key, "lock acquired");
                 }
@@ -179,21 +209,36 @@ impl Adapter for RedisAdapter {
 
     fn release<'a>(&'a self, key: &'a str) -> AdapterFuture<'a> {
         Box::pin(async move {
-            let guard = {
+            let entry = {
                 let mut held = self.held();
                 held.sweep(false);
                 held.locks.remove(key)
             };
-            let Some(guard) = guard else {
+            let Some(Entry { guard, task }) = entry else {
                 tracing::warn!(key = %key, "release of a lock this adapter does not hold");
                 return;
             };
+            let releaser = tokio::task::try_id();
+            if task != releaser {
+                tracing::warn!(
+                    key = %key,
+                    acquired_by = %task_name(task),
+                    released_by = %task_name(releaser),
+                    "lock released by a task other than the one that acquired it: the adapter \
+                     does not protect its tasks from each other's releases"
+                );
+            }
             match guard.release().await {
                 Ok(()) => tracing::debug!(key = %key, "lock released"),
                 Err(e) => tracing::error!(key = %key, error = %e, "failed to release lock"),
             }
         })
     }
+}
+
+/// A task id for a log line.
+fn task_name(task: Option<tokio::task::Id>) -> String {
+    task.map_or_else(|| "no task".to_owned(), |id| format!("task {id}"))
 }
 
 /// Logs an acquisition abandoned by the caller (the Go context's deadline).

@@ -37,12 +37,18 @@ pub enum Error {
     /// The lock is no longer held by this guard: its lease expired or another
     /// client replaced it. Nothing that belongs to another holder was touched.
     #[error(
-        "lock `{key}` is no longer held (its lease expired or another client took it over); \
-         work done under it may have overlapped with another holder"
+        "lock `{key}` is no longer held ({reason}); work done under it may have overlapped with \
+         another holder"
     )]
     NotHeld {
         /// The lock's key.
         key: String,
+        /// How it was lost: [`LostReason::Missing`](crate::LostReason::Missing)
+        /// (the key was gone), [`LostReason::Replaced`](crate::LostReason::Replaced)
+        /// (another holder's token, or another type of value, is there now) or
+        /// [`LostReason::Expired`](crate::LostReason::Expired) (known lost
+        /// locally before anything was sent).
+        reason: crate::LostReason,
     },
 
     /// The lock was lost while work ran under it
@@ -143,9 +149,11 @@ pub enum Error {
     },
 
     /// [`DistributedMutex::shutdown`](crate::DistributedMutex::shutdown) was
-    /// called: the mutex takes no new locks.
+    /// called, or the mutex's Redis client was closed (`quit`): the mutex
+    /// takes no new locks. Not transient.
     #[error(
-        "lock `{key}` was refused: the mutex has been shut down; create a new one to take locks"
+        "lock `{key}` was refused: the mutex has been shut down or its Redis client was closed; \
+         create a new one to take locks"
     )]
     Shutdown {
         /// The key that was asked for.
@@ -165,7 +173,7 @@ impl Error {
     pub fn key(&self) -> Option<&str> {
         match self {
             Error::NotObtained { key, .. }
-            | Error::NotHeld { key }
+            | Error::NotHeld { key, .. }
             | Error::Lost { key, .. }
             | Error::InvalidKey { key, .. }
             | Error::Timeout { key, .. }
@@ -182,7 +190,7 @@ impl Error {
     pub(crate) fn set_key(&mut self, new: &str) {
         match self {
             Error::NotObtained { key, .. }
-            | Error::NotHeld { key }
+            | Error::NotHeld { key, .. }
             | Error::Lost { key, .. }
             | Error::InvalidKey { key, .. }
             | Error::InvalidTtl { key, .. }
@@ -195,8 +203,10 @@ impl Error {
         }
     }
 
-    /// Sorts an error from the fred client into the variant a caller can act on.
-    pub(crate) fn from_redis(key: &str, source: fred::error::Error) -> Self {
+    /// Sorts an error from the fred client into the variant a caller can act
+    /// on; `timeout` is the command timeout in force (fred's own timer and
+    /// the crate's both report [`Error::Timeout`]).
+    pub(crate) fn from_redis(key: &str, source: fred::error::Error, timeout: Duration) -> Self {
         use fred::error::ErrorKind;
         let key = key.to_owned();
         let details = source.details();
@@ -210,7 +220,10 @@ impl Error {
             | ErrorKind::Cluster
             | ErrorKind::Backpressure
             | ErrorKind::Sentinel => Error::Unavailable { key, source },
-            ErrorKind::Timeout => Error::Unavailable { key, source },
+            ErrorKind::Timeout => Error::Timeout {
+                key,
+                after: timeout,
+            },
             ErrorKind::Config | ErrorKind::Url => Error::Config {
                 message: format!("the Redis client is misconfigured ({})", source.details()),
                 source: Some(source),

@@ -4,12 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::inner::Inner;
 use crate::lease::{Lease, LeaseCore, LostReason};
-use crate::mutex::{ttl_millis, Inner};
-use crate::scripts::{self, Extended, Released};
+use crate::limits::ttl_millis;
+use crate::scripts::{self, Compared};
 use crate::Error;
-use fred::interfaces::EventInterface;
-use tokio::sync::broadcast::error::TryRecvError;
 
 /// A held lock. Dropping it releases the lock.
 ///
@@ -42,6 +41,7 @@ pub struct LockGuard {
 
 impl LockGuard {
     pub(crate) fn new(inner: Arc<Inner>, lease: Arc<LeaseCore>, auto_renew: bool) -> Self {
+        inner.guard_created();
         LockGuard {
             inner,
             lease,
@@ -85,6 +85,7 @@ impl LockGuard {
 
     /// `true` once the lock is known lost (see [`lost`](LockGuard::lost)).
     pub fn is_lost(&self) -> bool {
+        self.inner.ensure_background();
         self.lease.lost_reason().is_some()
     }
 
@@ -125,6 +126,11 @@ impl LockGuard {
     /// [`Error::Timeout`] when Redis could not be asked (the lease is then
     /// unchanged: check [`remaining`](LockGuard::remaining)).
     ///
+    /// # Cancel safety
+    /// Cancel-safe: if dropped mid-flight the extension may or may not have
+    /// reached Redis; either way the guard stays valid for at least what
+    /// [`remaining`](LockGuard::remaining) says, and renewal goes on.
+    ///
     /// ```no_run
     /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
     /// use std::time::Duration;
@@ -136,46 +142,55 @@ impl LockGuard {
     pub async fn extend(&self, ttl: Duration) -> Result<(), Error> {
         let ttl_ms = ttl_millis(self.key(), ttl)?;
         let ttl = Duration::from_millis(ttl_ms);
-        if self.lease.lost_reason().is_some() {
-            return Err(self.not_held());
+        self.inner.ensure_background();
+        if let Some(reason) = self.lease.lost_reason() {
+            return Err(self.not_held(reason));
         }
         let sent_at = Instant::now();
         let entry = [(
-            self.lease.redis_key.as_str(),
+            self.lease.keys.lock.as_str(),
             self.lease.token.as_str(),
             ttl_ms,
         )];
-        let answer = scripts::extend(&self.inner.client, &entry, self.inner.command_timeout)
-            .await
-            .map_err(|e| self.rekey(e))?;
-        match answer.first() {
-            Some(Extended::Yes) if self.lease.confirm(sent_at, ttl) => {
+        let answer = scripts::extend(
+            &self.inner.client,
+            &entry,
+            self.inner.settings.command_timeout,
+        )
+        .await
+        .map_err(|e| self.rekey(e))?;
+        let reason = match answer.first() {
+            Some(Compared::Held) if self.lease.confirm(sent_at, ttl) => {
                 if self.auto_renew {
                     // The next renewal is due a period of the new TTL from now.
                     self.inner.renewer.track(&self.lease, sent_at);
                 }
-                Ok(())
+                return Ok(());
             }
-            Some(Extended::Yes) => Err(self.not_held()),
-            Some(Extended::Replaced) => {
-                self.lease.mark_lost(LostReason::Replaced);
-                Err(self.not_held())
-            }
-            _ => {
-                self.lease.mark_lost(LostReason::Missing);
-                Err(self.not_held())
-            }
-        }
+            Some(Compared::Held) => LostReason::Expired,
+            Some(Compared::Replaced) => LostReason::Replaced,
+            _ => LostReason::Missing,
+        };
+        self.lease.mark_lost(reason);
+        Err(self.not_held(self.lease.lost_reason().unwrap_or(reason)))
     }
 
     /// Releases the lock now.
     ///
+    /// The answer is exact: the release is sent once (the client does not
+    /// re-send it after a reconnect), so `Ok(())` means this release found
+    /// its token and deleted the key, and `NotHeld` means it found the key
+    /// gone or taken. When the reply is lost (a connection cut after the
+    /// command left) the outcome is unknown, and that is what the error says:
+    /// a transient error, with the release retried in the background.
+    ///
     /// # Errors
-    /// [`Error::NotHeld`] when the lock had already been lost (it expired or
-    /// another client took it over); nothing of the other holder's is touched.
-    /// On a transient error ([`Error::Unavailable`], [`Error::Timeout`]) the
-    /// release is handed to the background worker for one more try, and the
-    /// lock otherwise expires with its lease.
+    /// [`Error::NotHeld`] when the lock had already been lost: its key was
+    /// gone ([`LostReason::Missing`]: it expired, or was deleted) or held by
+    /// someone else ([`LostReason::Replaced`]); nothing of the other holder's
+    /// is touched. On a transient error ([`Error::Unavailable`],
+    /// [`Error::Timeout`]) the release is handed to the background worker for
+    /// more tries, and the lock otherwise expires with its lease.
     ///
     /// ```no_run
     /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
@@ -184,53 +199,44 @@ impl LockGuard {
     /// guard.release().await?; // Err(NotHeld) if the lease ran out meanwhile
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped before the answer, the guard's
+    /// drop queues the release in the background (a second release of the
+    /// same token is harmless: it finds the key gone).
     pub async fn release(mut self) -> Result<(), Error> {
-        let held = self.lease.lost_reason().is_none();
         // Renewal stops first; a renewal already in flight cannot bring the
         // key back, because the extend script checks the token.
         self.lease.end();
-        let mut reconnects = self.inner.client.reconnect_rx();
+        self.inner.ensure_background();
         // `self` stays alive across the await: if this future is dropped
         // mid-flight, `Drop` queues the release instead.
         let result = scripts::release(
             &self.inner.client,
-            &self.lease.redis_key,
+            &self.lease.keys,
             &self.lease.token,
             &self.inner.id,
-            self.inner.command_timeout,
+            self.inner.settings.command_timeout,
         )
         .await;
-        match result {
-            // Our token was still there, so no one else held the key since
-            // we took it (tokens are unique): the lock was held to the end.
-            Ok(Released::Yes) => {
+        let reason = match result {
+            Ok(Compared::Held) => {
                 self.armed = false;
                 tracing::debug!(key = %self.key(), "lock released");
-                Ok(())
+                return Ok(());
             }
-            // The key is gone, and the connection was re-established while
-            // the release was in flight: fred re-sends in-flight commands
-            // after a reconnect, so the first send most likely deleted our
-            // key and this answer is the re-send's. The lease was valid when
-            // we sent it, so no one else can have held the key before.
-            Ok(Released::Missing)
-                if held && !matches!(reconnects.try_recv(), Err(TryRecvError::Empty)) =>
-            {
-                self.armed = false;
-                tracing::debug!(key = %self.key(), "lock released (reply lost in a reconnect)");
-                Ok(())
-            }
-            Ok(_) => {
-                self.armed = false;
-                Err(self.not_held())
-            }
-            Err(e) => Err(self.rekey(e)),
-        }
+            Ok(Compared::Missing) => LostReason::Missing,
+            Ok(Compared::Replaced) => LostReason::Replaced,
+            Err(e) => return Err(self.rekey(e)),
+        };
+        self.armed = false;
+        Err(self.not_held(reason))
     }
 
-    fn not_held(&self) -> Error {
+    fn not_held(&self, reason: LostReason) -> Error {
         Error::NotHeld {
             key: self.key().to_owned(),
+            reason,
         }
     }
 
@@ -247,8 +253,10 @@ impl Drop for LockGuard {
         if self.armed && !self.lease.known_gone() {
             self.inner
                 .releases
-                .queue(self.lease.redis_key.clone(), self.lease.token.clone());
+                .queue(self.lease.keys.clone(), self.lease.token.clone());
         }
+        self.inner.ensure_background();
+        self.inner.guard_dropped();
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::mutex::drift;
+use crate::keys::LockKeys;
+use crate::limits::drift;
 
 /// Why a lock is known to be lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,8 +41,10 @@ impl fmt::Display for LostReason {
 }
 
 pub(crate) struct LeaseCore {
+    /// The key as the caller gave it.
     pub(crate) key: String,
-    pub(crate) redis_key: String,
+    /// Its names in Redis.
+    pub(crate) keys: LockKeys,
     pub(crate) token: String,
     pub(crate) fencing_token: Option<u64>,
     state: Mutex<State>,
@@ -65,7 +68,7 @@ struct State {
 impl LeaseCore {
     pub(crate) fn new(
         key: String,
-        redis_key: String,
+        keys: LockKeys,
         token: String,
         fencing_token: Option<u64>,
         ttl: Duration,
@@ -73,7 +76,7 @@ impl LeaseCore {
     ) -> Self {
         LeaseCore {
             key,
-            redis_key,
+            keys,
             token,
             fencing_token,
             state: Mutex::new(State {

@@ -10,8 +10,9 @@
 //! # async fn demo() -> Result<(), Error> {
 //! let mutex = DistributedMutex::connect("redis://127.0.0.1:6379").await?;
 //!
-//! // Waits up to ~5 s (250 ms × 20 attempts) for the lock; holds it for at
-//! // most one minute; releases it when the guard is dropped.
+//! // Waits up to ~5 s (the retry strategy's budget) for the lock; holds it
+//! // for at least one minute, renewed while the guard lives; releases it when
+//! // the guard is dropped.
 //! let guard = mutex.lock("tenant:42:settings").await?;
 //! println!("holding {} for at least {:?}", guard.key(), guard.remaining());
 //!
@@ -38,35 +39,73 @@
 //! [`Error::NotHeld`]. It is an efficiency lock: where a stalled holder
 //! writing late would corrupt data, the resource itself must also check.
 //!
-//! # Modules at a glance
-//! * [`DistributedMutex`]: `lock`, `try_lock`, `acquire(key).ttl(..).retry(..).timeout(..)`, `shutdown`.
-//! * [`LockGuard`]: `key`, `token`, `remaining`, `extend`, `release`; released on drop.
+//! # The public API
+//! * [`DistributedMutex`]: `connect`, `new`, `builder`, `lock`, `try_lock`,
+//!   `acquire(key)` (an [`Acquire`] with `.ttl`, `.retry`, `.timeout`,
+//!   `.fencing`, `.auto_renew`), `with_lock`, `shutdown`.
+//! * [`LockGuard`]: `key`, `token`, `fencing_token`, `remaining`, `lost`,
+//!   `extend`, `release`; released on drop. [`Lease`]: a view of it.
 //! * [`RetryStrategy`]: `none`, `linear`, `exponential` (with jitter).
 //! * [`Error`]: every failure, typed.
-//! * [`Adapter`], [`RedisAdapter`], [`provide_adapter`]: the Go package's fire-and-forget API.
+//! * [`Adapter`], [`RedisAdapter`], [`provide_adapter`]: the Go package's
+//!   fire-and-forget API.
+//!
+//! # Internals at a glance (for contributors)
+//! | file | owns |
+//! |---|---|
+//! | `mutex.rs` | the public [`DistributedMutex`] and its docs |
+//! | `builder.rs`, `limits.rs`, `connect.rs` | settings, their bounds, making a client from a URL |
+//! | `inner.rs` | what all handles share; starts the background tasks |
+//! | `acquire.rs` | [`Acquire`] and the attempt loop |
+//! | `schedule.rs` | when to try again and when to give up (pure) |
+//! | `keys.rs` | every Redis name a lock uses (lock, fencing counter, release marker, channel) |
+//! | `scripts.rs`, `scripts/*.lua` | the commands sent to Redis |
+//! | `guard.rs`, `lease.rs` | a held lock, its validity and loss |
+//! | `release.rs` | task: releases handed over by `Drop` |
+//! | `renew.rs` | task: batched lease renewal |
+//! | `notify.rs` | task: the subscriber connection and local wait queues |
+//! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
+//! | `adapter.rs` | the Go-compatible shim |
+//!
+//! Three tasks per mutex run on its "home" runtime (the first one that used
+//! it, or the caller's when that one has stopped): the release worker, the
+//! renewer and the subscriber manager. A lock costs one round trip to take
+//! (a plain `SET NX`; the acquire script only when the key exists or with
+//! fencing) and one to release (in the background after a drop); renewal is
+//! one script call per batch of due leases.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod acquire;
 mod adapter;
+mod background;
+mod builder;
+mod connect;
 mod error;
 mod guard;
+mod inner;
+mod keys;
 mod lease;
+mod limits;
 mod mutex;
 mod notify;
 mod release;
 mod renew;
 mod retry;
+mod schedule;
 mod scripts;
-mod task;
 
+pub use acquire::Acquire;
 pub use adapter::{provide_adapter, Adapter, AdapterFuture, RedisAdapter};
+pub use builder::Builder;
 pub use error::Error;
 pub use guard::LockGuard;
 pub use lease::{Lease, LostReason};
-pub use mutex::{
-    Acquire, Builder, DistributedMutex, DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_KEY_LEN,
-    MAX_PREFIX_LEN, MAX_TTL, MIN_TTL,
+pub use limits::{
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_COMMAND_TIMEOUT, MAX_KEY_LEN, MAX_PREFIX_LEN,
+    MAX_TTL, MIN_TTL,
 };
+pub use mutex::DistributedMutex;
 pub use retry::RetryStrategy;
 
 /// The fred client type the mutex is built on, re-exported for convenience.

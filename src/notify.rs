@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::task::Lazy;
-
-/// The suffix of a key's release channel.
-pub(crate) const CHANNEL_SUFFIX: &str = ":released";
+use crate::background::Done;
+use crate::keys::{channel, CHANNEL_SUFFIX};
 
 /// How long a mutex lets other processes try first after its own release.
 const YIELD_TO_OTHERS: Duration = Duration::from_millis(1);
@@ -40,6 +39,8 @@ struct Queues {
 
 struct Shared {
     queues: Mutex<Queues>,
+    /// Marked when the manager has stopped for good (the mutex closed).
+    stopped: Done,
     /// The mutex's id: a release message carrying it was sent by this
     /// mutex while other processes' waiters listened too.
     id: Arc<str>,
@@ -66,21 +67,69 @@ enum Op {
 /// The local wait queues of one mutex, and its subscriber.
 pub(crate) struct Waiters {
     shared: Arc<Shared>,
-    ops: mpsc::UnboundedSender<Op>,
-    manager: Lazy<(mpsc::UnboundedReceiver<Op>, Client, Duration)>,
+    /// Requests to the manager task of the current home runtime; `None`
+    /// before it starts and after the mutex closes.
+    ops: Mutex<Option<mpsc::UnboundedSender<Op>>>,
+    client: Client,
+    timeout: Duration,
 }
 
 impl Waiters {
     pub(crate) fn new(client: Client, timeout: Duration, id: Arc<str>) -> Self {
-        let (ops, rx) = mpsc::unbounded_channel();
         Waiters {
             shared: Arc::new(Shared {
                 queues: Mutex::new(Queues::default()),
+                stopped: Done::default(),
                 id,
             }),
-            ops,
-            manager: Lazy::new((rx, client, timeout)),
+            ops: Mutex::new(None),
+            client,
+            timeout,
         }
+    }
+
+    fn ops(&self) -> MutexGuard<'_, Option<mpsc::UnboundedSender<Op>>> {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, op: Op) {
+        if let Some(ops) = self.ops().as_ref() {
+            let _ = ops.send(op);
+        }
+    }
+
+    /// Starts the manager task on `home`. A manager started again (its old runtime stopped) subscribes at once to
+    /// every key that has waiters.
+    pub(crate) fn start(&self, home: &Handle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Under the queue lock, so no join or leave slips between the list
+        // of keys and the new channel.
+        let queues = self.shared.queues();
+        for key in queues.keys.keys() {
+            let (ack, _) = oneshot::channel();
+            let _ = tx.send(Op::Subscribe(channel(key), ack));
+        }
+        *self.ops() = Some(tx);
+        drop(queues);
+        home.spawn(manager(
+            rx,
+            self.client.clone(),
+            self.timeout,
+            Arc::clone(&self.shared),
+        ));
+    }
+
+    /// Closes the subscriber connection; waiting falls back to polling.
+    pub(crate) fn close(&self) {
+        if self.ops().take().is_none() {
+            // No manager runs: nothing to close.
+            self.shared.stopped.mark();
+        }
+    }
+
+    /// Completes when the manager has stopped after [`close`](Self::close).
+    pub(crate) async fn closed(&self) {
+        self.shared.stopped.wait().await;
     }
 
     /// `true` when this process has waiters queued for `key`.
@@ -91,7 +140,6 @@ impl Waiters {
     /// Joins the queue of `key`. The first waiter of a key asks for the
     /// subscription; [`Ticket::subscribed`] waits for it.
     pub(crate) fn join(&self, key: &str) -> Ticket<'_> {
-        self.start();
         let notify = Arc::new(Notify::new());
         let mut queues = self.shared.queues();
         queues.next_id += 1;
@@ -103,7 +151,7 @@ impl Waiters {
             let (ack, rx) = oneshot::channel();
             // Sent under the queue lock: subscribe and unsubscribe requests
             // of one key reach the manager in the order they were decided.
-            let _ = self.ops.send(Op::Subscribe(channel(key), ack));
+            self.send(Op::Subscribe(channel(key), ack));
             Some(rx)
         } else {
             None
@@ -118,16 +166,6 @@ impl Waiters {
             acquired: false,
         }
     }
-
-    fn start(&self) {
-        let shared = Arc::clone(&self.shared);
-        self.manager
-            .start(|(rx, client, timeout)| manager(rx, client, timeout, shared));
-    }
-}
-
-fn channel(key: &str) -> String {
-    format!("{key}{CHANNEL_SUFFIX}")
 }
 
 /// A waiter's place in a key's local queue. Dropped, it leaves the queue;
@@ -177,7 +215,7 @@ impl Drop for Ticket<'_> {
         queue.retain(|(id, _)| *id != self.id);
         if queue.is_empty() {
             queues.keys.remove(&self.key);
-            let _ = self.waiters.ops.send(Op::Unsubscribe(channel(&self.key)));
+            self.waiters.send(Op::Unsubscribe(channel(&self.key)));
         } else if was_head && !self.acquired {
             // We may have taken a wake-up meant for the head: pass it on.
             if let Some((_, next)) = queue.front() {
@@ -245,8 +283,9 @@ async fn manager(
         }
     }
     if let Some(s) = subscriber {
-        let _ = s.quit().await;
+        let _ = tokio::time::timeout(timeout, s.quit()).await;
     }
+    shared.stopped.mark();
 }
 
 async fn recv(

@@ -1,188 +1,324 @@
 //! The release worker: releases handed over by `Drop`, run in the background.
 //!
 //! `Drop` cannot await, so a dropped guard (or a cancelled acquisition that
-//! may have set its token) sends `(key, token)` down an unbounded channel,
-//! whose `send` is synchronous and never blocks. A worker task, started on the
-//! runtime of the first acquisition, runs the compare-and-delete script for
-//! each, concurrently; failures are logged and left to the lease's expiry.
+//! may have set its token) puts `(keys, token)` on a queue kept outside any
+//! task; pushing never blocks. A worker task on the mutex's home runtime (see
+//! `background.rs`) runs the compare-and-delete script for each, concurrently;
+//! failures are retried a few times and then left to the lease's expiry. When
+//! the home runtime stops, releases still queued stay queued, and releases
+//! that were running are put back; the next worker picks them up.
 //!
-//! The queue also remembers which keys have a release in flight, so that a
-//! task that drops a guard and takes the same key again at once waits for its
-//! own release instead of finding its own old lock in the way.
+//! The queue also remembers which keys have a release not yet *sent*, so
+//! that a task that drops a guard and takes the same key again at once sends
+//! its acquisition after the release on the same connection (Redis runs them
+//! in that order) instead of finding its own old lock in the way, without
+//! waiting for the release's reply.
+//!
+//! When the mutex closes (shut down with no guard alive, or dropped), the
+//! worker finishes every queued release, then closes the client if the mutex
+//! made it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fred::clients::Client;
-use tokio::sync::{mpsc, oneshot, Notify};
+use fred::interfaces::ClientLike;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::scripts;
-use crate::task::Lazy;
+use crate::background::Done;
+use crate::keys::LockKeys;
+use crate::scripts::{self, Compared};
 
-enum Msg {
-    Release { key: String, token: String },
-    Flush(oneshot::Sender<()>),
+/// One release to run.
+struct Job {
+    keys: LockKeys,
+    token: String,
 }
 
-/// Keys whose release is queued or running, with a count per key.
 #[derive(Default)]
-struct Pending {
-    keys: Mutex<HashMap<String, usize>>,
-    settled: Notify,
+struct State {
+    queue: VecDeque<Job>,
+    /// Per lock key: releases queued or running that have not been sent yet.
+    unsent: HashMap<String, usize>,
+    /// Releases queued or running.
+    outstanding: usize,
 }
 
-impl Pending {
-    fn keys(&self) -> MutexGuard<'_, HashMap<String, usize>> {
-        // A poisoned map is still a valid map: nothing here panics mid-update.
-        self.keys.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn add(&self, key: &str) {
-        *self.keys().entry(key.to_owned()).or_insert(0) += 1;
-    }
-
-    fn done(&self, key: &str) {
-        let mut keys = self.keys();
-        if let Some(n) = keys.get_mut(key) {
-            *n -= 1;
-            if *n == 0 {
-                keys.remove(key);
-            }
-        }
-        drop(keys);
-        self.settled.notify_waiters();
-    }
-
-    fn contains(&self, key: &str) -> bool {
-        self.keys().contains_key(key)
-    }
-}
-
-/// State the worker needs; taken when it starts.
-struct Dormant {
-    rx: mpsc::UnboundedReceiver<Msg>,
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the worker: a job was queued, or the mutex is closing.
+    work: Notify,
+    /// Wakes acquisitions waiting for a key's release to be sent, and
+    /// `flush` waiting for the queue to empty.
+    progress: Notify,
+    /// Close the client when idle (set by a shutdown with no guard alive, or
+    /// when the mutex is dropped).
+    closing: AtomicBool,
     client: Client,
+    /// Whether the mutex made the client (and so closes it).
+    owns_client: bool,
+    /// Whether the client was handed out (`DistributedMutex::client`): then
+    /// only a shutdown closes it, not the last handle's drop.
+    lent: AtomicBool,
+    /// Whether the worker closes the client once idle (decided by `close`).
+    quit: AtomicBool,
     timeout: Duration,
     /// The mutex's id, sent with releases (see `release.lua`).
     id: Arc<str>,
+    /// Marked when the worker has closed (after its last release).
+    closed: Done,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, job: Job) {
+        let mut state = self.state();
+        *state.unsent.entry(job.keys.lock.clone()).or_insert(0) += 1;
+        state.outstanding += 1;
+        state.queue.push_back(job);
+        drop(state);
+        self.work.notify_one();
+    }
+
+    fn sent(&self, key: &str) {
+        let mut state = self.state();
+        if let Some(n) = state.unsent.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                state.unsent.remove(key);
+            }
+        }
+        drop(state);
+        self.progress.notify_waiters();
+    }
+
+    fn done(&self) {
+        self.state().outstanding -= 1;
+        self.progress.notify_waiters();
+    }
 }
 
 pub(crate) struct ReleaseQueue {
-    tx: mpsc::UnboundedSender<Msg>,
-    worker: Lazy<Dormant>,
-    pending: Arc<Pending>,
+    shared: Arc<Shared>,
+    /// Whether a worker was ever started (else `flush` has nothing to wait for).
+    started: AtomicBool,
 }
 
 impl ReleaseQueue {
-    pub(crate) fn new(client: Client, timeout: Duration, id: Arc<str>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub(crate) fn new(client: Client, owns_client: bool, timeout: Duration, id: Arc<str>) -> Self {
         ReleaseQueue {
-            tx,
-            worker: Lazy::new(Dormant {
-                rx,
+            shared: Arc::new(Shared {
+                state: Mutex::default(),
+                work: Notify::new(),
+                progress: Notify::new(),
+                closing: AtomicBool::new(false),
                 client,
+                owns_client,
+                lent: AtomicBool::new(false),
+                quit: AtomicBool::new(false),
                 timeout,
                 id,
+                closed: Done::default(),
             }),
-            pending: Arc::default(),
+            started: AtomicBool::new(false),
         }
     }
 
-    /// Starts the worker on the current runtime, once. Called from every
-    /// acquisition, which runs inside a runtime.
-    pub(crate) fn ensure_started(&self) {
-        let pending = Arc::clone(&self.pending);
-        self.worker.start(|d| worker(d, pending));
+    /// Starts the worker on `home` (again, when the old home runtime stopped).
+    pub(crate) fn start(&self, home: &Handle) {
+        self.started.store(true, Ordering::SeqCst);
+        home.spawn(worker(Arc::clone(&self.shared)));
     }
 
     /// Hands a release to the worker. Synchronous, never blocks, never panics.
-    pub(crate) fn queue(&self, key: String, token: String) {
-        self.pending.add(&key);
-        if let Err(mpsc::error::SendError(Msg::Release { key, .. })) =
-            self.tx.send(Msg::Release { key, token })
-        {
-            self.pending.done(&key);
-            tracing::warn!(
-                key = %key,
-                "lock release could not be queued (the runtime that ran the release worker has \
-                 stopped); the lock will expire with its TTL"
-            );
-        }
+    pub(crate) fn queue(&self, keys: LockKeys, token: String) {
+        self.shared.push(Job { keys, token });
     }
 
-    /// Waits (at most `limit`) until no release of `key` is in flight.
-    pub(crate) async fn settled(&self, key: &str, limit: Duration) {
-        // The usual case, on every acquisition: nothing in flight, no timer.
-        if !self.pending.contains(key) {
+    /// Waits (at most `limit`) until every release of `key` queued by this
+    /// mutex has been sent to Redis, so that a command sent after it runs
+    /// after it. Cancel-safe.
+    pub(crate) async fn sent(&self, key: &str, limit: Duration) {
+        // The usual case, on every acquisition: nothing queued, no timer.
+        if !self.shared.state().unsent.contains_key(key) {
             return;
         }
         let wait = async {
             loop {
-                let notified = self.pending.settled.notified();
-                if !self.pending.contains(key) {
+                let progress = self.shared.progress.notified();
+                if !self.shared.state().unsent.contains_key(key) {
                     return;
                 }
-                notified.await;
+                progress.await;
             }
         };
         let _ = tokio::time::timeout(limit, wait).await;
     }
 
-    /// Waits until every release queued so far has run.
+    /// Waits until every release queued so far has run (or been given up).
+    /// Returns at once when no worker could ever run them (no runtime).
     pub(crate) async fn flush(&self) {
-        if !self.worker.started() {
+        if !self.started.load(Ordering::SeqCst) {
             return;
         }
-        let (done_tx, done_rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(done_tx)).is_ok() {
-            let _ = done_rx.await;
+        loop {
+            let progress = self.shared.progress.notified();
+            if self.shared.state().outstanding == 0 {
+                return;
+            }
+            progress.await;
+        }
+    }
+
+    /// Completes when the worker has closed (see [`close`](Self::close)), or
+    /// at once when no worker ever ran.
+    pub(crate) async fn closed(&self) {
+        if self.started.load(Ordering::SeqCst) {
+            self.shared.closed.wait().await;
+        }
+    }
+
+    /// Records that the client was handed out to the caller.
+    pub(crate) fn lend_client(&self) {
+        self.shared.lent.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the worker once every queued release has run, closing the
+    /// client the mutex made: always after a shutdown, and after the last
+    /// handle's drop unless the client was handed out.
+    pub(crate) fn close(&self, shutdown: bool) {
+        let shared = &self.shared;
+        let quit = shared.owns_client && (shutdown || !shared.lent.load(Ordering::Relaxed));
+        shared.quit.fetch_or(quit, Ordering::SeqCst);
+        shared.closing.store(true, Ordering::SeqCst);
+        shared.work.notify_one();
+    }
+}
+
+impl Drop for ReleaseQueue {
+    fn drop(&mut self) {
+        // The mutex and every guard are gone: finish the queue, then close.
+        self.close(false);
+    }
+}
+
+async fn worker(shared: Arc<Shared>) {
+    let mut running = JoinSet::new();
+    loop {
+        let work = shared.work.notified();
+        let jobs: Vec<Job> = shared.state().queue.drain(..).collect();
+        for job in jobs {
+            running.spawn(run_job(Arc::clone(&shared), job));
+        }
+        if shared.closing.load(Ordering::SeqCst) && shared.state().outstanding == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = work => {}
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+    if shared.quit.load(Ordering::SeqCst) {
+        let _ = tokio::time::timeout(shared.timeout, shared.client.quit()).await;
+    }
+    shared.closed.mark();
+}
+
+/// Runs one release. If its task is dropped before it finished (the runtime
+/// stopped), the job goes back on the queue.
+async fn run_job(shared: Arc<Shared>, job: Job) {
+    let sent = AtomicBool::new(false);
+    let mut requeue = Requeue {
+        shared: &shared,
+        job: Some(job),
+        sent: &sent,
+    };
+    if let Some(job) = requeue.job.as_ref() {
+        let on_sent = || {
+            sent.store(true, Ordering::SeqCst);
+            shared.sent(&job.keys.lock);
+        };
+        OnFirstPoll {
+            inner: Box::pin(release_one(&shared, job)),
+            then: Some(on_sent),
+        }
+        .await;
+    }
+    requeue.job = None;
+    shared.done();
+}
+
+/// Puts a job whose task was dropped mid-run back on the queue.
+struct Requeue<'a> {
+    shared: &'a Shared,
+    job: Option<Job>,
+    sent: &'a AtomicBool,
+}
+
+impl Drop for Requeue<'_> {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            let mut state = self.shared.state();
+            if self.sent.load(Ordering::SeqCst) {
+                // It will be sent again: it is unsent until then.
+                *state.unsent.entry(job.keys.lock.clone()).or_insert(0) += 1;
+            }
+            state.queue.push_back(job);
+            drop(state);
+            self.shared.work.notify_one();
         }
     }
 }
 
-async fn worker(d: Dormant, pending: Arc<Pending>) {
-    let Dormant {
-        mut rx,
-        client,
-        timeout,
-        id,
-    } = d;
-    let mut running = JoinSet::new();
-    loop {
-        tokio::select! {
-            Some(_) = running.join_next(), if !running.is_empty() => {}
-            msg = rx.recv() => match msg {
-                Some(Msg::Release { key, token }) => {
-                    let client = client.clone();
-                    let pending = Arc::clone(&pending);
-                    let id = Arc::clone(&id);
-                    running.spawn(async move {
-                        release_one(&client, &key, &token, &id, timeout).await;
-                        pending.done(&key);
-                    });
-                }
-                Some(Msg::Flush(done)) => {
-                    while running.join_next().await.is_some() {}
-                    let _ = done.send(());
-                }
-                None => break,
-            },
+/// Polls `inner`, calling `then` once after its first poll (by which time a
+/// fred command future has handed its command to the connection task).
+struct OnFirstPoll<F, T> {
+    inner: Pin<Box<F>>,
+    then: Option<T>,
+}
+
+impl<F: Future, T: FnOnce() + Unpin> Future for OnFirstPoll<F, T> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let polled = this.inner.as_mut().poll(cx);
+        if let Some(then) = this.then.take() {
+            then();
         }
+        polled
     }
-    while running.join_next().await.is_some() {}
 }
 
 /// Tries a queued release, again after transient errors (a reconnect, a
-/// timeout: its reply may be lost while the key is still ours), for a few
-/// seconds in all; after that the lock expires with its TTL.
-async fn release_one(client: &Client, key: &str, token: &str, id: &str, timeout: Duration) {
+/// timeout: its reply may be lost while the key is still ours), three times
+/// in all; after that the lock
+/// expires with its TTL.
+async fn release_one(shared: &Shared, job: &Job) {
     const TRIES: u32 = 3;
+    let key = job.keys.lock.as_str();
     let mut pause = Duration::from_millis(100);
     for attempt in 1..=TRIES {
-        match scripts::release(client, key, token, id, timeout).await {
-            Ok(scripts::Released::Yes) => {
+        match scripts::release(
+            &shared.client,
+            &job.keys,
+            &job.token,
+            &shared.id,
+            shared.timeout,
+        )
+        .await
+        {
+            Ok(Compared::Held) => {
                 tracing::debug!(key = %key, "lock released");
                 return;
             }

@@ -23,9 +23,10 @@ use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use tokio::sync::Notify;
 
+use tokio::runtime::Handle;
+
 use crate::lease::{LeaseCore, LostReason};
-use crate::scripts::{self, Extended};
-use crate::task::Lazy;
+use crate::scripts::{self, Compared};
 
 /// The most keys renewed by one script call (a script blocks Redis while it
 /// runs: 500 GET + PEXPIRE take well under a millisecond).
@@ -127,7 +128,8 @@ fn live(lease: &LeaseCore) -> bool {
 
 pub(crate) struct Renewer {
     shared: Arc<Shared>,
-    task: Lazy<(Client, Duration)>,
+    client: Client,
+    timeout: Duration,
 }
 
 impl Renewer {
@@ -142,17 +144,24 @@ impl Renewer {
                 wake: Notify::new(),
                 closed: AtomicBool::new(false),
             }),
-            task: Lazy::new((client, timeout)),
+            client,
+            timeout,
         }
+    }
+
+    /// Starts the renewer task on `home` (again, when the old home runtime stopped).
+    pub(crate) fn start(&self, home: &Handle) {
+        home.spawn(run(
+            Arc::clone(&self.shared),
+            self.client.clone(),
+            self.timeout,
+        ));
     }
 
     /// Renews `lease` until it ends or is lost; the next renewal is due a
     /// period (of its current TTL) after `sent_at`. Tracking a lease again
     /// (after an `extend`) replaces its schedule.
     pub(crate) fn track(&self, lease: &Arc<LeaseCore>, sent_at: Instant) {
-        let shared = Arc::clone(&self.shared);
-        self.task
-            .start(|(client, timeout)| run(shared, client, timeout));
         let due = sent_at + period(lease.ttl());
         let generation = lease.reschedule();
         self.shared.push(Arc::downgrade(lease), generation, due);
@@ -178,14 +187,35 @@ async fn run(shared: Arc<Shared>, client: Client, timeout: Duration) {
                 let batch = take_due(&mut shared.queue());
                 if !batch.is_empty() {
                     let client = client.clone();
-                    let shared = Arc::clone(&shared);
+                    let mut in_flight = InFlight {
+                        shared: Arc::clone(&shared),
+                        batch: batch.iter().map(|(l, g)| (Arc::downgrade(l), *g)).collect(),
+                    };
                     tokio::spawn(async move {
-                        for (lease, generation, due) in renew(&client, batch, timeout).await {
-                            shared.push(lease, generation, due);
+                        let next = renew(&client, batch, timeout).await;
+                        in_flight.batch.clear();
+                        for (lease, generation, due) in next {
+                            in_flight.shared.push(lease, generation, due);
                         }
                     });
                 }
             }
+        }
+    }
+}
+
+/// A batch being renewed. If its task is dropped before it finished (the
+/// runtime stopped), its leases go back on the queue, due at once.
+struct InFlight {
+    shared: Arc<Shared>,
+    batch: Vec<(Weak<LeaseCore>, u64)>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        for (lease, generation) in self.batch.drain(..) {
+            self.shared.push(lease, generation, now);
         }
     }
 }
@@ -230,7 +260,7 @@ async fn renew(
     let mut groups: HashMap<u16, Vec<(Arc<LeaseCore>, u64)>> = HashMap::new();
     if client.is_clustered() {
         for entry in batch {
-            let slot = fred::util::redis_keyslot(entry.0.redis_key.as_bytes());
+            let slot = fred::util::redis_keyslot(entry.0.keys.lock.as_bytes());
             groups.entry(slot).or_default().push(entry);
         }
     } else {
@@ -256,7 +286,7 @@ async fn renew_chunk(
         .zip(&ttls)
         .map(|((l, _), ttl)| {
             (
-                l.redis_key.as_str(),
+                l.keys.lock.as_str(),
                 l.token.as_str(),
                 ttl.as_millis() as u64,
             )
@@ -269,14 +299,14 @@ async fn renew_chunk(
         Ok(answers) => {
             for (((lease, generation), ttl), answer) in chunk.iter().zip(ttls).zip(answers) {
                 match answer {
-                    Extended::Yes => {
+                    Compared::Held => {
                         if lease.confirm(sent_at, ttl) && !lease.is_ended() {
                             let due = sent_at + period(ttl);
                             next.push((Arc::downgrade(lease), *generation, due));
                         }
                     }
-                    Extended::Missing => lost(lease, LostReason::Missing),
-                    Extended::Replaced => lost(lease, LostReason::Replaced),
+                    Compared::Missing => lost(lease, LostReason::Missing),
+                    Compared::Replaced => lost(lease, LostReason::Replaced),
                 }
             }
         }

@@ -5,11 +5,17 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How many times to try for a busy lock, and how long to wait between tries.
+/// How long to wait for a busy lock, and how often to try again meanwhile.
 ///
-/// Whatever the strategy says, a waiter never sleeps past the moment the
-/// current holder's lease can end: each failed attempt returns the holder's
-/// remaining TTL, and the next attempt comes at the earlier of the two.
+/// The strategy sets a wall-clock budget when the call starts: the sum of
+/// its delays ([`max_total_wait`](RetryStrategy::max_total_wait)). The call
+/// returns within that budget plus one command timeout, however contended
+/// the lock is. Meanwhile a waiter is woken by release messages (see
+/// [`Builder::notifications`](crate::Builder::notifications)) and otherwise
+/// tries again after the strategy's next delay; it never sleeps past the
+/// moment the current holder's lease can end (each failed attempt returns
+/// the holder's remaining TTL). A holder with a short, renewed TTL makes the
+/// waiter try more often, not give up sooner.
 ///
 /// ```
 /// use distributed_mutex::RetryStrategy;
@@ -46,9 +52,11 @@ impl RetryStrategy {
     /// Up to `max_attempts` attempts in all, `interval` apart (a constant
     /// interval, as in bsm/redislock's `LinearBackoff`).
     ///
-    /// `max_attempts` counts the first attempt: `linear(250 ms, 20)` tries 20
-    /// times and waits at most 19 × 250 ms. A strategy with zero attempts is
-    /// refused with [`Error::Config`](crate::Error::Config) when used.
+    /// `max_attempts` counts the first attempt: `linear(250 ms, 20)` polls 20
+    /// times and waits at most 19 × 250 ms in all. A strategy with zero
+    /// attempts is refused with [`Error::Config`](crate::Error::Config) when
+    /// used. Any interval, up to `Duration::MAX`, is accepted; a budget too
+    /// large to represent means "no deadline".
     pub const fn linear(interval: Duration, max_attempts: u32) -> Self {
         RetryStrategy {
             kind: Kind::Linear(interval),
@@ -69,7 +77,9 @@ impl RetryStrategy {
         }
     }
 
-    /// How many attempts the strategy allows in all, the first one included.
+    /// How many polls the strategy plans, the first attempt included (with
+    /// release messages or a short holder TTL, a call may make more
+    /// attempts within the same budget).
     pub const fn max_attempts(&self) -> u32 {
         self.max_attempts
     }
@@ -93,15 +103,18 @@ impl RetryStrategy {
                 if ceiling <= floor {
                     ceiling
                 } else {
-                    let span = (ceiling - floor).as_nanos() as u64;
-                    floor + Duration::from_nanos(random_u64() % (span + 1))
+                    // In u128: a span of `Duration::MAX` has more nanoseconds
+                    // than a u64 holds. The draw is below 2^64 either way.
+                    let span = (ceiling - floor).as_nanos();
+                    let draw = u128::from(random_u64()) % (span + 1);
+                    floor + Duration::from_nanos(draw as u64)
                 }
             }
         })
     }
 
-    /// The longest the strategy waits in all: the sum of its delays (for
-    /// `exponential`, of their upper bounds).
+    /// The strategy's budget: the sum of its delays (for `exponential`, of
+    /// their upper bounds), saturating at `Duration::MAX`.
     pub fn max_total_wait(&self) -> Duration {
         let mut total = Duration::ZERO;
         let mut attempt = 1;
@@ -127,6 +140,17 @@ impl RetryStrategy {
             attempt += 1;
         }
         total
+    }
+
+    /// How long to wait before the `poll`-th poll when no release message
+    /// came (counting from 1): the strategy's delay, the last one repeated
+    /// once its planned attempts are used up (the budget, not the count,
+    /// ends a call).
+    pub(crate) fn poll_interval(&self, poll: u32) -> Duration {
+        let last = self.max_attempts.saturating_sub(1).max(1);
+        self.delay_after(poll.clamp(1, last))
+            .or_else(|| self.delay_after(0))
+            .unwrap_or(Duration::ZERO)
     }
 
     /// Checks that the strategy can make at least one attempt.
@@ -250,6 +274,37 @@ mod tests {
         );
         let huge = RetryStrategy::exponential(ms(1), Duration::from_secs(1), u32::MAX);
         assert!(huge.max_total_wait() > Duration::from_secs(1_000_000));
+    }
+
+    #[test]
+    fn extreme_values_never_panic() {
+        let extremes = [Duration::ZERO, Duration::from_nanos(1), Duration::MAX];
+        for &a in &extremes {
+            for &b in &extremes {
+                for attempts in [0, 1, 2, 64, u32::MAX] {
+                    for s in [
+                        RetryStrategy::linear(a, attempts),
+                        RetryStrategy::exponential(a, b, attempts),
+                    ] {
+                        let _ = s.max_total_wait();
+                        for n in [0, 1, 2, 63, 64, 65, u32::MAX - 1, u32::MAX] {
+                            let _ = s.delay_after(n);
+                            let _ = s.poll_interval(n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn poll_interval_repeats_the_last_delay() {
+        let s = RetryStrategy::linear(ms(30), 3);
+        assert_eq!(s.poll_interval(1), ms(30));
+        assert_eq!(s.poll_interval(5), ms(30));
+        let s = RetryStrategy::exponential(ms(10), ms(40), 3);
+        let d = s.poll_interval(100);
+        assert!(d >= ms(10) && d <= ms(20), "{d:?}");
     }
 
     #[test]

@@ -1,17 +1,22 @@
-//! Typed wrappers over the Lua scripts in `src/scripts/*.lua`.
+//! Typed wrappers over the Lua scripts in `src/scripts/*.lua`, and the plain
+//! `SET NX` of a first attempt.
 //!
 //! Every script takes its keys through `KEYS`, so it runs on Redis Cluster.
 //! Scripts are sent with `EVALSHA` and loaded again on `NOSCRIPT` (after a
 //! restart or `SCRIPT FLUSH`). fred ignores per-command options on Lua calls,
-//! so every call is bounded here with `tokio::time::timeout`.
+//! so every call is bounded here with `tokio::time::timeout`; a timeout is
+//! always [`Error::Timeout`], whichever timer fired first.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use fred::clients::Client;
+use fred::interfaces::ClientLike;
 use fred::types::scripts::Script;
-use fred::types::{FromValue, MultipleKeys, Value};
+use fred::types::{ClientState, FromValue, Key, MultipleKeys, Value};
 
+use crate::background::{revive_client, router_gone};
+use crate::keys::LockKeys;
 use crate::Error;
 
 static ACQUIRE: LazyLock<Script> =
@@ -31,6 +36,63 @@ pub(crate) enum Acquired {
     No { pttl: Option<Duration> },
 }
 
+/// What a token-checked command (release, extend, renew) found for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compared {
+    /// The key held the caller's token, and the command did its work.
+    Held,
+    /// The key was gone.
+    Missing,
+    /// The key holds something else (another token, or a value of another
+    /// type); it was left untouched.
+    Replaced,
+}
+
+impl Compared {
+    fn from_reply(n: i64) -> Self {
+        match n {
+            1 => Compared::Held,
+            0 => Compared::Missing,
+            _ => Compared::Replaced,
+        }
+    }
+}
+
+/// Turns a client error into the crate's, noticing a client whose
+/// connection task has gone or that was closed.
+fn failed(client: &Client, key: &str, error: fred::error::Error, timeout: Duration) -> Error {
+    if router_gone(&error) {
+        revive_client(client);
+    }
+    let closed = matches!(
+        client.state(),
+        ClientState::Disconnecting | ClientState::Disconnected
+    );
+    if *error.kind() == fred::error::ErrorKind::Canceled && closed {
+        return Error::Shutdown {
+            key: key.to_owned(),
+        };
+    }
+    Error::from_redis(key, error, timeout)
+}
+
+/// Runs `call`, bounded by `timeout`.
+async fn bounded<R>(
+    client: &Client,
+    key: &str,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<R, fred::error::Error>>,
+) -> Result<R, Error> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(failed(client, key, e, timeout)),
+        Err(_) => Err(Error::Timeout {
+            key: key.to_owned(),
+            after: timeout,
+        }),
+    }
+}
+
 /// Runs one script call, bounded by `timeout`.
 async fn run<R: FromValue>(
     client: &Client,
@@ -40,37 +102,51 @@ async fn run<R: FromValue>(
     args: Vec<Value>,
     timeout: Duration,
 ) -> Result<R, Error> {
-    match tokio::time::timeout(timeout, script.evalsha_with_reload(client, keys, args)).await {
-        Ok(Ok(reply)) => Ok(reply),
-        Ok(Err(e)) => Err(Error::from_redis(key, e)),
-        Err(_) => Err(Error::Timeout {
-            key: key.to_owned(),
-            after: timeout,
-        }),
+    bounded(
+        client,
+        key,
+        timeout,
+        script.evalsha_with_reload(client, keys, args),
+    )
+    .await
+}
+
+fn binary_key(bytes: Vec<u8>) -> Key {
+    Key::from(bytes.into_boxed_slice())
+}
+
+fn unexpected(key: &str, script: &str, reply: impl std::fmt::Debug) -> Error {
+    Error::Redis {
+        key: key.to_owned(),
+        source: fred::error::Error::new(
+            fred::error::ErrorKind::Protocol,
+            format!("unexpected reply from the {script} script: {reply:?}"),
+        ),
     }
 }
 
-/// `SET key token NX PX ttl`, idempotent for `token`; with `fence_key`, also
-/// draws the next fencing token from that counter.
+/// `SET key token NX PX ttl`, idempotent for `token`; with fencing, also
+/// draws the next fencing token from the lock's counter.
 pub(crate) async fn acquire(
     client: &Client,
-    key: &str,
-    fence_key: Option<&str>,
+    keys: &LockKeys,
+    fencing: bool,
     token: &str,
     ttl_ms: u64,
     timeout: Duration,
 ) -> Result<Acquired, Error> {
+    let key = keys.lock.as_str();
     let args = vec![Value::from(token), Value::from(ttl_ms as i64)];
-    let keys: Vec<&str> = match fence_key {
-        Some(fence_key) => vec![key, fence_key],
-        None => vec![key],
-    };
-    let reply: Vec<i64> = run(client, &ACQUIRE, key, keys, args, timeout).await?;
+    let mut script_keys = vec![Key::from(key)];
+    if fencing {
+        script_keys.push(binary_key(keys.fence()));
+    }
+    let reply: Vec<i64> = run(client, &ACQUIRE, key, script_keys, args, timeout).await?;
     match reply.as_slice() {
-        [1] if fence_key.is_none() => Ok(Acquired::Yes {
+        [1] if !fencing => Ok(Acquired::Yes {
             fencing_token: None,
         }),
-        [1, fence] if fence_key.is_some() && *fence > 0 => Ok(Acquired::Yes {
+        [1, fence] if fencing && *fence > 0 => Ok(Acquired::Yes {
             fencing_token: Some(*fence as u64),
         }),
         [0, pttl] if *pttl >= 0 => Ok(Acquired::No {
@@ -81,13 +157,7 @@ pub(crate) async fn acquire(
             pttl: Some(Duration::ZERO),
         }),
         [0, _] => Ok(Acquired::No { pttl: None }),
-        other => Err(Error::Redis {
-            key: key.to_owned(),
-            source: fred::error::Error::new(
-                fred::error::ErrorKind::Protocol,
-                format!("unexpected reply from the acquire script: {other:?}"),
-            ),
-        }),
+        other => Err(unexpected(key, "acquire", other)),
     }
 }
 
@@ -111,60 +181,54 @@ pub(crate) async fn set_nx(
         Some(SetOptions::NX),
         false,
     );
-    match tokio::time::timeout(timeout, set).await {
-        Ok(Ok(reply)) => Ok(reply.is_some()),
-        Ok(Err(e)) => Err(Error::from_redis(key, e)),
-        Err(_) => Err(Error::Timeout {
-            key: key.to_owned(),
-            after: timeout,
-        }),
-    }
+    Ok(bounded(client, key, timeout, set).await?.is_some())
 }
 
-/// What a compare-and-delete found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Released {
-    /// The caller's lock was deleted.
-    Yes,
-    /// The key was gone.
-    Missing,
-    /// The key holds something else (left untouched).
-    Replaced,
-}
-
-/// Compare-and-delete.
+/// Compare-and-delete, sent once: fred does not re-send it after a
+/// reconnect. A re-send could answer "gone" for a release that did delete
+/// the key (its reply lost), or run after another holder took the key; with
+/// a single send, every answer is the answer to this release, and a lost
+/// reply is a transient error ("unknown"), never a wrong answer.
 pub(crate) async fn release(
     client: &Client,
-    key: &str,
+    keys: &LockKeys,
     token: &str,
     releaser: &str,
     timeout: Duration,
-) -> Result<Released, Error> {
-    let deleted: i64 = run(
-        client,
-        &RELEASE,
-        key,
-        key,
-        vec![Value::from(token), Value::from(releaser)],
-        timeout,
-    )
-    .await?;
-    Ok(match deleted {
-        1 => Released::Yes,
-        0 => Released::Missing,
-        _ => Released::Replaced,
-    })
-}
-
-/// What a compare-and-pexpire found for one key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Extended {
-    /// The lease was extended.
-    Yes,
-    /// The key is gone.
-    Missing,
-    /// The key holds something else.
-    Replaced,
+) -> Result<Compared, Error> {
+    use fred::types::config::Options;
+    use fred::types::{ClusterHash, CustomCommand};
+    let key = keys.lock.as_str();
+    // fred applies per-command options to commands sent through
+    // `ClientLike::custom`, but not to its Lua calls: send EVALSHA as one.
+    let once = client.with_options(&Options {
+        max_attempts: Some(1),
+        ..Options::default()
+    });
+    let slot = fred::util::redis_keyslot(key.as_bytes());
+    let send = || {
+        let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
+        let args = vec![
+            Value::from(RELEASE.sha1().clone()),
+            Value::from(1),
+            Value::from(key),
+            Value::from(token),
+            Value::from(releaser),
+        ];
+        once.custom::<i64, _>(command, args)
+    };
+    let call = async {
+        match send().await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                // Nothing ran. Load the script and send once more.
+                RELEASE.load(client).await?;
+                send().await
+            }
+            other => other,
+        }
+    };
+    let reply = bounded(client, key, timeout, call).await?;
+    Ok(Compared::from_reply(reply))
 }
 
 /// Compare-and-pexpire for a batch of `(key, token, ttl_ms)`, all in one
@@ -173,7 +237,7 @@ pub(crate) async fn extend(
     client: &Client,
     entries: &[(&str, &str, u64)],
     timeout: Duration,
-) -> Result<Vec<Extended>, Error> {
+) -> Result<Vec<Compared>, Error> {
     let first = entries.first().map_or("", |e| e.0);
     let keys: Vec<&str> = entries.iter().map(|e| e.0).collect();
     let mut args = Vec::with_capacity(entries.len() * 2);
@@ -183,20 +247,7 @@ pub(crate) async fn extend(
     }
     let reply: Vec<i64> = run(client, &EXTEND, first, keys, args, timeout).await?;
     if reply.len() != entries.len() {
-        return Err(Error::Redis {
-            key: first.to_owned(),
-            source: fred::error::Error::new(
-                fred::error::ErrorKind::Protocol,
-                format!("unexpected reply from the extend script: {reply:?}"),
-            ),
-        });
+        return Err(unexpected(first, "extend", reply));
     }
-    Ok(reply
-        .into_iter()
-        .map(|n| match n {
-            1 => Extended::Yes,
-            0 => Extended::Missing,
-            _ => Extended::Replaced,
-        })
-        .collect())
+    Ok(reply.into_iter().map(Compared::from_reply).collect())
 }

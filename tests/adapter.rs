@@ -492,14 +492,22 @@ async fn same_key_through_one_adapter_waits_for_the_holder() {
     assert_ne!(token_a, token_b, "B holds its own lock, not A's");
     assert_eq!(adapter.held_count(), 1);
 
-    // The API is key-based: the next release(key) frees B's lock.
+    // The API is key-based: the next release(key), from this task, frees
+    // B's lock, and says so in a warning.
     adapter.release(key).await;
     assert!(!exists(&redis, key).await);
     assert_eq!(adapter.held_count(), 0);
-    assert!(
-        logs.at_least(Level::WARN).is_empty(),
-        "no warning or error expected: {:#?}",
+    let warnings = logs.at_least(Level::WARN);
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning expected: {:#?}",
         logs.events()
+    );
+    assert!(
+        format!("{:?}", warnings[0]).contains("other than the one that acquired it"),
+        "{:#?}",
+        warnings[0]
     );
 }
 

@@ -306,10 +306,9 @@ struct Rig {
 }
 
 async fn via(proxy: &Proxy, fencing: bool) -> DistributedMutex {
-    let connected = DistributedMutex::connect(&proxy.url())
+    let mut builder = distributed_mutex::Builder::connect(&proxy.url())
         .await
-        .expect("connect through the proxy");
-    let mut builder = DistributedMutex::builder(connected.client().clone())
+        .expect("connect through the proxy")
         .ttl(TTL)
         .command_timeout(COMMAND_TIMEOUT)
         .retry(RetryStrategy::exponential(ms(1), ms(50), 10_000));
@@ -975,10 +974,9 @@ async fn fencing_store_rejects_every_stale_write() {
     let rig = rig(true).await;
     // The frozen holder is a third client, straight to the server.
     let frozen = {
-        let connected = DistributedMutex::connect(&rig.server.url())
+        distributed_mutex::Builder::connect(&rig.server.url())
             .await
-            .expect("connect the frozen holder");
-        DistributedMutex::builder(connected.client().clone())
+            .expect("connect the frozen holder")
             .command_timeout(COMMAND_TIMEOUT)
             .retry(RetryStrategy::exponential(ms(1), ms(50), 10_000))
             .build()

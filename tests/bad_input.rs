@@ -325,14 +325,15 @@ async fn row_03_a_key_with_spaces_locks_exactly_that_key() {
 async fn row_04_keys_with_braces_lock_and_fence_in_their_own_cluster_slot() {
     let server = RedisServer::start();
     let raw = server.client().await;
-    let mutex = DistributedMutex::builder(mutex_for(&server).await.client().clone())
+    let mutex = support::common::builder_for(&server)
+        .await
         .fencing()
         .build()
         .unwrap();
     let keys = ["{tenant:42}:settings", "a{}b", "x}y{z", "{{}}", "}{"];
     let mut counters = Vec::new();
     for key in keys {
-        let before = all_keys(&server);
+        let before = support::common::raw_keys(&raw).await;
         let guard = mutex.lock(key).await.unwrap();
         assert_eq!(
             get(&raw, key).await.as_deref(),
@@ -341,24 +342,36 @@ async fn row_04_keys_with_braces_lock_and_fence_in_their_own_cluster_slot() {
         );
         assert_eq!(guard.fencing_token(), Some(1), "{key}");
         // The one new key besides the lock is its fencing counter, in the
-        // lock key's cluster slot.
-        let new: Vec<String> = all_keys(&server)
+        // lock key's cluster slot, and never a possible lock key.
+        let new: Vec<Vec<u8>> = support::common::raw_keys(&raw)
+            .await
             .into_iter()
-            .filter(|k| k != key && !before.contains(k))
+            .filter(|k| k != key.as_bytes() && !before.contains(k))
             .collect();
         assert_eq!(new.len(), 1, "{key}: {new:?}");
-        let counter = &new[0];
-        assert_eq!(get(&raw, counter).await.as_deref(), Some("1"), "{key}");
-        assert_eq!(
-            fred::util::redis_keyslot(counter.as_bytes()),
-            fred::util::redis_keyslot(key.as_bytes()),
-            "{key}: counter {counter}"
+        let counter_bytes = &new[0];
+        assert!(
+            std::str::from_utf8(counter_bytes).is_err(),
+            "{key}: {counter_bytes:?}"
         );
+        assert_eq!(
+            support::common::raw_get_bytes(&raw, counter_bytes)
+                .await
+                .as_deref(),
+            Some("1"),
+            "{key}"
+        );
+        assert_eq!(
+            fred::util::redis_keyslot(counter_bytes),
+            fred::util::redis_keyslot(key.as_bytes()),
+            "{key}: counter {counter_bytes:?}"
+        );
+        let counter = String::from_utf8_lossy(counter_bytes).into_owned();
         guard.release().await.unwrap();
         let again = mutex.lock(key).await.unwrap();
         assert_eq!(again.fencing_token(), Some(2), "{key}");
         again.release().await.unwrap();
-        counters.push(counter.clone());
+        counters.push(counter);
     }
     // Fencing counters are never deleted (documented); no lock is left.
     let counters: Vec<&str> = counters.iter().map(String::as_str).collect();
@@ -381,7 +394,8 @@ async fn row_05_a_key_with_newlines_locks_and_its_release_wakes_waiters() {
         .unwrap();
     assert_eq!(get(&raw, key).await.as_deref(), Some(holder.token()));
     // A waiter in another "process" that polls only every 3 s.
-    let waiter = DistributedMutex::builder(mutex_for(&server).await.client().clone())
+    let waiter = support::common::builder_for(&server)
+        .await
         .retry(RetryStrategy::linear(ms(3000), 3))
         .build()
         .unwrap();
@@ -737,7 +751,7 @@ async fn row_14_a_key_holding_a_list_is_wrong_type_and_left_untouched() {
         let left: i64 = raw.pttl(key).await.unwrap();
         assert_eq!(left, -1, "{key}: an expiry was set on the list");
     }
-    let fence: Option<String> = get(&raw, "{list}:fence").await;
+    let fence = support::common::raw_get_bytes(&raw, &support::common::fence_key("", "list")).await;
     assert_eq!(fence, None, "a fencing token was drawn for a list");
     assert_nothing_locked(&server, &mutex, &["becomes-a-list", "list"]).await;
 }
@@ -842,7 +856,7 @@ async fn row_17_extend_after_release_is_not_held_and_never_brings_the_key_back()
 
     let err = guard.extend(ms(30_000)).await.unwrap_err();
     assert!(
-        matches!(err, Error::NotHeld { key: ref k } if k == key),
+        matches!(err, Error::NotHeld { key: ref k, .. } if k == key),
         "{err:?}"
     );
     assert_eq!(get(&raw, key).await, None, "extend brought the key back");
@@ -883,7 +897,7 @@ async fn row_18_the_shims_release_of_a_key_never_acquired_warns_and_sends_nothin
     // `Arc<dyn Adapter>` of `provide_adapter`, before any acquire ran.
     let (logs, _default) = Capture::install();
     let server = RedisServer::start();
-    let adapter: Arc<dyn Adapter> = provide_adapter(mutex_for(&server).await.client().clone());
+    let adapter: Arc<dyn Adapter> = provide_adapter(server.client().await);
     reset_stats(&server);
     adapter.release("never-acquired").await;
     adapter.releasef(format_args!("never-{}", "acquired")).await;

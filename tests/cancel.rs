@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use distributed_mutex::{DistributedMutex, RetryStrategy};
+use distributed_mutex::RetryStrategy;
 use fred::prelude::*;
 use support::common::{ms, mutex_for};
 use support::RedisServer;
@@ -173,11 +173,13 @@ async fn cancelled_acquisitions_under_contention_leave_no_lock_behind() {
     let server = RedisServer::start();
     let raw = server.client().await;
     // The waiter retries quickly, so cancellations also land in its backoff.
-    let waiter = DistributedMutex::builder(mutex_for(&server).await.client().clone())
+    let waiter = support::common::builder_for(&server)
+        .await
         .retry(RetryStrategy::linear(ms(1), 10_000))
         .build()
         .unwrap();
-    let rival = DistributedMutex::builder(mutex_for(&server).await.client().clone())
+    let rival = support::common::builder_for(&server)
+        .await
         .retry(RetryStrategy::linear(ms(1), 10_000))
         .build()
         .unwrap();
@@ -232,7 +234,8 @@ async fn an_acquisition_dropped_while_the_server_is_paused_leaves_no_lock_after_
     let server = RedisServer::start();
     let raw = server.client().await;
     // A 10 s TTL is only the fallback: the release must remove the key, not expiry.
-    let mutex = DistributedMutex::builder(mutex_for(&server).await.client().clone())
+    let mutex = support::common::builder_for(&server)
+        .await
         .ttl(Duration::from_secs(10))
         .command_timeout(Duration::from_secs(5))
         .build()
@@ -287,7 +290,8 @@ async fn an_acquisition_dropped_while_the_server_is_paused_does_not_block_the_ke
     // Same as above on one key, then the key must be lockable at once.
     let server = RedisServer::start();
     let raw = server.client().await;
-    let mutex = DistributedMutex::builder(mutex_for(&server).await.client().clone())
+    let mutex = support::common::builder_for(&server)
+        .await
         .ttl(Duration::from_secs(10))
         .command_timeout(Duration::from_secs(5))
         .retry(RetryStrategy::none())

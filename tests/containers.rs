@@ -273,7 +273,7 @@ async fn paused_container_mid_hold_reports_the_lock_lost_and_keeps_it_lost() {
     assert!(
         matches!(
             guard.extend(FAULT_TTL).await,
-            Err(Error::NotHeld { ref key }) if key == "ctr:paused"
+            Err(Error::NotHeld { ref key, .. }) if key == "ctr:paused"
         ),
         "extend on a lost guard must report NotHeld"
     );

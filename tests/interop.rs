@@ -266,7 +266,7 @@ async fn our_release_and_extend_leave_a_foreign_token_untouched() {
 
     let extended = guard.extend(Duration::from_secs(10)).await;
     assert!(
-        matches!(extended, Err(Error::NotHeld { ref key }) if key == "interop:foreign-took-over"),
+        matches!(extended, Err(Error::NotHeld { ref key, .. }) if key == "interop:foreign-took-over"),
         "extend of a lost lock must report NotHeld, got {extended:?}"
     );
     let released = guard.release().await;

@@ -235,7 +235,7 @@ async fn an_expired_lock_lets_a_rival_in_after_its_ttl() {
     assert_eq!(stale.remaining(), Duration::ZERO);
     assert!(matches!(
         stale.release().await,
-        Err(Error::NotHeld { ref key }) if key == "expiry"
+        Err(Error::NotHeld { ref key, .. }) if key == "expiry"
     ));
     assert_eq!(
         raw_get(&raw, "expiry").await.as_deref(),
@@ -334,7 +334,7 @@ async fn release_after_expiry_is_not_held() {
     assert_eq!(raw_get(&raw, "expired").await, None);
     let err = guard.release().await.unwrap_err();
     assert!(
-        matches!(err, Error::NotHeld { ref key } if key == "expired"),
+        matches!(err, Error::NotHeld { ref key, .. } if key == "expired"),
         "{err:?}"
     );
     assert!(!err.is_transient());
@@ -449,7 +449,7 @@ async fn extend_after_expiry_is_not_held_and_remaining_becomes_zero() {
     tokio::time::sleep(ms(250)).await;
     let err = guard.extend(Duration::from_secs(10)).await.unwrap_err();
     assert!(
-        matches!(err, Error::NotHeld { ref key } if key == "extend-late"),
+        matches!(err, Error::NotHeld { ref key, .. } if key == "extend-late"),
         "{err:?}"
     );
     assert_eq!(guard.remaining(), Duration::ZERO);
@@ -949,7 +949,7 @@ async fn after_a_restart_release_is_not_held_and_new_locks_work() {
 
     let err = guard.release().await.unwrap_err();
     assert!(
-        matches!(err, Error::NotHeld { ref key } if key == "restart"),
+        matches!(err, Error::NotHeld { ref key, .. } if key == "restart"),
         "{err:?}"
     );
     let started = Instant::now();

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use distributed_mutex::{Error, LostReason, RetryStrategy};
 use fred::prelude::*;
 use support::common::{builder_for, gone_within, ms, mutex_for, raw_dbsize, raw_get, raw_pttl};
+use support::common::{fence_key, raw_get_bytes, raw_keys};
 use support::RedisServer;
 
 // ---- helpers ------------------------------------------------------------
@@ -30,16 +31,6 @@ fn evalsha_calls(server: &RedisServer) -> u64 {
                 .and_then(|n| n.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// Every key on the server (`KEYS *`; the test servers are tiny).
-fn all_keys(server: &RedisServer) -> Vec<String> {
-    server
-        .cli(&["KEYS", "*"])
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Sets a flag when dropped: shows a future was dropped (cancelled).
@@ -213,7 +204,7 @@ async fn deleting_the_key_fires_lost_missing_within_two_periods_and_release_is_n
 
     let err = guard.release().await.unwrap_err();
     assert!(
-        matches!(&err, Error::NotHeld { key: k } if k == key),
+        matches!(&err, Error::NotHeld { key: k, .. } if k == key),
         "{err:?}"
     );
     assert_eq!(
@@ -638,7 +629,7 @@ async fn fencing_tokens_strictly_increase_over_1000_acquisitions_by_two_mutexes(
     // One draw per acquisition, from a counter that is never reset.
     assert_eq!(order.first().unwrap().0, 1);
     assert_eq!(order.last().unwrap().0, 2 * PER_MUTEX);
-    let counter: Option<String> = raw.get("{fenced}:fence").await.unwrap();
+    let counter = raw_get_bytes(&raw, &fence_key("", "fenced")).await;
     assert_eq!(counter.as_deref(), Some("1000"));
     // Both mutexes took turns, including right after one another.
     let switches = order.windows(2).filter(|p| p[0].1 != p[1].1).count();
@@ -707,7 +698,7 @@ async fn fencing_tokens_increase_over_try_lock_and_across_an_expired_lease() {
     last.release().await.unwrap();
     let plain = b.try_lock(key).await.unwrap().expect("free");
     assert_eq!(plain.fencing_token(), None);
-    let counter: Option<String> = raw.get("{fenced-try}:fence").await.unwrap();
+    let counter = raw_get_bytes(&raw, &fence_key("", "fenced-try")).await;
     assert_eq!(counter, Some((t4 + 1).to_string()));
     plain.release().await.unwrap();
 }
@@ -721,12 +712,12 @@ async fn fencing_works_with_hash_tags_and_stray_braces_in_the_key() {
     let b = builder_for(&server).await.fencing().build().unwrap();
 
     for (key, expected_counter) in [
-        ("plain", Some("{plain}:fence")),
-        ("{tag}rest", Some("{tag}rest:fence")),
+        ("plain", Some(fence_key("", "plain"))),
+        ("{tag}rest", Some(fence_key("", "{tag}rest"))),
         ("a}b{", None),
         ("}{", None),
     ] {
-        let before = all_keys(&server);
+        let before = raw_keys(&raw).await;
         let g1 = a.try_lock(key).await.unwrap().expect("free");
         let t1 = g1.fencing_token().expect("fencing on");
         assert_eq!(raw_get(&raw, key).await.as_deref(), Some(g1.token()));
@@ -742,20 +733,24 @@ async fn fencing_works_with_hash_tags_and_stray_braces_in_the_key() {
 
         // Exactly one new key, the counter, holding the last token, in the
         // lock key's cluster slot.
-        let after = all_keys(&server);
-        let new: Vec<&String> = after.iter().filter(|k| !before.contains(k)).collect();
+        let after = raw_keys(&raw).await;
+        let new: Vec<&Vec<u8>> = after.iter().filter(|k| !before.contains(k)).collect();
         assert_eq!(new.len(), 1, "{key}: new keys {new:?}");
-        let counter = new[0].as_str();
-        assert_ne!(counter, key);
+        let counter = new[0].as_slice();
+        assert_ne!(counter, key.as_bytes());
+        assert_eq!(
+            counter[0], 0xFF,
+            "{key}: the counter is not a possible lock key"
+        );
         if let Some(expected) = expected_counter {
-            assert_eq!(counter, expected, "{key}");
+            assert_eq!(counter, expected.as_slice(), "{key}");
         }
         assert_eq!(
-            redis_keyslot(counter.as_bytes()),
+            redis_keyslot(counter),
             redis_keyslot(key.as_bytes()),
-            "{key}: counter {counter} in another slot"
+            "{key}: counter {counter:?} in another slot"
         );
-        assert_eq!(raw_get(&raw, counter).await, Some(t2.to_string()));
+        assert_eq!(raw_get_bytes(&raw, counter).await, Some(t2.to_string()));
         assert_eq!(raw_get(&raw, key).await, None);
     }
 }
@@ -850,7 +845,7 @@ async fn release_of_a_key_replaced_by_a_list_is_not_held_and_leaves_the_list() {
 
     let err = guard.release().await.unwrap_err();
     assert!(
-        matches!(err, Error::NotHeld { ref key } if key == "became-a-list"),
+        matches!(err, Error::NotHeld { ref key, .. } if key == "became-a-list"),
         "{err:?}"
     );
     let len: i64 = raw.llen("became-a-list").await.unwrap();

@@ -1,0 +1,186 @@
+//! [`Builder`]: a [`DistributedMutex`] with other settings than the defaults.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::ClientLike;
+
+use crate::inner::{Inner, Settings};
+use crate::keys::prefix_is_valid;
+use crate::limits::{
+    ttl_millis, validate_command_timeout, DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_PREFIX_LEN,
+};
+use crate::{DistributedMutex, Error, RetryStrategy};
+
+/// Builds a [`DistributedMutex`] with other settings than the defaults.
+/// Made by [`DistributedMutex::builder`].
+#[derive(Debug)]
+#[must_use = "call .build() to get the mutex"]
+pub struct Builder {
+    client: Client,
+    /// Whether the mutex made the client (and so closes it).
+    owns_client: bool,
+    settings: Settings,
+}
+
+impl Builder {
+    pub(crate) fn new(client: Client, owns_client: bool) -> Self {
+        Builder {
+            client,
+            owns_client,
+            settings: Settings {
+                ttl: DEFAULT_TTL,
+                retry: RetryStrategy::default(),
+                prefix: String::new(),
+                command_timeout: DEFAULT_COMMAND_TIMEOUT,
+                auto_renew: true,
+                fencing: false,
+                notifications: true,
+            },
+        }
+    }
+
+    /// Connects to `url` as [`DistributedMutex::connect`] does, and returns a
+    /// builder over that connection. The mutex owns the client: it closes it
+    /// on [`shutdown`](DistributedMutex::shutdown), or when its last handle
+    /// and guard are dropped.
+    ///
+    /// ```no_run
+    /// use distributed_mutex::Builder;
+    /// use std::time::Duration;
+    ///
+    /// # async fn demo() -> Result<(), distributed_mutex::Error> {
+    /// let mutex = Builder::connect("redis://127.0.0.1:6379")
+    ///     .await?
+    ///     .ttl(Duration::from_secs(10))
+    ///     .key_prefix("locks:")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`DistributedMutex::connect`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a connection not yet made is closed.
+    pub async fn connect(url: &str) -> Result<Builder, Error> {
+        let client = crate::connect::connect_client(url, DEFAULT_COMMAND_TIMEOUT).await?;
+        Ok(Builder::new(client, true))
+    }
+
+    /// Whether waiters are woken by release messages (default `true`).
+    ///
+    /// On: the release script publishes on `<key>:released`; the mutex keeps
+    /// one extra connection (made on the first wait) subscribed to the
+    /// channels of keys it has waiters for, and wakes its waiters of a key
+    /// one at a time, in FIFO order. Off: waiters poll at the retry
+    /// strategy's delays. Either way a wait never outlasts the holder's TTL.
+    pub fn notifications(mut self, on: bool) -> Self {
+        self.settings.notifications = on;
+        self
+    }
+
+    /// Whether guards renew their lease in the background while they live
+    /// (default `true`): a third of the TTL after each confirmed renewal,
+    /// batched across all the mutex's locks. With `false` a lock lasts one
+    /// TTL unless [`extend`](crate::LockGuard::extend)ed.
+    pub fn auto_renew(mut self, on: bool) -> Self {
+        self.settings.auto_renew = on;
+        self
+    }
+
+    /// Takes every lock with a fencing token (default off; see
+    /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token)). Each key then also has a counter key
+    /// that is never deleted, under the key prefix and in the lock key's
+    /// cluster slot (see the README's "Redis layout").
+    pub fn fencing(mut self) -> Self {
+        self.settings.fencing = true;
+        self
+    }
+
+    /// The lease of every lock (default one minute), between
+    /// [`MIN_TTL`](crate::MIN_TTL) and [`MAX_TTL`](crate::MAX_TTL); whole
+    /// milliseconds (a fraction is dropped).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.settings.ttl = ttl;
+        self
+    }
+
+    /// How long `lock` waits for a busy lock (default `linear(250 ms, 20)`,
+    /// about 5 s).
+    pub fn retry(mut self, retry: RetryStrategy) -> Self {
+        self.settings.retry = retry;
+        self
+    }
+
+    /// A prefix put before every key in Redis (default none), e.g. `"locks:"`.
+    ///
+    /// Without a prefix the Redis key is the caller's key, so that other
+    /// lock clients (bsm/redislock, redis-py's `Lock`) on the same key exclude
+    /// this one and the reverse; a prefix keeps lock keys apart from data.
+    /// Every key and channel the mutex touches starts with the prefix. A `{`
+    /// in the prefix must be closed in it (a cluster hash tag, which then puts
+    /// every lock of the mutex in one slot).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.settings.prefix = prefix.into();
+        self
+    }
+
+    /// The longest one command to Redis may take (default two seconds, at
+    /// most one hour). A call that runs out of it fails with
+    /// [`Error::Timeout`].
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.command_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and builds the mutex.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTtl`] for a TTL out of range; [`Error::Config`] for a
+    /// retry strategy without attempts, a command timeout of zero or over
+    /// one hour, or a prefix longer than [`MAX_PREFIX_LEN`] or with an
+    /// unclosed `{`.
+    pub fn build(mut self) -> Result<DistributedMutex, Error> {
+        self.settings.ttl = Duration::from_millis(ttl_millis("", self.settings.ttl)?);
+        self.settings.retry.validate()?;
+        validate_command_timeout(self.settings.command_timeout)?;
+        let prefix = &self.settings.prefix;
+        if prefix.len() > MAX_PREFIX_LEN {
+            return Err(Error::Config {
+                message: format!(
+                    "the key prefix is {} bytes long; at most {MAX_PREFIX_LEN} are accepted",
+                    prefix.len()
+                ),
+                source: None,
+            });
+        }
+        if !prefix_is_valid(prefix) {
+            return Err(Error::Config {
+                message: format!(
+                    "the key prefix {prefix:?} has a `{{` without a matching `}}` after it, so \
+                     each lock's cluster slot would depend on the lock key; close the hash tag \
+                     (e.g. \"{{app}}:locks:\") or leave braces out"
+                ),
+                source: None,
+            });
+        }
+        Ok(self.build_unchecked())
+    }
+
+    /// Builds with settings known to be valid (the defaults).
+    pub(crate) fn build_unchecked(self) -> DistributedMutex {
+        if self.owns_client {
+            // The client's own command timeout follows the mutex's.
+            let mut perf = self.client.perf_config();
+            perf.default_command_timeout = self.settings.command_timeout;
+            self.client.update_perf_config(perf);
+        }
+        DistributedMutex::from_inner(Arc::new(Inner::new(
+            self.client,
+            self.owns_client,
+            self.settings,
+        )))
+    }
+}

@@ -1,0 +1,128 @@
+//! What every handle of one mutex shares: the client, the settings, and the
+//! background machinery (release worker, renewer, waiters).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::clients::Client;
+
+use crate::background::Home;
+use crate::notify::Waiters;
+use crate::release::ReleaseQueue;
+use crate::renew::Renewer;
+use crate::RetryStrategy;
+
+/// The settings of a mutex, checked by the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) ttl: Duration,
+    pub(crate) retry: RetryStrategy,
+    pub(crate) prefix: String,
+    pub(crate) command_timeout: Duration,
+    pub(crate) auto_renew: bool,
+    pub(crate) fencing: bool,
+    pub(crate) notifications: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) settings: Settings,
+    /// A random id, sent with releases so this mutex can tell its own.
+    pub(crate) id: Arc<str>,
+    pub(crate) waiters: Waiters,
+    pub(crate) releases: ReleaseQueue,
+    pub(crate) renewer: Renewer,
+    home: Home,
+    shut_down: AtomicBool,
+    /// Guards alive now: the connections close once the mutex is shut down
+    /// and none is left.
+    live_guards: AtomicUsize,
+}
+
+impl Inner {
+    pub(crate) fn new(client: Client, owns_client: bool, settings: Settings) -> Self {
+        let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let timeout = settings.command_timeout;
+        let inner = Inner {
+            releases: ReleaseQueue::new(client.clone(), owns_client, timeout, Arc::clone(&id)),
+            renewer: Renewer::new(client.clone(), timeout),
+            waiters: Waiters::new(client.clone(), timeout, Arc::clone(&id)),
+            client,
+            settings,
+            id,
+            home: Home::new(),
+            shut_down: AtomicBool::new(false),
+            live_guards: AtomicUsize::new(0),
+        };
+        inner.ensure_background();
+        inner
+    }
+
+    /// Makes sure the background tasks run, on the caller's runtime if the
+    /// one they ran on has stopped. Cheap: one lock and one atomic load.
+    pub(crate) fn ensure_background(&self) {
+        self.home.ensure(|home| {
+            self.releases.start(home);
+            self.renewer.start(home);
+            if self.settings.notifications {
+                self.waiters.start(home);
+            }
+        });
+    }
+
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::SeqCst)
+    }
+
+    /// Refuses new locks from now on; closes the connections once no guard
+    /// is alive (now, or when the last one is dropped).
+    pub(crate) fn shut_down(&self) {
+        self.shut_down.store(true, Ordering::SeqCst);
+        if self.live_guards.load(Ordering::SeqCst) == 0 {
+            self.close();
+        }
+    }
+
+    pub(crate) fn guard_created(&self) {
+        self.live_guards.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Called by a guard's drop, after it queued its release.
+    pub(crate) fn guard_dropped(&self) {
+        let left = self.live_guards.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 && self.is_shut_down() {
+            self.close();
+        }
+    }
+
+    /// Closes the subscriber connection now, and the client (when the mutex
+    /// made it) once every queued release has run.
+    fn close(&self) {
+        self.ensure_background();
+        self.waiters.close();
+        self.releases.close(true);
+    }
+
+    /// After a shutdown with no guard alive: waits (at most a command
+    /// timeout) until the connections are closed.
+    pub(crate) async fn wait_closed(&self) {
+        if !self.is_shut_down() || self.live_guards.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        let closed = async {
+            self.releases.closed().await;
+            self.waiters.closed().await;
+        };
+        let _ = tokio::time::timeout(self.settings.command_timeout, closed).await;
+    }
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
