@@ -105,7 +105,11 @@ impl LockGuard {
     /// }
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only watches; dropping it changes nothing.
     pub async fn lost(&self) -> LostReason {
+        self.inner.ensure_background();
         self.lease.lost().await
     }
 

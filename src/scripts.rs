@@ -62,18 +62,31 @@ impl Compared {
 /// connection task has gone or that was closed.
 fn failed(client: &Client, key: &str, error: fred::error::Error, timeout: Duration) -> Error {
     if router_gone(&error) {
+        // Transient: the client is connected again on this runtime.
         revive_client(client);
+        return Error::Unavailable {
+            key: key.to_owned(),
+            source: error,
+        };
     }
-    let closed = matches!(
-        client.state(),
-        ClientState::Disconnecting | ClientState::Disconnected
-    );
-    if *error.kind() == fred::error::ErrorKind::Canceled && closed {
+    if client_closed(client) {
         return Error::Shutdown {
             key: key.to_owned(),
         };
     }
     Error::from_redis(key, error, timeout)
+}
+
+/// `true` once a client that was connected has been closed (`quit`): its
+/// connection task has handed back its command queue and nothing reads it
+/// any more. (While the task runs it owns the queue, also during a
+/// reconnect; a client never connected has no server version.)
+pub(crate) fn client_closed(client: &Client) -> bool {
+    matches!(
+        client.state(),
+        ClientState::Disconnecting | ClientState::Disconnected
+    ) && client.inner().has_command_rx()
+        && client.server_version().is_some()
 }
 
 /// Runs `call`, bounded by `timeout`.
@@ -86,6 +99,9 @@ async fn bounded<R>(
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok(reply)) => Ok(reply),
         Ok(Err(e)) => Err(failed(client, key, e, timeout)),
+        Err(_) if client_closed(client) => Err(Error::Shutdown {
+            key: key.to_owned(),
+        }),
         Err(_) => Err(Error::Timeout {
             key: key.to_owned(),
             after: timeout,
