@@ -17,7 +17,8 @@
 //! command to router"; [`revive_client`] then connects the client again on
 //! the caller's runtime.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fred::clients::Client;
@@ -28,6 +29,10 @@ use tokio::task::JoinHandle;
 /// The runtime the background tasks run on now.
 pub(crate) struct Home {
     current: Mutex<Option<Current>>,
+    /// Set while the tasks run on a live runtime; cleared by the sentinel
+    /// when that runtime drops it. The fast path of [`ensure`](Self::ensure)
+    /// reads only this.
+    running: Arc<AtomicBool>,
 }
 
 struct Current {
@@ -35,10 +40,20 @@ struct Current {
     sentinel: JoinHandle<()>,
 }
 
+/// Held by the sentinel task: dropped with it when its runtime stops.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 impl Home {
     pub(crate) fn new() -> Self {
         Home {
             current: Mutex::new(None),
+            running: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -52,6 +67,9 @@ impl Home {
     /// components before their tasks are started. Outside any runtime with
     /// no live home, nothing happens.
     pub(crate) fn ensure(&self, start: impl FnOnce(&Handle)) {
+        if self.running.load(Ordering::Acquire) {
+            return;
+        }
         let mut current = self.current();
         if current
             .as_ref()
@@ -67,7 +85,12 @@ impl Home {
                 "the runtime of the lock's background tasks has stopped; restarting them here"
             );
         }
-        let sentinel = handle.spawn(std::future::pending::<()>());
+        self.running.store(true, Ordering::Release);
+        let running = Running(Arc::clone(&self.running));
+        let sentinel = handle.spawn(async move {
+            let _running = running;
+            std::future::pending::<()>().await
+        });
         start(&handle);
         *current = Some(Current { sentinel });
     }
@@ -117,18 +140,18 @@ pub(crate) fn revive_client(client: &Client) {
 /// A one-way flag that can be awaited: "this task has finished".
 #[derive(Default)]
 pub(crate) struct Done {
-    flag: std::sync::atomic::AtomicBool,
+    flag: AtomicBool,
     notify: tokio::sync::Notify,
 }
 
 impl Done {
     pub(crate) fn mark(&self) {
-        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.flag.store(true, Ordering::SeqCst);
         self.notify.notify_waiters();
     }
 
     pub(crate) fn is_marked(&self) -> bool {
-        self.flag.load(std::sync::atomic::Ordering::SeqCst)
+        self.flag.load(Ordering::SeqCst)
     }
 
     /// Completes once marked. Cancel-safe.

@@ -82,15 +82,14 @@ pub(crate) fn prefix_is_valid(prefix: &str) -> bool {
     !prefix.contains('{') || hash_tag(prefix.as_bytes()).is_some()
 }
 
-/// The Redis names of one lock (see the module docs).
+/// The Redis names of one lock (see the module docs). Only the lock key is
+/// kept; derived names (and their slot tag) are computed when needed.
 #[derive(Debug, Clone)]
 pub(crate) struct LockKeys {
     /// `P K`.
     pub(crate) lock: String,
     /// The length of `P`.
     prefix_len: usize,
-    /// `{T}`.
-    tag: String,
 }
 
 impl LockKeys {
@@ -98,22 +97,22 @@ impl LockKeys {
         let mut lock = String::with_capacity(prefix.len() + key.len());
         lock.push_str(prefix);
         lock.push_str(key);
-        let tag = format!("{{{}}}", slot_tag(&lock));
         LockKeys {
             lock,
             prefix_len: prefix.len(),
-            tag,
         }
     }
 
     /// `P \xff {T}:<what>:<name>`.
     fn derived(&self, what: &str, name: &str) -> Vec<u8> {
         let prefix = &self.lock.as_bytes()[..self.prefix_len];
-        let mut out =
-            Vec::with_capacity(prefix.len() + 1 + self.tag.len() + what.len() + name.len() + 2);
+        let tag = slot_tag(&self.lock);
+        let mut out = Vec::with_capacity(prefix.len() + tag.len() + what.len() + name.len() + 5);
         out.extend_from_slice(prefix);
         out.push(DERIVED);
-        out.extend_from_slice(self.tag.as_bytes());
+        out.push(b'{');
+        out.extend_from_slice(tag.as_bytes());
+        out.push(b'}');
         out.push(b':');
         out.extend_from_slice(what.as_bytes());
         out.push(b':');

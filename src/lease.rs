@@ -247,6 +247,9 @@ impl Lease {
     }
 
     /// Completes when the lock is known lost, with the reason.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only watches; dropping it changes nothing.
     pub async fn lost(&self) -> LostReason {
         self.core.lost().await
     }

@@ -39,6 +39,9 @@ struct Queues {
 
 struct Shared {
     queues: Mutex<Queues>,
+    /// How many keys have waiters: lets an acquisition skip the lock in the
+    /// usual case of none.
+    keys_waited: std::sync::atomic::AtomicUsize,
     /// Marked when the manager has stopped for good (the mutex closed).
     stopped: Done,
     /// The mutex's id: a release message carrying it was sent by this
@@ -79,6 +82,7 @@ impl Waiters {
         Waiters {
             shared: Arc::new(Shared {
                 queues: Mutex::new(Queues::default()),
+                keys_waited: std::sync::atomic::AtomicUsize::new(0),
                 stopped: Done::default(),
                 id,
             }),
@@ -134,7 +138,11 @@ impl Waiters {
 
     /// `true` when this process has waiters queued for `key`.
     pub(crate) fn has_waiters(&self, key: &str) -> bool {
-        self.shared.queues().keys.contains_key(key)
+        self.shared
+            .keys_waited
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+            && self.shared.queues().keys.contains_key(key)
     }
 
     /// Joins the queue of `key`. The first waiter of a key asks for the
@@ -146,6 +154,11 @@ impl Waiters {
         let id = queues.next_id;
         let queue = queues.keys.entry(key.to_owned()).or_default();
         let first = queue.is_empty();
+        if first {
+            self.shared
+                .keys_waited
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         queue.push_back((id, Arc::clone(&notify)));
         let subscribed = if first {
             let (ack, rx) = oneshot::channel();
@@ -215,6 +228,10 @@ impl Drop for Ticket<'_> {
         queue.retain(|(id, _)| *id != self.id);
         if queue.is_empty() {
             queues.keys.remove(&self.key);
+            self.waiters
+                .shared
+                .keys_waited
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             self.waiters.send(Op::Unsubscribe(channel(&self.key)));
         } else if was_head && !self.acquired {
             // We may have taken a wake-up meant for the head: pass it on.

@@ -21,7 +21,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -53,6 +53,9 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// How many releases are not sent yet (all keys): lets an acquisition
+    /// skip the lock in the usual case of none.
+    unsent_total: AtomicUsize,
     /// Wakes the worker: a job was queued, or the mutex is closing.
     work: Notify,
     /// Wakes acquisitions waiting for a key's release to be sent, and
@@ -84,6 +87,7 @@ impl Shared {
     fn push(&self, job: Job) {
         let mut state = self.state();
         *state.unsent.entry(job.keys.lock.clone()).or_insert(0) += 1;
+        self.unsent_total.fetch_add(1, Ordering::SeqCst);
         state.outstanding += 1;
         state.queue.push_back(job);
         drop(state);
@@ -97,6 +101,7 @@ impl Shared {
             if *n == 0 {
                 state.unsent.remove(key);
             }
+            self.unsent_total.fetch_sub(1, Ordering::SeqCst);
         }
         drop(state);
         self.progress.notify_waiters();
@@ -119,6 +124,7 @@ impl ReleaseQueue {
         ReleaseQueue {
             shared: Arc::new(Shared {
                 state: Mutex::default(),
+                unsent_total: AtomicUsize::new(0),
                 work: Notify::new(),
                 progress: Notify::new(),
                 closing: AtomicBool::new(false),
@@ -149,8 +155,10 @@ impl ReleaseQueue {
     /// mutex has been sent to Redis, so that a command sent after it runs
     /// after it. Cancel-safe.
     pub(crate) async fn sent(&self, key: &str, limit: Duration) {
-        // The usual case, on every acquisition: nothing queued, no timer.
-        if !self.shared.state().unsent.contains_key(key) {
+        // The usual case, on every acquisition: nothing unsent, no lock.
+        if self.shared.unsent_total.load(Ordering::SeqCst) == 0
+            || !self.shared.state().unsent.contains_key(key)
+        {
             return;
         }
         let wait = async {
@@ -272,6 +280,7 @@ impl Drop for Requeue<'_> {
             if self.sent.load(Ordering::SeqCst) {
                 // It will be sent again: it is unsent until then.
                 *state.unsent.entry(job.keys.lock.clone()).or_insert(0) += 1;
+                self.shared.unsent_total.fetch_add(1, Ordering::SeqCst);
             }
             state.queue.push_back(job);
             drop(state);
