@@ -5,8 +5,6 @@
 //! Log assertions install a capturing `tracing` layer with `set_default`,
 //! which is per thread, so those tests run on a current-thread runtime.
 
-mod support;
-
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use distributed_mutex::{provide_adapter, Adapter, DistributedMutex, RedisAdapter, RetryStrategy};
 use fred::prelude::*;
-use support::RedisServer;
 use tracing::field::{Field, Visit};
 use tracing::Level;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
+
+use crate::support::RedisServer;
 
 // ---- log capture -----------------------------------------------------------
 

@@ -45,8 +45,6 @@
 //! `AUDIT_SEED=<n>` fixes the random choices (keys, pauses, faults); timing
 //! still varies from run to run.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,8 +52,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use distributed_mutex::{DistributedMutex, Error, Lease, LockGuard, RetryStrategy};
 use fred::prelude::*;
-use support::proxy::{Action, Mode, Point, Proxy};
-use support::RedisServer;
+
+use crate::support::proxy::{Action, Mode, Point, Proxy};
+use crate::support::RedisServer;
 
 const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -38,8 +38,6 @@
 //! `release_of_an_unknown_key_warns`, `releasef_of_an_empty_key_only_warns`)
 //! check here what those do not.
 
-mod support;
-
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,11 +47,12 @@ use distributed_mutex::{
     MAX_KEY_LEN, MAX_PREFIX_LEN, MAX_TTL, MIN_TTL,
 };
 use fred::prelude::*;
-use support::RedisServer;
 use tracing::field::{Field, Visit};
 use tracing::Level;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
+
+use crate::support::RedisServer;
 
 const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -660,7 +659,7 @@ async fn row_12_a_malformed_redis_url_is_a_config_error() {
 
 #[tokio::test]
 async fn row_13_an_unreachable_port_is_unavailable_and_an_unconnected_client_times_out() {
-    let url = support::unreachable_url();
+    let url = crate::support::unreachable_url();
     let started = Instant::now();
     let err = DistributedMutex::connect(&url).await.unwrap_err();
     assert!(
@@ -832,7 +831,7 @@ async fn row_17_extend_after_release_is_not_held_and_never_brings_the_key_back()
     let guard = mutex.acquire(key).auto_renew(false).await.unwrap();
     let deleted: i64 = raw
         .eval(
-            include_str!("../src/scripts/release.lua"),
+            include_str!("../../src/scripts/release.lua"),
             vec![key],
             vec![guard.token()],
         )

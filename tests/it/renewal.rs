@@ -5,16 +5,17 @@
 //! is far above what a correct implementation needs and far below what a
 //! broken one (no renewal, no loss detection) would show.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use distributed_mutex::{Error, LostReason, RetryStrategy};
 use fred::prelude::*;
-use support::common::{builder_for, gone_within, ms, mutex_for, raw_dbsize, raw_get, raw_pttl};
-use support::RedisServer;
+
+use crate::support::common::{
+    builder_for, gone_within, ms, mutex_for, raw_dbsize, raw_get, raw_pttl,
+};
+use crate::support::RedisServer;
 
 // ---- helpers ------------------------------------------------------------
 

@@ -2,16 +2,15 @@
 //! protocol on the same key: redis-py's `Lock` (when Python's `redis` package
 //! is installed) and raw commands.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
 use distributed_mutex::{DistributedMutex, Error};
 use fred::prelude::*;
-use support::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::support::RedisServer;
 
 const LINE_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -13,8 +13,6 @@
 //! Mutexes that go through the proxy use a 300 ms command timeout. Time
 //! bounds are generous (the machine is small and noisy).
 
-mod support;
-
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,8 +22,9 @@ use distributed_mutex::{Builder, DistributedMutex, Error, LostReason, RetryStrat
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::Expiration;
-use support::proxy::{Action, Mode, Point, Proxy};
-use support::RedisServer;
+
+use crate::support::proxy::{Action, Mode, Point, Proxy};
+use crate::support::RedisServer;
 
 const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -138,9 +137,9 @@ fn keys(server: &RedisServer, pattern: &str) -> Vec<String> {
 /// the call that runs it, not a first `EVALSHA` answered with NOSCRIPT.
 async fn load_scripts(raw: &Client) {
     for lua in [
-        include_str!("../src/scripts/acquire.lua"),
-        include_str!("../src/scripts/release.lua"),
-        include_str!("../src/scripts/extend.lua"),
+        include_str!("../../src/scripts/acquire.lua"),
+        include_str!("../../src/scripts/release.lua"),
+        include_str!("../../src/scripts/extend.lua"),
     ] {
         Script::from_lua(lua.to_owned())
             .load(raw)
@@ -1025,6 +1024,20 @@ async fn sigkill_child_holds_a_lock() {
     drop(guard);
 }
 
+/// The libtest name of `sigkill_child_holds_a_lock` in this binary: its path
+/// below the crate root (`faults::sigkill_child_holds_a_lock`), so that
+/// `--exact` finds it whatever module this file is mounted as.
+fn child_test_name() -> String {
+    let module = module_path!()
+        .split_once("::")
+        .map_or("", |(_crate, path)| path);
+    if module.is_empty() {
+        "sigkill_child_holds_a_lock".to_owned()
+    } else {
+        format!("{module}::sigkill_child_holds_a_lock")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
     use tokio::io::AsyncBufReadExt;
@@ -1035,12 +1048,7 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
     // Under cargo test and nextest alike this is the test binary, which
     // takes libtest's arguments.
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sigkill_child_holds_a_lock",
-            "--ignored",
-            "--nocapture",
-        ])
+        .args(["--exact", &child_test_name(), "--ignored", "--nocapture"])
         .env(CHILD_URL, server.url())
         .env(CHILD_KEY, key)
         .stdin(std::process::Stdio::piped())
@@ -1119,9 +1127,9 @@ async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
     let server = RedisServer::start();
     let raw = server.client().await;
     let shas = [
-        sha(include_str!("../src/scripts/acquire.lua")),
-        sha(include_str!("../src/scripts/release.lua")),
-        sha(include_str!("../src/scripts/extend.lua")),
+        sha(include_str!("../../src/scripts/acquire.lua")),
+        sha(include_str!("../../src/scripts/release.lua")),
+        sha(include_str!("../../src/scripts/extend.lua")),
     ];
     let exists = |server: &RedisServer| -> Vec<String> {
         let mut args = vec!["SCRIPT", "EXISTS"];

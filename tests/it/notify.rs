@@ -8,8 +8,6 @@
 //! small and noisy); each test is built so that the behaviour it names being
 //! broken moves the measured time far outside its bound.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +15,8 @@ use distributed_mutex::{DistributedMutex, Error, RetryStrategy};
 use fred::prelude::*;
 use fred::types::client::{ClientKillFilter, ClientKillType};
 use fred::types::{InfoKind, Value};
-use support::RedisServer;
+
+use crate::support::RedisServer;
 
 const KEY: &str = "notify:key";
 const CHANNEL: &str = "notify:key:released";

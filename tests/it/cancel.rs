@@ -2,16 +2,15 @@
 //! sent, while it is in flight, while it waits out a backoff, right after it
 //! succeeded) leaves no lock behind once the mutex has been shut down.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use distributed_mutex::{DistributedMutex, RetryStrategy};
 use fred::prelude::*;
-use support::common::{ms, mutex_for};
-use support::RedisServer;
+
+use crate::support::common::{ms, mutex_for};
+use crate::support::RedisServer;
 
 async fn raw_keys(client: &Client) -> Vec<String> {
     client

@@ -1,12 +1,11 @@
 //! Self-tests of the `tests/support` fixture (private redis-server processes).
 
-mod support;
-
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use support::RedisServer;
+
+use crate::support::RedisServer;
 
 #[tokio::test]
 async fn start_set_get_and_drop_stops_the_server() {

@@ -1,14 +1,15 @@
 //! Core behaviour of `DistributedMutex` and `LockGuard` against real,
 //! private `redis-server` processes (see `tests/support`).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use distributed_mutex::{DistributedMutex, Error, LockGuard, RetryStrategy, MAX_KEY_LEN, MAX_TTL};
 use fred::prelude::*;
-use support::common::{builder_for, gone_within, ms, mutex_for, raw_dbsize, raw_get, raw_pttl};
-use support::RedisServer;
+
+use crate::support::common::{
+    builder_for, gone_within, ms, mutex_for, raw_dbsize, raw_get, raw_pttl,
+};
+use crate::support::RedisServer;
 
 // ---- helpers ------------------------------------------------------------
 
@@ -685,7 +686,7 @@ async fn the_acquire_script_is_idempotent_for_its_own_token() {
     let server = RedisServer::start();
     let raw = server.client().await;
     let mutex = mutex_for(&server).await;
-    let script = include_str!("../src/scripts/acquire.lua");
+    let script = include_str!("../../src/scripts/acquire.lua");
 
     let guard = mutex
         .acquire("idem")
@@ -724,7 +725,7 @@ async fn the_acquire_script_is_idempotent_for_its_own_token() {
 
 #[tokio::test]
 async fn connect_to_an_unreachable_server_is_unavailable_promptly() {
-    let url = support::unreachable_url();
+    let url = crate::support::unreachable_url();
     let started = Instant::now();
     let result = DistributedMutex::connect(&url).await;
     let took = started.elapsed();
