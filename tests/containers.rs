@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use distributed_mutex::{DistributedMutex, Error, LockGuard, LostReason, RetryStrategy};
 use fred::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use support::common::builder_at;
 use support::exclusion::{run_case, scenario, Totals};
 use testcontainers_modules::redis::{Redis, REDIS_PORT};
 use testcontainers_modules::testcontainers::runners::AsyncRunner;
@@ -108,13 +109,9 @@ impl RedisContainer {
 
 /// A mutex over a client connected to `url` (the library's reconnecting
 /// client), with a short command timeout and lease for fault tests.
-async fn mutex_for(url: &str, ttl: Duration, command_timeout: Duration) -> DistributedMutex {
-    let client = DistributedMutex::connect(url)
+async fn fault_mutex(url: &str, ttl: Duration, command_timeout: Duration) -> DistributedMutex {
+    builder_at(url)
         .await
-        .expect("connect to the container")
-        .client()
-        .clone();
-    DistributedMutex::builder(client)
         .ttl(ttl)
         .command_timeout(command_timeout)
         .build()
@@ -230,7 +227,7 @@ async fn paused_container_mid_hold_reports_the_lock_lost_and_keeps_it_lost() {
         return;
     }
     let redis = RedisContainer::start().await;
-    let mutex = mutex_for(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
+    let mutex = fault_mutex(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
     let guard = lock_and_hold(&mutex, "ctr:paused").await;
 
     redis.container.pause().await.expect("pause the container");
@@ -247,7 +244,7 @@ async fn paused_container_mid_hold_reports_the_lock_lost_and_keeps_it_lost() {
         .await
         .expect("unpause the container");
     // Redis answers again (the reconnecting client may need a moment).
-    let other = mutex_for(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
+    let other = fault_mutex(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
     let answered = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if other.client().ping::<String>(None).await.is_ok() {
@@ -306,7 +303,7 @@ async fn stopped_container_mid_hold_reports_the_lock_lost_and_lock_calls_fail_tr
         return;
     }
     let redis = RedisContainer::start().await;
-    let mutex = mutex_for(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
+    let mutex = fault_mutex(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
     let guard = lock_and_hold(&mutex, "ctr:stopped").await;
 
     redis

@@ -2,138 +2,23 @@
 //! defaults, waiting and giving up, logs, formatted keys, leak pruning and
 //! concurrent use of one adapter by many tasks.
 //!
-//! Log assertions install a capturing `tracing` layer with `set_default`,
-//! which is per thread, so those tests run on a current-thread runtime.
+//! Log assertions capture the events of the test's thread
+//! (`support::logs`), so those tests run on a current-thread runtime.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use distributed_mutex::{provide_adapter, Adapter, DistributedMutex, RedisAdapter, RetryStrategy};
 use fred::prelude::*;
-use tracing::field::{Field, Visit};
 use tracing::Level;
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::Layer;
 
+use crate::support::common::{assert_uuid_v4, mutex_for, raw_exists, raw_get};
+use crate::support::logs::Logs;
 use crate::support::RedisServer;
 
-// ---- log capture -----------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Captured {
-    level: Level,
-    message: String,
-    key: Option<String>,
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Captured>>>);
-
-impl Capture {
-    /// Installs the capture as this thread's default subscriber until the
-    /// returned guard is dropped.
-    fn install() -> (Capture, tracing::subscriber::DefaultGuard) {
-        let capture = Capture::default();
-        let subscriber = tracing_subscriber::registry().with(capture.clone());
-        let guard = tracing::subscriber::set_default(subscriber);
-        (capture, guard)
-    }
-
-    fn events(&self) -> Vec<Captured> {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// Events at `level` whose message starts with `message` and whose `key`
-    /// field is `key`.
-    fn count(&self, level: Level, message: &str, key: &str) -> usize {
-        self.events()
-            .iter()
-            .filter(|e| {
-                e.level == level && e.message.starts_with(message) && e.key.as_deref() == Some(key)
-            })
-            .count()
-    }
-
-    fn assert_logged(&self, level: Level, message: &str, key: &str) {
-        assert!(
-            self.count(level, message, key) > 0,
-            "expected a {level} event {message:?} with key={key:?}; captured: {:#?}",
-            self.events()
-        );
-    }
-
-    fn at_least(&self, level: Level) -> Vec<Captured> {
-        // `Level` orders by verbosity: ERROR < WARN < INFO < DEBUG < TRACE.
-        self.events()
-            .into_iter()
-            .filter(|e| e.level <= level)
-            .collect()
-    }
-}
-
-impl<S: tracing::Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        #[derive(Default)]
-        struct Fields {
-            message: String,
-            key: Option<String>,
-        }
-        impl Visit for Fields {
-            fn record_str(&mut self, field: &Field, value: &str) {
-                match field.name() {
-                    "message" => self.message = value.to_owned(),
-                    "key" => self.key = Some(value.to_owned()),
-                    _ => {}
-                }
-            }
-            fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-                // `%key` (Display) and `format_args!` messages both print
-                // their plain text through `Debug`.
-                match field.name() {
-                    "message" => self.message = format!("{value:?}"),
-                    "key" => self.key = Some(format!("{value:?}")),
-                    _ => {}
-                }
-            }
-        }
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        self.0.lock().unwrap().push(Captured {
-            level: *event.metadata().level(),
-            message: fields.message,
-            key: fields.key,
-        });
-    }
-}
-
 // ---- helpers ---------------------------------------------------------------
-
-async fn get(client: &Client, key: &str) -> Option<String> {
-    client.get(key).await.expect("GET")
-}
-
-async fn exists(client: &Client, key: &str) -> bool {
-    let n: i64 = client.exists(key).await.expect("EXISTS");
-    n == 1
-}
-
-fn assert_uuid(value: &str) {
-    let parsed = uuid::Uuid::parse_str(value)
-        .unwrap_or_else(|e| panic!("lock value {value:?} is not a UUID: {e}"));
-    assert_eq!(
-        parsed.get_version_num(),
-        4,
-        "token {value} is not a v4 UUID"
-    );
-}
-
-/// A mutex of another "process" on the same server (its own connection).
-async fn rival(server: &RedisServer) -> DistributedMutex {
-    DistributedMutex::new(server.client().await)
-}
 
 fn assert_send_sync<T: Send + Sync + ?Sized>() {}
 fn assert_send<T: Send>(_: &T) {}
@@ -154,21 +39,21 @@ async fn provide_adapter_locks_for_one_minute_with_a_uuid_token() {
         (59_000..=60_000).contains(&pttl),
         "a fresh adapter lock should have a ~60 s lease, PTTL is {pttl} ms"
     );
-    let token = get(&redis, key)
+    let token = raw_get(&redis, key)
         .await
         .expect("the adapter's lock is in Redis");
-    assert_uuid(&token);
+    assert_uuid_v4(&token);
 
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     assert!(
         other.try_lock(key).await.unwrap().is_none(),
         "a rival must not get a key the adapter holds"
     );
-    assert_eq!(get(&redis, key).await.as_deref(), Some(token.as_str()));
+    assert_eq!(raw_get(&redis, key).await.as_deref(), Some(token.as_str()));
 
     adapter.release(key).await;
     assert!(
-        !exists(&redis, key).await,
+        !raw_exists(&redis, key).await,
         "release must delete the lock key"
     );
     let guard = other.try_lock(key).await.unwrap();
@@ -180,12 +65,12 @@ async fn provide_adapter_locks_for_one_minute_with_a_uuid_token() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn acquire_waits_about_five_seconds_then_gives_up_and_logs() {
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let redis = server.client().await;
     let key = "adapter:busy";
 
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let held = other
         .acquire(key)
         .ttl(Duration::from_secs(30))
@@ -203,7 +88,7 @@ async fn acquire_waits_about_five_seconds_then_gives_up_and_logs() {
         "acquire should give up after ~5 s (250 ms x 20), took {waited:?}"
     );
     assert_eq!(
-        get(&redis, key).await.as_deref(),
+        raw_get(&redis, key).await.as_deref(),
         Some(held.token()),
         "the rival's lock must be untouched"
     );
@@ -217,7 +102,7 @@ async fn acquire_waits_about_five_seconds_then_gives_up_and_logs() {
         "release of a lock this adapter does not hold",
         key,
     );
-    assert_eq!(get(&redis, key).await.as_deref(), Some(held.token()));
+    assert_eq!(raw_get(&redis, key).await.as_deref(), Some(held.token()));
     held.release().await.unwrap();
 }
 
@@ -225,7 +110,7 @@ async fn acquire_waits_about_five_seconds_then_gives_up_and_logs() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn logs_acquired_and_released_at_debug_with_the_key() {
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
     let key = "adapter:logs";
@@ -245,7 +130,7 @@ async fn logs_acquired_and_released_at_debug_with_the_key() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn release_of_an_unknown_key_warns() {
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let redis = server.client().await;
     let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
@@ -258,7 +143,7 @@ async fn release_of_an_unknown_key_warns() {
         "adapter:never-taken",
     );
 
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let held = other.lock("adapter:someone-elses").await.unwrap();
     adapter.release("adapter:someone-elses").await;
     logs.assert_logged(
@@ -267,7 +152,7 @@ async fn release_of_an_unknown_key_warns() {
         "adapter:someone-elses",
     );
     assert_eq!(
-        get(&redis, "adapter:someone-elses").await.as_deref(),
+        raw_get(&redis, "adapter:someone-elses").await.as_deref(),
         Some(held.token()),
         "releasing a key the adapter does not hold must not touch it"
     );
@@ -279,7 +164,7 @@ async fn release_of_an_unknown_key_warns() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn release_of_a_lost_lock_logs_an_error() {
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let redis = server.client().await;
     let mutex = DistributedMutex::builder(server.client().await)
@@ -290,9 +175,12 @@ async fn release_of_a_lost_lock_logs_an_error() {
     let key = "adapter:lost";
 
     adapter.acquire(key).await;
-    assert!(exists(&redis, key).await);
+    assert!(raw_exists(&redis, key).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!exists(&redis, key).await, "the 150 ms lease has run out");
+    assert!(
+        !raw_exists(&redis, key).await,
+        "the 150 ms lease has run out"
+    );
 
     adapter.release(key).await;
     logs.assert_logged(Level::ERROR, "failed to release lock", key);
@@ -301,11 +189,11 @@ async fn release_of_a_lost_lock_logs_an_error() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn acquire_dropped_by_a_deadline_logs_cancellation() {
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let redis = server.client().await;
     let key = "adapter:deadline";
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let held = other
         .acquire(key)
         .ttl(Duration::from_secs(30))
@@ -325,12 +213,12 @@ async fn acquire_dropped_by_a_deadline_logs_cancellation() {
     assert_eq!(adapter.held_count(), 0);
     // Whatever the cancelled acquisition queued, the rival's lock survives it.
     mutex.shutdown().await;
-    assert_eq!(get(&redis, key).await.as_deref(), Some(held.token()));
+    assert_eq!(raw_get(&redis, key).await.as_deref(), Some(held.token()));
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn acquire_of_an_invalid_key_logs_failure() {
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
 
@@ -343,7 +231,7 @@ async fn acquire_of_an_invalid_key_logs_failure() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn acquiref_and_releasef_lock_the_formatted_key() {
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let redis = server.client().await;
     let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
@@ -353,18 +241,23 @@ async fn acquiref_and_releasef_lock_the_formatted_key() {
         .acquiref(format_args!("tenant:{}:settings", 42))
         .await;
     assert_eq!(adapter.held_count(), 1);
-    let token = get(&redis, key)
+    let token = raw_get(&redis, key)
         .await
         .expect("tenant:42:settings is locked");
-    assert_uuid(&token);
-    assert!(rival(&server).await.try_lock(key).await.unwrap().is_none());
+    assert_uuid_v4(&token);
+    assert!(mutex_for(&server)
+        .await
+        .try_lock(key)
+        .await
+        .unwrap()
+        .is_none());
     logs.assert_logged(Level::DEBUG, "lock acquired", key);
 
     adapter
         .releasef(format_args!("tenant:{}:settings", 42))
         .await;
     assert!(
-        !exists(&redis, key).await,
+        !raw_exists(&redis, key).await,
         "releasef must free the formatted key"
     );
     assert_eq!(adapter.held_count(), 0);
@@ -373,7 +266,7 @@ async fn acquiref_and_releasef_lock_the_formatted_key() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn releasef_of_an_empty_key_only_warns() {
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let redis = server.client().await;
     let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
@@ -388,7 +281,7 @@ async fn releasef_of_an_empty_key_only_warns() {
         "",
     );
     assert_eq!(adapter.held_count(), 1, "other locks are unaffected");
-    assert!(exists(&redis, "adapter:kept").await);
+    assert!(raw_exists(&redis, "adapter:kept").await);
 }
 
 // ---- leak pruning ----------------------------------------------------------
@@ -440,15 +333,15 @@ async fn dropping_the_adapter_releases_what_it_holds() {
 
     drop(adapter);
     mutex.shutdown().await;
-    assert!(!exists(&redis, "adapter:drop:a").await);
-    assert!(!exists(&redis, "adapter:drop:b").await);
+    assert!(!raw_exists(&redis, "adapter:drop:a").await);
+    assert!(!raw_exists(&redis, "adapter:drop:b").await);
 }
 
 // ---- concurrency -----------------------------------------------------------
 
 #[tokio::test(flavor = "current_thread")]
 async fn same_key_through_one_adapter_waits_for_the_holder() {
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let redis = server.client().await;
     let mutex = DistributedMutex::builder(server.client().await)
@@ -460,7 +353,7 @@ async fn same_key_through_one_adapter_waits_for_the_holder() {
 
     // Task A.
     adapter.acquire(key).await;
-    let token_a = get(&redis, key).await.expect("A holds the key");
+    let token_a = raw_get(&redis, key).await.expect("A holds the key");
 
     // Task B, same adapter, same key.
     let b = {
@@ -470,7 +363,7 @@ async fn same_key_through_one_adapter_waits_for_the_holder() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!b.is_finished(), "B must wait while A holds the key");
     assert_eq!(
-        get(&redis, key).await.as_deref(),
+        raw_get(&redis, key).await.as_deref(),
         Some(token_a.as_str()),
         "A's lock must not be replaced while A holds it"
     );
@@ -486,14 +379,14 @@ async fn same_key_through_one_adapter_waits_for_the_holder() {
         .await
         .expect("B acquires soon after A's release")
         .unwrap();
-    let token_b = get(&redis, key).await.expect("B holds the key");
-    assert_uuid(&token_b);
+    let token_b = raw_get(&redis, key).await.expect("B holds the key");
+    assert_uuid_v4(&token_b);
     assert_ne!(token_a, token_b, "B holds its own lock, not A's");
     assert_eq!(adapter.held_count(), 1);
 
     // The API is key-based: the next release(key) frees B's lock.
     adapter.release(key).await;
-    assert!(!exists(&redis, key).await);
+    assert!(!raw_exists(&redis, key).await);
     assert_eq!(adapter.held_count(), 0);
     assert!(
         logs.at_least(Level::WARN).is_empty(),
@@ -505,7 +398,7 @@ async fn same_key_through_one_adapter_waits_for_the_holder() {
 #[tokio::test(flavor = "current_thread")]
 async fn many_tasks_on_one_key_through_one_adapter_are_mutually_exclusive() {
     const TASKS: usize = 20;
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let redis = server.client().await;
     let mutex = DistributedMutex::builder(server.client().await)
@@ -534,7 +427,7 @@ async fn many_tasks_on_one_key_through_one_adapter_are_mutually_exclusive() {
 
             // Did this acquire get the lock? A fresh token in Redis, and the
             // adapter's single entry.
-            let token = get(&redis, key).await.expect("the key is locked");
+            let token = raw_get(&redis, key).await.expect("the key is locked");
             assert!(
                 tokens.lock().unwrap().insert(token.clone()),
                 "token {token} seen by two critical sections: an acquire returned without the lock"
@@ -542,7 +435,7 @@ async fn many_tasks_on_one_key_through_one_adapter_are_mutually_exclusive() {
             assert_eq!(adapter.held_count(), 1);
             tokio::time::sleep(Duration::from_millis(5)).await;
             assert_eq!(
-                get(&redis, key).await.as_deref(),
+                raw_get(&redis, key).await.as_deref(),
                 Some(token.as_str()),
                 "the lock changed hands inside a critical section"
             );
@@ -572,7 +465,7 @@ async fn many_tasks_on_one_key_through_one_adapter_are_mutually_exclusive() {
         logs.at_least(Level::WARN)
     );
     assert_eq!(adapter.held_count(), 0);
-    assert!(!exists(&redis, key).await);
+    assert!(!raw_exists(&redis, key).await);
 }
 
 #[tokio::test]
@@ -597,10 +490,12 @@ async fn arc_dyn_adapter_is_send_sync_and_works_from_spawned_tasks() {
             // spawned (Send) task does not hold them across the await.
             let acquiring = adapter.acquiref(format_args!("adapter:spawned:{i}"));
             acquiring.await;
-            let token = get(&redis, &key).await.expect("locked from a spawned task");
-            assert_uuid(&token);
+            let token = raw_get(&redis, &key)
+                .await
+                .expect("locked from a spawned task");
+            assert_uuid_v4(&token);
             adapter.release(&key).await;
-            assert!(!exists(&redis, &key).await);
+            assert!(!raw_exists(&redis, &key).await);
         });
     }
     while let Some(done) = tasks.join_next().await {

@@ -38,8 +38,7 @@
 //! `release_of_an_unknown_key_warns`, `releasef_of_an_empty_key_only_warns`)
 //! check here what those do not.
 
-use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use distributed_mutex::{
@@ -47,67 +46,15 @@ use distributed_mutex::{
     MAX_KEY_LEN, MAX_PREFIX_LEN, MAX_TTL, MIN_TTL,
 };
 use fred::prelude::*;
-use tracing::field::{Field, Visit};
 use tracing::Level;
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::Layer;
 
+use crate::support::common::{
+    lock_commands, ms, mutex_for, raw_dbsize, raw_get, redis_keys, reset_stats, Fixture,
+};
+use crate::support::logs::Logs;
 use crate::support::RedisServer;
 
-const fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
 // ---- helpers ----------------------------------------------------------------
-
-/// A mutex with the defaults over its own connection (from `connect`).
-async fn mutex_for(server: &RedisServer) -> DistributedMutex {
-    DistributedMutex::connect(&server.url())
-        .await
-        .expect("connect")
-}
-
-async fn get(raw: &Client, key: &str) -> Option<String> {
-    raw.get(key).await.expect("GET")
-}
-
-async fn dbsize(raw: &Client) -> i64 {
-    raw.dbsize().await.expect("DBSIZE")
-}
-
-/// Every key in the server (through redis-cli, one per line: keys here hold
-/// no newlines).
-fn all_keys(server: &RedisServer) -> Vec<String> {
-    let mut keys: Vec<String> = server
-        .cli(&["KEYS", "*"])
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    keys.sort();
-    keys
-}
-
-/// Calls of the commands a lock sends (SET, EVAL*, SCRIPT, DEL, PEXPIRE,
-/// PUBLISH) since the last `CONFIG RESETSTAT`.
-fn lock_commands(server: &RedisServer) -> u64 {
-    server
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let counted = ["set", "eval", "script", "del", "pexpire", "publish"]
-                .iter()
-                .any(|p| name.starts_with(p));
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?;
-            counted.then(|| calls.parse::<u64>().ok()).flatten()
-        })
-        .sum()
-}
-
-fn reset_stats(server: &RedisServer) {
-    assert_eq!(server.cli(&["CONFIG", "RESETSTAT"]), "OK");
-}
 
 /// The mutex has flushed its releases and Redis holds no lock: no key
 /// besides `allowed` (fencing counters, foreign values).
@@ -115,7 +62,7 @@ async fn assert_nothing_locked(server: &RedisServer, mutex: &DistributedMutex, a
     mutex.shutdown().await;
     let mut allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
     allowed.sort();
-    assert_eq!(all_keys(server), allowed, "left in Redis");
+    assert_eq!(redis_keys(server, "*"), allowed, "left in Redis");
 }
 
 fn assert_invalid_key(err: &Error, reason_part: &str) {
@@ -153,74 +100,6 @@ fn assert_config(err: &Error, message_part: &str) {
     assert!(!err.is_transient());
 }
 
-// ---- log capture (for the shim rows) ----------------------------------------
-
-#[derive(Debug, Clone)]
-struct Captured {
-    level: Level,
-    message: String,
-    key: Option<String>,
-    error: Option<String>,
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Captured>>>);
-
-impl Capture {
-    /// This thread's default subscriber until the guard is dropped (use a
-    /// current-thread runtime).
-    fn install() -> (Capture, tracing::subscriber::DefaultGuard) {
-        let capture = Capture::default();
-        let guard =
-            tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
-        (capture, guard)
-    }
-
-    fn find(&self, level: Level, message: &str, key: &str) -> Vec<Captured> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| {
-                e.level == level && e.message.starts_with(message) && e.key.as_deref() == Some(key)
-            })
-            .cloned()
-            .collect()
-    }
-
-    fn events(&self) -> Vec<Captured> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-impl<S: tracing::Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        struct Fields(Captured);
-        impl Visit for Fields {
-            fn record_str(&mut self, field: &Field, value: &str) {
-                self.record_debug(field, &format_args!("{value}"));
-            }
-            fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-                let value = format!("{value:?}");
-                match field.name() {
-                    "message" => self.0.message = value,
-                    "key" => self.0.key = Some(value),
-                    "error" => self.0.error = Some(value),
-                    _ => {}
-                }
-            }
-        }
-        let mut fields = Fields(Captured {
-            level: *event.metadata().level(),
-            message: String::new(),
-            key: None,
-            error: None,
-        });
-        event.record(&mut fields);
-        self.0.lock().unwrap().push(fields.0);
-    }
-}
-
 // ---- 1. empty key -------------------------------------------------------------
 
 #[tokio::test]
@@ -256,9 +135,7 @@ async fn row_02_a_key_over_4096_bytes_is_invalid_and_4096_bytes_are_accepted() {
     // so a key built from a request body by mistake is caught, while keys
     // built from URLs or paths fit. Redis itself would take 512 MB.
     assert_eq!(MAX_KEY_LEN, 4096);
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     reset_stats(&server);
 
     let too_long = "k".repeat(MAX_KEY_LEN + 1);
@@ -271,7 +148,7 @@ async fn row_02_a_key_over_4096_bytes_is_invalid_and_4096_bytes_are_accepted() {
 
     for key in ["k".repeat(MAX_KEY_LEN), "é".repeat(MAX_KEY_LEN / 2)] {
         let guard = mutex.lock(&key).await.unwrap();
-        assert_eq!(get(&raw, &key).await.as_deref(), Some(guard.token()));
+        assert_eq!(raw_get(&raw, &key).await.as_deref(), Some(guard.token()));
         guard.release().await.unwrap();
     }
     // The prefix does not count against the limit.
@@ -282,7 +159,7 @@ async fn row_02_a_key_over_4096_bytes_is_invalid_and_4096_bytes_are_accepted() {
     let key = "k".repeat(MAX_KEY_LEN);
     let guard = prefixed.lock(&key).await.unwrap();
     assert_eq!(
-        get(&raw, &format!("locks:{key}")).await.as_deref(),
+        raw_get(&raw, &format!("locks:{key}")).await.as_deref(),
         Some(guard.token())
     );
     guard.release().await.unwrap();
@@ -294,14 +171,12 @@ async fn row_02_a_key_over_4096_bytes_is_invalid_and_4096_bytes_are_accepted() {
 
 #[tokio::test]
 async fn row_03_a_key_with_spaces_locks_exactly_that_key() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let key = "  tenant 42\tsettings  ";
     let guard = mutex.lock(key).await.unwrap();
     assert_eq!(guard.key(), key);
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
-    assert_eq!(all_keys(&server).len(), 1);
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(redis_keys(&server, "*").len(), 1);
     // Not split into words: its parts and its trimmed form are other keys.
     for other in ["tenant", "42", "tenant 42\tsettings"] {
         let part = mutex.try_lock(other).await.unwrap();
@@ -331,23 +206,23 @@ async fn row_04_keys_with_braces_lock_and_fence_in_their_own_cluster_slot() {
     let keys = ["{tenant:42}:settings", "a{}b", "x}y{z", "{{}}", "}{"];
     let mut counters = Vec::new();
     for key in keys {
-        let before = all_keys(&server);
+        let before = redis_keys(&server, "*");
         let guard = mutex.lock(key).await.unwrap();
         assert_eq!(
-            get(&raw, key).await.as_deref(),
+            raw_get(&raw, key).await.as_deref(),
             Some(guard.token()),
             "{key}"
         );
         assert_eq!(guard.fencing_token(), Some(1), "{key}");
         // The one new key besides the lock is its fencing counter, in the
         // lock key's cluster slot.
-        let new: Vec<String> = all_keys(&server)
+        let new: Vec<String> = redis_keys(&server, "*")
             .into_iter()
             .filter(|k| k != key && !before.contains(k))
             .collect();
         assert_eq!(new.len(), 1, "{key}: {new:?}");
         let counter = &new[0];
-        assert_eq!(get(&raw, counter).await.as_deref(), Some("1"), "{key}");
+        assert_eq!(raw_get(&raw, counter).await.as_deref(), Some("1"), "{key}");
         assert_eq!(
             fred::util::redis_keyslot(counter.as_bytes()),
             fred::util::redis_keyslot(key.as_bytes()),
@@ -368,9 +243,7 @@ async fn row_04_keys_with_braces_lock_and_fence_in_their_own_cluster_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_05_a_key_with_newlines_locks_and_its_release_wakes_waiters() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let key = "line one\nline two\r\n";
     let holder = mutex
         .acquire(key)
@@ -378,7 +251,7 @@ async fn row_05_a_key_with_newlines_locks_and_its_release_wakes_waiters() {
         .auto_renew(false)
         .await
         .unwrap();
-    assert_eq!(get(&raw, key).await.as_deref(), Some(holder.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(holder.token()));
     // A waiter in another "process" that polls only every 3 s.
     let waiter = DistributedMutex::builder(mutex_for(&server).await.client().clone())
         .retry(RetryStrategy::linear(ms(3000), 3))
@@ -398,10 +271,10 @@ async fn row_05_a_key_with_newlines_locks_and_its_release_wakes_waiters() {
         .unwrap();
     assert!(released_at.elapsed() < ms(2000));
     assert_eq!(guard.key(), key);
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
     guard.release().await.unwrap();
     waiter.shutdown().await;
-    assert_eq!(dbsize(&raw).await, 0);
+    assert_eq!(raw_dbsize(&raw).await, 0);
     assert_nothing_locked(&server, &mutex, &[]).await;
 }
 
@@ -409,12 +282,10 @@ async fn row_05_a_key_with_newlines_locks_and_its_release_wakes_waiters() {
 
 #[tokio::test]
 async fn row_06_a_non_ascii_key_locks_and_errors_cut_it_on_a_char_boundary() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let key = "ключ:鍵:🔒:ü";
     let guard = mutex.lock(key).await.unwrap();
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
     let err = mutex
         .acquire(key)
         .retry(RetryStrategy::none())
@@ -442,9 +313,7 @@ async fn row_06_a_non_ascii_key_locks_and_errors_cut_it_on_a_char_boundary() {
 
 #[tokio::test]
 async fn row_07_a_zero_ttl_is_invalid_everywhere_and_changes_nothing() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let reason = "at least 1 ms";
     let err = mutex.acquire("ttl0").ttl(Duration::ZERO).await.unwrap_err();
     assert_invalid_ttl(&err, Duration::ZERO, reason);
@@ -455,7 +324,7 @@ async fn row_07_a_zero_ttl_is_invalid_everywhere_and_changes_nothing() {
         .unwrap_err();
     assert_invalid_ttl(&err, Duration::ZERO, reason);
     assert_eq!(err.key(), None, "a builder error names no key");
-    assert_eq!(dbsize(&raw).await, 0);
+    assert_eq!(raw_dbsize(&raw).await, 0);
 
     let guard = mutex
         .acquire("ttl0")
@@ -483,9 +352,7 @@ async fn row_08_a_one_millisecond_ttl_is_accepted_and_the_lock_is_born_lost() {
     // is reported lost the moment it is granted: the guard never claims to
     // hold a lock Redis may already have expired.
     assert_eq!(MIN_TTL, ms(1));
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let other = mutex_for(&server).await;
 
     let guard = mutex.acquire("ttl1").ttl(ms(1)).await.unwrap();
@@ -505,7 +372,7 @@ async fn row_08_a_one_millisecond_ttl_is_accepted_and_the_lock_is_born_lost() {
     };
     drop(guard);
     mutex.shutdown().await;
-    assert_eq!(get(&raw, "ttl1").await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, "ttl1").await.as_deref(), Some(taken.token()));
     taken.release().await.unwrap();
 
     // Below a millisecond: refused; fractions are dropped.
@@ -531,9 +398,7 @@ async fn row_08_a_one_millisecond_ttl_is_accepted_and_the_lock_is_born_lost() {
 async fn row_09_a_ttl_above_the_millisecond_range_is_invalid_everywhere() {
     // Redis takes PX up to 2^63 - 1 ms; the crate stops at MAX_TTL (365
     // days: more is almost always seconds given as milliseconds).
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let guard = mutex
         .acquire("ttl-max")
         .ttl(ms(30_000))
@@ -561,7 +426,7 @@ async fn row_09_a_ttl_above_the_millisecond_range_is_invalid_everywhere() {
     assert_eq!(guard.ttl(), ms(30_000));
     let left: i64 = raw.pttl("ttl-max").await.unwrap();
     assert!(left > 25_000 && left <= 30_000, "{left}");
-    assert_eq!(get(&raw, "ttl-big").await, None);
+    assert_eq!(raw_get(&raw, "ttl-big").await, None);
     guard.release().await.unwrap();
     assert_nothing_locked(&server, &mutex, &[]).await;
 }
@@ -687,7 +552,7 @@ async fn row_13_an_unreachable_port_is_unavailable_and_an_unconnected_client_tim
     );
     assert!(started.elapsed() < ms(1500), "{:?}", started.elapsed());
     let raw = server.client().await;
-    assert_eq!(dbsize(&raw).await, 0);
+    assert_eq!(raw_dbsize(&raw).await, 0);
 }
 
 // ---- 14. a list -------------------------------------------------------------------------
@@ -696,9 +561,7 @@ async fn row_13_an_unreachable_port_is_unavailable_and_an_unconnected_client_tim
 async fn row_14_a_key_holding_a_list_is_wrong_type_and_left_untouched() {
     // tests/lock.rs covers lock and try_lock; this covers fencing, with_lock
     // and a held key that becomes a list.
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let _: i64 = raw.rpush("list", vec!["a", "b"]).await.unwrap();
 
     let err = mutex.acquire("list").fencing().await.unwrap_err();
@@ -736,7 +599,7 @@ async fn row_14_a_key_holding_a_list_is_wrong_type_and_left_untouched() {
         let left: i64 = raw.pttl(key).await.unwrap();
         assert_eq!(left, -1, "{key}: an expiry was set on the list");
     }
-    let fence: Option<String> = get(&raw, "{list}:fence").await;
+    let fence: Option<String> = raw_get(&raw, "{list}:fence").await;
     assert_eq!(fence, None, "a fencing token was drawn for a list");
     assert_nothing_locked(&server, &mutex, &["becomes-a-list", "list"]).await;
 }
@@ -745,9 +608,7 @@ async fn row_14_a_key_holding_a_list_is_wrong_type_and_left_untouched() {
 
 #[tokio::test]
 async fn row_15_a_key_holding_a_hash_is_wrong_type_and_left_untouched() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let _: i64 = raw.hset("hash", ("field", "value")).await.unwrap();
     let started = Instant::now();
     let err = mutex.lock("hash").await.unwrap_err();
@@ -780,7 +641,7 @@ async fn row_16_release_twice_is_impossible_on_a_guard_and_a_warning_in_the_shim
     // compile, and a guard released once is not released again on drop. The
     // shim's `release(key)` can be called twice: the second warns and does
     // nothing, even when someone else took the key in between.
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let raw = server.client().await;
     let adapter = RedisAdapter::new(mutex_for(&server).await);
@@ -789,7 +650,7 @@ async fn row_16_release_twice_is_impossible_on_a_guard_and_a_warning_in_the_shim
     assert_eq!(adapter.held_count(), 1);
     adapter.release(key).await;
     assert!(!logs.find(Level::DEBUG, "lock released", key).is_empty());
-    assert_eq!(get(&raw, key).await, None);
+    assert_eq!(raw_get(&raw, key).await, None);
 
     let other = mutex_for(&server).await;
     let taken = other.lock(key).await.unwrap();
@@ -811,7 +672,7 @@ async fn row_16_release_twice_is_impossible_on_a_guard_and_a_warning_in_the_shim
         0,
         "the second release reached Redis"
     );
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     taken.release().await.unwrap();
     assert_nothing_locked(&server, adapter.mutex(), &[]).await;
 }
@@ -824,9 +685,7 @@ async fn row_17_extend_after_release_is_not_held_and_never_brings_the_key_back()
     // At run time the same happens when the lock is released by another
     // client of the protocol that has the token (e.g. a Go or Python process
     // handed it): extend must report NotHeld and not recreate the key.
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let key = "extend-after-release";
     let guard = mutex.acquire(key).auto_renew(false).await.unwrap();
     let deleted: i64 = raw
@@ -844,7 +703,11 @@ async fn row_17_extend_after_release_is_not_held_and_never_brings_the_key_back()
         matches!(err, Error::NotHeld { key: ref k } if k == key),
         "{err:?}"
     );
-    assert_eq!(get(&raw, key).await, None, "extend brought the key back");
+    assert_eq!(
+        raw_get(&raw, key).await,
+        None,
+        "extend brought the key back"
+    );
     assert!(guard.is_lost());
     assert_eq!(guard.remaining(), Duration::ZERO);
     assert_eq!(guard.lost().await, LostReason::Missing);
@@ -856,7 +719,7 @@ async fn row_17_extend_after_release_is_not_held_and_never_brings_the_key_back()
     let taken = other.lock(key).await.unwrap();
     drop(guard);
     mutex.shutdown().await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     taken.release().await.unwrap();
     assert_nothing_locked(&server, &other, &[]).await;
 }
@@ -880,7 +743,7 @@ async fn row_18_the_shims_release_of_a_key_never_acquired_warns_and_sends_nothin
     // tests/adapter.rs checks the warning and that someone else's lock is
     // untouched; this checks that nothing reaches Redis at all, through the
     // `Arc<dyn Adapter>` of `provide_adapter`, before any acquire ran.
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let adapter: Arc<dyn Adapter> = provide_adapter(mutex_for(&server).await.client().clone());
     reset_stats(&server);
@@ -899,7 +762,7 @@ async fn row_18_the_shims_release_of_a_key_never_acquired_warns_and_sends_nothin
     );
     assert_eq!(lock_commands(&server), 0, "a release reached Redis");
     let raw = server.client().await;
-    assert_eq!(dbsize(&raw).await, 0);
+    assert_eq!(raw_dbsize(&raw).await, 0);
 }
 
 // ---- 19. shim releasef expanding to an empty key ----------------------------------------------
@@ -909,7 +772,7 @@ async fn row_19_the_shims_releasef_of_an_empty_key_warns_and_acquiref_logs_inval
     // tests/adapter.rs covers releasef of "" next to a held lock; this pairs
     // it with acquiref of the same format and checks what is logged and
     // that nothing is sent.
-    let (logs, _default) = Capture::install();
+    let logs = Logs::capture();
     let server = RedisServer::start();
     let adapter = RedisAdapter::new(mutex_for(&server).await);
     reset_stats(&server);
@@ -942,9 +805,7 @@ async fn row_19_the_shims_releasef_of_an_empty_key_warns_and_acquiref_logs_inval
 #[tokio::test]
 async fn row_20_a_key_prefix_over_1024_bytes_is_a_config_error() {
     assert_eq!(MAX_PREFIX_LEN, 1024);
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let err = DistributedMutex::builder(mutex.client().clone())
         .key_prefix("p".repeat(MAX_PREFIX_LEN + 1))
         .build()
@@ -956,7 +817,10 @@ async fn row_20_a_key_prefix_over_1024_bytes_is_a_config_error() {
         .unwrap();
     let guard = longest.lock("k").await.unwrap();
     let redis_key = format!("{}k", "p".repeat(MAX_PREFIX_LEN));
-    assert_eq!(get(&raw, &redis_key).await.as_deref(), Some(guard.token()));
+    assert_eq!(
+        raw_get(&raw, &redis_key).await.as_deref(),
+        Some(guard.token())
+    );
     guard.release().await.unwrap();
     longest.shutdown().await;
     assert_nothing_locked(&server, &mutex, &[]).await;
@@ -1024,7 +888,7 @@ async fn row_22_a_url_naming_a_database_that_does_not_exist_is_a_redis_error() {
         .unwrap();
     let guard = mutex.lock("db15").await.unwrap();
     let raw = server.client().await;
-    assert_eq!(dbsize(&raw).await, 0);
+    assert_eq!(raw_dbsize(&raw).await, 0);
     assert_eq!(server.cli(&["-n", "15", "GET", "db15"]), guard.token());
     guard.release().await.unwrap();
     assert_eq!(server.cli(&["-n", "15", "DBSIZE"]), "0");

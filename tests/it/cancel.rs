@@ -9,35 +9,10 @@ use std::time::{Duration, Instant};
 use distributed_mutex::{DistributedMutex, RetryStrategy};
 use fred::prelude::*;
 
-use crate::support::common::{ms, mutex_for};
+use crate::support::common::{
+    command_calls, info_field, ms, mutex_for, redis_keys, reset_stats, Fixture,
+};
 use crate::support::RedisServer;
-
-async fn raw_keys(client: &Client) -> Vec<String> {
-    client
-        .custom(fred::cmd!("KEYS"), vec!["*"])
-        .await
-        .expect("raw KEYS")
-}
-
-/// One field of `INFO <section>`, e.g. `info_field(server, "stats", "expired_keys")`.
-fn info_field(server: &RedisServer, section: &str, field: &str) -> String {
-    let info = server.cli(&["INFO", section]);
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in INFO {section}:\n{info}"))
-        .trim()
-        .to_owned()
-}
-
-/// `calls` of one command in `INFO commandstats` (0 if never called).
-fn command_calls(server: &RedisServer, command: &str) -> u64 {
-    let stats = server.cli(&["INFO", "commandstats"]);
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
-        .unwrap_or(0)
-}
 
 /// The budget of iteration `i`: 0 to 2990 µs in steps of 10 µs.
 fn budget(i: u64) -> Duration {
@@ -63,9 +38,11 @@ impl Outcomes {
 
 #[tokio::test]
 async fn acquisitions_cancelled_at_random_points_leave_no_lock_behind() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server,
+        raw: _,
+        mutex,
+    } = Fixture::start().await;
 
     let mut outcomes = Outcomes::default();
     for i in 0..300u64 {
@@ -74,7 +51,7 @@ async fn acquisitions_cancelled_at_random_points_leave_no_lock_behind() {
     }
     mutex.shutdown().await;
 
-    let left = raw_keys(&raw).await;
+    let left = redis_keys(&server, "*");
     assert!(
         left.is_empty(),
         "locks left behind: {left:?} ({outcomes:?})"
@@ -91,9 +68,11 @@ async fn acquisitions_cancelled_at_random_points_leave_no_lock_behind() {
 
 #[tokio::test]
 async fn acquisitions_of_one_key_cancelled_at_random_points_leave_no_lock_behind() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server,
+        raw: _,
+        mutex,
+    } = Fixture::start().await;
 
     let mut outcomes = Outcomes::default();
     for i in 0..300u64 {
@@ -102,7 +81,7 @@ async fn acquisitions_of_one_key_cancelled_at_random_points_leave_no_lock_behind
     }
     mutex.shutdown().await;
 
-    let left = raw_keys(&raw).await;
+    let left = redis_keys(&server, "*");
     assert!(
         left.is_empty(),
         "locks left behind: {left:?} ({outcomes:?})"
@@ -128,9 +107,11 @@ async fn acquisitions_cancelled_after_n_scheduler_turns_leave_no_lock_behind() {
     // The timer has millisecond granularity, so microsecond budgets bunch up;
     // counting scheduler turns instead stops the acquisition at every step
     // of its way through fred (queued, written, answered, ...).
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server,
+        raw: _,
+        mutex,
+    } = Fixture::start().await;
 
     let mut outcomes = Outcomes::default();
     for i in 0..300u64 {
@@ -148,7 +129,7 @@ async fn acquisitions_cancelled_after_n_scheduler_turns_leave_no_lock_behind() {
     }
     mutex.shutdown().await;
 
-    let left = raw_keys(&raw).await;
+    let left = redis_keys(&server, "*");
     assert!(
         left.is_empty(),
         "locks left behind: {left:?} ({outcomes:?})"
@@ -170,7 +151,6 @@ async fn acquisitions_cancelled_after_n_scheduler_turns_leave_no_lock_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_acquisitions_under_contention_leave_no_lock_behind() {
     let server = RedisServer::start();
-    let raw = server.client().await;
     // The waiter retries quickly, so cancellations also land in its backoff.
     let waiter = DistributedMutex::builder(mutex_for(&server).await.client().clone())
         .retry(RetryStrategy::linear(ms(1), 10_000))
@@ -212,7 +192,7 @@ async fn cancelled_acquisitions_under_contention_leave_no_lock_behind() {
     waiter.shutdown().await;
     rival.shutdown().await;
 
-    let left = raw_keys(&raw).await;
+    let left = redis_keys(&server, "*");
     assert!(
         left.is_empty(),
         "locks left behind: {left:?} ({outcomes:?})"
@@ -229,7 +209,6 @@ async fn cancelled_acquisitions_under_contention_leave_no_lock_behind() {
 #[tokio::test]
 async fn an_acquisition_dropped_while_the_server_is_paused_leaves_no_lock_after_resume() {
     let server = RedisServer::start();
-    let raw = server.client().await;
     // A 10 s TTL is only the fallback: the release must remove the key, not expiry.
     let mutex = DistributedMutex::builder(mutex_for(&server).await.client().clone())
         .ttl(Duration::from_secs(10))
@@ -244,7 +223,7 @@ async fn an_acquisition_dropped_while_the_server_is_paused_leaves_no_lock_after_
         .release()
         .await
         .unwrap();
-    assert_eq!(server.cli(&["CONFIG", "RESETSTAT"]), "OK");
+    reset_stats(&server);
 
     server.pause();
     for i in 0..5u64 {
@@ -259,7 +238,7 @@ async fn an_acquisition_dropped_while_the_server_is_paused_leaves_no_lock_after_
     server.resume();
     let resumed = Instant::now();
     mutex.shutdown().await;
-    let left = raw_keys(&raw).await;
+    let left = redis_keys(&server, "*");
     let after = resumed.elapsed();
 
     assert!(
@@ -312,6 +291,6 @@ async fn an_acquisition_dropped_while_the_server_is_paused_does_not_block_the_ke
     assert_eq!(value.as_deref(), Some(guard.token()));
     drop(guard);
     mutex.shutdown().await;
-    assert!(raw_keys(&raw).await.is_empty());
+    assert!(redis_keys(&server, "*").is_empty());
     assert_eq!(info_field(&server, "stats", "expired_keys"), "0");
 }

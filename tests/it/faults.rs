@@ -20,136 +20,22 @@ use std::time::{Duration, Instant};
 
 use distributed_mutex::{Builder, DistributedMutex, Error, LostReason, RetryStrategy};
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use fred::types::Expiration;
 
+use crate::support::common::{
+    assert_no_orphan, check_remaining, gone_within, load_scripts, ms, mutex_for, mutex_via,
+    raw_get, raw_pttl, redis_keys, sha, SCRIPTS,
+};
 use crate::support::proxy::{Action, Mode, Point, Proxy};
 use crate::support::RedisServer;
-
-const fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// The command timeout of mutexes that go through the proxy.
 const COMMAND_TIMEOUT: Duration = ms(300);
 
-// ---- helpers ----------------------------------------------------------------
-
-/// A mutex whose connections (commands and release notifications) go
-/// through `proxy`, with a 300 ms command timeout, then `configure`.
+/// A mutex through `proxy` ([`mutex_via`]) with a 300 ms command timeout,
+/// then `configure`.
 async fn via(proxy: &Proxy, configure: impl FnOnce(Builder) -> Builder) -> DistributedMutex {
-    let connected = DistributedMutex::connect(&proxy.url())
-        .await
-        .expect("connect through the proxy");
-    configure(
-        DistributedMutex::builder(connected.client().clone()).command_timeout(COMMAND_TIMEOUT),
-    )
-    .build()
-    .expect("valid settings")
-}
-
-/// A rival "process": its own direct connection to the server.
-async fn rival(server: &RedisServer) -> DistributedMutex {
-    DistributedMutex::connect(&server.url())
-        .await
-        .expect("connect rival")
-}
-
-async fn get(raw: &Client, key: &str) -> Option<String> {
-    raw.get(key).await.expect("GET")
-}
-
-async fn pttl(raw: &Client, key: &str) -> i64 {
-    raw.pttl(key).await.expect("PTTL")
-}
-
-/// Polls until `key` is gone; `true` if it went within `limit`.
-async fn gone_within(raw: &Client, key: &str, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if get(raw, key).await.is_none() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(ms(10)).await;
-    }
-}
-
-/// After a fault (and after the mutex was shut down, so queued releases have
-/// run): `key` is absent, or holds a lease that ends within `ttl` (never a
-/// key without expiry) and is indeed gone by then.
-async fn assert_no_orphan(raw: &Client, key: &str, ttl: Duration) {
-    let left = pttl(raw, key).await;
-    assert!(
-        left == -2 || (left > 0 && left <= ttl.as_millis() as i64),
-        "`{key}` left with PTTL {left} (TTL {ttl:?})"
-    );
-    if left > 0 {
-        assert!(
-            gone_within(raw, key, ttl + ms(1000)).await,
-            "`{key}` still there after its TTL"
-        );
-    }
-}
-
-/// `remaining()` read at `read_at` never promises more than Redis holds: the
-/// key's expiry (at least `pttl_sent_at + pttl`) is not before
-/// `read_at + remaining`.
-fn assert_conservative(
-    key: &str,
-    remaining: Duration,
-    read_at: Instant,
-    pttl: i64,
-    pttl_sent_at: Instant,
-) {
-    assert!(pttl > 0, "`{key}` has PTTL {pttl} while its guard holds it");
-    // PTTL is rounded down to whole milliseconds: allow one.
-    let redis_until = pttl_sent_at + ms(pttl as u64 + 1);
-    assert!(
-        read_at + remaining <= redis_until,
-        "remaining() {remaining:?} for `{key}` outlasts Redis's PTTL {pttl} ms"
-    );
-}
-
-/// Reads `remaining()` and the key's PTTL and checks that the former is
-/// conservative.
-async fn check_remaining(raw: &Client, guard: &distributed_mutex::LockGuard, redis_key: &str) {
-    let read_at = Instant::now();
-    let remaining = guard.remaining();
-    let pttl_sent_at = Instant::now();
-    let left = pttl(raw, redis_key).await;
-    assert_conservative(redis_key, remaining, read_at, left, pttl_sent_at);
-}
-
-/// `KEYS pattern`, through redis-cli.
-fn keys(server: &RedisServer, pattern: &str) -> Vec<String> {
-    server
-        .cli(&["KEYS", pattern])
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Loads the library's scripts, so that a fault aimed at a script call hits
-/// the call that runs it, not a first `EVALSHA` answered with NOSCRIPT.
-async fn load_scripts(raw: &Client) {
-    for lua in [
-        include_str!("../../src/scripts/acquire.lua"),
-        include_str!("../../src/scripts/release.lua"),
-        include_str!("../../src/scripts/extend.lua"),
-    ] {
-        Script::from_lua(lua.to_owned())
-            .load(raw)
-            .await
-            .expect("SCRIPT LOAD");
-    }
-}
-
-fn sha(lua: &str) -> String {
-    Script::from_lua(lua.to_owned()).sha1().to_string()
+    mutex_via(proxy, |b| configure(b.command_timeout(COMMAND_TIMEOUT))).await
 }
 
 // ---- 1. a connection cut during each command --------------------------------
@@ -170,7 +56,7 @@ async fn acquire_through_a_cut(
 ) -> String {
     let ttl = ms(2000);
     let mutex = via(proxy, |b| b.ttl(ttl).auto_renew(false)).await;
-    let other = rival(server).await;
+    let other = mutex_for(server).await;
     if let Some(busy) = busy_for {
         let _: () = raw
             .set(
@@ -202,11 +88,11 @@ async fn acquire_through_a_cut(
         Ok(guard) => {
             // Success is reported only for a lock Redis holds with our token.
             assert_eq!(
-                get(raw, key).await.as_deref(),
+                raw_get(raw, key).await.as_deref(),
                 Some(guard.token()),
                 "`{key}`: Ok(guard) but Redis does not hold its token"
             );
-            let left = pttl(raw, key).await;
+            let left = raw_pttl(raw, key).await;
             assert!(
                 left > 0 && left <= ttl.as_millis() as i64,
                 "`{key}`: PTTL {left}"
@@ -218,12 +104,12 @@ async fn acquire_through_a_cut(
             );
             if fencing {
                 // A re-sent acquisition draws no second fencing token.
-                let counter: Option<String> = get(raw, &format!("{{{key}}}:fence")).await;
+                let counter: Option<String> = raw_get(raw, &format!("{{{key}}}:fence")).await;
                 assert_eq!(guard.fencing_token(), Some(1), "`{key}`");
                 assert_eq!(counter.as_deref(), Some("1"), "`{key}`: fence counter");
             }
             guard.release().await.expect("release after the cut");
-            assert_eq!(get(raw, key).await, None);
+            assert_eq!(raw_get(raw, key).await, None);
             format!("Ok(guard) in {took:?}, Redis holds its token")
         }
         Err(e) => {
@@ -327,7 +213,7 @@ async fn a_cut_during_release_leaves_nothing_locked() {
     let raw = server.client().await;
     load_scripts(&raw).await;
     let proxy = Proxy::start(server.port());
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     for action in [Action::CutBeforeForward, Action::CutAfterForward] {
         let key = format!("cut:release:{action:?}");
         let mutex = via(&proxy, |b| b.ttl(ms(10_000)).auto_renew(false)).await;
@@ -384,7 +270,7 @@ async fn a_cut_during_extend_keeps_remaining_conservative() {
     let raw = server.client().await;
     load_scripts(&raw).await;
     let proxy = Proxy::start(server.port());
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     for action in [Action::CutBeforeForward, Action::CutAfterForward] {
         let key = format!("cut:extend:{action:?}");
         let mutex = via(&proxy, |b| b.ttl(ms(2000)).auto_renew(false)).await;
@@ -396,7 +282,7 @@ async fn a_cut_during_extend_keeps_remaining_conservative() {
         match &result {
             Ok(()) => {
                 assert_eq!(guard.ttl(), ms(6000));
-                let left = pttl(&raw, &key).await;
+                let left = raw_pttl(&raw, &key).await;
                 assert!(left > 4000, "extend reported Ok, PTTL {left}");
             }
             Err(e) => {
@@ -405,11 +291,11 @@ async fn a_cut_during_extend_keeps_remaining_conservative() {
             }
         }
         check_remaining(&raw, &guard, &key).await;
-        assert_eq!(get(&raw, &key).await.as_deref(), Some(guard.token()));
+        assert_eq!(raw_get(&raw, &key).await.as_deref(), Some(guard.token()));
         assert!(other.try_lock(&key).await.unwrap().is_none());
         guard.release().await.expect("release after the cut");
         mutex.shutdown().await;
-        assert_eq!(get(&raw, &key).await, None);
+        assert_eq!(raw_get(&raw, &key).await, None);
     }
 }
 
@@ -419,7 +305,7 @@ async fn cuts_during_renewal_do_not_lose_the_lock() {
     let raw = server.client().await;
     load_scripts(&raw).await;
     let proxy = Proxy::start(server.port());
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let mutex = via(&proxy, |b| b.ttl(ms(1500))).await;
     let key = "cut:renewal";
     let guard = mutex.lock(key).await.unwrap();
@@ -429,7 +315,7 @@ async fn cuts_during_renewal_do_not_lose_the_lock() {
     let until = Instant::now() + ms(3500);
     while Instant::now() < until {
         assert!(!guard.is_lost(), "lost after a cut during renewal");
-        assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+        assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
         assert!(
             other.try_lock(key).await.unwrap().is_none(),
             "a rival got a renewed lock"
@@ -444,7 +330,7 @@ async fn cuts_during_renewal_do_not_lose_the_lock() {
     );
     check_remaining(&raw, &guard, key).await;
     guard.release().await.unwrap();
-    assert_eq!(get(&raw, key).await, None);
+    assert_eq!(raw_get(&raw, key).await, None);
 }
 
 // ---- 2. renewal black-holed: the holder learns first -------------------------
@@ -455,7 +341,7 @@ async fn black_holed_renewals_tell_the_holder_before_a_rival_gets_in() {
     let raw = server.client().await;
     load_scripts(&raw).await;
     let proxy = Proxy::start(server.port());
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let mutex = via(&proxy, |b| b.ttl(ms(1000))).await;
     let key = "blackhole:renewal";
     let guard = mutex.lock(key).await.unwrap();
@@ -504,14 +390,14 @@ async fn black_holed_renewals_tell_the_holder_before_a_rival_gets_in() {
     // token, and change nothing; the guard stays lost.
     proxy.set_mode(Mode::Pass);
     tokio::time::sleep(ms(500)).await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     assert!(guard.is_lost());
     assert_eq!(guard.lost().await, LostReason::Expired);
     let err = guard.extend(ms(1000)).await.unwrap_err();
     assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
     drop(guard);
     mutex.shutdown().await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     taken.release().await.unwrap();
 }
 
@@ -523,7 +409,7 @@ async fn cuts_while_waiting_neither_stop_the_waiter_nor_let_it_in_early() {
     let raw = server.client().await;
     load_scripts(&raw).await;
     let proxy = Proxy::start(server.port());
-    let holder = rival(&server).await;
+    let holder = mutex_for(&server).await;
     let key = "cut:waiting";
     let held = holder
         .acquire(key)
@@ -565,10 +451,10 @@ async fn cuts_while_waiting_neither_stop_the_waiter_nor_let_it_in_early() {
         "the waiter took {:?} after the release",
         acquired_at - released_at
     );
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
     guard.release().await.unwrap();
     waiter.shutdown().await;
-    assert_eq!(get(&raw, key).await, None);
+    assert_eq!(raw_get(&raw, key).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,7 +463,7 @@ async fn a_black_hole_while_waiting_ends_in_the_lock_once_traffic_passes() {
     let raw = server.client().await;
     load_scripts(&raw).await;
     let proxy = Proxy::start(server.port());
-    let holder = rival(&server).await;
+    let holder = mutex_for(&server).await;
     let key = "blackhole:waiting";
     let held = holder
         .acquire(key)
@@ -601,7 +487,7 @@ async fn a_black_hole_while_waiting_ends_in_the_lock_once_traffic_passes() {
         "the waiter finished while Redis was unreachable: {:?}",
         task.await
     );
-    assert_eq!(get(&raw, key).await, None, "nothing got through");
+    assert_eq!(raw_get(&raw, key).await, None, "nothing got through");
 
     proxy.set_mode(Mode::Pass);
     let guard = tokio::time::timeout(ms(3000), task)
@@ -609,11 +495,11 @@ async fn a_black_hole_while_waiting_ends_in_the_lock_once_traffic_passes() {
         .expect("the waiter gets the lock within 3 s of traffic passing")
         .unwrap()
         .expect("the waiter gets the lock");
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
     assert!(holder.try_lock(key).await.unwrap().is_none());
     guard.release().await.unwrap();
     waiter.shutdown().await;
-    assert_eq!(get(&raw, key).await, None);
+    assert_eq!(raw_get(&raw, key).await, None);
 }
 
 // ---- 4. a black-holed Redis -------------------------------------------------------
@@ -714,7 +600,7 @@ async fn a_black_holed_redis_fails_every_call_within_the_command_timeout_and_rec
         .await
         .expect("shutdown hung while Redis was black-holed");
     println!("shutdown: {:?}", started.elapsed());
-    assert_eq!(get(&raw, "bh:b").await, None, "nothing got through");
+    assert_eq!(raw_get(&raw, "bh:b").await, None, "nothing got through");
 
     // Traffic passes again: everything works, and what was held reaches
     // Redis in order (timed-out acquisitions, then their queued releases).
@@ -722,7 +608,7 @@ async fn a_black_holed_redis_fails_every_call_within_the_command_timeout_and_rec
     let started = Instant::now();
     let again = mutex.lock("bh:a").await.expect("lock after recovery");
     assert!(started.elapsed() < ms(2000), "{:?}", started.elapsed());
-    assert_eq!(get(&raw, "bh:a").await.as_deref(), Some(again.token()));
+    assert_eq!(raw_get(&raw, "bh:a").await.as_deref(), Some(again.token()));
     kept.extend(ttl).await.expect("extend after recovery");
     check_remaining(&raw, &kept, "bh:kept").await;
     again.release().await.unwrap();
@@ -741,7 +627,7 @@ async fn a_black_holed_redis_fails_every_call_within_the_command_timeout_and_rec
         assert!(
             gone_within(&raw, key, ms(1500)).await,
             "`{key}` left locked after recovery (PTTL {})",
-            pttl(&raw, key).await
+            raw_pttl(&raw, key).await
         );
     }
 }
@@ -765,14 +651,14 @@ async fn a_black_hole_on_a_cold_script_cache_leaves_orphans_until_their_ttl() {
     let healed_at = Instant::now();
     proxy.set_mode(Mode::Pass);
     tokio::time::sleep(ms(200)).await;
-    let orphan = get(&raw, key).await;
+    let orphan = raw_get(&raw, key).await;
     println!(
         "after the black hole: {orphan:?}, PTTL {}",
-        pttl(&raw, key).await
+        raw_pttl(&raw, key).await
     );
     assert_no_orphan(&raw, key, ttl).await;
     assert!(healed_at.elapsed() <= ttl + ms(1000));
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let guard = other
         .try_lock(key)
         .await
@@ -813,7 +699,7 @@ async fn with_100ms_latency_locks_work_and_remaining_stays_conservative() {
         "remaining() {remaining:?} ignores the {took:?} round trip"
     );
     check_remaining(&raw, &guard, key).await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
 
     let started = Instant::now();
     assert!(b.try_lock(key).await.unwrap().is_none());
@@ -825,7 +711,7 @@ async fn with_100ms_latency_locks_work_and_remaining_stays_conservative() {
     tokio::time::sleep(ttl + ms(300)).await;
     assert!(!guard.is_lost(), "lost under 100 ms latency");
     check_remaining(&raw, &guard, key).await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
 
     // A waiter gets it after the release, and only after.
     let inside = Arc::new(AtomicBool::new(true));
@@ -843,7 +729,7 @@ async fn with_100ms_latency_locks_work_and_remaining_stays_conservative() {
     guard.release().await.unwrap();
     let second = tokio::time::timeout(ms(3000), task).await.unwrap().unwrap();
     check_remaining(&raw, &second, key).await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(second.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(second.token()));
     second.release().await.unwrap();
 
     let value = a
@@ -855,7 +741,7 @@ async fn with_100ms_latency_locks_work_and_remaining_stays_conservative() {
     proxy.set_mode(Mode::Pass);
     a.shutdown().await;
     b.shutdown().await;
-    let keys = keys(&server, "latency*");
+    let keys = redis_keys(&server, "latency*");
     assert!(keys.is_empty(), "left locked: {keys:?}");
 }
 
@@ -883,7 +769,7 @@ async fn a_restart_that_loses_the_data_makes_lost_fire_for_every_holder() {
         })
     };
     let raw = server.client().await;
-    while get(&raw, "restart:3").await.is_none() {
+    while raw_get(&raw, "restart:3").await.is_none() {
         tokio::time::sleep(ms(10)).await;
     }
     drop(raw);
@@ -936,7 +822,7 @@ async fn redis_paused_past_the_ttl_tells_the_holder_before_a_rival_gets_in() {
         .command_timeout(COMMAND_TIMEOUT)
         .build()
         .unwrap();
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let key = "paused";
     let guard = mutex.lock(key).await.unwrap();
     tokio::time::sleep(ms(100)).await;
@@ -977,13 +863,13 @@ async fn redis_paused_past_the_ttl_tells_the_holder_before_a_rival_gets_in() {
     assert!(lost_at <= rival_at);
     // Renewals held during the pause ran on resume and changed nothing.
     tokio::time::sleep(ms(300)).await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     assert!(guard.is_lost());
     drop(guard);
     mutex.shutdown().await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     taken.release().await.unwrap();
-    assert_eq!(get(&raw, key).await, None);
+    assert_eq!(raw_get(&raw, key).await, None);
 }
 
 // ---- 8. a holder killed with SIGKILL -----------------------------------------------------------
@@ -1043,7 +929,7 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
     use tokio::io::AsyncBufReadExt;
     let server = RedisServer::start();
     let raw = server.client().await;
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let key = "sigkill";
     // Under cargo test and nextest alike this is the test binary, which
     // takes libtest's arguments.
@@ -1068,7 +954,7 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
     })
     .await
     .expect("the child did not take the lock within 10 s");
-    assert_eq!(get(&raw, key).await.as_deref(), Some(token.as_str()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(token.as_str()));
 
     // Held (and renewed: a third of the TTL) while the child lives.
     let until = Instant::now() + ms(900);
@@ -1076,7 +962,7 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
         assert!(other.try_lock(key).await.unwrap().is_none());
         tokio::time::sleep(ms(50)).await;
     }
-    let left = pttl(&raw, key).await;
+    let left = raw_pttl(&raw, key).await;
     assert!(
         left > (CHILD_TTL - ms(900)).as_millis() as i64,
         "the child does not renew (PTTL {left} after 900 ms)"
@@ -1086,7 +972,7 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
     let status = child.wait().await.unwrap();
     assert_eq!(status.signal(), Some(9), "{status:?}");
     let killed_at = Instant::now();
-    let left = pttl(&raw, key).await;
+    let left = raw_pttl(&raw, key).await;
     assert!(
         left > 0 && left <= CHILD_TTL.as_millis() as i64,
         "PTTL {left}"
@@ -1098,7 +984,7 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
         if let Some(taken) = other.try_lock(key).await.unwrap() {
             break (taken, Instant::now());
         }
-        assert_eq!(get(&raw, key).await.as_deref(), Some(token.as_str()));
+        assert_eq!(raw_get(&raw, key).await.as_deref(), Some(token.as_str()));
         assert!(
             killed_at.elapsed() < CHILD_TTL + ms(1500),
             "the dead child's lock outlived its TTL"
@@ -1114,7 +1000,7 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
         "the rival got in {:?} before the dead holder's lease ended",
         not_before - taken_at
     );
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     taken.release().await.unwrap();
 }
 
@@ -1126,11 +1012,7 @@ async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
     // release after SCRIPT FLUSH; this covers the rest.
     let server = RedisServer::start();
     let raw = server.client().await;
-    let shas = [
-        sha(include_str!("../../src/scripts/acquire.lua")),
-        sha(include_str!("../../src/scripts/release.lua")),
-        sha(include_str!("../../src/scripts/extend.lua")),
-    ];
+    let shas = [sha(SCRIPTS[0]), sha(SCRIPTS[1]), sha(SCRIPTS[2])];
     let exists = |server: &RedisServer| -> Vec<String> {
         let mut args = vec!["SCRIPT", "EXISTS"];
         args.extend(shas.iter().map(String::as_str));
@@ -1149,7 +1031,7 @@ async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
     tokio::time::sleep(ms(1200)).await;
     assert!(!renewed.is_lost(), "renewal failed after SCRIPT FLUSH");
     assert_eq!(
-        get(&raw, "flush:renewed").await.as_deref(),
+        raw_get(&raw, "flush:renewed").await.as_deref(),
         Some(renewed.token())
     );
     assert_eq!(
@@ -1175,7 +1057,7 @@ async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
         .auto_renew(false)
         .await
         .unwrap();
-    let waiter = rival(&server).await;
+    let waiter = mutex_for(&server).await;
     let waiter = DistributedMutex::builder(waiter.client().clone())
         .retry(RetryStrategy::linear(ms(3000), 5))
         .build()
@@ -1196,7 +1078,7 @@ async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
     );
     guard.release().await.unwrap();
     assert_eq!(exists(&server)[..2], ["1", "1"]);
-    let keys = keys(&server, "*flush*");
+    let keys = redis_keys(&server, "*flush*");
     assert_eq!(keys, ["{flush:fenced}:fence"], "left locked");
 }
 
@@ -1258,14 +1140,14 @@ async fn maxmemory_with_noeviction_is_a_redis_error_naming_oom() {
         "{err:?}"
     );
     for key in ["oom:new", "oom:fenced", "{oom:fenced}:fence"] {
-        assert_eq!(get(&raw, key).await, None, "`{key}` was written");
+        assert_eq!(raw_get(&raw, key).await, None, "`{key}` was written");
     }
 
     // A lock taken before can still be extended and released (PEXPIRE and
     // DEL are allowed under OOM), so it is not stuck until its TTL.
     held.extend(ms(10_000)).await.expect("extend under OOM");
     held.release().await.expect("release under OOM");
-    assert_eq!(get(&raw, "oom:held").await, None);
+    assert_eq!(raw_get(&raw, "oom:held").await, None);
     mutex.shutdown().await;
 }
 
@@ -1320,7 +1202,7 @@ async fn a_read_only_replica_is_a_redis_error_naming_readonly() {
         assert!(Instant::now() < deadline, "the replica never synced");
         tokio::time::sleep(ms(50)).await;
     }
-    let on_primary = rival(&primary).await;
+    let on_primary = mutex_for(&primary).await;
     let held = on_primary.lock("readonly:held").await.unwrap();
     let mutex = DistributedMutex::connect(&replica.url()).await.unwrap();
 
@@ -1356,6 +1238,6 @@ async fn a_read_only_replica_is_a_redis_error_naming_readonly() {
 
     mutex.shutdown().await;
     held.release().await.unwrap();
-    let keys = keys(&primary, "*");
+    let keys = redis_keys(&primary, "*");
     assert!(keys.is_empty(), "{keys:?}");
 }

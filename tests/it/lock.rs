@@ -7,37 +7,10 @@ use distributed_mutex::{DistributedMutex, Error, LockGuard, RetryStrategy, MAX_K
 use fred::prelude::*;
 
 use crate::support::common::{
-    builder_for, gone_within, ms, mutex_for, raw_dbsize, raw_get, raw_pttl,
+    assert_uuid_v4, builder_for, command_stats, gone_within, ms, mutex_for, raw_dbsize, raw_get,
+    raw_pttl, reset_stats, Fixture,
 };
 use crate::support::RedisServer;
-
-// ---- helpers ------------------------------------------------------------
-
-/// `true` if `s` looks like a hyphenated v4 UUID.
-fn is_uuid_v4(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
-        && s.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
-        && parts[2].starts_with('4')
-        && matches!(
-            parts[3].chars().next(),
-            Some('8' | '9' | 'a' | 'b' | 'A' | 'B')
-        )
-}
-
-/// The `calls` of every `INFO commandstats` entry whose command starts with
-/// one of `prefixes` (e.g. `"eval"` matches `eval` and `evalsha`).
-fn command_calls(server: &RedisServer, prefixes: &[&str]) -> Vec<String> {
-    server
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter(|l| {
-            l.strip_prefix("cmdstat_")
-                .is_some_and(|rest| prefixes.iter().any(|p| rest.starts_with(p)))
-        })
-        .map(str::to_owned)
-        .collect()
-}
 
 // ---- 1. double acquire --------------------------------------------------
 
@@ -91,9 +64,11 @@ async fn try_lock_on_a_held_key_is_none_and_lock_gives_up_after_its_attempts() {
 
 #[tokio::test]
 async fn release_deletes_the_key_and_the_lock_can_be_taken_again_at_once() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
 
     let guard = mutex.lock("relock").await.unwrap();
     assert_eq!(
@@ -154,7 +129,7 @@ async fn the_redis_value_is_the_token_and_pttl_is_within_the_ttl() {
         .unwrap();
 
     let guard = mutex.lock("stored").await.unwrap();
-    assert!(is_uuid_v4(guard.token()), "token {:?}", guard.token());
+    assert_uuid_v4(guard.token());
     assert_eq!(guard.key(), "stored");
     assert_eq!(guard.ttl(), Duration::from_secs(10));
     assert_eq!(
@@ -321,9 +296,11 @@ async fn of_100_concurrent_try_locks_exactly_one_wins() {
 
 #[tokio::test]
 async fn release_after_expiry_is_not_held() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
 
     let guard = mutex
         .acquire("expired")
@@ -348,9 +325,11 @@ async fn release_after_expiry_is_not_held() {
 
 #[tokio::test]
 async fn release_after_a_takeover_is_not_held_and_leaves_the_other_value() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
 
     let guard = mutex.lock("taken-over").await.unwrap();
     let _: () = raw
@@ -367,9 +346,11 @@ async fn release_after_a_takeover_is_not_held_and_leaves_the_other_value() {
 
 #[tokio::test]
 async fn dropping_a_taken_over_guard_leaves_the_other_value() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
 
     let guard = mutex.lock("taken-over-drop").await.unwrap();
     let _: () = raw
@@ -397,9 +378,11 @@ async fn dropping_a_taken_over_guard_leaves_the_other_value() {
 
 #[tokio::test]
 async fn extend_before_expiry_prolongs_the_lease_in_redis_and_locally() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
 
     let guard = mutex
         .acquire("extend")
@@ -437,9 +420,7 @@ async fn extend_before_expiry_prolongs_the_lease_in_redis_and_locally() {
 
 #[tokio::test]
 async fn extend_after_expiry_is_not_held_and_remaining_becomes_zero() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
 
     let guard = mutex
         .acquire("extend-late")
@@ -487,9 +468,11 @@ async fn extend_after_expiry_is_not_held_and_remaining_becomes_zero() {
 
 #[tokio::test]
 async fn extend_with_an_invalid_ttl_is_refused() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
     let guard = mutex
         .acquire("extend-bad")
         .ttl(Duration::from_secs(30))
@@ -514,9 +497,11 @@ async fn extend_with_an_invalid_ttl_is_refused() {
 
 #[tokio::test]
 async fn remaining_is_conservative_and_reaches_zero() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
     let ttl = ms(500);
 
     let guard = mutex
@@ -552,9 +537,11 @@ async fn remaining_is_conservative_and_reaches_zero() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_guard_dropped_in_a_current_thread_runtime_task_is_released() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
 
     let guard = mutex.lock("drop-ct").await.unwrap();
     assert!(raw_get(&raw, "drop-ct").await.is_some());
@@ -567,9 +554,11 @@ async fn a_guard_dropped_in_a_current_thread_runtime_task_is_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_dropped_in_a_multi_thread_runtime_is_released() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
 
     let guard = mutex.lock("drop-mt").await.unwrap();
     assert!(raw_get(&raw, "drop-mt").await.is_some());
@@ -587,9 +576,11 @@ async fn a_guard_dropped_in_a_multi_thread_runtime_is_released() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_guard_dropped_on_a_plain_thread_outside_any_runtime_is_released() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
 
     let guard = mutex.lock("drop-thread").await.unwrap();
     assert!(raw_get(&raw, "drop-thread").await.is_some());
@@ -607,9 +598,11 @@ async fn a_guard_dropped_on_a_plain_thread_outside_any_runtime_is_released() {
 
 #[tokio::test]
 async fn shutdown_waits_for_queued_releases_then_refuses_new_locks() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
 
     let mut guards = Vec::new();
     for i in 0..20 {
@@ -654,9 +647,7 @@ async fn shutdown_waits_for_queued_releases_then_refuses_new_locks() {
 
 #[tokio::test]
 async fn lock_and_release_keep_working_after_script_flush() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
 
     let guard = mutex.lock("flush").await.unwrap();
     guard.extend(Duration::from_secs(30)).await.unwrap();
@@ -683,9 +674,11 @@ async fn lock_and_release_keep_working_after_script_flush() {
 async fn the_acquire_script_is_idempotent_for_its_own_token() {
     // fred re-sends in-flight commands after a reconnect; the acquire script
     // must then confirm (and refresh) the lock it already set.
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
     let script = include_str!("../../src/scripts/acquire.lua");
 
     let guard = mutex
@@ -787,9 +780,11 @@ async fn a_killed_server_gives_transient_errors_not_not_obtained() {
 
 #[tokio::test]
 async fn a_key_holding_a_list_is_wrong_type_and_left_untouched() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
     let len: i64 = raw.lpush("a-list", vec!["a", "b", "c"]).await.unwrap();
     assert_eq!(len, 3);
 
@@ -822,11 +817,9 @@ async fn a_key_holding_a_list_is_wrong_type_and_left_untouched() {
 
 #[tokio::test]
 async fn invalid_keys_ttls_and_settings_are_refused_before_anything_is_sent() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let client = mutex.client().clone();
-    assert_eq!(server.cli(&["CONFIG", "RESETSTAT"]), "OK");
+    reset_stats(&server);
 
     // Keys.
     for key in [String::new(), "k".repeat(MAX_KEY_LEN + 1)] {
@@ -873,7 +866,7 @@ async fn invalid_keys_ttls_and_settings_are_refused_before_anything_is_sent() {
 
     // Nothing reached Redis.
     assert_eq!(raw_dbsize(&raw).await, 0);
-    let sent = command_calls(&server, &["eval", "set", "script", "pexpire"]);
+    let sent = command_stats(&server, &["eval", "set", "script", "pexpire"]);
     assert!(sent.is_empty(), "commands reached Redis: {sent:?}");
 
     // The limits themselves are accepted.
@@ -894,9 +887,11 @@ async fn invalid_keys_ttls_and_settings_are_refused_before_anything_is_sent() {
 
 #[tokio::test]
 async fn keys_with_spaces_braces_newlines_and_non_ascii_round_trip() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
     let keys = [
         "with spaces",
         "{braces}:and:{tags}",

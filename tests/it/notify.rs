@@ -14,16 +14,13 @@ use std::time::{Duration, Instant};
 use distributed_mutex::{DistributedMutex, Error, RetryStrategy};
 use fred::prelude::*;
 use fred::types::client::{ClientKillFilter, ClientKillType};
-use fred::types::{InfoKind, Value};
+use fred::types::Value;
 
+use crate::support::common::{command_calls, ms};
 use crate::support::RedisServer;
 
 const KEY: &str = "notify:key";
 const CHANNEL: &str = "notify:key:released";
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// A mutex over its own connection (as a separate process would have),
 /// made from `DistributedMutex::connect`'s client (reconnect policy and
@@ -65,19 +62,6 @@ async fn numsub_reaches(client: &Client, channel: &str, want: i64, limit: Durati
         }
         tokio::time::sleep(ms(5)).await;
     }
-}
-
-/// `calls` of one command in `INFO commandstats` (0 when never called).
-async fn command_calls(client: &Client, command: &str) -> u64 {
-    let info: String = client
-        .info(Some(InfoKind::CommandStats))
-        .await
-        .expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().expect("calls is a number"))
 }
 
 /// The connections in pubsub mode (`CLIENT LIST TYPE pubsub`), one per line.
@@ -174,7 +158,7 @@ async fn waiter_acquires_after_holder_expires_without_release() {
         .await
         .expect("holder locks");
     let token = guard.token().to_owned();
-    let publishes_before = command_calls(&raw, "publish").await;
+    let publishes_before = command_calls(&server, "publish");
 
     let task = tokio::spawn(async move {
         let outcome = waiter.lock(KEY).await;
@@ -198,7 +182,7 @@ async fn waiter_acquires_after_holder_expires_without_release() {
         "acquired {after:?} after a 600 ms lease was taken (the next poll was 5 s away)"
     );
     assert_eq!(
-        command_calls(&raw, "publish").await,
+        command_calls(&server, "publish"),
         publishes_before,
         "no release message was sent (the holder never released)"
     );
@@ -381,7 +365,7 @@ async fn lock_with_notifications_gives_up_after_the_strategy() {
         "gave up after {elapsed:?} (the strategy waits 4 x 50 ms)"
     );
     assert!(
-        command_calls(&raw, "subscribe").await >= 1,
+        command_calls(&server, "subscribe") >= 1,
         "the waiter never subscribed: this test did not exercise notifications"
     );
     assert!(
@@ -468,11 +452,7 @@ async fn try_lock_never_subscribes() {
     }
     tokio::time::sleep(ms(100)).await;
     assert_eq!(numsub(&raw, CHANNEL).await, 0);
-    assert_eq!(
-        command_calls(&raw, "subscribe").await,
-        0,
-        "SUBSCRIBE was sent"
-    );
+    assert_eq!(command_calls(&server, "subscribe"), 0, "SUBSCRIBE was sent");
     assert_eq!(pubsub_clients(&raw).await, Vec::<String>::new());
 
     // Control: a waiting `lock` of the same mutex does subscribe.

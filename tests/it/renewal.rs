@@ -13,35 +13,12 @@ use distributed_mutex::{Error, LostReason, RetryStrategy};
 use fred::prelude::*;
 
 use crate::support::common::{
-    builder_for, gone_within, ms, mutex_for, raw_dbsize, raw_get, raw_pttl,
+    builder_for, command_calls, gone_within, ms, mutex_for, raw_dbsize, raw_get, raw_pttl,
+    redis_keys, Fixture,
 };
 use crate::support::RedisServer;
 
 // ---- helpers ------------------------------------------------------------
-
-/// `calls` of `cmdstat_evalsha` in `INFO commandstats` (0 if never called).
-fn evalsha_calls(server: &RedisServer) -> u64 {
-    server
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
-        .and_then(|rest| {
-            rest.split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Every key on the server (`KEYS *`; the test servers are tiny).
-fn all_keys(server: &RedisServer) -> Vec<String> {
-    server
-        .cli(&["KEYS", "*"])
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
 
 /// Sets a flag when dropped: shows a future was dropped (cancelled).
 struct SetOnDrop(Arc<AtomicBool>);
@@ -66,7 +43,7 @@ async fn a_500ms_lease_held_for_2s_keeps_its_token_and_excludes_a_rival() {
     let guard = mutex.lock(key).await.unwrap();
     assert_eq!(guard.ttl(), ttl);
     assert!(rival.try_lock(key).await.unwrap().is_none());
-    let calls_before = evalsha_calls(&server);
+    let calls_before = command_calls(&server, "evalsha");
 
     let started = Instant::now();
     let mut samples = 0u32;
@@ -105,7 +82,7 @@ async fn a_500ms_lease_held_for_2s_keeps_its_token_and_excludes_a_rival() {
     let held_for = started.elapsed();
     // Four TTLs passed: the key survived only because it was renewed. The
     // renewals are batched per period (a third of the TTL), not a busy loop.
-    let renewals = evalsha_calls(&server) - calls_before - u64::from(rival_attempts);
+    let renewals = command_calls(&server, "evalsha") - calls_before - u64::from(rival_attempts);
     assert!(
         (4..=40).contains(&renewals),
         "{renewals} renewals in {held_for:?} with a {ttl:?} lease (period ~167 ms)"
@@ -727,7 +704,7 @@ async fn fencing_works_with_hash_tags_and_stray_braces_in_the_key() {
         ("a}b{", None),
         ("}{", None),
     ] {
-        let before = all_keys(&server);
+        let before = redis_keys(&server, "*");
         let g1 = a.try_lock(key).await.unwrap().expect("free");
         let t1 = g1.fencing_token().expect("fencing on");
         assert_eq!(raw_get(&raw, key).await.as_deref(), Some(g1.token()));
@@ -743,7 +720,7 @@ async fn fencing_works_with_hash_tags_and_stray_braces_in_the_key() {
 
         // Exactly one new key, the counter, holding the last token, in the
         // lock key's cluster slot.
-        let after = all_keys(&server);
+        let after = redis_keys(&server, "*");
         let new: Vec<&String> = after.iter().filter(|k| !before.contains(k)).collect();
         assert_eq!(new.len(), 1, "{key}: new keys {new:?}");
         let counter = new[0].as_str();
@@ -806,11 +783,11 @@ async fn a_renewal_racing_a_release_never_leaves_the_key_alive() {
     // Late renewal replies cannot bring a key back, and nothing is renewed
     // any more once every guard is gone.
     tokio::time::sleep(ms(150)).await;
-    let calls = evalsha_calls(&server);
+    let calls = command_calls(&server, "evalsha");
     tokio::time::sleep(ms(500)).await;
     assert_eq!(raw_dbsize(&raw).await, 0);
     assert_eq!(
-        evalsha_calls(&server),
+        command_calls(&server, "evalsha"),
         calls,
         "renewals after every guard was gone"
     );
@@ -842,9 +819,11 @@ async fn extend_to_a_shorter_ttl_keeps_the_lock_renewed() {
 
 #[tokio::test]
 async fn release_of_a_key_replaced_by_a_list_is_not_held_and_leaves_the_list() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
     let guard = mutex.lock("became-a-list").await.unwrap();
     let _: i64 = raw.del("became-a-list").await.unwrap();
     let _: i64 = raw.rpush("became-a-list", vec!["x", "y"]).await.unwrap();

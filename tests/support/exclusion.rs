@@ -24,6 +24,8 @@ use fred::prelude::*;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
+use super::common::builder_at;
+
 /// The lease of every lock: long enough that none can run out legitimately
 /// within a case.
 pub const TTL: Duration = Duration::from_secs(3);
@@ -225,12 +227,8 @@ pub async fn run_case(
     totals: &Totals,
 ) -> Result<(), TestCaseError> {
     let connect = |url| async move {
-        let client = DistributedMutex::connect(url)
+        builder_at(url)
             .await
-            .expect("connect")
-            .client()
-            .clone();
-        DistributedMutex::builder(client)
             .ttl(TTL)
             .build()
             .expect("valid settings")

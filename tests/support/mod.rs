@@ -9,8 +9,10 @@
 //! Environment overrides: `REDIS_SERVER_BIN` / `REDIS_CLI_BIN` (default:
 //! `redis-server` / `redis-cli` from `PATH`).
 
+pub mod audit;
 pub mod common;
 pub mod exclusion;
+pub mod logs;
 pub mod proxy;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
