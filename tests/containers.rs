@@ -3,7 +3,7 @@
 //! `redis-server` processes the rest of the suite uses.
 //!
 //! * the mutual-exclusion property test (`tests/support/exclusion.rs`, as in
-//!   `tests/property.rs`), with
+//!   `tests/it/property.rs`), with
 //!   both "processes" connected through the container's mapped port;
 //! * a container paused mid-hold: the guard reports the lock lost by the time
 //!   its lease ran out, and keeps reporting it lost after the unpause;
@@ -119,7 +119,7 @@ async fn fault_mutex(url: &str, ttl: Duration, command_timeout: Duration) -> Dis
 }
 
 // ---------------------------------------------------------------------------
-// 1. Mutual exclusion under random operations (as tests/property.rs)
+// 1. Mutual exclusion under random operations (as tests/it/property.rs)
 // ---------------------------------------------------------------------------
 
 const PROP_CASES: u32 = 16;

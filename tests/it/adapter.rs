@@ -14,7 +14,10 @@ use distributed_mutex::{provide_adapter, Adapter, DistributedMutex, RedisAdapter
 use fred::prelude::*;
 use tracing::Level;
 
-use crate::support::common::{assert_uuid_v4, mutex_for, raw_exists, raw_get};
+use crate::support::common::{
+    assert_nothing_locked, assert_uuid_v4, lock_commands, mutex_for, raw_dbsize, raw_exists,
+    raw_get, reset_stats,
+};
 use crate::support::logs::Logs;
 use crate::support::RedisServer;
 
@@ -109,7 +112,7 @@ async fn acquire_waits_about_five_seconds_then_gives_up_and_logs() {
 // ---- logs ------------------------------------------------------------------
 
 #[tokio::test(flavor = "current_thread")]
-async fn logs_acquired_and_released_at_debug_with_the_key() {
+async fn acquire_and_release_log_at_debug_with_the_key() {
     let logs = Logs::capture();
     let server = RedisServer::start();
     let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
@@ -129,28 +132,42 @@ async fn logs_acquired_and_released_at_debug_with_the_key() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn release_of_an_unknown_key_warns() {
+async fn releasing_a_key_the_adapter_does_not_hold_warns_and_sends_nothing() {
     let logs = Logs::capture();
     let server = RedisServer::start();
     let redis = server.client().await;
-    let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
+    // Through the `Arc<dyn Adapter>` of `provide_adapter`, before any acquire
+    // ran.
+    let adapter: Arc<dyn Adapter> = provide_adapter(server.client().await);
+    reset_stats(&server);
 
-    // A key nobody holds, and a key someone else holds.
-    adapter.release("adapter:never-taken").await;
-    logs.assert_logged(
-        Level::WARN,
-        "release of a lock this adapter does not hold",
-        "adapter:never-taken",
+    // A key nobody holds, by `release` and by `releasef`.
+    adapter.release("never-acquired").await;
+    adapter.releasef(format_args!("never-{}", "acquired")).await;
+    assert_eq!(
+        logs.count(
+            Level::WARN,
+            "release of a lock this adapter does not hold",
+            "never-acquired"
+        ),
+        2,
+        "{:#?}",
+        logs.events()
     );
+    assert_eq!(lock_commands(&server), 0, "a release reached Redis");
+    assert_eq!(raw_dbsize(&redis).await, 0);
 
+    // A key someone else holds.
     let other = mutex_for(&server).await;
     let held = other.lock("adapter:someone-elses").await.unwrap();
+    reset_stats(&server);
     adapter.release("adapter:someone-elses").await;
     logs.assert_logged(
         Level::WARN,
         "release of a lock this adapter does not hold",
         "adapter:someone-elses",
     );
+    assert_eq!(lock_commands(&server), 0, "the release reached Redis");
     assert_eq!(
         raw_get(&redis, "adapter:someone-elses").await.as_deref(),
         Some(held.token()),
@@ -160,6 +177,47 @@ async fn release_of_an_unknown_key_warns() {
         logs.count(Level::DEBUG, "lock released", "adapter:someone-elses"),
         0
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn releasing_a_key_twice_warns_and_leaves_the_next_holder_alone() {
+    // `LockGuard::release(self)` takes the guard: a second release does not
+    // compile, and a guard released once is not released again on drop. The
+    // shim's `release(key)` can be called twice: the second warns and does
+    // nothing, even when someone else took the key in between.
+    let logs = Logs::capture();
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let adapter = RedisAdapter::new(mutex_for(&server).await);
+    let key = "twice";
+    adapter.acquire(key).await;
+    assert_eq!(adapter.held_count(), 1);
+    adapter.release(key).await;
+    logs.assert_logged(Level::DEBUG, "lock released", key);
+    assert_eq!(raw_get(&raw, key).await, None);
+
+    let other = mutex_for(&server).await;
+    let taken = other.lock(key).await.unwrap();
+    reset_stats(&server);
+    adapter.release(key).await;
+    assert_eq!(
+        logs.count(
+            Level::WARN,
+            "release of a lock this adapter does not hold",
+            key
+        ),
+        1,
+        "{:#?}",
+        logs.events()
+    );
+    assert_eq!(
+        lock_commands(&server),
+        0,
+        "the second release reached Redis"
+    );
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
+    taken.release().await.unwrap();
+    assert_nothing_locked(&server, adapter.mutex(), &[]).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -216,17 +274,6 @@ async fn acquire_dropped_by_a_deadline_logs_cancellation() {
     assert_eq!(raw_get(&redis, key).await.as_deref(), Some(held.token()));
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn acquire_of_an_invalid_key_logs_failure() {
-    let logs = Logs::capture();
-    let server = RedisServer::start();
-    let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
-
-    adapter.acquire("").await;
-    logs.assert_logged(Level::ERROR, "failed to acquire lock", "");
-    assert_eq!(adapter.held_count(), 0);
-}
-
 // ---- formatted keys --------------------------------------------------------
 
 #[tokio::test(flavor = "current_thread")]
@@ -265,23 +312,60 @@ async fn acquiref_and_releasef_lock_the_formatted_key() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn releasef_of_an_empty_key_only_warns() {
+async fn an_empty_key_logs_an_error_on_acquire_and_a_warning_on_release_and_sends_nothing() {
     let logs = Logs::capture();
     let server = RedisServer::start();
     let redis = server.client().await;
-    let adapter = RedisAdapter::new(DistributedMutex::new(server.client().await));
-    adapter.acquire("adapter:kept").await;
+    let adapter = RedisAdapter::new(mutex_for(&server).await);
+    reset_stats(&server);
 
+    // acquire and acquiref of "": the invalid key is logged, nothing held.
+    adapter.acquire("").await;
+    let failed = logs.find(Level::ERROR, "failed to acquire lock", "");
+    assert_eq!(failed.len(), 1, "{:#?}", logs.events());
+    let tenant = "";
+    adapter.acquiref(format_args!("{tenant}")).await;
+    let failed = logs.find(Level::ERROR, "failed to acquire lock", "");
+    assert_eq!(failed.len(), 2, "{:#?}", logs.events());
+    for event in &failed {
+        let error = event.error.as_deref().unwrap_or_default();
+        assert!(error.contains("must not be empty"), "{error}");
+    }
+    assert_eq!(adapter.held_count(), 0);
+
+    // releasef expanding to "": a warning.
+    adapter.releasef(format_args!("{tenant}")).await;
+    assert_eq!(
+        logs.count(
+            Level::WARN,
+            "release of a lock this adapter does not hold",
+            ""
+        ),
+        1,
+        "{:#?}",
+        logs.events()
+    );
+    assert_eq!(lock_commands(&server), 0, "a command reached Redis");
+    assert_eq!(raw_dbsize(&redis).await, 0);
+
+    // ... which leaves the locks the adapter does hold alone.
+    adapter.acquire("adapter:kept").await;
     let empty = "";
     adapter.releasef(format_args!("{empty}")).await;
-
-    logs.assert_logged(
-        Level::WARN,
-        "release of a lock this adapter does not hold",
-        "",
+    assert_eq!(
+        logs.count(
+            Level::WARN,
+            "release of a lock this adapter does not hold",
+            ""
+        ),
+        2,
+        "{:#?}",
+        logs.events()
     );
     assert_eq!(adapter.held_count(), 1, "other locks are unaffected");
     assert!(raw_exists(&redis, "adapter:kept").await);
+    adapter.release("adapter:kept").await;
+    assert_nothing_locked(&server, adapter.mutex(), &[]).await;
 }
 
 // ---- leak pruning ----------------------------------------------------------

@@ -1,7 +1,7 @@
 //! Fault injection against real, private `redis-server` processes (see
 //! `tests/support`): connections cut during each lock command, a black-holed
 //! or slow network (through the loopback proxy in `tests/support/proxy.rs`),
-//! a restarted or paused server, a holder killed with SIGKILL, a flushed
+//! a killed, restarted or paused server, a holder killed with SIGKILL, a flushed
 //! script cache, and servers that refuse commands (out of memory, a password,
 //! a read-only replica).
 //!
@@ -23,8 +23,8 @@ use fred::prelude::*;
 use fred::types::Expiration;
 
 use crate::support::common::{
-    assert_no_orphan, check_remaining, gone_within, load_scripts, ms, mutex_for, mutex_via,
-    raw_get, raw_pttl, redis_keys, sha, SCRIPTS,
+    assert_no_orphan, builder_for, check_remaining, gone_within, load_scripts, ms, mutex_for,
+    mutex_via, raw_dbsize, raw_get, raw_pttl, redis_keys, sha, SCRIPTS,
 };
 use crate::support::proxy::{Action, Mode, Point, Proxy};
 use crate::support::RedisServer;
@@ -745,15 +745,56 @@ async fn with_100ms_latency_locks_work_and_remaining_stays_conservative() {
     assert!(keys.is_empty(), "left locked: {keys:?}");
 }
 
-// ---- 6. a restart (data lost) ---------------------------------------------------------------
+// ---- 6. a killed server ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_killed_server_gives_transient_errors_not_not_obtained() {
+    let mut server = RedisServer::start();
+    let mutex = builder_for(&server)
+        .await
+        .command_timeout(ms(300))
+        .retry(RetryStrategy::none())
+        .build()
+        .unwrap();
+    // In use: a lock taken and released over this connection.
+    mutex.lock("killed").await.unwrap().release().await.unwrap();
+
+    server.kill();
+    let started = Instant::now();
+    let err = mutex.lock("killed").await.unwrap_err();
+    assert!(
+        err.is_transient(),
+        "expected Unavailable or Timeout, got {err:?}"
+    );
+    assert!(
+        matches!(err, Error::Unavailable { ref key, .. } | Error::Timeout { ref key, .. } if key == "killed"),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let err = mutex.try_lock("killed").await.unwrap_err();
+    assert!(err.is_transient(), "try_lock: {err:?}");
+
+    // With retries, the last attempt's error is reported, not NotObtained.
+    let started = Instant::now();
+    let err = mutex
+        .acquire("killed")
+        .retry(RetryStrategy::linear(ms(50), 3))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "with retries: {err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+// ---- 7. a restart (data lost) ---------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_that_loses_the_data_makes_lost_fire_for_every_holder() {
     let mut server = RedisServer::start();
-    let connected = DistributedMutex::connect(&server.url()).await.unwrap();
     // A 3 s lease, renewed every second: a loss found by a renewal
     // (Missing) comes well before the local lease would end (Expired).
-    let mutex = DistributedMutex::builder(connected.client().clone())
+    let mutex = builder_for(&server)
+        .await
         .ttl(ms(3000))
         .command_timeout(ms(500))
         .build()
@@ -768,12 +809,21 @@ async fn a_restart_that_loses_the_data_makes_lost_fire_for_every_holder() {
                 .await
         })
     };
+    // A long lease without renewal: nothing finds its loss before its release.
+    let unrenewed = mutex
+        .acquire("restart:4")
+        .ttl(ms(30_000))
+        .auto_renew(false)
+        .await
+        .unwrap();
     let raw = server.client().await;
     while raw_get(&raw, "restart:3").await.is_none() {
         tokio::time::sleep(ms(10)).await;
     }
     drop(raw);
 
+    // The new server on the same port has no data. fred reconnects by
+    // itself; the next renewal then finds the key gone.
     let restarted_at = Instant::now();
     server.restart();
     println!("restart took {:?}", restarted_at.elapsed());
@@ -787,7 +837,12 @@ async fn a_restart_that_loses_the_data_makes_lost_fire_for_every_holder() {
             "{}: lost ({reason:?}) {after:?} after the restart",
             guard.key()
         );
-        assert_eq!(reason, LostReason::Missing, "{}", guard.key());
+        assert_eq!(
+            reason,
+            LostReason::Missing,
+            "{}: renewal should find the key gone once fred has reconnected",
+            guard.key()
+        );
         assert!(guard.is_lost());
         assert_eq!(guard.remaining(), Duration::ZERO);
     }
@@ -802,22 +857,61 @@ async fn a_restart_that_loses_the_data_makes_lost_fire_for_every_holder() {
         ),
         "{result:?}"
     );
-    // Released guards report the loss too; new locks work.
+    let raw = server.client().await;
+    for key in ["restart:1", "restart:2", "restart:3", "restart:4"] {
+        assert_eq!(raw_get(&raw, key).await, None, "{key}: the key came back");
+    }
+
+    // Released guards report the loss, whether a renewal found it or the
+    // release itself does.
     let err = first.release().await.unwrap_err();
-    assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::NotHeld { ref key } if key == "restart:1"),
+        "{err:?}"
+    );
+    let err = unrenewed.release().await.unwrap_err();
+    assert!(
+        matches!(err, Error::NotHeld { ref key } if key == "restart:4"),
+        "{err:?}"
+    );
+
+    // New locks work, at once, and Redis holds them.
+    let started = Instant::now();
     let again = mutex.lock("restart:1").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        raw_get(&raw, "restart:1").await.as_deref(),
+        Some(again.token())
+    );
     again.release().await.unwrap();
+    let rival = mutex_for(&server).await;
+    let theirs = rival
+        .try_lock("restart:2")
+        .await
+        .unwrap()
+        .expect("a lock lost in the restart is free");
+    let err = second.release().await.unwrap_err();
+    assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
+    assert_eq!(
+        raw_get(&raw, "restart:2").await.as_deref(),
+        Some(theirs.token())
+    );
+    theirs.release().await.unwrap();
 }
 
-// ---- 7. paused past the TTL -------------------------------------------------------------------
+// ---- 8. a paused server -------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_past_the_ttl_tells_the_holder_before_a_rival_gets_in() {
     let server = RedisServer::start();
     let raw = server.client().await;
-    let connected = DistributedMutex::connect(&server.url()).await.unwrap();
     let ttl = ms(1000);
-    let mutex = DistributedMutex::builder(connected.client().clone())
+    let mutex = builder_for(&server)
+        .await
         .ttl(ttl)
         .command_timeout(COMMAND_TIMEOUT)
         .build()
@@ -825,25 +919,41 @@ async fn redis_paused_past_the_ttl_tells_the_holder_before_a_rival_gets_in() {
     let other = mutex_for(&server).await;
     let key = "paused";
     let guard = mutex.lock(key).await.unwrap();
-    tokio::time::sleep(ms(100)).await;
+    // A renewal or two first.
+    tokio::time::sleep(ms(500)).await;
+    assert!(!guard.is_lost());
+    let lease = guard.lease();
+    let watcher = tokio::spawn(async move {
+        let reason = lease.lost().await;
+        (reason, Instant::now())
+    });
 
-    let paused_at = Instant::now();
     server.pause();
-    let reason = tokio::time::timeout(ms(2000), guard.lost()).await;
-    let lost_at = Instant::now();
-    let reason = reason.expect("lost() did not fire while Redis was paused");
+    let paused_at = Instant::now();
+    // Every confirmed renewal was sent before the pause, so the local
+    // validity ends before `paused_at + ttl`.
+    let validity_bound = paused_at + ttl;
+    let (reason, lost_at) = tokio::time::timeout(ms(2000), watcher)
+        .await
+        .expect("lost() did not fire while Redis was paused")
+        .unwrap();
+    println!(
+        "pause -> lost() took {:?} (TTL {ttl:?})",
+        lost_at.duration_since(paused_at)
+    );
     assert_eq!(reason, LostReason::Expired);
     assert!(
-        lost_at - paused_at <= ttl + ms(300),
-        "lost {:?} after the pause (TTL {ttl:?})",
-        lost_at - paused_at
+        lost_at <= validity_bound + ms(300),
+        "lost() fired {:?} after the local validity",
+        lost_at.saturating_duration_since(validity_bound)
     );
     let err = mutex.try_lock("paused:other").await.unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     let err = guard.extend(ttl).await.unwrap_err();
     assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
 
-    // Past the TTL, then back.
+    // Past the TTL (Redis's copy of the key has expired by the time it runs
+    // again), then back.
     tokio::time::sleep((paused_at + ms(1600)).saturating_duration_since(Instant::now())).await;
     server.resume();
     let deadline = Instant::now() + ms(3000);
@@ -861,18 +971,80 @@ async fn redis_paused_past_the_ttl_tells_the_holder_before_a_rival_gets_in() {
     let (taken, rival_at) = taken;
     // Redis answered no one while paused: the holder knew first.
     assert!(lost_at <= rival_at);
-    // Renewals held during the pause ran on resume and changed nothing.
-    tokio::time::sleep(ms(300)).await;
-    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
-    assert!(guard.is_lost());
-    drop(guard);
+
+    // The renewals Redis had queued are answered now and change nothing: the
+    // guard stays lost, and its token does not come back.
+    let until = Instant::now() + ms(1000);
+    let mut samples = 0;
+    while Instant::now() < until {
+        assert!(guard.is_lost(), "reported held again after the resume");
+        assert_eq!(guard.remaining(), Duration::ZERO);
+        assert_eq!(
+            raw_get(&raw, key).await.as_deref(),
+            Some(taken.token()),
+            "the rival's lock changed after the resume"
+        );
+        samples += 1;
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert!(samples >= 10, "only {samples} samples in 1 s");
+    let err = guard.release().await.unwrap_err();
+    assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
     mutex.shutdown().await;
     assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     taken.release().await.unwrap();
     assert_eq!(raw_get(&raw, key).await, None);
 }
 
-// ---- 8. a holder killed with SIGKILL -----------------------------------------------------------
+#[tokio::test]
+async fn a_paused_server_times_out_and_works_again_after_resume() {
+    let server = RedisServer::start();
+    let mutex = builder_for(&server)
+        .await
+        .command_timeout(ms(300))
+        .build()
+        .unwrap();
+    mutex.lock("paused").await.unwrap().release().await.unwrap();
+
+    server.pause();
+    let started = Instant::now();
+    let result = mutex.try_lock("paused").await;
+    let took = started.elapsed();
+    server.resume();
+    match result {
+        Err(Error::Timeout { ref key, after }) => {
+            assert_eq!(key, "paused");
+            assert_eq!(after, ms(300));
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(took >= ms(250) && took < ms(1500), "try_lock took {took:?}");
+
+    // Works again after resume (the timed-out attempt's release may have to
+    // run first).
+    let raw = server.client().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let guard = loop {
+        match mutex.try_lock("paused").await {
+            Ok(Some(guard)) => break guard,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "not lockable after resume: {other:?}"
+                );
+                tokio::time::sleep(ms(50)).await;
+            }
+        }
+    };
+    assert_eq!(
+        raw_get(&raw, "paused").await.as_deref(),
+        Some(guard.token())
+    );
+    guard.release().await.unwrap();
+    assert_eq!(raw_dbsize(&raw).await, 0);
+}
+
+// ---- 9. a holder killed with SIGKILL -----------------------------------------------------------
 
 const CHILD_URL: &str = "DISTRIBUTED_MUTEX_FAULTS_CHILD_URL";
 const CHILD_KEY: &str = "DISTRIBUTED_MUTEX_FAULTS_CHILD_KEY";
@@ -1004,11 +1176,11 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
     taken.release().await.unwrap();
 }
 
-// ---- 9. SCRIPT FLUSH ------------------------------------------------------------------------
+// ---- 10. SCRIPT FLUSH ------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
-    // tests/lock.rs covers lock, extend, release and a dropped guard's
+    // `lock` covers lock, extend, release and a dropped guard's
     // release after SCRIPT FLUSH; this covers the rest.
     let server = RedisServer::start();
     let raw = server.client().await;
@@ -1082,7 +1254,7 @@ async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
     assert_eq!(keys, ["{flush:fenced}:fence"], "left locked");
 }
 
-// ---- 10. servers that refuse commands ------------------------------------------------------
+// ---- 11. servers that refuse commands ------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maxmemory_with_noeviction_is_a_redis_error_naming_oom() {

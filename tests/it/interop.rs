@@ -115,7 +115,7 @@ impl Python {
 }
 
 #[tokio::test]
-async fn redis_py_lock_excludes_ours_and_back() {
+async fn a_redis_py_lock_and_ours_exclude_each_other() {
     if !python_redis_available() {
         return;
     }
@@ -196,7 +196,7 @@ async fn raw_set_nx(redis: &Client, key: &str, value: &str) -> bool {
 }
 
 #[tokio::test]
-async fn raw_set_nx_holder_excludes_our_try_lock() {
+async fn a_raw_set_nx_holder_excludes_our_try_lock() {
     let server = RedisServer::start();
     let redis = server.client().await;
     let mutex = DistributedMutex::new(server.client().await);

@@ -119,7 +119,7 @@ async fn handoff_after_release(notifications: bool) -> Duration {
 /// A waiter blocked behind a holder acquires within a few milliseconds of
 /// the release (asserted under 200 ms), where polling would take ~850 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiter_acquires_promptly_after_release() {
+async fn a_waiter_acquires_promptly_after_the_release() {
     let handoff = handoff_after_release(true).await;
     assert!(
         handoff < ms(200),
@@ -132,7 +132,7 @@ async fn waiter_acquires_promptly_after_release() {
 /// about the backoff (1 s after the first attempt, ~850 ms after the
 /// release). Shows the test above can tell the two apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn polling_handoff_takes_about_the_backoff() {
+async fn without_notifications_a_waiter_acquires_at_its_next_poll() {
     let handoff = handoff_after_release(false).await;
     assert!(
         handoff >= ms(500) && handoff < ms(2500),
@@ -144,7 +144,7 @@ async fn polling_handoff_takes_about_the_backoff() {
 /// still acquires once the lease ends (its wait is capped by the holder's
 /// PTTL), not at its next poll 5 s later, and never before the lease ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiter_acquires_after_holder_expires_without_release() {
+async fn a_waiter_acquires_once_an_unreleased_lease_expires() {
     let server = RedisServer::start();
     let raw = server.client().await;
     let holder = mutex(&server, true, RetryStrategy::none()).await;
@@ -196,7 +196,7 @@ async fn waiter_acquires_after_holder_expires_without_release() {
 /// and afterwards (fred reconnects and resubscribes) a release message
 /// again wakes a waiter at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_subscriber_connection_still_acquires_within_pttl() {
+async fn a_killed_subscriber_connection_still_acquires_within_the_pttl() {
     let server = RedisServer::start();
     let raw = server.client().await;
     let holder = mutex(&server, true, RetryStrategy::none()).await;

@@ -310,3 +310,16 @@ pub async fn assert_no_orphan(raw: &Client, key: &str, ttl: Duration) {
         );
     }
 }
+
+/// The mutex has flushed its releases and Redis holds no lock: no key
+/// besides `allowed` (fencing counters, foreign values).
+pub async fn assert_nothing_locked(
+    server: &RedisServer,
+    mutex: &DistributedMutex,
+    allowed: &[&str],
+) {
+    mutex.shutdown().await;
+    let mut allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
+    allowed.sort();
+    assert_eq!(redis_keys(server, "*"), allowed, "left in Redis");
+}

@@ -1,4 +1,4 @@
-//! The mutual-exclusion property test, shared by `tests/property.rs` (local
+//! The mutual-exclusion property test, shared by `tests/it/property.rs` (local
 //! redis-server processes) and `tests/containers.rs` (Redis in a container):
 //! random interleavings of lock, try_lock, extend, release, drop and sleep by
 //! several tasks across two `DistributedMutex` instances (two "processes",
