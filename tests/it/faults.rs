@@ -24,7 +24,7 @@ use fred::types::Expiration;
 
 use crate::support::common::{
     assert_no_orphan, builder_for, check_remaining, gone_within, load_scripts, ms, mutex_for,
-    mutex_via, raw_dbsize, raw_get, raw_pttl, redis_keys, sha, SCRIPTS,
+    mutex_via, raw_dbsize, raw_get, raw_get_and_pttl, raw_pttl, redis_keys, sha, SCRIPTS,
 };
 use crate::support::proxy::{Action, Mode, Point, Proxy};
 use crate::support::RedisServer;
@@ -1144,29 +1144,53 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
         assert!(other.try_lock(key).await.unwrap().is_none());
         tokio::time::sleep(ms(50)).await;
     }
-    let left = raw_pttl(&raw, key).await;
+    // Every reading of the child's key is GET and PTTL in one script, so it
+    // cannot straddle the key's expiry; each one bounds from below when the
+    // key can end: no earlier than the reading was sent plus its PTTL.
+    let (value, left, sent_at) = raw_get_and_pttl(&raw, key).await;
+    assert_eq!(
+        value.as_deref(),
+        Some(token.as_str()),
+        "the child lost its lock"
+    );
     assert!(
         left > (CHILD_TTL - ms(900)).as_millis() as i64,
         "the child does not renew (PTTL {left} after 900 ms)"
     );
+    let mut not_before = sent_at + ms(left as u64);
 
     child.start_kill().unwrap();
     let status = child.wait().await.unwrap();
     assert_eq!(status.signal(), Some(9), "{status:?}");
     let killed_at = Instant::now();
-    let left = raw_pttl(&raw, key).await;
-    assert!(
-        left > 0 && left <= CHILD_TTL.as_millis() as i64,
-        "PTTL {left}"
-    );
-    // The key can end no earlier than this.
-    let not_before = killed_at + ms(left as u64);
 
+    // Nothing releases the dead child's lock: until its lease ends the key
+    // holds its token, with an expiry, and a rival cannot get in; once the
+    // key is gone (never before a bound read earlier) the rival gets it.
+    let mut readings = 0;
     let (taken, taken_at) = loop {
+        let (value, left, sent_at) = raw_get_and_pttl(&raw, key).await;
+        let present = value.is_some();
+        match value {
+            Some(value) => {
+                assert_eq!(value, token, "the dead child's key holds another token");
+                assert!(
+                    left > 0 && left <= CHILD_TTL.as_millis() as i64,
+                    "the dead child's key has PTTL {left}"
+                );
+                not_before = not_before.max(sent_at + ms(left as u64));
+                readings += 1;
+            }
+            None => assert!(
+                Instant::now() >= not_before,
+                "the dead child's key was gone {:?} before its lease ended",
+                not_before - Instant::now()
+            ),
+        }
         if let Some(taken) = other.try_lock(key).await.unwrap() {
             break (taken, Instant::now());
         }
-        assert_eq!(raw_get(&raw, key).await.as_deref(), Some(token.as_str()));
+        assert!(present, "the key was gone, yet the rival could not take it");
         assert!(
             killed_at.elapsed() < CHILD_TTL + ms(1500),
             "the dead child's lock outlived its TTL"
@@ -1174,7 +1198,7 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
         tokio::time::sleep(ms(20)).await;
     };
     println!(
-        "rival got the lock {:?} after the kill (PTTL at the kill: {left} ms)",
+        "rival got the lock {:?} after the kill ({readings} readings of the dead child's key)",
         taken_at - killed_at
     );
     assert!(

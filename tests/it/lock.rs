@@ -191,6 +191,8 @@ async fn an_expired_lock_lets_a_rival_in_after_its_ttl() {
     let holder = mutex_for(&server).await;
     let rival = mutex_for(&server).await; // default retry: linear(250 ms, 20)
 
+    // The lease starts when Redis runs the holder's command, after this.
+    let lease_from = Instant::now();
     let stale = holder
         .acquire("expiry")
         .ttl(ms(200))
@@ -201,7 +203,12 @@ async fn an_expired_lock_lets_a_rival_in_after_its_ttl() {
     let fresh = rival.lock("expiry").await.unwrap();
     let took = started.elapsed();
     assert!(
-        took >= ms(100) && took < Duration::from_secs(2),
+        lease_from.elapsed() >= ms(200),
+        "rival got the lock {:?} after the holder asked for a 200 ms lease",
+        lease_from.elapsed()
+    );
+    assert!(
+        took < Duration::from_secs(2),
         "rival got the lock after {took:?}; the holder's TTL was 200 ms"
     );
     assert_eq!(
@@ -232,6 +239,8 @@ async fn a_waiter_never_sleeps_past_the_holders_pttl() {
         .build()
         .unwrap();
 
+    // The lease starts when Redis runs the holder's command, after this.
+    let lease_from = Instant::now();
     let _held = holder
         .acquire("pttl-rule")
         .ttl(ms(300))
@@ -242,8 +251,9 @@ async fn a_waiter_never_sleeps_past_the_holders_pttl() {
     let guard = waiter.lock("pttl-rule").await.unwrap();
     let took = started.elapsed();
     assert!(
-        took >= ms(150),
-        "waiter got the lock after {took:?}, before the holder's 300 ms lease ended"
+        lease_from.elapsed() >= ms(300),
+        "waiter got the lock {:?} after the holder asked for a 300 ms lease, before it ended",
+        lease_from.elapsed()
     );
     assert!(
         took < Duration::from_millis(2500),
