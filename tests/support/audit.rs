@@ -254,7 +254,7 @@ pub struct Rig {
     pub raw: Client,
 }
 
-async fn via(proxy: &Proxy, fencing: bool) -> DistributedMutex {
+async fn audit_mutex(proxy: &Proxy, fencing: bool) -> DistributedMutex {
     mutex_via(proxy, |b| {
         let b = b
             .ttl(TTL)
@@ -273,8 +273,8 @@ pub async fn rig(fencing: bool) -> Rig {
     let server = RedisServer::start();
     let proxies = [Proxy::start(server.port()), Proxy::start(server.port())];
     let mutexes = [
-        via(&proxies[0], fencing).await,
-        via(&proxies[1], fencing).await,
+        audit_mutex(&proxies[0], fencing).await,
+        audit_mutex(&proxies[1], fencing).await,
     ];
     let raw = server.client().await;
     Rig {
