@@ -102,7 +102,7 @@ impl Inner {
     fn close(&self) {
         self.ensure_background();
         self.waiters.close();
-        self.releases.close(true);
+        self.releases.close();
     }
 
     /// After a shutdown with no guard alive: waits (at most a command

@@ -98,9 +98,10 @@ impl DistributedMutex {
     /// The fred client the mutex sends its commands through.
     ///
     /// A client the mutex made ([`connect`](Self::connect),
-    /// [`Builder::connect`]) is closed by [`shutdown`](Self::shutdown).
-    /// Dropping the last handle and guard closes it too, unless it was
-    /// handed out here: then it stays open for whoever holds a clone.
+    /// [`Builder::connect`]) is closed by [`shutdown`](Self::shutdown) and
+    /// when the last handle and guard are dropped, unless it was handed out
+    /// here: then it stays open for whoever holds a clone, and closing it
+    /// (`quit`) is theirs.
     pub fn client(&self) -> &Client {
         self.inner.releases.lend_client();
         &self.inner.client
@@ -225,8 +226,9 @@ impl DistributedMutex {
 
     /// Refuses new locks with [`Error::Shutdown`], waits for the releases
     /// still queued by dropped guards, and closes the connections the mutex
-    /// made (the subscriber connection, and the client when it came from
-    /// [`connect`](Self::connect)).
+    /// made: the subscriber connection, and the client when it came from
+    /// [`connect`](Self::connect) or [`Builder::connect`] and was not handed
+    /// out by [`client`](Self::client).
     ///
     /// Guards still alive keep working (renewal, `release`, release on
     /// drop); the connections close when the last of them is dropped. A

@@ -68,7 +68,7 @@ struct Shared {
     /// Whether the mutex made the client (and so closes it).
     owns_client: bool,
     /// Whether the client was handed out (`DistributedMutex::client`): then
-    /// only a shutdown closes it, not the last handle's drop.
+    /// the caller may still use it, and closing it is theirs.
     lent: AtomicBool,
     /// Whether the worker closes the client once idle (decided by `close`).
     quit: AtomicBool,
@@ -202,11 +202,10 @@ impl ReleaseQueue {
     }
 
     /// Stops the worker once every queued release has run, closing the
-    /// client the mutex made: always after a shutdown, and after the last
-    /// handle's drop unless the client was handed out.
-    pub(crate) fn close(&self, shutdown: bool) {
+    /// client the mutex made unless it was handed out.
+    pub(crate) fn close(&self) {
         let shared = &self.shared;
-        let quit = shared.owns_client && (shutdown || !shared.lent.load(Ordering::Relaxed));
+        let quit = shared.owns_client && !shared.lent.load(Ordering::Relaxed);
         shared.quit.fetch_or(quit, Ordering::SeqCst);
         shared.closing.store(true, Ordering::SeqCst);
         shared.work.notify_one();
@@ -216,7 +215,7 @@ impl ReleaseQueue {
 impl Drop for ReleaseQueue {
     fn drop(&mut self) {
         // The mutex and every guard are gone: finish the queue, then close.
-        self.close(false);
+        self.close();
     }
 }
 

@@ -3,18 +3,24 @@
 //! `redis-server` processes the rest of the suite uses.
 //!
 //! * the mutual-exclusion property test (`tests/support/exclusion.rs`, as in
-//!   `tests/property.rs`), with
+//!   `tests/it/property.rs`), with
 //!   both "processes" connected through the container's mapped port;
 //! * a container paused mid-hold: the guard reports the lock lost by the time
 //!   its lease ran out, and keeps reporting it lost after the unpause;
 //! * a container stopped mid-hold: the guard reports the lock lost, and lock
 //!   calls fail with a transient error (Redis unreachable), not `NotObtained`.
 //!
-//! These tests run only when `DM_CONTAINER_TESTS=1` (`.ci/run` sets it after
-//! building the image with `scripts/build-redis-image` wherever `docker info`
-//! succeeds). Without it every test prints why it skipped and passes; with
-//! it, a missing Docker engine or a missing `redis:7.2` image is a failure.
-//! No image is ever pulled: the image must exist locally.
+//! Every test here needs a Docker engine and the local `redis:7.2` image, so
+//! they are `#[ignore]`d: a plain `cargo nextest run` / `cargo test` reports
+//! them as skipped, never as passed. Run them with
+//!
+//! ```text
+//! scripts/build-redis-image
+//! cargo nextest run --test containers --run-ignored ignored-only
+//! ```
+//!
+//! (`.ci/run` does). Run that way, a missing engine or image is a failure
+//! that says what is missing. No image is ever pulled: it must exist locally.
 
 mod support;
 
@@ -25,14 +31,12 @@ use std::time::{Duration, Instant};
 use distributed_mutex::{DistributedMutex, Error, LockGuard, LostReason, RetryStrategy};
 use fred::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use support::common::builder_at;
 use support::exclusion::{run_case, scenario, Totals};
 use testcontainers_modules::redis::{Redis, REDIS_PORT};
 use testcontainers_modules::testcontainers::runners::AsyncRunner;
 use testcontainers_modules::testcontainers::{ContainerAsync, ImageExt};
 
-/// The variable that turns the suite on (and makes a missing engine or image
-/// a failure).
-const ENABLE_VAR: &str = "DM_CONTAINER_TESTS";
 const IMAGE_TAG: &str = "7.2";
 /// Every container of this suite carries this label, so `.ci/run` can remove
 /// any that a killed test process left behind.
@@ -42,29 +46,32 @@ const SUITE_LABEL: (&str, &str) = ("io.github.distributed-mutex.suite", "contain
 // The container fixture
 // ---------------------------------------------------------------------------
 
-/// `true` when the suite should run; prints why not otherwise. Panics when
-/// the suite is switched on but cannot run here.
-fn containers_enabled(test: &str) -> bool {
-    let on = std::env::var(ENABLE_VAR).is_ok_and(|v| !v.is_empty() && v != "0");
-    if !on {
-        eprintln!(
-            "SKIPPED {test}: the container suite runs only with {ENABLE_VAR}=1 \
-             (.ci/run sets it when `docker info` succeeds, after scripts/build-redis-image)"
-        );
-        return false;
-    }
+/// Panics, saying what is missing, unless a Docker engine answers and the
+/// `redis:7.2` image exists locally.
+fn require_docker() {
     let image = format!("redis:{IMAGE_TAG}");
+    match Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "the container suite needs a Docker engine, and `docker info` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!("the container suite needs Docker, and the docker CLI cannot be run: {e}"),
+    }
     let inspect = Command::new("docker")
         .args(["image", "inspect", "--format", "{{.Id}}", &image])
         .output();
     match inspect {
-        Ok(out) if out.status.success() => true,
+        Ok(out) if out.status.success() => {}
         Ok(out) => panic!(
-            "{ENABLE_VAR} is set but the image {image} is not available locally (no image can be \
-             pulled here; build it with scripts/build-redis-image): {}",
+            "the image {image} is not available locally (no image can be pulled here; build it \
+             with scripts/build-redis-image): {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ),
-        Err(e) => panic!("{ENABLE_VAR} is set but the docker CLI could not be run: {e}"),
+        Err(e) => panic!("the docker CLI could not be run: {e}"),
     }
 }
 
@@ -108,13 +115,9 @@ impl RedisContainer {
 
 /// A mutex over a client connected to `url` (the library's reconnecting
 /// client), with a short command timeout and lease for fault tests.
-async fn mutex_for(url: &str, ttl: Duration, command_timeout: Duration) -> DistributedMutex {
-    let client = DistributedMutex::connect(url)
+async fn fault_mutex(url: &str, ttl: Duration, command_timeout: Duration) -> DistributedMutex {
+    builder_at(url)
         .await
-        .expect("connect to the container")
-        .client()
-        .clone();
-    DistributedMutex::builder(client)
         .ttl(ttl)
         .command_timeout(command_timeout)
         .build()
@@ -122,16 +125,15 @@ async fn mutex_for(url: &str, ttl: Duration, command_timeout: Duration) -> Distr
 }
 
 // ---------------------------------------------------------------------------
-// 1. Mutual exclusion under random operations (as tests/property.rs)
+// 1. Mutual exclusion under random operations (as tests/it/property.rs)
 // ---------------------------------------------------------------------------
 
 const PROP_CASES: u32 = 16;
 
 #[test]
+#[ignore = "needs Docker and the redis:7.2 image (scripts/build-redis-image); .ci/run runs it"]
 fn random_operations_keep_mutual_exclusion_against_a_redis_container() {
-    if !containers_enabled("random_operations_keep_mutual_exclusion_against_a_redis_container") {
-        return;
-    }
+    require_docker();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -225,12 +227,11 @@ async fn expect_loss_within_lease(guard: &LockGuard, what: &str) -> LostReason {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the redis:7.2 image (scripts/build-redis-image); .ci/run runs it"]
 async fn paused_container_mid_hold_reports_the_lock_lost_and_keeps_it_lost() {
-    if !containers_enabled("paused_container_mid_hold_reports_the_lock_lost_and_keeps_it_lost") {
-        return;
-    }
+    require_docker();
     let redis = RedisContainer::start().await;
-    let mutex = mutex_for(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
+    let mutex = fault_mutex(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
     let guard = lock_and_hold(&mutex, "ctr:paused").await;
 
     redis.container.pause().await.expect("pause the container");
@@ -247,7 +248,7 @@ async fn paused_container_mid_hold_reports_the_lock_lost_and_keeps_it_lost() {
         .await
         .expect("unpause the container");
     // Redis answers again (the reconnecting client may need a moment).
-    let other = mutex_for(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
+    let other = fault_mutex(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
     let answered = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if other.client().ping::<String>(None).await.is_ok() {
@@ -299,14 +300,11 @@ async fn paused_container_mid_hold_reports_the_lock_lost_and_keeps_it_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the redis:7.2 image (scripts/build-redis-image); .ci/run runs it"]
 async fn stopped_container_mid_hold_reports_the_lock_lost_and_lock_calls_fail_transiently() {
-    if !containers_enabled(
-        "stopped_container_mid_hold_reports_the_lock_lost_and_lock_calls_fail_transiently",
-    ) {
-        return;
-    }
+    require_docker();
     let redis = RedisContainer::start().await;
-    let mutex = mutex_for(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
+    let mutex = fault_mutex(&redis.url, FAULT_TTL, FAULT_COMMAND_TIMEOUT).await;
     let guard = lock_and_hold(&mutex, "ctr:stopped").await;
 
     redis

@@ -1,4 +1,4 @@
-//! The mutual-exclusion property test, shared by `tests/property.rs` (local
+//! The mutual-exclusion property test, shared by `tests/it/property.rs` (local
 //! redis-server processes) and `tests/containers.rs` (Redis in a container):
 //! random interleavings of lock, try_lock, extend, release, drop and sleep by
 //! several tasks across two `DistributedMutex` instances (two "processes",
@@ -23,6 +23,8 @@ use distributed_mutex::{DistributedMutex, Error, LockGuard, RetryStrategy};
 use fred::prelude::*;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
+
+use super::common::builder_at;
 
 /// The lease of every lock: long enough that none can run out legitimately
 /// within a case.
@@ -225,12 +227,8 @@ pub async fn run_case(
     totals: &Totals,
 ) -> Result<(), TestCaseError> {
     let connect = |url| async move {
-        let client = DistributedMutex::connect(url)
+        builder_at(url)
             .await
-            .expect("connect")
-            .client()
-            .clone();
-        DistributedMutex::builder(client)
             .ttl(TTL)
             .build()
             .expect("valid settings")

@@ -8,9 +8,22 @@
 //!
 //! Environment overrides: `REDIS_SERVER_BIN` / `REDIS_CLI_BIN` (default:
 //! `redis-server` / `redis-cli` from `PATH`).
+//!
+//! Included by `tests/it/main.rs` (the integration suite),
+//! `tests/containers.rs` and the benches. Besides [`RedisServer`]:
+//!
+//! * [`common`]: the `Fixture` (server + raw client + mutex), mutexes and
+//!   builders over a server or URL, raw reads, the server's counters, the
+//!   library's scripts, shared assertions;
+//! * [`proxy`]: a fault-injecting loopback TCP proxy;
+//! * [`logs`]: capturing the library's `tracing` events in a test;
+//! * [`exclusion`]: the mutual-exclusion property test (local and container);
+//! * [`audit`]: the rig and fault injector of the mutual-exclusion audit.
 
+pub mod audit;
 pub mod common;
 pub mod exclusion;
+pub mod logs;
 pub mod proxy;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -4,13 +4,12 @@
 //! local redis-server. The machinery and the invariants are in
 //! `tests/support/exclusion.rs` (shared with the container suite).
 
-mod support;
-
 use std::sync::atomic::Ordering;
 
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
-use support::exclusion::{run_case, scenario, Totals};
-use support::RedisServer;
+
+use crate::support::exclusion::{run_case, scenario, Totals};
+use crate::support::RedisServer;
 
 #[test]
 fn random_operations_keep_mutual_exclusion_across_two_processes() {

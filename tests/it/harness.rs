@@ -1,15 +1,14 @@
 //! Self-tests of the `tests/support` fixture (private redis-server processes).
 
-mod support;
-
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use support::RedisServer;
+
+use crate::support::RedisServer;
 
 #[tokio::test]
-async fn start_set_get_and_drop_stops_the_server() {
+async fn a_server_is_private_and_stops_when_dropped() {
     let server = RedisServer::start();
     let port = server.port();
     assert_ne!(port, 6379, "must never use the default port");
@@ -39,7 +38,7 @@ async fn start_set_get_and_drop_stops_the_server() {
 }
 
 #[tokio::test]
-async fn restart_loses_data_and_client_reconnects() {
+async fn a_restart_loses_the_data_and_a_client_reconnects() {
     let mut server = RedisServer::start();
     let port = server.port();
     let client = server.client().await;
@@ -89,7 +88,7 @@ async fn restart_loses_data_and_client_reconnects() {
 }
 
 #[tokio::test]
-async fn pause_blocks_commands_and_resume_unblocks_them() {
+async fn a_paused_server_answers_nothing_until_resumed() {
     let server = RedisServer::start();
     let client = server.client().await;
     let _: () = client

@@ -8,23 +8,19 @@
 //! small and noisy); each test is built so that the behaviour it names being
 //! broken moves the measured time far outside its bound.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use distributed_mutex::{DistributedMutex, Error, RetryStrategy};
 use fred::prelude::*;
 use fred::types::client::{ClientKillFilter, ClientKillType};
-use fred::types::{InfoKind, Value};
-use support::RedisServer;
+use fred::types::Value;
+
+use crate::support::common::{command_calls, ms};
+use crate::support::RedisServer;
 
 const KEY: &str = "notify:key";
 const CHANNEL: &str = "notify:key:released";
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// A mutex over its own connection (as a separate process would have),
 /// made from `DistributedMutex::connect`'s client (reconnect policy and
@@ -66,19 +62,6 @@ async fn numsub_reaches(client: &Client, channel: &str, want: i64, limit: Durati
         }
         tokio::time::sleep(ms(5)).await;
     }
-}
-
-/// `calls` of one command in `INFO commandstats` (0 when never called).
-async fn command_calls(client: &Client, command: &str) -> u64 {
-    let info: String = client
-        .info(Some(InfoKind::CommandStats))
-        .await
-        .expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().expect("calls is a number"))
 }
 
 /// The connections in pubsub mode (`CLIENT LIST TYPE pubsub`), one per line.
@@ -136,7 +119,7 @@ async fn handoff_after_release(notifications: bool) -> Duration {
 /// A waiter blocked behind a holder acquires within a few milliseconds of
 /// the release (asserted under 200 ms), where polling would take ~850 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiter_acquires_promptly_after_release() {
+async fn a_waiter_acquires_promptly_after_the_release() {
     let handoff = handoff_after_release(true).await;
     assert!(
         handoff < ms(200),
@@ -149,7 +132,7 @@ async fn waiter_acquires_promptly_after_release() {
 /// about the backoff (1 s after the first attempt, ~850 ms after the
 /// release). Shows the test above can tell the two apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn polling_handoff_takes_about_the_backoff() {
+async fn without_notifications_a_waiter_acquires_at_its_next_poll() {
     let handoff = handoff_after_release(false).await;
     assert!(
         handoff >= ms(500) && handoff < ms(2500),
@@ -161,7 +144,7 @@ async fn polling_handoff_takes_about_the_backoff() {
 /// still acquires once the lease ends (its wait is capped by the holder's
 /// PTTL), not at its next poll 5 s later, and never before the lease ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiter_acquires_after_holder_expires_without_release() {
+async fn a_waiter_acquires_once_an_unreleased_lease_expires() {
     let server = RedisServer::start();
     let raw = server.client().await;
     let holder = mutex(&server, true, RetryStrategy::none()).await;
@@ -175,7 +158,7 @@ async fn waiter_acquires_after_holder_expires_without_release() {
         .await
         .expect("holder locks");
     let token = guard.token().to_owned();
-    let publishes_before = command_calls(&raw, "publish").await;
+    let publishes_before = command_calls(&server, "publish");
 
     let task = tokio::spawn(async move {
         let outcome = waiter.lock(KEY).await;
@@ -199,7 +182,7 @@ async fn waiter_acquires_after_holder_expires_without_release() {
         "acquired {after:?} after a 600 ms lease was taken (the next poll was 5 s away)"
     );
     assert_eq!(
-        command_calls(&raw, "publish").await,
+        command_calls(&server, "publish"),
         publishes_before,
         "no release message was sent (the holder never released)"
     );
@@ -213,7 +196,7 @@ async fn waiter_acquires_after_holder_expires_without_release() {
 /// and afterwards (fred reconnects and resubscribes) a release message
 /// again wakes a waiter at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_subscriber_connection_still_acquires_within_pttl() {
+async fn a_killed_subscriber_connection_still_acquires_within_the_pttl() {
     let server = RedisServer::start();
     let raw = server.client().await;
     let holder = mutex(&server, true, RetryStrategy::none()).await;
@@ -382,7 +365,7 @@ async fn lock_with_notifications_gives_up_after_the_strategy() {
         "gave up after {elapsed:?} (the strategy waits 4 x 50 ms)"
     );
     assert!(
-        command_calls(&raw, "subscribe").await >= 1,
+        command_calls(&server, "subscribe") >= 1,
         "the waiter never subscribed: this test did not exercise notifications"
     );
     assert!(
@@ -469,11 +452,7 @@ async fn try_lock_never_subscribes() {
     }
     tokio::time::sleep(ms(100)).await;
     assert_eq!(numsub(&raw, CHANNEL).await, 0);
-    assert_eq!(
-        command_calls(&raw, "subscribe").await,
-        0,
-        "SUBSCRIBE was sent"
-    );
+    assert_eq!(command_calls(&server, "subscribe"), 0, "SUBSCRIBE was sent");
     assert_eq!(pubsub_clients(&raw).await, Vec::<String>::new());
 
     // Control: a waiting `lock` of the same mutex does subscribe.

@@ -1,13 +1,16 @@
-//! Bad input, one test per row, against real private `redis-server`s. Every
-//! row gives a typed error or a documented outcome, never a panic, and leaves
-//! nothing locked.
+//! Bad input, one test per row (the `// ---- N.` sections below), against
+//! real private `redis-server`s. Every row gives a typed error or a
+//! documented outcome, never a panic, and leaves nothing locked. The first
+//! section checks across rows that nothing invalid reaches Redis and that
+//! odd keys round-trip. Misuse of the legacy shim (release twice, a key never
+//! acquired, an empty formatted key) is in `adapter`.
 //!
 //! | row | input                                              | outcome                                                                 |
 //! |-----|----------------------------------------------------|-------------------------------------------------------------------------|
 //! |  1  | empty key                                          | `InvalidKey` ("must not be empty"), nothing sent                         |
 //! |  2  | key over `MAX_KEY_LEN` (4096 bytes)                | `InvalidKey`; 4096 bytes accepted; bytes, not chars; prefix not counted |
 //! |  3  | key with spaces and tabs                           | locks exactly that key                                                  |
-//! |  4  | keys with braces (hash tags, stray braces)         | lock; with fencing, the counter key is in the lock key's cluster slot   |
+//! |  4  | keys with braces (hash tags, stray braces)         | lock, exclusive; fencing counter in the lock key's cluster slot         |
 //! |  5  | key with newlines                                  | lock; waiters are woken by its release message                          |
 //! |  6  | non-ASCII key                                      | lock; errors cut it to 64 chars on a char boundary                      |
 //! |  7  | TTL zero                                           | `InvalidTtl` (acquire, builder, extend); the lease is unchanged         |
@@ -17,12 +20,12 @@
 //! | 11  | timeout zero                                       | command timeout: `Config`; `acquire().timeout(0)`: exactly one attempt  |
 //! | 12  | malformed Redis URL                                | `Config` ("the Redis URL is malformed")                                 |
 //! | 13  | unreachable port; a client never connected         | `Unavailable` promptly; `Timeout` after the command timeout             |
-//! | 14  | key holding a list                                 | `WrongType`; a guard whose key became a list: `NotHeld`; list untouched |
+//! | 14  | key holding a list                                 | `WrongType`, no retries; a key turned into a list: `NotHeld`; untouched  |
 //! | 15  | key holding a hash                                 | `WrongType`; hash untouched, no expiry set                              |
-//! | 16  | release twice                                      | `release(self)` consumes the guard; the shim's second release warns     |
+//! | 16  | release twice                                      | `release(self)` consumes the guard (shim: see `adapter`)                |
 //! | 17  | extend after release                               | `NotHeld`, the key is not brought back, the guard is lost (`Missing`)   |
-//! | 18  | shim release of a key never acquired               | a warning, nothing sent to Redis                                        |
-//! | 19  | shim `releasef` expanding to an empty key          | a warning (and `acquiref` of it: an error log), nothing sent            |
+//! | 18  | shim release of a key never acquired               | a warning, nothing sent (in `adapter`)                                  |
+//! | 19  | shim `releasef` expanding to an empty key          | a warning, `acquiref` an error log, nothing sent (in `adapter`)         |
 //! | 20  | key prefix over `MAX_PREFIX_LEN` (1024 bytes)      | `Config`                                                                |
 //! | 21  | retry with a zero interval                         | `NotObtained` at once, no busy loop                                     |
 //! | 22  | a URL naming a database that does not exist        | `Redis` ("DB index is out of range") from `connect`                     |
@@ -30,94 +33,22 @@
 //! Two more rows were library bugs, now fixed: a
 //! `rediss://` or `http://` URL was accepted and used as plain `redis://`, and
 //! a `Lease` kept past its guard's release still reported the lock held.
-//!
-//! Rows that tests/lock.rs and tests/adapter.rs already cover in part
-//! (`invalid_keys_ttls_and_settings_are_refused_before_anything_is_sent`,
-//! `keys_with_spaces_braces_newlines_and_non_ascii_round_trip`,
-//! `a_key_holding_a_list_is_wrong_type_and_left_untouched`,
-//! `release_of_an_unknown_key_warns`, `releasef_of_an_empty_key_only_warns`)
-//! check here what those do not.
 
-mod support;
-
-use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use distributed_mutex::{
-    provide_adapter, Adapter, DistributedMutex, Error, LostReason, RedisAdapter, RetryStrategy,
-    MAX_KEY_LEN, MAX_PREFIX_LEN, MAX_TTL, MIN_TTL,
+    DistributedMutex, Error, LostReason, RetryStrategy, MAX_KEY_LEN, MAX_PREFIX_LEN, MAX_TTL,
+    MIN_TTL,
 };
 use fred::prelude::*;
-use support::RedisServer;
-use tracing::field::{Field, Visit};
-use tracing::Level;
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::Layer;
 
-const fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use crate::support::common::{
+    assert_nothing_locked, builder_for, command_stats, fence_key, lock_commands, ms, mutex_for,
+    raw_dbsize, raw_get, raw_get_bytes, raw_keys, raw_pttl, redis_keys, reset_stats, Fixture,
+};
+use crate::support::RedisServer;
 
 // ---- helpers ----------------------------------------------------------------
-
-/// A mutex with the defaults over its own connection (from `connect`).
-async fn mutex_for(server: &RedisServer) -> DistributedMutex {
-    DistributedMutex::connect(&server.url())
-        .await
-        .expect("connect")
-}
-
-async fn get(raw: &Client, key: &str) -> Option<String> {
-    raw.get(key).await.expect("GET")
-}
-
-async fn dbsize(raw: &Client) -> i64 {
-    raw.dbsize().await.expect("DBSIZE")
-}
-
-/// Every key in the server (through redis-cli, one per line: keys here hold
-/// no newlines).
-fn all_keys(server: &RedisServer) -> Vec<String> {
-    let mut keys: Vec<String> = server
-        .cli(&["KEYS", "*"])
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    keys.sort();
-    keys
-}
-
-/// Calls of the commands a lock sends (SET, EVAL*, SCRIPT, DEL, PEXPIRE,
-/// PUBLISH) since the last `CONFIG RESETSTAT`.
-fn lock_commands(server: &RedisServer) -> u64 {
-    server
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let counted = ["set", "eval", "script", "del", "pexpire", "publish"]
-                .iter()
-                .any(|p| name.starts_with(p));
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?;
-            counted.then(|| calls.parse::<u64>().ok()).flatten()
-        })
-        .sum()
-}
-
-fn reset_stats(server: &RedisServer) {
-    assert_eq!(server.cli(&["CONFIG", "RESETSTAT"]), "OK");
-}
-
-/// The mutex has flushed its releases and Redis holds no lock: no key
-/// besides `allowed` (fencing counters, foreign values).
-async fn assert_nothing_locked(server: &RedisServer, mutex: &DistributedMutex, allowed: &[&str]) {
-    mutex.shutdown().await;
-    let mut allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
-    allowed.sort();
-    assert_eq!(all_keys(server), allowed, "left in Redis");
-}
 
 fn assert_invalid_key(err: &Error, reason_part: &str) {
     match err {
@@ -154,78 +85,139 @@ fn assert_config(err: &Error, message_part: &str) {
     assert!(!err.is_transient());
 }
 
-// ---- log capture (for the shim rows) ----------------------------------------
+// ---- across rows: nothing invalid reaches Redis; odd keys round-trip ----------
 
-#[derive(Debug, Clone)]
-struct Captured {
-    level: Level,
-    message: String,
-    key: Option<String>,
-    error: Option<String>,
+#[tokio::test]
+async fn invalid_keys_ttls_and_settings_are_refused_before_anything_is_sent() {
+    let Fixture { server, raw, mutex } = Fixture::start().await;
+    let client = mutex.client().clone();
+    reset_stats(&server);
+
+    // Keys.
+    for key in [String::new(), "k".repeat(MAX_KEY_LEN + 1)] {
+        let err = mutex.lock(&key).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidKey { .. }), "lock: {err:?}");
+        let err = mutex.try_lock(&key).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidKey { .. }), "try_lock: {err:?}");
+    }
+    // TTLs, per call.
+    for ttl in [Duration::ZERO, MAX_TTL + ms(1), Duration::MAX] {
+        let err = mutex.acquire("k").ttl(ttl).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidTtl { ref key, ttl: t, .. } if key == "k" && t == ttl),
+            "{ttl:?}: {err:?}"
+        );
+    }
+    // TTLs, in the builder.
+    for ttl in [Duration::ZERO, MAX_TTL + ms(1), Duration::MAX] {
+        let err = DistributedMutex::builder(client.clone())
+            .ttl(ttl)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidTtl { .. }), "{ttl:?}: {err:?}");
+    }
+    // Retry strategies without attempts.
+    for retry in [
+        RetryStrategy::linear(ms(10), 0),
+        RetryStrategy::exponential(ms(10), ms(100), 0),
+    ] {
+        let err = mutex.acquire("k").retry(retry).await.unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{retry:?}: {err:?}");
+        let err = DistributedMutex::builder(client.clone())
+            .retry(retry)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{retry:?}: {err:?}");
+    }
+    // A zero command timeout.
+    let err = DistributedMutex::builder(client.clone())
+        .command_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+
+    // Nothing reached Redis.
+    assert_eq!(raw_dbsize(&raw).await, 0);
+    let sent = command_stats(&server, &["eval", "set", "script", "pexpire"]);
+    assert!(sent.is_empty(), "commands reached Redis: {sent:?}");
+
+    // The limits themselves are accepted.
+    let longest = "k".repeat(MAX_KEY_LEN);
+    let guard = mutex.lock(&longest).await.unwrap();
+    assert_eq!(
+        raw_get(&raw, &longest).await.as_deref(),
+        Some(guard.token())
+    );
+    guard.release().await.unwrap();
+    let guard = mutex.acquire("a-year").ttl(MAX_TTL).await.unwrap();
+    let pttl = raw_pttl(&raw, "a-year").await;
+    assert!(pttl > MAX_TTL.as_millis() as i64 - 60_000, "{pttl}");
+    guard.release().await.unwrap();
+    let guard = mutex.acquire("a-ms").ttl(ms(1)).await;
+    assert!(guard.is_ok(), "{guard:?}");
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Captured>>>);
-
-impl Capture {
-    /// This thread's default subscriber until the guard is dropped (use a
-    /// current-thread runtime).
-    fn install() -> (Capture, tracing::subscriber::DefaultGuard) {
-        let capture = Capture::default();
-        let guard =
-            tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
-        (capture, guard)
+#[tokio::test]
+async fn keys_with_spaces_braces_newlines_and_non_ascii_round_trip() {
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
+    let keys = [
+        "with spaces",
+        "{braces}:and:{tags}",
+        "new\nline\r\n",
+        "ключ 鍵 🔒",
+        "quote\"s 'and' \\backslash",
+        "*?[glob]",
+    ];
+    for key in keys {
+        let guard = mutex.lock(key).await.unwrap();
+        assert_eq!(guard.key(), key);
+        assert_eq!(
+            raw_get(&raw, key).await.as_deref(),
+            Some(guard.token()),
+            "{key:?}"
+        );
+        assert!(mutex.try_lock(key).await.unwrap().is_none(), "{key:?}");
+        guard.release().await.unwrap();
+        assert_eq!(raw_get(&raw, key).await, None, "{key:?}");
     }
-
-    fn find(&self, level: Level, message: &str, key: &str) -> Vec<Captured> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| {
-                e.level == level && e.message.starts_with(message) && e.key.as_deref() == Some(key)
-            })
-            .cloned()
-            .collect()
-    }
-
-    fn events(&self) -> Vec<Captured> {
-        self.0.lock().unwrap().clone()
-    }
+    assert_eq!(raw_dbsize(&raw).await, 0);
 }
 
-impl<S: tracing::Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        struct Fields(Captured);
-        impl Visit for Fields {
-            fn record_str(&mut self, field: &Field, value: &str) {
-                self.record_debug(field, &format_args!("{value}"));
-            }
-            fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-                let value = format!("{value:?}");
-                match field.name() {
-                    "message" => self.0.message = value,
-                    "key" => self.0.key = Some(value),
-                    "error" => self.0.error = Some(value),
-                    _ => {}
-                }
-            }
-        }
-        let mut fields = Fields(Captured {
-            level: *event.metadata().level(),
-            message: String::new(),
-            key: None,
-            error: None,
-        });
-        event.record(&mut fields);
-        self.0.lock().unwrap().push(fields.0);
+#[tokio::test]
+async fn extend_with_an_invalid_ttl_is_refused() {
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
+    let guard = mutex
+        .acquire("extend-bad")
+        .ttl(Duration::from_secs(30))
+        .await
+        .unwrap();
+    for ttl in [Duration::ZERO, MAX_TTL + ms(1), Duration::MAX] {
+        let err = guard.extend(ttl).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidTtl { ref key, ttl: t, .. } if key == "extend-bad" && t == ttl),
+            "{ttl:?}: {err:?}"
+        );
     }
+    // The lease is unchanged and still ours.
+    assert_eq!(guard.ttl(), Duration::from_secs(30));
+    assert!(guard.remaining() > Duration::from_secs(20));
+    let pttl = raw_pttl(&raw, "extend-bad").await;
+    assert!(pttl > 20_000 && pttl <= 30_000, "{pttl}");
+    guard.release().await.unwrap();
 }
 
 // ---- 1. empty key -------------------------------------------------------------
 
 #[tokio::test]
-async fn row_01_an_empty_key_is_invalid_everywhere_and_nothing_is_sent() {
+async fn an_empty_key_is_invalid_everywhere_and_nothing_is_sent() {
     let server = RedisServer::start();
     let mutex = mutex_for(&server).await;
     let prefixed = DistributedMutex::builder(mutex.client().clone())
@@ -251,15 +243,13 @@ async fn row_01_an_empty_key_is_invalid_everywhere_and_nothing_is_sent() {
 // ---- 2. very long key ---------------------------------------------------------
 
 #[tokio::test]
-async fn row_02_a_key_over_4096_bytes_is_invalid_and_4096_bytes_are_accepted() {
+async fn a_key_over_4096_bytes_is_invalid_and_4096_bytes_are_accepted() {
     // MAX_KEY_LEN is 4096 bytes: a lock key is sent with every command,
     // stored for the whole lease and printed in every log line and error,
     // so a key built from a request body by mistake is caught, while keys
     // built from URLs or paths fit. Redis itself would take 512 MB.
     assert_eq!(MAX_KEY_LEN, 4096);
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     reset_stats(&server);
 
     let too_long = "k".repeat(MAX_KEY_LEN + 1);
@@ -272,7 +262,7 @@ async fn row_02_a_key_over_4096_bytes_is_invalid_and_4096_bytes_are_accepted() {
 
     for key in ["k".repeat(MAX_KEY_LEN), "é".repeat(MAX_KEY_LEN / 2)] {
         let guard = mutex.lock(&key).await.unwrap();
-        assert_eq!(get(&raw, &key).await.as_deref(), Some(guard.token()));
+        assert_eq!(raw_get(&raw, &key).await.as_deref(), Some(guard.token()));
         guard.release().await.unwrap();
     }
     // The prefix does not count against the limit.
@@ -283,7 +273,7 @@ async fn row_02_a_key_over_4096_bytes_is_invalid_and_4096_bytes_are_accepted() {
     let key = "k".repeat(MAX_KEY_LEN);
     let guard = prefixed.lock(&key).await.unwrap();
     assert_eq!(
-        get(&raw, &format!("locks:{key}")).await.as_deref(),
+        raw_get(&raw, &format!("locks:{key}")).await.as_deref(),
         Some(guard.token())
     );
     guard.release().await.unwrap();
@@ -294,15 +284,13 @@ async fn row_02_a_key_over_4096_bytes_is_invalid_and_4096_bytes_are_accepted() {
 // ---- 3. spaces ------------------------------------------------------------------
 
 #[tokio::test]
-async fn row_03_a_key_with_spaces_locks_exactly_that_key() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+async fn a_key_with_spaces_locks_exactly_that_key() {
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let key = "  tenant 42\tsettings  ";
     let guard = mutex.lock(key).await.unwrap();
     assert_eq!(guard.key(), key);
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
-    assert_eq!(all_keys(&server).len(), 1);
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(redis_keys(&server, "*").len(), 1);
     // Not split into words: its parts and its trimmed form are other keys.
     for other in ["tenant", "42", "tenant 42\tsettings"] {
         let part = mutex.try_lock(other).await.unwrap();
@@ -321,70 +309,92 @@ async fn row_03_a_key_with_spaces_locks_exactly_that_key() {
 
 // ---- 4. braces ----------------------------------------------------------------
 
-#[tokio::test]
-async fn row_04_keys_with_braces_lock_and_fence_in_their_own_cluster_slot() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_with_braces_lock_and_fence_in_their_own_cluster_slot() {
     let server = RedisServer::start();
     let raw = server.client().await;
-    let mutex = support::common::builder_for(&server)
-        .await
-        .fencing()
-        .build()
-        .unwrap();
-    let keys = ["{tenant:42}:settings", "a{}b", "x}y{z", "{{}}", "}{"];
+    // Two "processes", fencing on for every acquisition.
+    let a = builder_for(&server).await.fencing().build().unwrap();
+    let b = builder_for(&server).await.fencing().build().unwrap();
+    // Keys with a hash tag, and keys whose braces make none; where the
+    // counter's name is documented, it is checked too.
+    let keys = [
+        ("plain", Some(fence_key("", "plain"))),
+        ("{tag}rest", Some(fence_key("", "{tag}rest"))),
+        ("{tenant:42}:settings", None),
+        ("a}b{", None),
+        ("a{}b", None),
+        ("x}y{z", None),
+        ("{{}}", None),
+        ("}{", None),
+    ];
     let mut counters = Vec::new();
-    for key in keys {
-        let before = support::common::raw_keys(&raw).await;
-        let guard = mutex.lock(key).await.unwrap();
+    for (key, expected_counter) in keys {
+        let before = raw_keys(&raw).await;
+        let guard = a.lock(key).await.unwrap();
         assert_eq!(
-            get(&raw, key).await.as_deref(),
+            raw_get(&raw, key).await.as_deref(),
             Some(guard.token()),
             "{key}"
         );
         assert_eq!(guard.fencing_token(), Some(1), "{key}");
+        assert!(
+            b.try_lock(key).await.unwrap().is_none(),
+            "{key}: not exclusive"
+        );
         // The one new key besides the lock is its fencing counter, in the
-        // lock key's cluster slot, and never a possible lock key.
-        let new: Vec<Vec<u8>> = support::common::raw_keys(&raw)
+        // lock key's cluster slot, and never a possible lock key (not UTF-8).
+        let new: Vec<Vec<u8>> = raw_keys(&raw)
             .await
             .into_iter()
             .filter(|k| k != key.as_bytes() && !before.contains(k))
             .collect();
         assert_eq!(new.len(), 1, "{key}: {new:?}");
-        let counter_bytes = &new[0];
-        assert!(
-            std::str::from_utf8(counter_bytes).is_err(),
-            "{key}: {counter_bytes:?}"
-        );
+        let counter = new[0].clone();
+        assert!(std::str::from_utf8(&counter).is_err(), "{key}: {counter:?}");
+        if let Some(expected) = expected_counter {
+            assert_eq!(counter, expected, "{key}");
+        }
         assert_eq!(
-            support::common::raw_get_bytes(&raw, counter_bytes)
-                .await
-                .as_deref(),
+            raw_get_bytes(&raw, &counter).await.as_deref(),
             Some("1"),
             "{key}"
         );
         assert_eq!(
-            fred::util::redis_keyslot(counter_bytes),
+            fred::util::redis_keyslot(&counter),
             fred::util::redis_keyslot(key.as_bytes()),
-            "{key}: counter {counter_bytes:?}"
+            "{key}: counter {counter:?} in another slot"
         );
-        let counter = String::from_utf8_lossy(counter_bytes).into_owned();
         guard.release().await.unwrap();
-        let again = mutex.lock(key).await.unwrap();
+
+        // The other process draws the next token from the same counter.
+        let again = b.try_lock(key).await.unwrap().expect("free");
         assert_eq!(again.fencing_token(), Some(2), "{key}");
         again.release().await.unwrap();
+        assert_eq!(
+            raw_get_bytes(&raw, &counter).await.as_deref(),
+            Some("2"),
+            "{key}"
+        );
+        assert_eq!(raw_get(&raw, key).await, None, "{key}");
         counters.push(counter);
     }
     // Fencing counters are never deleted (documented); no lock is left.
+    b.shutdown().await;
+    // (`KEYS` through redis-cli shows the 0xFF byte as U+FFFD.)
+    let counters: Vec<String> = counters
+        .iter()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
     let counters: Vec<&str> = counters.iter().map(String::as_str).collect();
-    assert_nothing_locked(&server, &mutex, &counters).await;
+    assert_nothing_locked(&server, &a, &counters).await;
 }
 
 // ---- 5. newlines ----------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn row_05_a_key_with_newlines_locks_and_its_release_wakes_waiters() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+async fn a_key_with_newlines_locks_and_its_release_wakes_waiters() {
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let key = "line one\nline two\r\n";
     let holder = mutex
         .acquire(key)
@@ -392,10 +402,9 @@ async fn row_05_a_key_with_newlines_locks_and_its_release_wakes_waiters() {
         .auto_renew(false)
         .await
         .unwrap();
-    assert_eq!(get(&raw, key).await.as_deref(), Some(holder.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(holder.token()));
     // A waiter in another "process" that polls only every 3 s.
-    let waiter = support::common::builder_for(&server)
-        .await
+    let waiter = DistributedMutex::builder(mutex_for(&server).await.client().clone())
         .retry(RetryStrategy::linear(ms(3000), 3))
         .build()
         .unwrap();
@@ -413,23 +422,21 @@ async fn row_05_a_key_with_newlines_locks_and_its_release_wakes_waiters() {
         .unwrap();
     assert!(released_at.elapsed() < ms(2000));
     assert_eq!(guard.key(), key);
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
     guard.release().await.unwrap();
     waiter.shutdown().await;
-    assert_eq!(dbsize(&raw).await, 0);
+    assert_eq!(raw_dbsize(&raw).await, 0);
     assert_nothing_locked(&server, &mutex, &[]).await;
 }
 
 // ---- 6. non-ASCII ---------------------------------------------------------------
 
 #[tokio::test]
-async fn row_06_a_non_ascii_key_locks_and_errors_cut_it_on_a_char_boundary() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+async fn a_non_ascii_key_locks_and_errors_cut_it_on_a_char_boundary() {
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let key = "ключ:鍵:🔒:ü";
     let guard = mutex.lock(key).await.unwrap();
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
     let err = mutex
         .acquire(key)
         .retry(RetryStrategy::none())
@@ -456,10 +463,8 @@ async fn row_06_a_non_ascii_key_locks_and_errors_cut_it_on_a_char_boundary() {
 // ---- 7. TTL zero ----------------------------------------------------------------
 
 #[tokio::test]
-async fn row_07_a_zero_ttl_is_invalid_everywhere_and_changes_nothing() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+async fn a_zero_ttl_is_invalid_everywhere_and_changes_nothing() {
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let reason = "at least 1 ms";
     let err = mutex.acquire("ttl0").ttl(Duration::ZERO).await.unwrap_err();
     assert_invalid_ttl(&err, Duration::ZERO, reason);
@@ -470,7 +475,7 @@ async fn row_07_a_zero_ttl_is_invalid_everywhere_and_changes_nothing() {
         .unwrap_err();
     assert_invalid_ttl(&err, Duration::ZERO, reason);
     assert_eq!(err.key(), None, "a builder error names no key");
-    assert_eq!(dbsize(&raw).await, 0);
+    assert_eq!(raw_dbsize(&raw).await, 0);
 
     let guard = mutex
         .acquire("ttl0")
@@ -492,15 +497,13 @@ async fn row_07_a_zero_ttl_is_invalid_everywhere_and_changes_nothing() {
 // ---- 8. TTL 1 ms ----------------------------------------------------------------
 
 #[tokio::test]
-async fn row_08_a_one_millisecond_ttl_is_accepted_and_the_lock_is_born_lost() {
+async fn a_one_millisecond_ttl_is_accepted_and_the_lock_is_born_lost() {
     // MIN_TTL is 1 ms (Redis counts in milliseconds). remaining() takes a
     // drift margin of 1 % + 2 ms off every lease, so a lease of 2 ms or less
     // is reported lost the moment it is granted: the guard never claims to
     // hold a lock Redis may already have expired.
     assert_eq!(MIN_TTL, ms(1));
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let other = mutex_for(&server).await;
 
     let guard = mutex.acquire("ttl1").ttl(ms(1)).await.unwrap();
@@ -520,7 +523,7 @@ async fn row_08_a_one_millisecond_ttl_is_accepted_and_the_lock_is_born_lost() {
     };
     drop(guard);
     mutex.shutdown().await;
-    assert_eq!(get(&raw, "ttl1").await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, "ttl1").await.as_deref(), Some(taken.token()));
     taken.release().await.unwrap();
 
     // Below a millisecond: refused; fractions are dropped.
@@ -543,12 +546,10 @@ async fn row_08_a_one_millisecond_ttl_is_accepted_and_the_lock_is_born_lost() {
 // ---- 9. TTL above the millisecond range --------------------------------------------
 
 #[tokio::test]
-async fn row_09_a_ttl_above_the_millisecond_range_is_invalid_everywhere() {
+async fn a_ttl_above_the_millisecond_range_is_invalid_everywhere() {
     // Redis takes PX up to 2^63 - 1 ms; the crate stops at MAX_TTL (365
     // days: more is almost always seconds given as milliseconds).
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let guard = mutex
         .acquire("ttl-max")
         .ttl(ms(30_000))
@@ -576,7 +577,7 @@ async fn row_09_a_ttl_above_the_millisecond_range_is_invalid_everywhere() {
     assert_eq!(guard.ttl(), ms(30_000));
     let left: i64 = raw.pttl("ttl-max").await.unwrap();
     assert!(left > 25_000 && left <= 30_000, "{left}");
-    assert_eq!(get(&raw, "ttl-big").await, None);
+    assert_eq!(raw_get(&raw, "ttl-big").await, None);
     guard.release().await.unwrap();
     assert_nothing_locked(&server, &mutex, &[]).await;
 }
@@ -584,7 +585,7 @@ async fn row_09_a_ttl_above_the_millisecond_range_is_invalid_everywhere() {
 // ---- 10. zero attempts ------------------------------------------------------------
 
 #[tokio::test]
-async fn row_10_a_retry_strategy_with_zero_attempts_is_a_config_error() {
+async fn a_retry_strategy_with_zero_attempts_is_a_config_error() {
     let server = RedisServer::start();
     let mutex = mutex_for(&server).await;
     reset_stats(&server);
@@ -610,7 +611,7 @@ async fn row_10_a_retry_strategy_with_zero_attempts_is_a_config_error() {
 // ---- 11. timeout zero ---------------------------------------------------------------
 
 #[tokio::test]
-async fn row_11_a_zero_timeout_is_a_config_error_or_exactly_one_attempt() {
+async fn a_zero_timeout_is_a_config_error_or_exactly_one_attempt() {
     let server = RedisServer::start();
     let mutex = mutex_for(&server).await;
     // A zero command timeout would fail every command.
@@ -646,9 +647,11 @@ async fn row_11_a_zero_timeout_is_a_config_error_or_exactly_one_attempt() {
 // ---- 12. malformed URL -------------------------------------------------------------
 
 #[tokio::test]
-async fn row_12_a_malformed_redis_url_is_a_config_error() {
-    // tests/lock.rs covers "not a url", a non-numeric port and "redis://[::1".
+async fn a_malformed_redis_url_is_a_config_error() {
     for url in [
+        "not a url",
+        "redis://127.0.0.1:notaport",
+        "redis://[::1",
         "",
         "127.0.0.1:6390",
         "redis://",
@@ -673,8 +676,8 @@ async fn row_12_a_malformed_redis_url_is_a_config_error() {
 // ---- 13. unreachable port -------------------------------------------------------------
 
 #[tokio::test]
-async fn row_13_an_unreachable_port_is_unavailable_and_an_unconnected_client_times_out() {
-    let url = support::unreachable_url();
+async fn an_unreachable_port_is_unavailable_and_an_unconnected_client_times_out() {
+    let url = crate::support::unreachable_url();
     let started = Instant::now();
     let err = DistributedMutex::connect(&url).await.unwrap_err();
     assert!(
@@ -702,26 +705,37 @@ async fn row_13_an_unreachable_port_is_unavailable_and_an_unconnected_client_tim
     );
     assert!(started.elapsed() < ms(1500), "{:?}", started.elapsed());
     let raw = server.client().await;
-    assert_eq!(dbsize(&raw).await, 0);
+    assert_eq!(raw_dbsize(&raw).await, 0);
 }
 
 // ---- 14. a list -------------------------------------------------------------------------
 
 #[tokio::test]
-async fn row_14_a_key_holding_a_list_is_wrong_type_and_left_untouched() {
-    // tests/lock.rs covers lock and try_lock; this covers fencing, with_lock
-    // and a held key that becomes a list.
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
-    let _: i64 = raw.rpush("list", vec!["a", "b"]).await.unwrap();
+async fn a_key_holding_a_list_is_wrong_type_and_left_untouched() {
+    let Fixture { server, raw, mutex } = Fixture::start().await;
+    let _: i64 = raw.rpush("list", vec!["a", "b", "c"]).await.unwrap();
 
+    let started = Instant::now();
+    let err = mutex.lock("list").await.unwrap_err();
+    assert!(
+        matches!(err, Error::WrongType { ref key, .. } if key == "list"),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    // Not retried for the whole default budget (~5 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "retried: {:?}",
+        started.elapsed()
+    );
+    let err = mutex.try_lock("list").await.unwrap_err();
+    assert!(matches!(err, Error::WrongType { .. }), "{err:?}");
     let err = mutex.acquire("list").fencing().await.unwrap_err();
     assert!(
         matches!(err, Error::WrongType { ref key, .. } if key == "list"),
         "{err:?}"
     );
-    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
     let mut ran = false;
     let err = mutex
         .with_lock("list", |_| async { ran = true })
@@ -730,7 +744,18 @@ async fn row_14_a_key_holding_a_list_is_wrong_type_and_left_untouched() {
     assert!(matches!(err, Error::WrongType { .. }), "{err:?}");
     assert!(!ran);
 
-    // A lock whose key is replaced by a list meanwhile.
+    // A held (renewed) lock whose key is replaced by a list: its release
+    // finds the list in Redis.
+    let guard = mutex.lock("became-a-list").await.unwrap();
+    let _: i64 = raw.del("became-a-list").await.unwrap();
+    let _: i64 = raw.rpush("became-a-list", vec!["x", "y"]).await.unwrap();
+    let err = guard.release().await.unwrap_err();
+    assert!(
+        matches!(err, Error::NotHeld { ref key, .. } if key == "became-a-list"),
+        "{err:?}"
+    );
+
+    // A lock (not renewed) whose key is replaced by a list: extend finds it.
     let guard = mutex
         .acquire("becomes-a-list")
         .auto_renew(false)
@@ -745,24 +770,35 @@ async fn row_14_a_key_holding_a_list_is_wrong_type_and_left_untouched() {
     let err = guard.release().await.unwrap_err();
     assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
 
-    for (key, items) in [("list", vec!["a", "b"]), ("becomes-a-list", vec!["x"])] {
+    // Every list is left as it was, without an expiry.
+    for (key, items) in [
+        ("list", vec!["a", "b", "c"]),
+        ("became-a-list", vec!["x", "y"]),
+        ("becomes-a-list", vec!["x"]),
+    ] {
         let got: Vec<String> = raw.lrange(key, 0, -1).await.unwrap();
         assert_eq!(got, items, "{key}");
-        let left: i64 = raw.pttl(key).await.unwrap();
-        assert_eq!(left, -1, "{key}: an expiry was set on the list");
+        assert_eq!(
+            raw_pttl(&raw, key).await,
+            -1,
+            "{key}: an expiry was set on the list"
+        );
     }
-    let fence = support::common::raw_get_bytes(&raw, &support::common::fence_key("", "list")).await;
+    let fence = raw_get_bytes(&raw, &fence_key("", "list")).await;
     assert_eq!(fence, None, "a fencing token was drawn for a list");
-    assert_nothing_locked(&server, &mutex, &["becomes-a-list", "list"]).await;
+    assert_nothing_locked(
+        &server,
+        &mutex,
+        &["became-a-list", "becomes-a-list", "list"],
+    )
+    .await;
 }
 
 // ---- 15. a hash -------------------------------------------------------------------------
 
 #[tokio::test]
-async fn row_15_a_key_holding_a_hash_is_wrong_type_and_left_untouched() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+async fn a_key_holding_a_hash_is_wrong_type_and_left_untouched() {
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let _: i64 = raw.hset("hash", ("field", "value")).await.unwrap();
     let started = Instant::now();
     let err = mutex.lock("hash").await.unwrap_err();
@@ -787,66 +823,20 @@ async fn row_15_a_key_holding_a_hash_is_wrong_type_and_left_untouched() {
     assert_nothing_locked(&server, &mutex, &["hash"]).await;
 }
 
-// ---- 16. release twice --------------------------------------------------------------------
-
-#[tokio::test(flavor = "current_thread")]
-async fn row_16_release_twice_is_impossible_on_a_guard_and_a_warning_in_the_shim() {
-    // `LockGuard::release(self)` takes the guard: a second release does not
-    // compile, and a guard released once is not released again on drop. The
-    // shim's `release(key)` can be called twice: the second warns and does
-    // nothing, even when someone else took the key in between.
-    let (logs, _default) = Capture::install();
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let adapter = RedisAdapter::new(mutex_for(&server).await);
-    let key = "twice";
-    adapter.acquire(key).await;
-    assert_eq!(adapter.held_count(), 1);
-    adapter.release(key).await;
-    assert!(!logs.find(Level::DEBUG, "lock released", key).is_empty());
-    assert_eq!(get(&raw, key).await, None);
-
-    let other = mutex_for(&server).await;
-    let taken = other.lock(key).await.unwrap();
-    reset_stats(&server);
-    adapter.release(key).await;
-    assert_eq!(
-        logs.find(
-            Level::WARN,
-            "release of a lock this adapter does not hold",
-            key
-        )
-        .len(),
-        1,
-        "{:#?}",
-        logs.events()
-    );
-    assert_eq!(
-        lock_commands(&server),
-        0,
-        "the second release reached Redis"
-    );
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
-    taken.release().await.unwrap();
-    assert_nothing_locked(&server, adapter.mutex(), &[]).await;
-}
-
 // ---- 17. extend after release ---------------------------------------------------------------
 
 #[tokio::test]
-async fn row_17_extend_after_release_is_not_held_and_never_brings_the_key_back() {
+async fn extend_after_release_is_not_held_and_never_brings_the_key_back() {
     // `release(self)` takes the guard, so `extend` after it does not compile.
     // At run time the same happens when the lock is released by another
     // client of the protocol that has the token (e.g. a Go or Python process
     // handed it): extend must report NotHeld and not recreate the key.
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let key = "extend-after-release";
     let guard = mutex.acquire(key).auto_renew(false).await.unwrap();
     let deleted: i64 = raw
         .eval(
-            include_str!("../src/scripts/release.lua"),
+            include_str!("../../src/scripts/release.lua"),
             vec![key],
             vec![guard.token()],
         )
@@ -859,7 +849,11 @@ async fn row_17_extend_after_release_is_not_held_and_never_brings_the_key_back()
         matches!(err, Error::NotHeld { key: ref k, .. } if k == key),
         "{err:?}"
     );
-    assert_eq!(get(&raw, key).await, None, "extend brought the key back");
+    assert_eq!(
+        raw_get(&raw, key).await,
+        None,
+        "extend brought the key back"
+    );
     assert!(guard.is_lost());
     assert_eq!(guard.remaining(), Duration::ZERO);
     assert_eq!(guard.lost().await, LostReason::Missing);
@@ -871,13 +865,13 @@ async fn row_17_extend_after_release_is_not_held_and_never_brings_the_key_back()
     let taken = other.lock(key).await.unwrap();
     drop(guard);
     mutex.shutdown().await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     taken.release().await.unwrap();
     assert_nothing_locked(&server, &other, &[]).await;
 }
 
 #[tokio::test]
-async fn row_17b_a_lease_kept_past_its_guards_release_does_not_claim_the_lock() {
+async fn a_lease_kept_past_its_guards_release_does_not_claim_the_lock() {
     let server = RedisServer::start();
     let mutex = mutex_for(&server).await;
     let guard = mutex.lock("lease-after-release").await.unwrap();
@@ -888,78 +882,12 @@ async fn row_17b_a_lease_kept_past_its_guards_release_does_not_claim_the_lock() 
     assert!(lease.is_lost());
 }
 
-// ---- 18. shim release of a key never acquired ------------------------------------------------
-
-#[tokio::test(flavor = "current_thread")]
-async fn row_18_the_shims_release_of_a_key_never_acquired_warns_and_sends_nothing() {
-    // tests/adapter.rs checks the warning and that someone else's lock is
-    // untouched; this checks that nothing reaches Redis at all, through the
-    // `Arc<dyn Adapter>` of `provide_adapter`, before any acquire ran.
-    let (logs, _default) = Capture::install();
-    let server = RedisServer::start();
-    let adapter: Arc<dyn Adapter> = provide_adapter(server.client().await);
-    reset_stats(&server);
-    adapter.release("never-acquired").await;
-    adapter.releasef(format_args!("never-{}", "acquired")).await;
-    assert_eq!(
-        logs.find(
-            Level::WARN,
-            "release of a lock this adapter does not hold",
-            "never-acquired"
-        )
-        .len(),
-        2,
-        "{:#?}",
-        logs.events()
-    );
-    assert_eq!(lock_commands(&server), 0, "a release reached Redis");
-    let raw = server.client().await;
-    assert_eq!(dbsize(&raw).await, 0);
-}
-
-// ---- 19. shim releasef expanding to an empty key ----------------------------------------------
-
-#[tokio::test(flavor = "current_thread")]
-async fn row_19_the_shims_releasef_of_an_empty_key_warns_and_acquiref_logs_invalid_key() {
-    // tests/adapter.rs covers releasef of "" next to a held lock; this pairs
-    // it with acquiref of the same format and checks what is logged and
-    // that nothing is sent.
-    let (logs, _default) = Capture::install();
-    let server = RedisServer::start();
-    let adapter = RedisAdapter::new(mutex_for(&server).await);
-    reset_stats(&server);
-    let tenant = "";
-    adapter.acquiref(format_args!("{tenant}")).await;
-    let failed = logs.find(Level::ERROR, "failed to acquire lock", "");
-    assert_eq!(failed.len(), 1, "{:#?}", logs.events());
-    let error = failed[0].error.as_deref().unwrap_or_default();
-    assert!(error.contains("must not be empty"), "{error}");
-    assert_eq!(adapter.held_count(), 0);
-
-    adapter.releasef(format_args!("{tenant}")).await;
-    assert_eq!(
-        logs.find(
-            Level::WARN,
-            "release of a lock this adapter does not hold",
-            ""
-        )
-        .len(),
-        1,
-        "{:#?}",
-        logs.events()
-    );
-    assert_eq!(lock_commands(&server), 0, "a command reached Redis");
-    assert_nothing_locked(&server, adapter.mutex(), &[]).await;
-}
-
 // ---- 20. key prefix too long --------------------------------------------------------------------
 
 #[tokio::test]
-async fn row_20_a_key_prefix_over_1024_bytes_is_a_config_error() {
+async fn a_key_prefix_over_1024_bytes_is_a_config_error() {
     assert_eq!(MAX_PREFIX_LEN, 1024);
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture { server, raw, mutex } = Fixture::start().await;
     let err = DistributedMutex::builder(mutex.client().clone())
         .key_prefix("p".repeat(MAX_PREFIX_LEN + 1))
         .build()
@@ -971,7 +899,10 @@ async fn row_20_a_key_prefix_over_1024_bytes_is_a_config_error() {
         .unwrap();
     let guard = longest.lock("k").await.unwrap();
     let redis_key = format!("{}k", "p".repeat(MAX_PREFIX_LEN));
-    assert_eq!(get(&raw, &redis_key).await.as_deref(), Some(guard.token()));
+    assert_eq!(
+        raw_get(&raw, &redis_key).await.as_deref(),
+        Some(guard.token())
+    );
     guard.release().await.unwrap();
     longest.shutdown().await;
     assert_nothing_locked(&server, &mutex, &[]).await;
@@ -980,7 +911,7 @@ async fn row_20_a_key_prefix_over_1024_bytes_is_a_config_error() {
 // ---- 21. zero interval ------------------------------------------------------------------------
 
 #[tokio::test]
-async fn row_21_a_retry_with_a_zero_interval_gives_up_at_once_without_spinning() {
+async fn a_retry_with_a_zero_interval_gives_up_at_once_without_spinning() {
     let server = RedisServer::start();
     let mutex = mutex_for(&server).await;
     let holder = mutex_for(&server).await;
@@ -1020,7 +951,7 @@ async fn row_21_a_retry_with_a_zero_interval_gives_up_at_once_without_spinning()
 // ---- 22. a database that does not exist ---------------------------------------------------------
 
 #[tokio::test]
-async fn row_22_a_url_naming_a_database_that_does_not_exist_is_a_redis_error() {
+async fn a_url_naming_a_database_that_does_not_exist_is_a_redis_error() {
     let server = RedisServer::start();
     let url = format!("{}/99", server.url());
     let err = DistributedMutex::connect(&url).await.unwrap_err();
@@ -1039,7 +970,7 @@ async fn row_22_a_url_naming_a_database_that_does_not_exist_is_a_redis_error() {
         .unwrap();
     let guard = mutex.lock("db15").await.unwrap();
     let raw = server.client().await;
-    assert_eq!(dbsize(&raw).await, 0);
+    assert_eq!(raw_dbsize(&raw).await, 0);
     assert_eq!(server.cli(&["-n", "15", "GET", "db15"]), guard.token());
     guard.release().await.unwrap();
     assert_eq!(server.cli(&["-n", "15", "DBSIZE"]), "0");
@@ -1048,7 +979,7 @@ async fn row_22_a_url_naming_a_database_that_does_not_exist_is_a_redis_error() {
 // ---- a URL scheme the client cannot honour ----------------------------------------------
 
 #[tokio::test]
-async fn row_23_a_url_whose_scheme_cannot_be_honoured_is_a_config_error() {
+async fn a_url_whose_scheme_cannot_be_honoured_is_a_config_error() {
     let server = RedisServer::start();
     let port = server.port();
     for url in [

@@ -3,16 +3,14 @@
 //! bound, extreme durations, errors after the client is closed, closing what
 //! the mutex owns, and the futures' `Send + 'static` promise.
 
-mod support;
-
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
+use crate::support::common::{builder_for, gone_within, ms, mutex_for, raw_get, raw_pttl};
+use crate::support::RedisServer;
 use distributed_mutex::{Builder, DistributedMutex, Error, RetryStrategy};
 use fred::interfaces::ClientLike;
 use proptest::prelude::*;
-use support::common::{builder_for, gone_within, ms, mutex_for, raw_get, raw_pttl};
-use support::RedisServer;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

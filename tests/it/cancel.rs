@@ -2,43 +2,15 @@
 //! sent, while it is in flight, while it waits out a backoff, right after it
 //! succeeded) leaves no lock behind once the mutex has been shut down.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use distributed_mutex::RetryStrategy;
 use fred::prelude::*;
-use support::common::{ms, mutex_for};
-use support::RedisServer;
 
-async fn raw_keys(client: &Client) -> Vec<String> {
-    client
-        .custom(fred::cmd!("KEYS"), vec!["*"])
-        .await
-        .expect("raw KEYS")
-}
-
-/// One field of `INFO <section>`, e.g. `info_field(server, "stats", "expired_keys")`.
-fn info_field(server: &RedisServer, section: &str, field: &str) -> String {
-    let info = server.cli(&["INFO", section]);
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in INFO {section}:\n{info}"))
-        .trim()
-        .to_owned()
-}
-
-/// `calls` of one command in `INFO commandstats` (0 if never called).
-fn command_calls(server: &RedisServer, command: &str) -> u64 {
-    let stats = server.cli(&["INFO", "commandstats"]);
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
-        .unwrap_or(0)
-}
+use crate::support::common::{command_calls, info_field, ms, redis_keys, reset_stats, Fixture};
+use crate::support::RedisServer;
 
 /// The budget of iteration `i`: 0 to 2990 µs in steps of 10 µs.
 fn budget(i: u64) -> Duration {
@@ -64,9 +36,11 @@ impl Outcomes {
 
 #[tokio::test]
 async fn acquisitions_cancelled_at_random_points_leave_no_lock_behind() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server,
+        raw: _,
+        mutex,
+    } = Fixture::start().await;
 
     let mut outcomes = Outcomes::default();
     for i in 0..300u64 {
@@ -75,7 +49,7 @@ async fn acquisitions_cancelled_at_random_points_leave_no_lock_behind() {
     }
     mutex.shutdown().await;
 
-    let left = raw_keys(&raw).await;
+    let left = redis_keys(&server, "*");
     assert!(
         left.is_empty(),
         "locks left behind: {left:?} ({outcomes:?})"
@@ -92,9 +66,11 @@ async fn acquisitions_cancelled_at_random_points_leave_no_lock_behind() {
 
 #[tokio::test]
 async fn acquisitions_of_one_key_cancelled_at_random_points_leave_no_lock_behind() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server,
+        raw: _,
+        mutex,
+    } = Fixture::start().await;
 
     let mut outcomes = Outcomes::default();
     for i in 0..300u64 {
@@ -103,7 +79,7 @@ async fn acquisitions_of_one_key_cancelled_at_random_points_leave_no_lock_behind
     }
     mutex.shutdown().await;
 
-    let left = raw_keys(&raw).await;
+    let left = redis_keys(&server, "*");
     assert!(
         left.is_empty(),
         "locks left behind: {left:?} ({outcomes:?})"
@@ -129,9 +105,11 @@ async fn acquisitions_cancelled_after_n_scheduler_turns_leave_no_lock_behind() {
     // The timer has millisecond granularity, so microsecond budgets bunch up;
     // counting scheduler turns instead stops the acquisition at every step
     // of its way through fred (queued, written, answered, ...).
-    let server = RedisServer::start();
-    let raw = server.client().await;
-    let mutex = mutex_for(&server).await;
+    let Fixture {
+        server,
+        raw: _,
+        mutex,
+    } = Fixture::start().await;
 
     let mut outcomes = Outcomes::default();
     for i in 0..300u64 {
@@ -149,7 +127,7 @@ async fn acquisitions_cancelled_after_n_scheduler_turns_leave_no_lock_behind() {
     }
     mutex.shutdown().await;
 
-    let left = raw_keys(&raw).await;
+    let left = redis_keys(&server, "*");
     assert!(
         left.is_empty(),
         "locks left behind: {left:?} ({outcomes:?})"
@@ -171,14 +149,13 @@ async fn acquisitions_cancelled_after_n_scheduler_turns_leave_no_lock_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_acquisitions_under_contention_leave_no_lock_behind() {
     let server = RedisServer::start();
-    let raw = server.client().await;
     // The waiter retries quickly, so cancellations also land in its backoff.
-    let waiter = support::common::builder_for(&server)
+    let waiter = crate::support::common::builder_for(&server)
         .await
         .retry(RetryStrategy::linear(ms(1), 10_000))
         .build()
         .unwrap();
-    let rival = support::common::builder_for(&server)
+    let rival = crate::support::common::builder_for(&server)
         .await
         .retry(RetryStrategy::linear(ms(1), 10_000))
         .build()
@@ -215,7 +192,7 @@ async fn cancelled_acquisitions_under_contention_leave_no_lock_behind() {
     waiter.shutdown().await;
     rival.shutdown().await;
 
-    let left = raw_keys(&raw).await;
+    let left = redis_keys(&server, "*");
     assert!(
         left.is_empty(),
         "locks left behind: {left:?} ({outcomes:?})"
@@ -232,9 +209,8 @@ async fn cancelled_acquisitions_under_contention_leave_no_lock_behind() {
 #[tokio::test]
 async fn an_acquisition_dropped_while_the_server_is_paused_leaves_no_lock_after_resume() {
     let server = RedisServer::start();
-    let raw = server.client().await;
     // A 10 s TTL is only the fallback: the release must remove the key, not expiry.
-    let mutex = support::common::builder_for(&server)
+    let mutex = crate::support::common::builder_for(&server)
         .await
         .ttl(Duration::from_secs(10))
         .command_timeout(Duration::from_secs(5))
@@ -248,7 +224,7 @@ async fn an_acquisition_dropped_while_the_server_is_paused_leaves_no_lock_after_
         .release()
         .await
         .unwrap();
-    assert_eq!(server.cli(&["CONFIG", "RESETSTAT"]), "OK");
+    reset_stats(&server);
 
     server.pause();
     for i in 0..5u64 {
@@ -263,7 +239,7 @@ async fn an_acquisition_dropped_while_the_server_is_paused_leaves_no_lock_after_
     server.resume();
     let resumed = Instant::now();
     mutex.shutdown().await;
-    let left = raw_keys(&raw).await;
+    let left = redis_keys(&server, "*");
     let after = resumed.elapsed();
 
     assert!(
@@ -290,7 +266,7 @@ async fn an_acquisition_dropped_while_the_server_is_paused_does_not_block_the_ke
     // Same as above on one key, then the key must be lockable at once.
     let server = RedisServer::start();
     let raw = server.client().await;
-    let mutex = support::common::builder_for(&server)
+    let mutex = crate::support::common::builder_for(&server)
         .await
         .ttl(Duration::from_secs(10))
         .command_timeout(Duration::from_secs(5))
@@ -317,6 +293,6 @@ async fn an_acquisition_dropped_while_the_server_is_paused_does_not_block_the_ke
     assert_eq!(value.as_deref(), Some(guard.token()));
     drop(guard);
     mutex.shutdown().await;
-    assert!(raw_keys(&raw).await.is_empty());
+    assert!(redis_keys(&server, "*").is_empty());
     assert_eq!(info_field(&server, "stats", "expired_keys"), "0");
 }

@@ -1,7 +1,7 @@
 //! Fault injection against real, private `redis-server` processes (see
 //! `tests/support`): connections cut during each lock command, a black-holed
 //! or slow network (through the loopback proxy in `tests/support/proxy.rs`),
-//! a restarted or paused server, a holder killed with SIGKILL, a flushed
+//! a killed, restarted or paused server, a holder killed with SIGKILL, a flushed
 //! script cache, and servers that refuse commands (out of memory, a password,
 //! a read-only replica).
 //!
@@ -13,8 +13,6 @@
 //! Mutexes that go through the proxy use a 300 ms command timeout. Time
 //! bounds are generous (the machine is small and noisy).
 
-mod support;
-
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,134 +20,23 @@ use std::time::{Duration, Instant};
 
 use distributed_mutex::{Builder, DistributedMutex, Error, LostReason, RetryStrategy};
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use fred::types::Expiration;
-use support::common::{fence_key, raw_get_bytes};
-use support::proxy::{Action, Mode, Point, Proxy};
-use support::RedisServer;
 
-const fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use crate::support::common::{
+    assert_no_orphan, builder_for, check_remaining, fence_key, gone_within, load_scripts, ms,
+    mutex_for, mutex_via, raw_dbsize, raw_get, raw_get_and_pttl, raw_get_bytes, raw_pttl,
+    redis_keys, sha, SCRIPTS,
+};
+use crate::support::proxy::{Action, Mode, Point, Proxy};
+use crate::support::RedisServer;
 
 /// The command timeout of mutexes that go through the proxy.
 const COMMAND_TIMEOUT: Duration = ms(300);
 
-// ---- helpers ----------------------------------------------------------------
-
-/// A mutex whose connections (commands and release notifications) go
-/// through `proxy`, with a 300 ms command timeout, then `configure`.
+/// A mutex through `proxy` ([`mutex_via`]) with a 300 ms command timeout,
+/// then `configure`.
 async fn via(proxy: &Proxy, configure: impl FnOnce(Builder) -> Builder) -> DistributedMutex {
-    let connected = Builder::connect(&proxy.url())
-        .await
-        .expect("connect through the proxy");
-    configure(connected.command_timeout(COMMAND_TIMEOUT))
-        .build()
-        .expect("valid settings")
-}
-
-/// A rival "process": its own direct connection to the server.
-async fn rival(server: &RedisServer) -> DistributedMutex {
-    DistributedMutex::connect(&server.url())
-        .await
-        .expect("connect rival")
-}
-
-async fn get(raw: &Client, key: &str) -> Option<String> {
-    raw.get(key).await.expect("GET")
-}
-
-async fn pttl(raw: &Client, key: &str) -> i64 {
-    raw.pttl(key).await.expect("PTTL")
-}
-
-/// Polls until `key` is gone; `true` if it went within `limit`.
-async fn gone_within(raw: &Client, key: &str, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if get(raw, key).await.is_none() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(ms(10)).await;
-    }
-}
-
-/// After a fault (and after the mutex was shut down, so queued releases have
-/// run): `key` is absent, or holds a lease that ends within `ttl` (never a
-/// key without expiry) and is indeed gone by then.
-async fn assert_no_orphan(raw: &Client, key: &str, ttl: Duration) {
-    let left = pttl(raw, key).await;
-    assert!(
-        left == -2 || (left > 0 && left <= ttl.as_millis() as i64),
-        "`{key}` left with PTTL {left} (TTL {ttl:?})"
-    );
-    if left > 0 {
-        assert!(
-            gone_within(raw, key, ttl + ms(1000)).await,
-            "`{key}` still there after its TTL"
-        );
-    }
-}
-
-/// `remaining()` read at `read_at` never promises more than Redis holds: the
-/// key's expiry (at least `pttl_sent_at + pttl`) is not before
-/// `read_at + remaining`.
-fn assert_conservative(
-    key: &str,
-    remaining: Duration,
-    read_at: Instant,
-    pttl: i64,
-    pttl_sent_at: Instant,
-) {
-    assert!(pttl > 0, "`{key}` has PTTL {pttl} while its guard holds it");
-    // PTTL is rounded down to whole milliseconds: allow one.
-    let redis_until = pttl_sent_at + ms(pttl as u64 + 1);
-    assert!(
-        read_at + remaining <= redis_until,
-        "remaining() {remaining:?} for `{key}` outlasts Redis's PTTL {pttl} ms"
-    );
-}
-
-/// Reads `remaining()` and the key's PTTL and checks that the former is
-/// conservative.
-async fn check_remaining(raw: &Client, guard: &distributed_mutex::LockGuard, redis_key: &str) {
-    let read_at = Instant::now();
-    let remaining = guard.remaining();
-    let pttl_sent_at = Instant::now();
-    let left = pttl(raw, redis_key).await;
-    assert_conservative(redis_key, remaining, read_at, left, pttl_sent_at);
-}
-
-/// `KEYS pattern`, through redis-cli.
-fn keys(server: &RedisServer, pattern: &str) -> Vec<String> {
-    server
-        .cli(&["KEYS", pattern])
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Loads the library's scripts, so that a fault aimed at a script call hits
-/// the call that runs it, not a first `EVALSHA` answered with NOSCRIPT.
-async fn load_scripts(raw: &Client) {
-    for lua in [
-        include_str!("../src/scripts/acquire.lua"),
-        include_str!("../src/scripts/release.lua"),
-        include_str!("../src/scripts/extend.lua"),
-    ] {
-        Script::from_lua(lua.to_owned())
-            .load(raw)
-            .await
-            .expect("SCRIPT LOAD");
-    }
-}
-
-fn sha(lua: &str) -> String {
-    Script::from_lua(lua.to_owned()).sha1().to_string()
+    mutex_via(proxy, |b| configure(b.command_timeout(COMMAND_TIMEOUT))).await
 }
 
 // ---- 1. a connection cut during each command --------------------------------
@@ -170,7 +57,7 @@ async fn acquire_through_a_cut(
 ) -> String {
     let ttl = ms(2000);
     let mutex = via(proxy, |b| b.ttl(ttl).auto_renew(false)).await;
-    let other = rival(server).await;
+    let other = mutex_for(server).await;
     if let Some(busy) = busy_for {
         let _: () = raw
             .set(
@@ -202,11 +89,11 @@ async fn acquire_through_a_cut(
         Ok(guard) => {
             // Success is reported only for a lock Redis holds with our token.
             assert_eq!(
-                get(raw, key).await.as_deref(),
+                raw_get(raw, key).await.as_deref(),
                 Some(guard.token()),
                 "`{key}`: Ok(guard) but Redis does not hold its token"
             );
-            let left = pttl(raw, key).await;
+            let left = raw_pttl(raw, key).await;
             assert!(
                 left > 0 && left <= ttl.as_millis() as i64,
                 "`{key}`: PTTL {left}"
@@ -223,7 +110,7 @@ async fn acquire_through_a_cut(
                 assert_eq!(counter.as_deref(), Some("1"), "`{key}`: fence counter");
             }
             guard.release().await.expect("release after the cut");
-            assert_eq!(get(raw, key).await, None);
+            assert_eq!(raw_get(raw, key).await, None);
             format!("Ok(guard) in {took:?}, Redis holds its token")
         }
         Err(e) => {
@@ -327,7 +214,7 @@ async fn a_cut_during_release_leaves_nothing_locked() {
     let raw = server.client().await;
     load_scripts(&raw).await;
     let proxy = Proxy::start(server.port());
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     for action in [Action::CutBeforeForward, Action::CutAfterForward] {
         let key = format!("cut:release:{action:?}");
         let mutex = via(&proxy, |b| b.ttl(ms(10_000)).auto_renew(false)).await;
@@ -384,7 +271,7 @@ async fn a_cut_during_extend_keeps_remaining_conservative() {
     let raw = server.client().await;
     load_scripts(&raw).await;
     let proxy = Proxy::start(server.port());
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     for action in [Action::CutBeforeForward, Action::CutAfterForward] {
         let key = format!("cut:extend:{action:?}");
         let mutex = via(&proxy, |b| b.ttl(ms(2000)).auto_renew(false)).await;
@@ -396,7 +283,7 @@ async fn a_cut_during_extend_keeps_remaining_conservative() {
         match &result {
             Ok(()) => {
                 assert_eq!(guard.ttl(), ms(6000));
-                let left = pttl(&raw, &key).await;
+                let left = raw_pttl(&raw, &key).await;
                 assert!(left > 4000, "extend reported Ok, PTTL {left}");
             }
             Err(e) => {
@@ -405,11 +292,11 @@ async fn a_cut_during_extend_keeps_remaining_conservative() {
             }
         }
         check_remaining(&raw, &guard, &key).await;
-        assert_eq!(get(&raw, &key).await.as_deref(), Some(guard.token()));
+        assert_eq!(raw_get(&raw, &key).await.as_deref(), Some(guard.token()));
         assert!(other.try_lock(&key).await.unwrap().is_none());
         guard.release().await.expect("release after the cut");
         mutex.shutdown().await;
-        assert_eq!(get(&raw, &key).await, None);
+        assert_eq!(raw_get(&raw, &key).await, None);
     }
 }
 
@@ -419,7 +306,7 @@ async fn cuts_during_renewal_do_not_lose_the_lock() {
     let raw = server.client().await;
     load_scripts(&raw).await;
     let proxy = Proxy::start(server.port());
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let mutex = via(&proxy, |b| b.ttl(ms(1500))).await;
     let key = "cut:renewal";
     let guard = mutex.lock(key).await.unwrap();
@@ -429,7 +316,7 @@ async fn cuts_during_renewal_do_not_lose_the_lock() {
     let until = Instant::now() + ms(3500);
     while Instant::now() < until {
         assert!(!guard.is_lost(), "lost after a cut during renewal");
-        assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+        assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
         assert!(
             other.try_lock(key).await.unwrap().is_none(),
             "a rival got a renewed lock"
@@ -444,7 +331,7 @@ async fn cuts_during_renewal_do_not_lose_the_lock() {
     );
     check_remaining(&raw, &guard, key).await;
     guard.release().await.unwrap();
-    assert_eq!(get(&raw, key).await, None);
+    assert_eq!(raw_get(&raw, key).await, None);
 }
 
 // ---- 2. renewal black-holed: the holder learns first -------------------------
@@ -455,7 +342,7 @@ async fn black_holed_renewals_tell_the_holder_before_a_rival_gets_in() {
     let raw = server.client().await;
     load_scripts(&raw).await;
     let proxy = Proxy::start(server.port());
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let mutex = via(&proxy, |b| b.ttl(ms(1000))).await;
     let key = "blackhole:renewal";
     let guard = mutex.lock(key).await.unwrap();
@@ -504,14 +391,14 @@ async fn black_holed_renewals_tell_the_holder_before_a_rival_gets_in() {
     // token, and change nothing; the guard stays lost.
     proxy.set_mode(Mode::Pass);
     tokio::time::sleep(ms(500)).await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     assert!(guard.is_lost());
     assert_eq!(guard.lost().await, LostReason::Expired);
     let err = guard.extend(ms(1000)).await.unwrap_err();
     assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
     drop(guard);
     mutex.shutdown().await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     taken.release().await.unwrap();
 }
 
@@ -523,7 +410,7 @@ async fn cuts_while_waiting_neither_stop_the_waiter_nor_let_it_in_early() {
     let raw = server.client().await;
     load_scripts(&raw).await;
     let proxy = Proxy::start(server.port());
-    let holder = rival(&server).await;
+    let holder = mutex_for(&server).await;
     let key = "cut:waiting";
     let held = holder
         .acquire(key)
@@ -565,10 +452,10 @@ async fn cuts_while_waiting_neither_stop_the_waiter_nor_let_it_in_early() {
         "the waiter took {:?} after the release",
         acquired_at - released_at
     );
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
     guard.release().await.unwrap();
     waiter.shutdown().await;
-    assert_eq!(get(&raw, key).await, None);
+    assert_eq!(raw_get(&raw, key).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,7 +464,7 @@ async fn a_black_hole_while_waiting_ends_in_the_lock_once_traffic_passes() {
     let raw = server.client().await;
     load_scripts(&raw).await;
     let proxy = Proxy::start(server.port());
-    let holder = rival(&server).await;
+    let holder = mutex_for(&server).await;
     let key = "blackhole:waiting";
     let held = holder
         .acquire(key)
@@ -601,7 +488,7 @@ async fn a_black_hole_while_waiting_ends_in_the_lock_once_traffic_passes() {
         "the waiter finished while Redis was unreachable: {:?}",
         task.await
     );
-    assert_eq!(get(&raw, key).await, None, "nothing got through");
+    assert_eq!(raw_get(&raw, key).await, None, "nothing got through");
 
     proxy.set_mode(Mode::Pass);
     let guard = tokio::time::timeout(ms(3000), task)
@@ -609,11 +496,11 @@ async fn a_black_hole_while_waiting_ends_in_the_lock_once_traffic_passes() {
         .expect("the waiter gets the lock within 3 s of traffic passing")
         .unwrap()
         .expect("the waiter gets the lock");
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
     assert!(holder.try_lock(key).await.unwrap().is_none());
     guard.release().await.unwrap();
     waiter.shutdown().await;
-    assert_eq!(get(&raw, key).await, None);
+    assert_eq!(raw_get(&raw, key).await, None);
 }
 
 // ---- 4. a black-holed Redis -------------------------------------------------------
@@ -714,7 +601,7 @@ async fn a_black_holed_redis_fails_every_call_within_the_command_timeout_and_rec
         .await
         .expect("shutdown hung while Redis was black-holed");
     println!("shutdown: {:?}", started.elapsed());
-    assert_eq!(get(&raw, "bh:b").await, None, "nothing got through");
+    assert_eq!(raw_get(&raw, "bh:b").await, None, "nothing got through");
 
     // Traffic passes again: everything works, and what was held reaches
     // Redis in order (timed-out acquisitions, then their queued releases).
@@ -722,7 +609,7 @@ async fn a_black_holed_redis_fails_every_call_within_the_command_timeout_and_rec
     let started = Instant::now();
     let again = mutex.lock("bh:a").await.expect("lock after recovery");
     assert!(started.elapsed() < ms(2000), "{:?}", started.elapsed());
-    assert_eq!(get(&raw, "bh:a").await.as_deref(), Some(again.token()));
+    assert_eq!(raw_get(&raw, "bh:a").await.as_deref(), Some(again.token()));
     kept.extend(ttl).await.expect("extend after recovery");
     check_remaining(&raw, &kept, "bh:kept").await;
     again.release().await.unwrap();
@@ -741,7 +628,7 @@ async fn a_black_holed_redis_fails_every_call_within_the_command_timeout_and_rec
         assert!(
             gone_within(&raw, key, ms(1500)).await,
             "`{key}` left locked after recovery (PTTL {})",
-            pttl(&raw, key).await
+            raw_pttl(&raw, key).await
         );
     }
 }
@@ -765,14 +652,14 @@ async fn a_black_hole_on_a_cold_script_cache_leaves_orphans_until_their_ttl() {
     let healed_at = Instant::now();
     proxy.set_mode(Mode::Pass);
     tokio::time::sleep(ms(200)).await;
-    let orphan = get(&raw, key).await;
+    let orphan = raw_get(&raw, key).await;
     println!(
         "after the black hole: {orphan:?}, PTTL {}",
-        pttl(&raw, key).await
+        raw_pttl(&raw, key).await
     );
     assert_no_orphan(&raw, key, ttl).await;
     assert!(healed_at.elapsed() <= ttl + ms(1000));
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let guard = other
         .try_lock(key)
         .await
@@ -813,7 +700,7 @@ async fn with_100ms_latency_locks_work_and_remaining_stays_conservative() {
         "remaining() {remaining:?} ignores the {took:?} round trip"
     );
     check_remaining(&raw, &guard, key).await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
 
     let started = Instant::now();
     assert!(b.try_lock(key).await.unwrap().is_none());
@@ -825,7 +712,7 @@ async fn with_100ms_latency_locks_work_and_remaining_stays_conservative() {
     tokio::time::sleep(ttl + ms(300)).await;
     assert!(!guard.is_lost(), "lost under 100 ms latency");
     check_remaining(&raw, &guard, key).await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(guard.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(guard.token()));
 
     // A waiter gets it after the release, and only after.
     let inside = Arc::new(AtomicBool::new(true));
@@ -843,7 +730,7 @@ async fn with_100ms_latency_locks_work_and_remaining_stays_conservative() {
     guard.release().await.unwrap();
     let second = tokio::time::timeout(ms(3000), task).await.unwrap().unwrap();
     check_remaining(&raw, &second, key).await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(second.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(second.token()));
     second.release().await.unwrap();
 
     let value = a
@@ -855,19 +742,60 @@ async fn with_100ms_latency_locks_work_and_remaining_stays_conservative() {
     proxy.set_mode(Mode::Pass);
     a.shutdown().await;
     b.shutdown().await;
-    let keys = keys(&server, "latency*");
+    let keys = redis_keys(&server, "latency*");
     assert!(keys.is_empty(), "left locked: {keys:?}");
 }
 
-// ---- 6. a restart (data lost) ---------------------------------------------------------------
+// ---- 6. a killed server ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_killed_server_gives_transient_errors_not_not_obtained() {
+    let mut server = RedisServer::start();
+    let mutex = builder_for(&server)
+        .await
+        .command_timeout(ms(300))
+        .retry(RetryStrategy::none())
+        .build()
+        .unwrap();
+    // In use: a lock taken and released over this connection.
+    mutex.lock("killed").await.unwrap().release().await.unwrap();
+
+    server.kill();
+    let started = Instant::now();
+    let err = mutex.lock("killed").await.unwrap_err();
+    assert!(
+        err.is_transient(),
+        "expected Unavailable or Timeout, got {err:?}"
+    );
+    assert!(
+        matches!(err, Error::Unavailable { ref key, .. } | Error::Timeout { ref key, .. } if key == "killed"),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let err = mutex.try_lock("killed").await.unwrap_err();
+    assert!(err.is_transient(), "try_lock: {err:?}");
+
+    // With retries, the last attempt's error is reported, not NotObtained.
+    let started = Instant::now();
+    let err = mutex
+        .acquire("killed")
+        .retry(RetryStrategy::linear(ms(50), 3))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "with retries: {err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+// ---- 7. a restart (data lost) ---------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_that_loses_the_data_makes_lost_fire_for_every_holder() {
     let mut server = RedisServer::start();
-    let connected = DistributedMutex::connect(&server.url()).await.unwrap();
     // A 3 s lease, renewed every second: a loss found by a renewal
     // (Missing) comes well before the local lease would end (Expired).
-    let mutex = DistributedMutex::builder(connected.client().clone())
+    let mutex = builder_for(&server)
+        .await
         .ttl(ms(3000))
         .command_timeout(ms(500))
         .build()
@@ -882,12 +810,21 @@ async fn a_restart_that_loses_the_data_makes_lost_fire_for_every_holder() {
                 .await
         })
     };
+    // A long lease without renewal: nothing finds its loss before its release.
+    let unrenewed = mutex
+        .acquire("restart:4")
+        .ttl(ms(30_000))
+        .auto_renew(false)
+        .await
+        .unwrap();
     let raw = server.client().await;
-    while get(&raw, "restart:3").await.is_none() {
+    while raw_get(&raw, "restart:3").await.is_none() {
         tokio::time::sleep(ms(10)).await;
     }
     drop(raw);
 
+    // The new server on the same port has no data. fred reconnects by
+    // itself; the next renewal then finds the key gone.
     let restarted_at = Instant::now();
     server.restart();
     println!("restart took {:?}", restarted_at.elapsed());
@@ -901,7 +838,12 @@ async fn a_restart_that_loses_the_data_makes_lost_fire_for_every_holder() {
             "{}: lost ({reason:?}) {after:?} after the restart",
             guard.key()
         );
-        assert_eq!(reason, LostReason::Missing, "{}", guard.key());
+        assert_eq!(
+            reason,
+            LostReason::Missing,
+            "{}: renewal should find the key gone once fred has reconnected",
+            guard.key()
+        );
         assert!(guard.is_lost());
         assert_eq!(guard.remaining(), Duration::ZERO);
     }
@@ -916,48 +858,103 @@ async fn a_restart_that_loses_the_data_makes_lost_fire_for_every_holder() {
         ),
         "{result:?}"
     );
-    // Released guards report the loss too; new locks work.
+    let raw = server.client().await;
+    for key in ["restart:1", "restart:2", "restart:3", "restart:4"] {
+        assert_eq!(raw_get(&raw, key).await, None, "{key}: the key came back");
+    }
+
+    // Released guards report the loss, whether a renewal found it or the
+    // release itself does.
     let err = first.release().await.unwrap_err();
-    assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::NotHeld { ref key, .. } if key == "restart:1"),
+        "{err:?}"
+    );
+    let err = unrenewed.release().await.unwrap_err();
+    assert!(
+        matches!(err, Error::NotHeld { ref key, .. } if key == "restart:4"),
+        "{err:?}"
+    );
+
+    // New locks work, at once, and Redis holds them.
+    let started = Instant::now();
     let again = mutex.lock("restart:1").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        raw_get(&raw, "restart:1").await.as_deref(),
+        Some(again.token())
+    );
     again.release().await.unwrap();
+    let rival = mutex_for(&server).await;
+    let theirs = rival
+        .try_lock("restart:2")
+        .await
+        .unwrap()
+        .expect("a lock lost in the restart is free");
+    let err = second.release().await.unwrap_err();
+    assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
+    assert_eq!(
+        raw_get(&raw, "restart:2").await.as_deref(),
+        Some(theirs.token())
+    );
+    theirs.release().await.unwrap();
 }
 
-// ---- 7. paused past the TTL -------------------------------------------------------------------
+// ---- 8. a paused server -------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_past_the_ttl_tells_the_holder_before_a_rival_gets_in() {
     let server = RedisServer::start();
     let raw = server.client().await;
-    let connected = DistributedMutex::connect(&server.url()).await.unwrap();
     let ttl = ms(1000);
-    let mutex = DistributedMutex::builder(connected.client().clone())
+    let mutex = builder_for(&server)
+        .await
         .ttl(ttl)
         .command_timeout(COMMAND_TIMEOUT)
         .build()
         .unwrap();
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let key = "paused";
     let guard = mutex.lock(key).await.unwrap();
-    tokio::time::sleep(ms(100)).await;
+    // A renewal or two first.
+    tokio::time::sleep(ms(500)).await;
+    assert!(!guard.is_lost());
+    let lease = guard.lease();
+    let watcher = tokio::spawn(async move {
+        let reason = lease.lost().await;
+        (reason, Instant::now())
+    });
 
-    let paused_at = Instant::now();
     server.pause();
-    let reason = tokio::time::timeout(ms(2000), guard.lost()).await;
-    let lost_at = Instant::now();
-    let reason = reason.expect("lost() did not fire while Redis was paused");
+    let paused_at = Instant::now();
+    // Every confirmed renewal was sent before the pause, so the local
+    // validity ends before `paused_at + ttl`.
+    let validity_bound = paused_at + ttl;
+    let (reason, lost_at) = tokio::time::timeout(ms(2000), watcher)
+        .await
+        .expect("lost() did not fire while Redis was paused")
+        .unwrap();
+    println!(
+        "pause -> lost() took {:?} (TTL {ttl:?})",
+        lost_at.duration_since(paused_at)
+    );
     assert_eq!(reason, LostReason::Expired);
     assert!(
-        lost_at - paused_at <= ttl + ms(300),
-        "lost {:?} after the pause (TTL {ttl:?})",
-        lost_at - paused_at
+        lost_at <= validity_bound + ms(300),
+        "lost() fired {:?} after the local validity",
+        lost_at.saturating_duration_since(validity_bound)
     );
     let err = mutex.try_lock("paused:other").await.unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     let err = guard.extend(ttl).await.unwrap_err();
     assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
 
-    // Past the TTL, then back.
+    // Past the TTL (Redis's copy of the key has expired by the time it runs
+    // again), then back.
     tokio::time::sleep((paused_at + ms(1600)).saturating_duration_since(Instant::now())).await;
     server.resume();
     let deadline = Instant::now() + ms(3000);
@@ -975,18 +972,80 @@ async fn redis_paused_past_the_ttl_tells_the_holder_before_a_rival_gets_in() {
     let (taken, rival_at) = taken;
     // Redis answered no one while paused: the holder knew first.
     assert!(lost_at <= rival_at);
-    // Renewals held during the pause ran on resume and changed nothing.
-    tokio::time::sleep(ms(300)).await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
-    assert!(guard.is_lost());
-    drop(guard);
+
+    // The renewals Redis had queued are answered now and change nothing: the
+    // guard stays lost, and its token does not come back.
+    let until = Instant::now() + ms(1000);
+    let mut samples = 0;
+    while Instant::now() < until {
+        assert!(guard.is_lost(), "reported held again after the resume");
+        assert_eq!(guard.remaining(), Duration::ZERO);
+        assert_eq!(
+            raw_get(&raw, key).await.as_deref(),
+            Some(taken.token()),
+            "the rival's lock changed after the resume"
+        );
+        samples += 1;
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert!(samples >= 10, "only {samples} samples in 1 s");
+    let err = guard.release().await.unwrap_err();
+    assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
     mutex.shutdown().await;
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     taken.release().await.unwrap();
-    assert_eq!(get(&raw, key).await, None);
+    assert_eq!(raw_get(&raw, key).await, None);
 }
 
-// ---- 8. a holder killed with SIGKILL -----------------------------------------------------------
+#[tokio::test]
+async fn a_paused_server_times_out_and_works_again_after_resume() {
+    let server = RedisServer::start();
+    let mutex = builder_for(&server)
+        .await
+        .command_timeout(ms(300))
+        .build()
+        .unwrap();
+    mutex.lock("paused").await.unwrap().release().await.unwrap();
+
+    server.pause();
+    let started = Instant::now();
+    let result = mutex.try_lock("paused").await;
+    let took = started.elapsed();
+    server.resume();
+    match result {
+        Err(Error::Timeout { ref key, after }) => {
+            assert_eq!(key, "paused");
+            assert_eq!(after, ms(300));
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(took >= ms(250) && took < ms(1500), "try_lock took {took:?}");
+
+    // Works again after resume (the timed-out attempt's release may have to
+    // run first).
+    let raw = server.client().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let guard = loop {
+        match mutex.try_lock("paused").await {
+            Ok(Some(guard)) => break guard,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "not lockable after resume: {other:?}"
+                );
+                tokio::time::sleep(ms(50)).await;
+            }
+        }
+    };
+    assert_eq!(
+        raw_get(&raw, "paused").await.as_deref(),
+        Some(guard.token())
+    );
+    guard.release().await.unwrap();
+    assert_eq!(raw_dbsize(&raw).await, 0);
+}
+
+// ---- 9. a holder killed with SIGKILL -----------------------------------------------------------
 
 const CHILD_URL: &str = "DISTRIBUTED_MUTEX_FAULTS_CHILD_URL";
 const CHILD_KEY: &str = "DISTRIBUTED_MUTEX_FAULTS_CHILD_KEY";
@@ -994,16 +1053,26 @@ const CHILD_TTL: Duration = ms(1500);
 const TOKEN_LINE: &str = "CHILD-HOLDS-TOKEN ";
 
 /// Not a test: the child process of
-/// `a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes`. Takes
-/// the lock (renewed), prints its token and holds it until killed (or until
-/// its parent goes away and stdin closes, or 30 s pass). Does nothing when
-/// run without the parent's environment.
+/// `a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes`, which
+/// runs this binary with `--exact <this test> --ignored`. Takes the lock
+/// (renewed), prints its token and holds it until killed (or until its parent
+/// goes away and stdin closes, or 30 s pass).
+///
+/// Ignored so that it never counts as a test; run without the parent's
+/// environment (e.g. by `--run-ignored`) it fails, saying so, rather than
+/// pass without doing anything. `.ci/run` leaves it out of its run of the
+/// ignored tests (`-E 'not test(=faults::sigkill_child_holds_a_lock)'`).
 #[tokio::test]
-#[ignore = "helper run as a child process by a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes"]
+#[ignore = "not a test: the child process of a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes"]
 async fn sigkill_child_holds_a_lock() {
     use tokio::io::AsyncReadExt;
     let (Ok(url), Ok(key)) = (std::env::var(CHILD_URL), std::env::var(CHILD_KEY)) else {
-        return;
+        panic!(
+            "not a test: the child process of \
+             a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes, which sets \
+             {CHILD_URL} and {CHILD_KEY}; leave it out of runs of ignored tests \
+             (cargo nextest run --run-ignored ignored-only -E 'not test(=faults::sigkill_child_holds_a_lock)')"
+        );
     };
     let connected = DistributedMutex::connect(&url).await.unwrap();
     let mutex = DistributedMutex::builder(connected.client().clone())
@@ -1024,22 +1093,31 @@ async fn sigkill_child_holds_a_lock() {
     drop(guard);
 }
 
+/// The libtest name of `sigkill_child_holds_a_lock` in this binary: its path
+/// below the crate root (`faults::sigkill_child_holds_a_lock`), so that
+/// `--exact` finds it whatever module this file is mounted as.
+fn child_test_name() -> String {
+    let module = module_path!()
+        .split_once("::")
+        .map_or("", |(_crate, path)| path);
+    if module.is_empty() {
+        "sigkill_child_holds_a_lock".to_owned()
+    } else {
+        format!("{module}::sigkill_child_holds_a_lock")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
     use tokio::io::AsyncBufReadExt;
     let server = RedisServer::start();
     let raw = server.client().await;
-    let other = rival(&server).await;
+    let other = mutex_for(&server).await;
     let key = "sigkill";
     // Under cargo test and nextest alike this is the test binary, which
     // takes libtest's arguments.
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sigkill_child_holds_a_lock",
-            "--ignored",
-            "--nocapture",
-        ])
+        .args(["--exact", &child_test_name(), "--ignored", "--nocapture"])
         .env(CHILD_URL, server.url())
         .env(CHILD_KEY, key)
         .stdin(std::process::Stdio::piped())
@@ -1059,7 +1137,7 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
     })
     .await
     .expect("the child did not take the lock within 10 s");
-    assert_eq!(get(&raw, key).await.as_deref(), Some(token.as_str()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(token.as_str()));
 
     // Held (and renewed: a third of the TTL) while the child lives.
     let until = Instant::now() + ms(900);
@@ -1067,29 +1145,53 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
         assert!(other.try_lock(key).await.unwrap().is_none());
         tokio::time::sleep(ms(50)).await;
     }
-    let left = pttl(&raw, key).await;
+    // Every reading of the child's key is GET and PTTL in one script, so it
+    // cannot straddle the key's expiry; each one bounds from below when the
+    // key can end: no earlier than the reading was sent plus its PTTL.
+    let (value, left, sent_at) = raw_get_and_pttl(&raw, key).await;
+    assert_eq!(
+        value.as_deref(),
+        Some(token.as_str()),
+        "the child lost its lock"
+    );
     assert!(
         left > (CHILD_TTL - ms(900)).as_millis() as i64,
         "the child does not renew (PTTL {left} after 900 ms)"
     );
+    let mut not_before = sent_at + ms(left as u64);
 
     child.start_kill().unwrap();
     let status = child.wait().await.unwrap();
     assert_eq!(status.signal(), Some(9), "{status:?}");
     let killed_at = Instant::now();
-    let left = pttl(&raw, key).await;
-    assert!(
-        left > 0 && left <= CHILD_TTL.as_millis() as i64,
-        "PTTL {left}"
-    );
-    // The key can end no earlier than this.
-    let not_before = killed_at + ms(left as u64);
 
+    // Nothing releases the dead child's lock: until its lease ends the key
+    // holds its token, with an expiry, and a rival cannot get in; once the
+    // key is gone (never before a bound read earlier) the rival gets it.
+    let mut readings = 0;
     let (taken, taken_at) = loop {
+        let (value, left, sent_at) = raw_get_and_pttl(&raw, key).await;
+        let present = value.is_some();
+        match value {
+            Some(value) => {
+                assert_eq!(value, token, "the dead child's key holds another token");
+                assert!(
+                    left > 0 && left <= CHILD_TTL.as_millis() as i64,
+                    "the dead child's key has PTTL {left}"
+                );
+                not_before = not_before.max(sent_at + ms(left as u64));
+                readings += 1;
+            }
+            None => assert!(
+                Instant::now() >= not_before,
+                "the dead child's key was gone {:?} before its lease ended",
+                not_before - Instant::now()
+            ),
+        }
         if let Some(taken) = other.try_lock(key).await.unwrap() {
             break (taken, Instant::now());
         }
-        assert_eq!(get(&raw, key).await.as_deref(), Some(token.as_str()));
+        assert!(present, "the key was gone, yet the rival could not take it");
         assert!(
             killed_at.elapsed() < CHILD_TTL + ms(1500),
             "the dead child's lock outlived its TTL"
@@ -1097,7 +1199,7 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
         tokio::time::sleep(ms(20)).await;
     };
     println!(
-        "rival got the lock {:?} after the kill (PTTL at the kill: {left} ms)",
+        "rival got the lock {:?} after the kill ({readings} readings of the dead child's key)",
         taken_at - killed_at
     );
     assert!(
@@ -1105,23 +1207,19 @@ async fn a_holder_killed_with_sigkill_blocks_a_rival_until_its_ttl_passes() {
         "the rival got in {:?} before the dead holder's lease ended",
         not_before - taken_at
     );
-    assert_eq!(get(&raw, key).await.as_deref(), Some(taken.token()));
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some(taken.token()));
     taken.release().await.unwrap();
 }
 
-// ---- 9. SCRIPT FLUSH ------------------------------------------------------------------------
+// ---- 10. SCRIPT FLUSH ------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
-    // tests/lock.rs covers lock, extend, release and a dropped guard's
+    // `lock` covers lock, extend, release and a dropped guard's
     // release after SCRIPT FLUSH; this covers the rest.
     let server = RedisServer::start();
     let raw = server.client().await;
-    let shas = [
-        sha(include_str!("../src/scripts/acquire.lua")),
-        sha(include_str!("../src/scripts/release.lua")),
-        sha(include_str!("../src/scripts/extend.lua")),
-    ];
+    let shas = [sha(SCRIPTS[0]), sha(SCRIPTS[1]), sha(SCRIPTS[2])];
     let exists = |server: &RedisServer| -> Vec<String> {
         let mut args = vec!["SCRIPT", "EXISTS"];
         args.extend(shas.iter().map(String::as_str));
@@ -1140,7 +1238,7 @@ async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
     tokio::time::sleep(ms(1200)).await;
     assert!(!renewed.is_lost(), "renewal failed after SCRIPT FLUSH");
     assert_eq!(
-        get(&raw, "flush:renewed").await.as_deref(),
+        raw_get(&raw, "flush:renewed").await.as_deref(),
         Some(renewed.token())
     );
     assert_eq!(
@@ -1166,7 +1264,7 @@ async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
         .auto_renew(false)
         .await
         .unwrap();
-    let waiter = rival(&server).await;
+    let waiter = mutex_for(&server).await;
     let waiter = DistributedMutex::builder(waiter.client().clone())
         .retry(RetryStrategy::linear(ms(3000), 5))
         .build()
@@ -1187,7 +1285,7 @@ async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
     );
     guard.release().await.unwrap();
     assert_eq!(exists(&server)[..2], ["1", "1"]);
-    let keys = keys(&server, "*flush*");
+    let keys = redis_keys(&server, "*flush*");
     assert_eq!(
         keys,
         ["\u{fffd}{flush:fenced}:fence:flush:fenced"],
@@ -1195,7 +1293,7 @@ async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
     );
 }
 
-// ---- 10. servers that refuse commands ------------------------------------------------------
+// ---- 11. servers that refuse commands ------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maxmemory_with_noeviction_is_a_redis_error_naming_oom() {
@@ -1252,19 +1350,17 @@ async fn maxmemory_with_noeviction_is_a_redis_error_naming_oom() {
         matches!(err, Error::Redis { .. }) && err.to_string().contains("OOM"),
         "{err:?}"
     );
+    let fence = raw_get_bytes(&raw, &fence_key("", "oom:fenced")).await;
+    assert_eq!(fence, None, "the fencing counter was written");
     for key in ["oom:new", "oom:fenced"] {
-        assert_eq!(get(&raw, key).await, None, "`{key}` was written");
+        assert_eq!(raw_get(&raw, key).await, None, "`{key}` was written");
     }
-    assert_eq!(
-        raw_get_bytes(&raw, &fence_key("", "oom:fenced")).await,
-        None
-    );
 
     // A lock taken before can still be extended and released (PEXPIRE and
     // DEL are allowed under OOM), so it is not stuck until its TTL.
     held.extend(ms(10_000)).await.expect("extend under OOM");
     held.release().await.expect("release under OOM");
-    assert_eq!(get(&raw, "oom:held").await, None);
+    assert_eq!(raw_get(&raw, "oom:held").await, None);
     mutex.shutdown().await;
 }
 
@@ -1319,7 +1415,7 @@ async fn a_read_only_replica_is_a_redis_error_naming_readonly() {
         assert!(Instant::now() < deadline, "the replica never synced");
         tokio::time::sleep(ms(50)).await;
     }
-    let on_primary = rival(&primary).await;
+    let on_primary = mutex_for(&primary).await;
     let held = on_primary.lock("readonly:held").await.unwrap();
     let mutex = DistributedMutex::connect(&replica.url()).await.unwrap();
 
@@ -1355,6 +1451,6 @@ async fn a_read_only_replica_is_a_redis_error_naming_readonly() {
 
     mutex.shutdown().await;
     held.release().await.unwrap();
-    let keys = keys(&primary, "*");
+    let keys = redis_keys(&primary, "*");
     assert!(keys.is_empty(), "{keys:?}");
 }

@@ -1,0 +1,39 @@
+//! The integration suite: one test binary, one module per area, every test
+//! against real, private `redis-server` processes started by `support`.
+//!
+//! | module      | what it covers                                                        |
+//! |-------------|-----------------------------------------------------------------------|
+//! | `lock`      | lock / try_lock / release / extend / drop / shutdown on a healthy server |
+//! | `renewal`   | automatic renewal, loss detection, `with_lock`, fencing tokens        |
+//! | `notify`    | waiting through release notifications (pub/sub)                       |
+//! | `cancel`    | acquisitions dropped at any point leave no lock behind                |
+//! | `faults`    | cut / slow / black-holed connections, restart, pause, SIGKILL, refusals |
+//! | `bad_input` | invalid keys, TTLs, settings and URLs; keys of another type           |
+//! | `adapter`   | the legacy fire-and-forget `Adapter` shim, its logs and misuse        |
+//! | `interop`   | other clients of the same lock protocol (redis-py, raw `SET NX`)      |
+//! | `property`  | random interleavings keep mutual exclusion (proptest)                 |
+//! | `audit`     | mutual exclusion and fencing under load and injected faults           |
+//! | `hardening` | runtimes that stop, the retry budget as a wall-clock bound, extreme durations, closed clients |
+//! | `harness`   | self-tests of the `support` fixtures                                  |
+//!
+//! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
+//! and the benches); a test module defines only what is specific to it.
+//!
+//! Run one area with `cargo nextest run --test it -E 'test(/^faults::/)'` or
+//! `cargo test --test it faults::`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod adapter;
+mod audit;
+mod bad_input;
+mod cancel;
+mod faults;
+mod hardening;
+mod harness;
+mod interop;
+mod lock;
+mod notify;
+mod property;
+mod renewal;
