@@ -8,14 +8,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
+use crate::guard::LockGuard;
 use crate::inner::Inner;
 use crate::keys::LockKeys;
 use crate::lease::LeaseCore;
 use crate::limits::{ttl_millis, validate_key};
 use crate::notify::Ticket;
+use crate::retry::RetryStrategy;
 use crate::schedule::{Next, Schedule};
 use crate::scripts::{self, Acquired};
-use crate::{Error, LockGuard, RetryStrategy};
 
 /// One acquisition with per-call options, made by
 /// [`DistributedMutex::acquire`](crate::DistributedMutex::acquire). `.await`
@@ -148,12 +150,6 @@ struct ArmedToken<'a> {
     armed: bool,
 }
 
-impl ArmedToken<'_> {
-    fn keys(&self) -> &LockKeys {
-        self.keys.as_ref().expect("taken only by a guard")
-    }
-}
-
 impl Drop for ArmedToken<'_> {
     fn drop(&mut self) {
         if let (true, Some(keys)) = (self.armed, self.keys.take()) {
@@ -204,128 +200,187 @@ async fn run(req: Acquire) -> Result<LockGuard, Error> {
     }
     inner.ensure_background();
     let started = Instant::now();
-    let mut schedule = Schedule::new(started, plan.retry, plan.timeout);
-    let command_timeout = inner.settings.command_timeout;
     // A release of this key that this mutex queued (a guard dropped just
     // before) is sent first, so it does not stand in our own way.
+    let command_timeout = inner.settings.command_timeout;
     inner.releases.sent(&plan.keys.lock, command_timeout).await;
 
-    let notify = inner.settings.notifications && schedule.may_wait(started);
-    let mut token = ArmedToken {
-        inner,
-        keys: Some(plan.keys.clone()),
-        token: uuid::Uuid::new_v4().to_string(),
-        armed: false,
-    };
-    let mut ticket: Option<Ticket<'_>> = None;
+    let mut acquisition = Acquisition::new(inner, plan, started);
     // Waiters of this key already queued in this process go first: join the
     // queue behind them instead of barging in with an attempt.
-    let mut attempt_now = true;
-    if notify && inner.waiters.has_waiters(token.keys().lock.as_str()) {
-        ticket = Some(inner.waiters.join(&plan.keys.lock));
-        attempt_now = false;
-    }
-    let mut attempts = 0u32;
-    // A re-check right after subscribing belongs to the attempt before it.
-    let mut recheck = false;
-    let mut holder_ttl = None;
-    let mut last_error: Option<Error> = None;
-    // Set once an attempt ended without a definite answer: its SET may still
-    // land, so the token must be released if we give up.
-    let mut uncertain = false;
+    let mut attempt_now = !acquisition.queue_behind_local_waiters();
     loop {
         if attempt_now {
-            if attempts > 0 && inner.is_shut_down() {
-                return Err(Error::Shutdown { key: plan.key });
-            }
-            if !std::mem::take(&mut recheck) {
-                attempts += 1;
-            }
-            token.armed = true;
-            let sent_at = Instant::now();
-            let fast = attempts == 1 && ticket.is_none();
-            match attempt(inner, &plan, &token.token, fast).await {
-                Ok(Attempt::Taken(fencing_token)) => {
-                    token.armed = false;
-                    if let Some(ticket) = ticket.take() {
-                        ticket.acquired();
-                    }
-                    tracing::debug!(key = %plan.key, attempts, ?fencing_token, "lock acquired");
-                    return Ok(guard(inner, plan, &mut token, fencing_token, sent_at));
-                }
-                Ok(Attempt::Busy(pttl)) => {
-                    token.armed = uncertain;
-                    holder_ttl = pttl;
-                    last_error = None;
-                }
-                Err(mut e) if e.is_transient() => {
-                    uncertain = true;
-                    e.set_key(&plan.key);
-                    tracing::debug!(key = %plan.key, attempts, error = %e, "lock attempt failed");
-                    holder_ttl = None;
-                    last_error = Some(e);
-                }
-                Err(mut e) => {
-                    e.set_key(&plan.key);
-                    return Err(e);
-                }
+            if let Some(guard) = acquisition.attempt().await? {
+                return Ok(guard);
             }
         }
+        acquisition.wait().await?;
         attempt_now = true;
-
-        let wait = match schedule.next(Instant::now(), holder_ttl) {
-            Next::Wait(wait) => wait,
-            Next::GiveUp => {
-                return Err(last_error.unwrap_or(Error::NotObtained {
-                    key: plan.key,
-                    attempts,
-                    waited: started.elapsed(),
-                }))
-            }
-        };
-        if !notify {
-            tokio::time::sleep(wait).await;
-            schedule.waited(false);
-            continue;
-        }
-        let ticket = match &mut ticket {
-            Some(ticket) => ticket,
-            empty => {
-                let joined = empty.insert(inner.waiters.join(&plan.keys.lock));
-                let limit = command_timeout.min(schedule.left(Instant::now()));
-                if joined.subscribed(limit).await {
-                    // A release may have come before the subscription: check
-                    // again at once.
-                    recheck = true;
-                    continue;
-                }
-                joined
-            }
-        };
-        let woken = ticket.wait(wait).await;
-        schedule.waited(woken);
     }
 }
 
-/// The guard of a lock just taken with `token`'s token.
-fn guard(
-    inner: &Arc<Inner>,
+/// The state of one acquisition between its attempts.
+struct Acquisition<'a> {
+    inner: &'a Arc<Inner>,
     plan: Plan,
-    token: &mut ArmedToken<'_>,
-    fencing_token: Option<u64>,
-    sent_at: Instant,
-) -> LockGuard {
-    let keys = token.keys.take().expect("taken once");
-    let lease = Arc::new(LeaseCore::new(
-        plan.key,
-        keys,
-        std::mem::take(&mut token.token),
-        fencing_token,
-        Duration::from_millis(plan.ttl_ms),
-        sent_at,
-    ));
-    if plan.auto_renew {
-        inner.renewer.track(&lease, sent_at);
+    started: Instant,
+    schedule: Schedule,
+    /// Whether waits end early on release messages.
+    notify: bool,
+    token: ArmedToken<'a>,
+    /// The place in the local wait queue, once the acquisition waits.
+    ticket: Option<Ticket<'a>>,
+    attempts: u32,
+    /// The next attempt is the re-check right after subscribing, which
+    /// belongs to the attempt before it.
+    recheck: bool,
+    /// An attempt ended without a definite answer: its SET may still land,
+    /// so the token must be released if we give up.
+    uncertain: bool,
+    holder_ttl: Option<Duration>,
+    last_error: Option<Error>,
+}
+
+impl<'a> Acquisition<'a> {
+    fn new(inner: &'a Arc<Inner>, plan: Plan, started: Instant) -> Self {
+        let schedule = Schedule::new(started, plan.retry, plan.timeout);
+        let token = ArmedToken {
+            inner,
+            keys: Some(plan.keys.clone()),
+            token: uuid::Uuid::new_v4().to_string(),
+            armed: false,
+        };
+        Acquisition {
+            notify: inner.settings.notifications && schedule.may_wait(started),
+            inner,
+            plan,
+            started,
+            schedule,
+            token,
+            ticket: None,
+            attempts: 0,
+            recheck: false,
+            uncertain: false,
+            holder_ttl: None,
+            last_error: None,
+        }
     }
-    LockGuard::new(Arc::clone(inner), lease, plan.auto_renew)
+
+    /// Joins the local queue of the key if it has waiters; `true` if so.
+    fn queue_behind_local_waiters(&mut self) -> bool {
+        let waiters = &self.inner.waiters;
+        if self.notify && waiters.has_waiters(&self.plan.keys.lock) {
+            self.ticket = Some(waiters.join(&self.plan.keys.lock));
+            return true;
+        }
+        false
+    }
+
+    /// One attempt: `Some(guard)` when it took the lock, `None` when the lock
+    /// is busy or Redis could not be asked (transient), an error otherwise.
+    async fn attempt(&mut self) -> Result<Option<LockGuard>, Error> {
+        if self.attempts > 0 && self.inner.is_shut_down() {
+            return Err(Error::Shutdown {
+                key: self.plan.key.clone(),
+            });
+        }
+        if !std::mem::take(&mut self.recheck) {
+            self.attempts += 1;
+        }
+        self.token.armed = true;
+        let sent_at = Instant::now();
+        let fast = self.attempts == 1 && self.ticket.is_none();
+        match attempt(self.inner, &self.plan, &self.token.token, fast).await {
+            Ok(Attempt::Taken(fencing_token)) => {
+                self.token.armed = false;
+                if let Some(ticket) = self.ticket.take() {
+                    ticket.acquired();
+                }
+                let key = &self.plan.key;
+                tracing::debug!(key = %key, attempts = self.attempts, ?fencing_token, "lock acquired");
+                Ok(Some(self.guard(fencing_token, sent_at)))
+            }
+            Ok(Attempt::Busy(pttl)) => {
+                self.token.armed = self.uncertain;
+                self.holder_ttl = pttl;
+                self.last_error = None;
+                Ok(None)
+            }
+            Err(mut e) if e.is_transient() => {
+                self.uncertain = true;
+                e.set_key(&self.plan.key);
+                let key = &self.plan.key;
+                tracing::debug!(key = %key, attempts = self.attempts, error = %e, "lock attempt failed");
+                self.holder_ttl = None;
+                self.last_error = Some(e);
+                Ok(None)
+            }
+            Err(mut e) => {
+                e.set_key(&self.plan.key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for the next attempt per the schedule, or gives up with the
+    /// error that ends the call.
+    async fn wait(&mut self) -> Result<(), Error> {
+        let wait = match self.schedule.next(Instant::now(), self.holder_ttl) {
+            Next::Wait(wait) => wait,
+            Next::GiveUp => return Err(self.give_up()),
+        };
+        if !self.notify {
+            tokio::time::sleep(wait).await;
+            self.schedule.waited(false);
+            return Ok(());
+        }
+        if self.ticket.is_none() {
+            let mut ticket = self.inner.waiters.join(&self.plan.keys.lock);
+            let limit =
+                (self.inner.settings.command_timeout).min(self.schedule.left(Instant::now()));
+            let subscribed = ticket.subscribed(limit).await;
+            self.ticket = Some(ticket);
+            if subscribed {
+                // A release may have come before the subscription: check
+                // again at once.
+                self.recheck = true;
+                return Ok(());
+            }
+        }
+        if let Some(ticket) = &self.ticket {
+            let woken = ticket.wait(wait).await;
+            self.schedule.waited(woken);
+        }
+        Ok(())
+    }
+
+    /// The error of a call that ran out of time: the last transient error
+    /// when the last attempt had one, else `NotObtained`.
+    fn give_up(&mut self) -> Error {
+        self.last_error
+            .take()
+            .unwrap_or_else(|| Error::NotObtained {
+                key: self.plan.key.clone(),
+                attempts: self.attempts,
+                waited: self.started.elapsed(),
+            })
+    }
+
+    /// The guard of the lock just taken with this acquisition's token.
+    fn guard(&mut self, fencing_token: Option<u64>, sent_at: Instant) -> LockGuard {
+        let keys = self.token.keys.take().expect("taken once");
+        let lease = Arc::new(LeaseCore::new(
+            std::mem::take(&mut self.plan.key),
+            keys,
+            std::mem::take(&mut self.token.token),
+            fencing_token,
+            Duration::from_millis(self.plan.ttl_ms),
+            sent_at,
+        ));
+        if self.plan.auto_renew {
+            self.inner.renewer.track(&lease, sent_at);
+        }
+        LockGuard::new(Arc::clone(self.inner), lease, self.plan.auto_renew)
+    }
 }

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use fred::clients::Client;
 
-use crate::{DistributedMutex, Error, LockGuard};
+use crate::error::Error;
+use crate::guard::LockGuard;
+use crate::mutex::DistributedMutex;
 
 /// The future every [`Adapter`] method returns.
 pub type AdapterFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;

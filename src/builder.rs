@@ -1,4 +1,5 @@
-//! [`Builder`]: a [`DistributedMutex`] with other settings than the defaults.
+//! Making a [`DistributedMutex`]: `new`, `connect`, and the [`Builder`] for
+//! other settings than the defaults.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,12 +7,69 @@ use std::time::Duration;
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
 
+use crate::error::Error;
 use crate::inner::{Inner, Settings};
 use crate::keys::prefix_is_valid;
 use crate::limits::{
     ttl_millis, validate_command_timeout, DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_PREFIX_LEN,
 };
-use crate::{DistributedMutex, Error, RetryStrategy};
+use crate::mutex::DistributedMutex;
+use crate::retry::RetryStrategy;
+
+/// The ways to make a mutex: over a client, or over a connection it makes.
+impl DistributedMutex {
+    /// A mutex over a connected fred client, with the defaults: a TTL of one
+    /// minute, [`RetryStrategy::linear`]`(250 ms, 20)`, no key prefix and a
+    /// command timeout of two seconds.
+    ///
+    /// Give the client a reconnect policy (fred has none by default, and
+    /// without one a command after a dropped connection fails for good), or
+    /// use [`DistributedMutex::connect`], which does.
+    pub fn new(client: Client) -> Self {
+        Builder::new(client, false).build_unchecked()
+    }
+
+    /// A builder to change the defaults.
+    ///
+    /// ```no_run
+    /// use distributed_mutex::{DistributedMutex, RetryStrategy};
+    /// use std::time::Duration;
+    ///
+    /// # fn demo(client: fred::clients::Client) -> Result<(), distributed_mutex::Error> {
+    /// let mutex = DistributedMutex::builder(client)
+    ///     .ttl(Duration::from_secs(10))
+    ///     .retry(RetryStrategy::exponential(Duration::from_millis(10), Duration::from_secs(1), 30))
+    ///     .key_prefix("locks:")
+    ///     .command_timeout(Duration::from_millis(500))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(client: Client) -> Builder {
+        Builder::new(client, false)
+    }
+
+    /// Connects to `url` (`redis://[user:password@]host:port[/db]`, or the
+    /// other URL forms fred accepts) with a client set up the way a lock needs
+    /// it, and returns a mutex with the defaults.
+    ///
+    /// The client reconnects by itself (exponential backoff from 100 ms to
+    /// 2 s, forever), bounds connecting and every command by the command
+    /// timeout, and fails at once if the first connection cannot be made.
+    ///
+    /// The mutex owns this client: [`shutdown`](Self::shutdown) (or dropping
+    /// the last handle and guard) closes it.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed URL or a refused password,
+    /// [`Error::Unavailable`] or [`Error::Timeout`] when the server cannot be
+    /// reached.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future drops the half-made client.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Ok(Builder::connect(url).await?.build_unchecked())
+    }
+}
 
 /// Builds a [`DistributedMutex`] with other settings than the defaults.
 /// Made by [`DistributedMutex::builder`].

@@ -6,7 +6,7 @@ use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use fred::types::config::{Config, ReconnectPolicy};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Builds a fred client configured for locking and connects it: reconnects
 /// by itself (exponential backoff from 100 ms to 2 s, forever), bounds

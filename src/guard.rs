@@ -4,11 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
 use crate::inner::Inner;
 use crate::lease::{Lease, LeaseCore, LostReason};
 use crate::limits::ttl_millis;
 use crate::scripts::{self, Compared};
-use crate::Error;
 
 /// A held lock. Dropping it releases the lock.
 ///

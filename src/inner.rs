@@ -12,7 +12,7 @@ use crate::background::Home;
 use crate::notify::Waiters;
 use crate::release::ReleaseQueue;
 use crate::renew::Renewer;
-use crate::RetryStrategy;
+use crate::retry::RetryStrategy;
 
 /// The settings of a mutex, checked by the builder.
 #[derive(Debug, Clone)]

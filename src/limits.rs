@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::error::display_key;
-use crate::Error;
+use crate::error::Error;
 
 /// The lease a lock gets unless told otherwise: one minute.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use fred::clients::Client;
 
 use crate::acquire::Acquire;
-use crate::builder::Builder;
+use crate::error::Error;
+use crate::guard::LockGuard;
 use crate::inner::Inner;
 use crate::lease::Lease;
-use crate::{Error, LockGuard, RetryStrategy};
+use crate::retry::RetryStrategy;
 
 /// A lock service over one Redis connection: many keys, many tasks, many
 /// processes.
@@ -39,66 +40,14 @@ pub struct DistributedMutex {
 }
 
 impl DistributedMutex {
-    /// A mutex over a connected fred client, with the defaults: a TTL of one
-    /// minute, [`RetryStrategy::linear`]`(250 ms, 20)`, no key prefix and a
-    /// command timeout of two seconds.
-    ///
-    /// Give the client a reconnect policy (fred has none by default, and
-    /// without one a command after a dropped connection fails for good), or
-    /// use [`DistributedMutex::connect`], which does.
-    pub fn new(client: Client) -> Self {
-        Builder::new(client, false).build_unchecked()
-    }
-
     pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
         DistributedMutex { inner }
-    }
-
-    /// A builder to change the defaults.
-    ///
-    /// ```no_run
-    /// use distributed_mutex::{DistributedMutex, RetryStrategy};
-    /// use std::time::Duration;
-    ///
-    /// # fn demo(client: fred::clients::Client) -> Result<(), distributed_mutex::Error> {
-    /// let mutex = DistributedMutex::builder(client)
-    ///     .ttl(Duration::from_secs(10))
-    ///     .retry(RetryStrategy::exponential(Duration::from_millis(10), Duration::from_secs(1), 30))
-    ///     .key_prefix("locks:")
-    ///     .command_timeout(Duration::from_millis(500))
-    ///     .build()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn builder(client: Client) -> Builder {
-        Builder::new(client, false)
-    }
-
-    /// Connects to `url` (`redis://[user:password@]host:port[/db]`, or the
-    /// other URL forms fred accepts) with a client set up the way a lock needs
-    /// it, and returns a mutex with the defaults.
-    ///
-    /// The client reconnects by itself (exponential backoff from 100 ms to
-    /// 2 s, forever), bounds connecting and every command by the command
-    /// timeout, and fails at once if the first connection cannot be made.
-    ///
-    /// The mutex owns this client: [`shutdown`](Self::shutdown) (or dropping
-    /// the last handle and guard) closes it.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for a malformed URL or a refused password,
-    /// [`Error::Unavailable`] or [`Error::Timeout`] when the server cannot be
-    /// reached.
-    ///
-    /// # Cancel safety
-    /// Cancel-safe: dropping the future drops the half-made client.
-    pub async fn connect(url: &str) -> Result<Self, Error> {
-        Ok(Builder::connect(url).await?.build_unchecked())
     }
 
     /// The fred client the mutex sends its commands through.
     ///
     /// A client the mutex made ([`connect`](Self::connect),
-    /// [`Builder::connect`]) is closed by [`shutdown`](Self::shutdown) and
+    /// [`Builder::connect`](crate::Builder::connect)) is closed by [`shutdown`](Self::shutdown) and
     /// when the last handle and guard are dropped, unless it was handed out
     /// here: then it stays open for whoever holds a clone, and closing it
     /// (`quit`) is theirs.
@@ -227,7 +176,7 @@ impl DistributedMutex {
     /// Refuses new locks with [`Error::Shutdown`], waits for the releases
     /// still queued by dropped guards, and closes the connections the mutex
     /// made: the subscriber connection, and the client when it came from
-    /// [`connect`](Self::connect) or [`Builder::connect`] and was not handed
+    /// [`connect`](Self::connect) or [`Builder::connect`](crate::Builder::connect) and was not handed
     /// out by [`client`](Self::client).
     ///
     /// Guards still alive keep working (renewal, `release`, release on

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::RetryStrategy;
+use crate::retry::RetryStrategy;
 
 /// What to do after an attempt that did not get the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,8 +16,8 @@ use fred::types::scripts::Script;
 use fred::types::{ClientState, FromValue, Key, MultipleKeys, Value};
 
 use crate::background::{revive_client, router_gone};
+use crate::error::Error;
 use crate::keys::LockKeys;
-use crate::Error;
 
 static ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("scripts/acquire.lua")));
