@@ -17,6 +17,11 @@
 //! When the mutex closes (shut down with no guard alive, or dropped), the
 //! worker finishes every queued release, then closes the client if the mutex
 //! made it.
+//!
+//! Why a counter and a `Notify` rather than `tokio_util::task::TaskTracker`:
+//! the queue must outlive the runtime its worker runs on (see
+//! `background.rs`), and `flush` must also count releases not yet handed to
+//! any task; a tracker only counts tasks it spawned.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

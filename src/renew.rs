@@ -12,6 +12,13 @@
 //! dropped guard is forgotten the next time it comes up, and the queue is
 //! swept when dead entries pile up. Results are applied through [`LeaseCore`], which
 //! never turns a lost lease back into a held one.
+//!
+//! Why not `tokio_util::time::DelayQueue`: it is owned by one task and needs
+//! `&mut` to insert, so every new lock would have to message the renewer
+//! task (a wake-up per lock), and it fires one key at a time where this heap
+//! pops a whole coalescing window into one batch. The heap is a few lines
+//! under a `Mutex` that guards take for one push; holding 10,000 locks costs
+//! ~20 script calls a second (`cargo bench --bench renewal_cost`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

@@ -1,8 +1,5 @@
 //! How long to wait between acquisition attempts.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How long to wait for a busy lock, and how often to try again meanwhile.
@@ -106,7 +103,7 @@ impl RetryStrategy {
                     // In u128: a span of `Duration::MAX` has more nanoseconds
                     // than a u64 holds. The draw is below 2^64 either way.
                     let span = (ceiling - floor).as_nanos();
-                    let draw = u128::from(random_u64()) % (span + 1);
+                    let draw = u128::from(fastrand::u64(..)) % (span + 1);
                     floor + Duration::from_nanos(draw as u64)
                 }
             }
@@ -173,15 +170,6 @@ impl Default for RetryStrategy {
     fn default() -> Self {
         RetryStrategy::linear(Duration::from_millis(250), 20)
     }
-}
-
-/// A cheap, non-cryptographic random number for jitter (no extra dependency:
-/// std's `RandomState` is seeded randomly per process).
-fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.finish()
 }
 
 #[cfg(test)]
