@@ -1,27 +1,39 @@
 //! Lock/unlock cost against the raw-command floor, measured in the same run on
 //! the same fred client.
 //!
-//! * `uncontended_cycle`: one task, one key.
-//!   `floor` = `SET key token NX PX 60000` + `EVALSHA` compare-and-delete;
-//!   `lock_release` = `mutex.lock(key)` + `guard.release()`;
-//!   `lock_drop` = `mutex.lock(key)` + dropping the guard (background release).
-//! * `parallel_64`: 64 tasks on 64 distinct keys, each doing cycles back to
-//!   back; throughput in cycles per second, lock+release against the floor.
+//! * `floor` = `SET key token NX PX 60000` + `EVALSHA` compare-and-delete
+//!   (two round trips, a fresh token each cycle): what any lock client must
+//!   send.
+//! * (a) `uncontended_cycle/lock_release`: one task, one key,
+//!   `mutex.lock(key)` + `guard.release()`, against `uncontended_cycle/floor`.
+//! * (b) `parallel_64/lock_release`: 64 tasks on 64 distinct keys, each doing
+//!   lock + `release()` cycles back to back; cycles per second against
+//!   `parallel_64/floor`.
+//! * (c) `uncontended_cycle/lock_drop`: the scoped use the crate exists for,
+//!   `let _g = mutex.lock(key).await?;` and the guard dropped at the end of
+//!   the scope (its release runs in the background), in a loop on one task
+//!   on the same key (the next `lock` waits for that release, as it would in
+//!   a user's loop); against `uncontended_cycle/floor`.
 //!
-//! After criterion's groups a summary table is printed from simple timed
-//! loops (short rounds of floor and lock interleaved, order rotated each
-//! round, median per cycle), with the ratios lock/floor as the median of the
-//! per-round ratios. It also times `floor_scripts`: the library's own acquire
-//! and release scripts sent raw, which splits the gap between the protocol's
-//! share (a Lua acquire instead of a plain `SET`) and the library's.
-//! `BENCH_SUMMARY_ROUNDS` (30), `BENCH_SUMMARY_CYCLES` (200
-//! sequential cycles per loop per round) and `BENCH_SUMMARY_PARALLEL_CYCLES`
-//! (10 cycles per task per round) change its size.
+//! After criterion's groups a summary is printed from simple timed loops
+//! (short rounds of every loop interleaved, order rotated each round, so
+//! background load hits them alike): per loop the median time per cycle, the
+//! p50 of single cycles, cycles per second, and library/floor ratios as the
+//! median [min-max] of the per-round ratios; then the three headline ratios,
+//! (a) as library/floor time (lower is better, target <= 1.10), (b) and (c)
+//! as library/floor throughput (higher is better). It also times
+//! `floor_scripts`: the library's own acquire and release scripts sent raw,
+//! which splits a gap between the protocol's share (a Lua acquire instead of
+//! a plain `SET`) and the library's. `BENCH_SUMMARY_ROUNDS` (30),
+//! `BENCH_SUMMARY_CYCLES` (200 sequential cycles per loop per round) and
+//! `BENCH_SUMMARY_PARALLEL_CYCLES` (10 cycles per task per round) change its
+//! size.
 //!
 //! ```text
-//! cargo bench --bench lock                     # criterion groups + summary
+//! cargo bench --bench lock                      # criterion groups + summary
 //! BENCH_SUMMARY_ONLY=1 cargo bench --bench lock # summary only (~10 s)
 //! cargo bench --bench lock -- --summary-only    # the same
+//! cargo bench --bench lock -- lock_drop         # criterion, one function (+ summary)
 //! ```
 //!
 //! A private `redis-server` is started on a free port unless `REDIS_URL` is
@@ -31,10 +43,14 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::report::{self, Align, Table};
+use common::stats::{self, Spread};
 use criterion::{Criterion, Throughput};
 use distributed_mutex::DistributedMutex;
 use fred::prelude::*;
@@ -82,7 +98,7 @@ enum Cycle {
     FloorScripts,
     /// `mutex.lock(key)` + `guard.release()`.
     LockRelease,
-    /// `mutex.lock(key)` + dropping the guard.
+    /// `let _g = mutex.lock(key).await?;`, dropped at the end of the scope.
     LockDrop,
 }
 
@@ -106,8 +122,9 @@ async fn cycle(env: &Env, what: Cycle, key: &str) {
             guard.release().await.expect("release");
         }
         Cycle::LockDrop => {
-            let guard = env.mutex.lock(key).await.expect("lock");
-            drop(black_box(guard));
+            // (c), as a user writes it: the guard lives to the end of the
+            // scope, and its drop hands the release to the background.
+            let _g = black_box(env.mutex.lock(key).await.expect("lock"));
         }
     }
 }
@@ -172,6 +189,9 @@ async fn parallel_batch(env: &Env, what: Cycle, cycles: u64) -> Duration {
 
 fn bench_uncontended(c: &mut Criterion, rt: &Runtime, env: &Env) {
     let mut group = c.benchmark_group("uncontended_cycle");
+    // One cycle per iteration: criterion's thrpt line is the cycle rate.
+    group.throughput(Throughput::Elements(1));
+    // (a) is lock_release, (c) lock_drop, both against floor.
     for what in [Cycle::Floor, Cycle::LockRelease, Cycle::LockDrop] {
         // One key per function; the same key every iteration (a dropped
         // guard's background release is awaited by the next acquire).
@@ -184,6 +204,7 @@ fn bench_uncontended(c: &mut Criterion, rt: &Runtime, env: &Env) {
 }
 
 fn bench_parallel(c: &mut Criterion, rt: &Runtime, env: &Env) {
+    // (b) is lock_release against floor.
     let mut group = c.benchmark_group("parallel_64");
     group.throughput(Throughput::Elements(TASKS as u64 * CYCLES_PER_TASK));
     for what in [Cycle::Floor, Cycle::LockRelease] {
@@ -195,155 +216,215 @@ fn bench_parallel(c: &mut Criterion, rt: &Runtime, env: &Env) {
     group.finish();
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
+/// How big the summary's rounds are.
+struct Size {
+    rounds: usize,
+    cycles: u64,
+    par_cycles: u64,
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
+/// Loops of the summary, sequential (one task, one key) and parallel.
+const SEQ: [Cycle; 4] = [
+    Cycle::Floor,
+    Cycle::FloorScripts,
+    Cycle::LockRelease,
+    Cycle::LockDrop,
+];
+const PAR: [Cycle; 3] = [Cycle::Floor, Cycle::FloorScripts, Cycle::LockRelease];
+
+/// What the summary's rounds measured; `SEQ[0]` and `PAR[0]` are the floor.
+struct Measured {
+    size: Size,
+    /// Per sequential loop: µs per cycle in each round.
+    seq_per_cycle: [Vec<f64>; SEQ.len()],
+    /// Per sequential loop: every single cycle of every round.
+    seq_cycles: [Vec<Duration>; SEQ.len()],
+    /// Per parallel loop: cycles per second in each round.
+    par_rate: [Vec<f64>; PAR.len()],
 }
 
-/// `cycles` sequential cycles on one key; µs per cycle.
-async fn sequential(env: &Env, what: Cycle, cycles: u64) -> f64 {
+/// `cycles` sequential cycles on one key; pushes each cycle's time onto
+/// `each` and returns µs per cycle over the loop.
+async fn sequential(env: &Env, what: Cycle, cycles: u64, each: &mut Vec<Duration>) -> f64 {
     let key = env.key(&format!("summary:{}", what.name()));
-    let t = Instant::now();
+    each.reserve(cycles as usize);
+    let started = Instant::now();
+    let mut last = started;
     for _ in 0..cycles {
         cycle(env, what, &key).await;
+        let now = Instant::now();
+        each.push(now - last);
+        last = now;
     }
-    t.elapsed().as_secs_f64() * 1e6 / cycles as f64
+    (last - started).as_secs_f64() * 1e6 / cycles as f64
 }
 
-/// Per-round paired ratios `num / den`: median, min, max.
-fn ratio_stats(num: &[f64], den: &[f64]) -> (f64, f64, f64) {
-    let ratios: Vec<f64> = num.iter().zip(den).map(|(n, d)| n / d).collect();
-    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (median(ratios), min, max)
-}
-
-/// Timed loops, floor and lock interleaved in short rounds (the order rotated
-/// each round) so that background load hits both alike; prints the median per
-/// cycle, and the ratios as the median of the per-round ratios.
-fn summary(rt: &Runtime, env: &Env, quick: bool) {
-    let (rounds, cycles, par_cycles) = if quick {
-        (1, 50, 2)
-    } else {
-        (
-            env_u64("BENCH_SUMMARY_ROUNDS", 30),
-            env_u64("BENCH_SUMMARY_CYCLES", 200),
-            env_u64("BENCH_SUMMARY_PARALLEL_CYCLES", 10),
-        )
+/// Timed loops, all of them in each short round (the order rotated each
+/// round) so that background load hits them alike.
+fn measure_summary(rt: &Runtime, env: &Env, size: Size) -> Measured {
+    let mut m = Measured {
+        seq_per_cycle: Default::default(),
+        seq_cycles: Default::default(),
+        par_rate: Default::default(),
+        size,
     };
-    const SEQ: [Cycle; 4] = [
-        Cycle::Floor,
-        Cycle::FloorScripts,
-        Cycle::LockRelease,
-        Cycle::LockDrop,
-    ];
-    const PAR: [Cycle; 3] = [Cycle::Floor, Cycle::FloorScripts, Cycle::LockRelease];
-    // Per loop: µs per cycle (sequential), cycles per second (parallel).
-    let mut seq: [Vec<f64>; SEQ.len()] = Default::default();
-    let mut par: [Vec<f64>; PAR.len()] = Default::default();
+    let Size {
+        rounds,
+        cycles,
+        par_cycles,
+    } = m.size;
     rt.block_on(async {
         // Warm up connections, scripts and the release worker.
+        let mut discard = Vec::new();
         for what in SEQ {
-            sequential(env, what, 100).await;
+            sequential(env, what, 100, &mut discard).await;
         }
         for what in PAR {
             parallel_batch(env, what, 2).await;
         }
         let total = (TASKS as u64 * par_cycles) as f64;
-        for round in 0..rounds as usize {
+        for round in 0..rounds {
             for i in 0..SEQ.len() {
                 let j = (round + i) % SEQ.len();
-                seq[j].push(sequential(env, SEQ[j], cycles).await);
+                let per_cycle = sequential(env, SEQ[j], cycles, &mut m.seq_cycles[j]).await;
+                m.seq_per_cycle[j].push(per_cycle);
             }
             for i in 0..PAR.len() {
                 let j = (round + i) % PAR.len();
                 let took = parallel_batch(env, PAR[j], par_cycles).await;
-                par[j].push(total / took.as_secs_f64());
+                m.par_rate[j].push(total / took.as_secs_f64());
             }
         }
         // Let the last dropped guard's release finish before the server goes.
         env.mutex.shutdown().await;
     });
+    m
+}
 
+/// Per-round throughput and time ratios of a sequential loop to the floor.
+fn seq_ratios(m: &Measured, j: usize) -> (Spread, Spread) {
+    let floor = &m.seq_per_cycle[0];
+    let this = &m.seq_per_cycle[j];
+    (
+        stats::paired_ratios(floor, this),
+        stats::paired_ratios(this, floor),
+    )
+}
+
+/// Per-round throughput and time ratios of a parallel loop to the floor.
+fn par_ratios(m: &Measured, j: usize) -> (Spread, Spread) {
+    let floor = &m.par_rate[0];
+    let this = &m.par_rate[j];
+    (
+        stats::paired_ratios(this, floor),
+        stats::paired_ratios(floor, this),
+    )
+}
+
+fn print_summary(m: &Measured) {
+    let Size {
+        rounds,
+        cycles,
+        par_cycles,
+    } = m.size;
     println!();
     println!(
         "== summary: {rounds} interleaved round(s) of {cycles} sequential cycles per loop and \
          {TASKS} tasks x {par_cycles} cycles per parallel batch =="
     );
-    println!(
-        "{:<32} {:>14}   vs floor: median [min-max] of the rounds",
-        "benchmark", "median"
-    );
-    let spread = |(r, lo, hi): (f64, f64, f64)| format!("{r:.3}x [{lo:.2}-{hi:.2}]");
-    let mut ratio_a = 0.0;
+    let mut table = Table::new(&[
+        ("benchmark", Align::Left),
+        ("time/cycle", Align::Right),
+        ("p50 cycle", Align::Right),
+        ("cycles/s", Align::Right),
+        ("library/floor throughput", Align::Right),
+        ("library/floor time", Align::Right),
+    ]);
     for (j, what) in SEQ.iter().enumerate() {
-        let stats = ratio_stats(&seq[j], &seq[0]);
-        if *what == Cycle::LockRelease {
-            ratio_a = stats.0;
-        }
-        println!(
-            "{:<32} {:>11.1} µs   {}",
+        let (rate, time) = seq_ratios(m, j);
+        let per_cycle = stats::median(&m.seq_per_cycle[j]);
+        let rates: Vec<f64> = m.seq_per_cycle[j].iter().map(|us| 1e6 / us).collect();
+        table.row([
             format!("uncontended_cycle/{}", what.name()),
-            median(seq[j].clone()),
-            spread(stats)
-        );
+            report::us(Duration::from_secs_f64(per_cycle / 1e6)),
+            report::us(stats::median_duration(&m.seq_cycles[j])),
+            format!("{:.0}", stats::median(&rates)),
+            report::spread(rate),
+            report::spread(time),
+        ]);
     }
-    let mut ratio_b = 0.0;
     for (j, what) in PAR.iter().enumerate() {
-        // Throughput: floor / this.
-        let stats = ratio_stats(&par[0], &par[j]);
-        if *what == Cycle::LockRelease {
-            ratio_b = stats.0;
-        }
-        println!(
-            "{:<32} {:>10.0} c/s   {}",
+        let (rate, time) = par_ratios(m, j);
+        table.row([
             format!("parallel_64/{}", what.name()),
-            median(par[j].clone()),
-            spread(stats)
-        );
+            "-".into(),
+            "-".into(),
+            format!("{:.0}", stats::median(&m.par_rate[j])),
+            report::spread(rate),
+            report::spread(time),
+        ]);
     }
-    println!("ratio (a) lock_release / floor, time per cycle = {ratio_a:.3} (target <= 1.10)");
-    println!("ratio (b) floor / lock_release, throughput     = {ratio_b:.3}");
+    print!("{}", table.plain());
+    println!("(ratios: median [min-max] of the per-round ratios to the floor of the same round)");
+    println!();
+
+    let seq = |what| SEQ.iter().position(|&w| w == what).expect("in SEQ");
+    let par = |what| PAR.iter().position(|&w| w == what).expect("in PAR");
+    let (_, a) = seq_ratios(m, seq(Cycle::LockRelease));
+    let (b, _) = par_ratios(m, par(Cycle::LockRelease));
+    let (c, _) = seq_ratios(m, seq(Cycle::LockDrop));
+    let p50 = |j: usize| report::us(stats::median_duration(&m.seq_cycles[j]));
+    let mut headline = Table::new(&[
+        ("", Align::Left),
+        ("what", Align::Left),
+        ("ratio", Align::Left),
+        ("value", Align::Right),
+        ("", Align::Left),
+    ]);
+    headline.row([
+        "(a)".to_owned(),
+        "one task, lock + release()".to_owned(),
+        "library/floor time".to_owned(),
+        format!("{:.3}", a.median),
+        format!(
+            "lower is better; target <= 1.10 ({})",
+            report::check(a.median <= 1.10)
+        ),
+    ]);
+    headline.row([
+        "(b)".to_owned(),
+        format!("{TASKS} tasks on distinct keys, lock + release()"),
+        "library/floor throughput".to_owned(),
+        format!("{:.3}", b.median),
+        "higher is better".to_owned(),
+    ]);
+    headline.row([
+        "(c)".to_owned(),
+        "one task, same key, `let _g = lock().await` + drop".to_owned(),
+        "library/floor throughput".to_owned(),
+        format!("{:.3}", c.median),
+        format!(
+            "higher is better; p50 cycle {} library vs {} floor",
+            p50(seq(Cycle::LockDrop)),
+            p50(0)
+        ),
+    ]);
+    print!("{}", headline.plain());
     println!(
         "(floor_scripts sends the library's own acquire and release scripts raw: the part of \
-         the ratio that is the protocol's, not the library's)"
+         a gap that is the protocol's, not the library's)"
     );
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let summary_only = args.iter().any(|a| a == "--summary-only")
-        || std::env::var("BENCH_SUMMARY_ONLY").is_ok_and(|v| !v.is_empty() && v != "0");
-    // `cargo bench` passes `--bench`; without it (`cargo test --benches`)
-    // criterion runs each benchmark once as a test, and the summary is short.
-    let quick = !args.iter().any(|a| a == "--bench");
+    let summary_only = common::has_arg("--summary-only") || common::env_flag("BENCH_SUMMARY_ONLY");
+    // Without `--bench` (`cargo test --benches`) criterion runs each
+    // benchmark once as a test, and the summary is short.
+    let quick = !common::full_run() && !summary_only;
 
-    let (_server, url) = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => (None, url),
-        _ => {
-            let server = support::RedisServer::start();
-            let url = server.url();
-            (Some(server), url)
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let redis = common::Redis::from_env();
+    let url = redis.url.clone();
+    let rt = common::runtime(Some(2));
     let env = rt.block_on(async {
         let mutex = DistributedMutex::connect(&url)
             .await
@@ -358,10 +439,10 @@ fn main() {
             client,
             compare_and_delete: Arc::new(compare_and_delete),
             acquire: Arc::new(acquire),
-            prefix: format!("bench:{}:", std::process::id()),
+            prefix: common::key_prefix("bench"),
         }
     });
-    eprintln!("benchmarking against {url}");
+    eprintln!("benchmarking against {url} ({})", redis.origin());
 
     if !summary_only {
         let mut c = Criterion::default()
@@ -373,5 +454,19 @@ fn main() {
         bench_parallel(&mut c, &rt, &env);
         c.final_summary();
     }
-    summary(&rt, &env, quick && !summary_only);
+    let size = if quick {
+        Size {
+            rounds: 1,
+            cycles: 50,
+            par_cycles: 2,
+        }
+    } else {
+        Size {
+            rounds: common::env_u64("BENCH_SUMMARY_ROUNDS", 30) as usize,
+            cycles: common::env_u64("BENCH_SUMMARY_CYCLES", 200),
+            par_cycles: common::env_u64("BENCH_SUMMARY_PARALLEL_CYCLES", 10),
+        }
+    };
+    let measured = measure_summary(&rt, &env, size);
+    print_summary(&measured);
 }

@@ -25,12 +25,14 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::report::{Align, Table};
 use distributed_mutex::{DistributedMutex, LockGuard};
 use fred::prelude::*;
 use fred::types::InfoKind;
-use support::RedisServer;
 
 const LOCKS: usize = 10_000;
 /// Acquisitions in flight at once while taking the locks.
@@ -39,11 +41,20 @@ const BATCH: usize = 1_000;
 const TICKS_PER_SEC: f64 = 100.0;
 
 struct Target {
-    url: String,
+    redis: common::Redis,
+    /// A plain client for INFO, DBSIZE/SCAN and spot checks.
     raw: Client,
+}
+
+impl Target {
+    fn url(&self) -> &str {
+        &self.redis.url
+    }
+
     /// Private server: `DBSIZE` counts only our keys.
-    private: bool,
-    _server: Option<RedisServer>,
+    fn private(&self) -> bool {
+        self.redis.is_private()
+    }
 }
 
 struct Row {
@@ -64,38 +75,23 @@ struct Row {
     keys_after: usize,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // What `#[tokio::main]` builds: multi-thread, one worker per core.
+    common::runtime(None).block_on(run());
+}
+
+async fn run() {
     let started = Instant::now();
-    let target = match std::env::var("REDIS_URL") {
-        Ok(url) => {
-            let raw = connect_raw(&url).await;
-            Target {
-                url,
-                raw,
-                private: false,
-                _server: None,
-            }
-        }
-        Err(_) => {
-            let server = RedisServer::start();
-            let raw = server.client().await;
-            Target {
-                url: server.url(),
-                raw,
-                private: true,
-                _server: Some(server),
-            }
-        }
+    let redis = common::Redis::from_env();
+    let raw = match redis.server() {
+        Some(server) => server.client().await,
+        None => connect_raw(&redis.url).await,
     };
+    let target = Target { redis, raw };
     println!(
         "renewal_cost: {LOCKS} locks on one mutex, Redis at {} ({})",
-        target.url,
-        if target.private {
-            "private server"
-        } else {
-            "REDIS_URL"
-        }
+        target.url(),
+        target.redis.origin()
     );
 
     let rows = vec![
@@ -148,9 +144,9 @@ async fn connect_raw(url: &str) -> Client {
 /// Takes `LOCKS` locks with `ttl`, holds them for `hold`, measures, checks,
 /// releases.
 async fn hold(target: &Target, label: &'static str, ttl: Duration, hold: Duration) -> Row {
-    let prefix = format!("renewal_cost:{}:{}:", std::process::id(), ttl.as_secs());
+    let prefix = format!("{}{}:", common::key_prefix("renewal_cost"), ttl.as_secs());
     let mutex = DistributedMutex::builder(
-        DistributedMutex::connect(&target.url)
+        DistributedMutex::connect(target.url())
             .await
             .expect("connect the mutex")
             .client()
@@ -236,37 +232,54 @@ async fn hold(target: &Target, label: &'static str, ttl: Duration, hold: Duratio
 }
 
 fn print_table(rows: &[Row]) {
-    println!();
-    println!(
-        "| hold | TTL / renewal every | setup (s) | held (s) | Redis cmds/s (incl. in scripts) | EVALSHA/s | keys renewed/s | process CPU (ticks; % of a core) | Redis CPU (% of a core) | RSS before -> holding (MiB) | per lock (bytes) | held at end | lost | keys after release |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let right = |h| (h, Align::Right);
+    let mut table = Table::new(&[
+        ("hold", Align::Left),
+        ("TTL / renewal every", Align::Left),
+        right("setup (s)"),
+        right("held (s)"),
+        right("Redis cmds/s (incl. in scripts)"),
+        right("EVALSHA/s"),
+        right("keys renewed/s"),
+        right("process CPU (ticks; % of a core)"),
+        right("Redis CPU (% of a core)"),
+        right("RSS before -> holding (MiB)"),
+        right("per lock (bytes)"),
+        right("held at end"),
+        right("lost"),
+        right("keys after release"),
+    ]);
     for r in rows {
         let held = r.hold.as_secs_f64();
         let per_lock =
             (r.rss_holding_kib.saturating_sub(r.rss_before_kib) * 1024) as f64 / LOCKS as f64;
-        println!(
-            "| {} | {:?} / {:?} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {} ; {:.2} % | {:.2} % | {:.1} -> {:.1} | {:.0} | {}/{} | {} | {} |",
-            r.label,
-            r.ttl,
-            r.ttl / 3,
-            r.setup.as_secs_f64(),
-            held,
-            r.cmds_per_sec,
-            r.evalsha_per_sec,
-            r.renewed_per_sec,
-            r.cpu_ticks,
-            r.cpu_ticks as f64 / TICKS_PER_SEC / held * 100.0,
-            r.redis_cpu / held * 100.0,
-            r.rss_before_kib as f64 / 1024.0,
-            r.rss_holding_kib as f64 / 1024.0,
-            per_lock,
-            r.keys_held,
-            LOCKS,
-            r.lost,
-            r.keys_after,
-        );
+        table.row([
+            r.label.to_owned(),
+            format!("{:?} / {:?}", r.ttl, r.ttl / 3),
+            format!("{:.2}", r.setup.as_secs_f64()),
+            format!("{held:.1}"),
+            format!("{:.1}", r.cmds_per_sec),
+            format!("{:.1}", r.evalsha_per_sec),
+            format!("{:.0}", r.renewed_per_sec),
+            format!(
+                "{} ; {:.2} %",
+                r.cpu_ticks,
+                r.cpu_ticks as f64 / TICKS_PER_SEC / held * 100.0
+            ),
+            format!("{:.2} %", r.redis_cpu / held * 100.0),
+            format!(
+                "{:.1} -> {:.1}",
+                r.rss_before_kib as f64 / 1024.0,
+                r.rss_holding_kib as f64 / 1024.0
+            ),
+            format!("{per_lock:.0}"),
+            format!("{}/{LOCKS}", r.keys_held),
+            r.lost.to_string(),
+            r.keys_after.to_string(),
+        ]);
     }
+    println!();
+    print!("{}", table.markdown());
     println!(
         "Redis counts the GET and PEXPIRE a script runs as commands: with renewal the\n\
          commands/s are ~2 per renewed key plus the EVALSHA calls (at most 500 keys each).\n\
@@ -278,7 +291,7 @@ fn print_table(rows: &[Row]) {
 
 /// Keys of this run: `DBSIZE` on a private server, else `SCAN` over `prefix`.
 async fn count_keys(target: &Target, prefix: &str) -> usize {
-    if target.private {
+    if target.private() {
         let n: i64 = target.raw.dbsize().await.expect("DBSIZE");
         return n as usize;
     }
