@@ -192,7 +192,8 @@ async fn attempt(inner: &Inner, plan: &Plan, token: &str, fast: bool) -> Result<
     })
 }
 
-async fn run(req: Acquire) -> Result<LockGuard, Error> {
+/// Runs an acquisition (unboxed: `lock` and `try_lock` await this directly).
+pub(crate) async fn run(req: Acquire) -> Result<LockGuard, Error> {
     let plan = Plan::check(&req)?;
     let inner = &req.inner;
     if inner.is_shut_down() {

@@ -72,7 +72,8 @@ impl DistributedMutex {
     /// Dropping the future at any point leaves nothing locked: if an attempt
     /// may have set the lock, a release of this acquisition's token is queued.
     pub async fn lock(&self, key: impl AsRef<str>) -> Result<LockGuard, Error> {
-        self.acquire(key).await
+        // The acquisition future itself, not the boxed one `IntoFuture` gives.
+        crate::acquire::run(self.acquire(key)).await
     }
 
     /// Makes one attempt at the lock on `key`: `Ok(None)` if someone else
@@ -93,7 +94,7 @@ impl DistributedMutex {
     /// # Cancel safety
     /// As [`lock`](Self::lock).
     pub async fn try_lock(&self, key: impl AsRef<str>) -> Result<Option<LockGuard>, Error> {
-        match self.acquire(key).retry(RetryStrategy::none()).await {
+        match crate::acquire::run(self.acquire(key).retry(RetryStrategy::none())).await {
             Ok(guard) => Ok(Some(guard)),
             Err(Error::NotObtained { .. }) => Ok(None),
             Err(e) => Err(e),

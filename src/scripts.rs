@@ -3,9 +3,10 @@
 //!
 //! Every script takes its keys through `KEYS`, so it runs on Redis Cluster.
 //! Scripts are sent with `EVALSHA` and loaded again on `NOSCRIPT` (after a
-//! restart or `SCRIPT FLUSH`). fred ignores per-command options on Lua calls,
-//! so every call is bounded here with `tokio::time::timeout`; a timeout is
-//! always [`Error::Timeout`], whichever timer fired first.
+//! restart or `SCRIPT FLUSH`). Every call is bounded by the command timeout:
+//! by fred's own timer when the client has the same one, else by
+//! `tokio::time::timeout` here; a timeout is always [`Error::Timeout`],
+//! whichever timer fired.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -89,13 +90,17 @@ pub(crate) fn client_closed(client: &Client) -> bool {
         && client.server_version().is_some()
 }
 
-/// Runs `call`, bounded by `timeout`.
+/// Runs `call`, bounded by `timeout`: by the client's own timer when it has
+/// the same command timeout (a client made by `connect`), else by one here.
 async fn bounded<R>(
     client: &Client,
     key: &str,
     timeout: Duration,
     call: impl std::future::Future<Output = Result<R, fred::error::Error>>,
 ) -> Result<R, Error> {
+    if client.inner().default_command_timeout() == timeout {
+        return call.await.map_err(|e| failed(client, key, e, timeout));
+    }
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok(reply)) => Ok(reply),
         Ok(Err(e)) => Err(failed(client, key, e, timeout)),
