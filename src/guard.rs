@@ -215,14 +215,9 @@ impl LockGuard {
         self.inner.ensure_background();
         // `self` stays alive across the await: if this future is dropped
         // mid-flight, `Drop` queues the release instead.
-        let result = scripts::release(
-            &self.inner.client,
-            &self.lease.keys,
-            &self.lease.token,
-            &self.inner.id,
-            self.inner.settings.command_timeout,
-        )
-        .await;
+        let result = (self.inner.batcher)
+            .release(&self.lease.keys, &self.lease.token, None)
+            .await;
         let reason = match result {
             Ok(Compared::Held) => {
                 self.armed = false;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use fred::clients::Client;
 
 use crate::background::Home;
+use crate::batch::Batcher;
 use crate::notify::Waiters;
 use crate::release::ReleaseQueue;
 use crate::renew::Renewer;
@@ -29,9 +30,9 @@ pub(crate) struct Settings {
 pub(crate) struct Inner {
     pub(crate) client: Client,
     pub(crate) settings: Settings,
-    /// A random id, sent with releases so this mutex can tell its own.
-    pub(crate) id: Arc<str>,
     pub(crate) waiters: Waiters,
+    /// Sends releases, grouped while one is in flight.
+    pub(crate) batcher: Batcher,
     pub(crate) releases: ReleaseQueue,
     pub(crate) renewer: Renewer,
     home: Home,
@@ -43,15 +44,17 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn new(client: Client, owns_client: bool, settings: Settings) -> Self {
+        // A random id, sent with releases so this mutex can tell its own.
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let timeout = settings.command_timeout;
+        let batcher = Batcher::new(client.clone(), timeout, Arc::clone(&id));
         let inner = Inner {
-            releases: ReleaseQueue::new(client.clone(), owns_client, timeout, Arc::clone(&id)),
+            releases: ReleaseQueue::new(client.clone(), owns_client, timeout, batcher.clone()),
+            batcher,
             renewer: Renewer::new(client.clone(), timeout),
             waiters: Waiters::new(client.clone(), timeout, Arc::clone(&id)),
             client,
             settings,
-            id,
             home: Home::new(),
             shut_down: AtomicBool::new(false),
             live_guards: AtomicUsize::new(0),

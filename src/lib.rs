@@ -62,6 +62,7 @@
 //! | `scripts.rs`, `scripts/*.lua` | the commands sent to Redis |
 //! | `guard.rs`, `lease.rs` | a held lock, its validity and loss |
 //! | `release.rs` | task: releases handed over by `Drop` |
+//! | `batch.rs` | group commit: releases that arrive while one is in flight go out as one call |
 //! | `renew.rs` | task: batched lease renewal |
 //! | `notify.rs` | task: the subscriber connection and local wait queues |
 //! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
@@ -79,6 +80,7 @@
 mod acquire;
 mod adapter;
 mod background;
+mod batch;
 mod builder;
 mod connect;
 mod error;

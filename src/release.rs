@@ -25,10 +25,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use fred::clients::Client;
@@ -38,8 +37,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::background::Done;
+use crate::batch::{Batcher, OnSent};
 use crate::keys::LockKeys;
-use crate::scripts::{self, Compared};
+use crate::scripts::Compared;
 
 /// One release to run.
 struct Job {
@@ -78,8 +78,8 @@ struct Shared {
     /// Whether the worker closes the client once idle (decided by `close`).
     quit: AtomicBool,
     timeout: Duration,
-    /// The mutex's id, sent with releases (see `release.lua`).
-    id: Arc<str>,
+    /// Sends the releases (grouped while one is in flight).
+    batcher: Batcher,
     /// Marked when the worker has closed (after its last release).
     closed: Done,
 }
@@ -89,13 +89,17 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push(&self, job: Job) {
+    /// Counts a new release as unsent and outstanding.
+    fn count(&self, job: &Job) {
         let mut state = self.state();
         *state.unsent.entry(job.keys.lock.clone()).or_insert(0) += 1;
         self.unsent_total.fetch_add(1, Ordering::SeqCst);
         state.outstanding += 1;
-        state.queue.push_back(job);
-        drop(state);
+    }
+
+    /// Puts a counted release on the worker's queue.
+    fn push(&self, job: Job) {
+        self.state().queue.push_back(job);
         self.work.notify_one();
     }
 
@@ -115,6 +119,10 @@ impl Shared {
     fn done(&self) {
         self.state().outstanding -= 1;
         self.progress.notify_waiters();
+        if self.closing.load(Ordering::SeqCst) {
+            // The worker may be waiting for the last release to close.
+            self.work.notify_one();
+        }
     }
 }
 
@@ -125,7 +133,12 @@ pub(crate) struct ReleaseQueue {
 }
 
 impl ReleaseQueue {
-    pub(crate) fn new(client: Client, owns_client: bool, timeout: Duration, id: Arc<str>) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        owns_client: bool,
+        timeout: Duration,
+        batcher: Batcher,
+    ) -> Self {
         ReleaseQueue {
             shared: Arc::new(Shared {
                 state: Mutex::default(),
@@ -138,7 +151,7 @@ impl ReleaseQueue {
                 lent: AtomicBool::new(false),
                 quit: AtomicBool::new(false),
                 timeout,
-                id,
+                batcher,
                 closed: Done::default(),
             }),
             started: AtomicBool::new(false),
@@ -151,9 +164,26 @@ impl ReleaseQueue {
         home.spawn(worker(Arc::clone(&self.shared)));
     }
 
-    /// Hands a release to the worker. Synchronous, never blocks, never panics.
+    /// Releases in the background. Synchronous, never blocks, never panics.
+    ///
+    /// Inside a runtime the release command is handed to the client before
+    /// this returns (its future is polled once here, then spawned), so a
+    /// command this process sends next, such as taking the same key again,
+    /// runs after it. Outside a runtime it waits on the worker's queue.
     pub(crate) fn queue(&self, keys: LockKeys, token: String) {
-        self.shared.push(Job { keys, token });
+        let job = Job { keys, token };
+        self.shared.count(&job);
+        let Ok(runtime) = Handle::try_current() else {
+            self.shared.push(job);
+            return;
+        };
+        let mut task = Box::pin(run_job(Arc::clone(&self.shared), job));
+        let mut cx = Context::from_waker(Waker::noop());
+        if task.as_mut().poll(&mut cx).is_pending() {
+            // If this runtime is stopping, the task is dropped unrun and puts
+            // its job back on the queue for the next worker.
+            runtime.spawn(task);
+        }
     }
 
     /// Waits (at most `limit`) until every release of `key` queued by this
@@ -249,22 +279,25 @@ async fn worker(shared: Arc<Shared>) {
 /// Runs one release. If its task is dropped before it finished (the runtime
 /// stopped), the job goes back on the queue.
 async fn run_job(shared: Arc<Shared>, job: Job) {
-    let sent = AtomicBool::new(false);
+    let sent = Arc::new(AtomicBool::new(false));
     let mut requeue = Requeue {
         shared: &shared,
         job: Some(job),
         sent: &sent,
     };
     if let Some(job) = requeue.job.as_ref() {
-        let on_sent = || {
-            sent.store(true, Ordering::SeqCst);
-            shared.sent(&job.keys.lock);
+        let on_sent: OnSent = {
+            let (shared, sent, key) = (
+                Arc::clone(&shared),
+                Arc::clone(&sent),
+                job.keys.lock.clone(),
+            );
+            Box::new(move || {
+                sent.store(true, Ordering::SeqCst);
+                shared.sent(&key);
+            })
         };
-        OnFirstPoll {
-            inner: Box::pin(release_one(&shared, job)),
-            then: Some(on_sent),
-        }
-        .await;
+        release_one(&shared, job, on_sent).await;
     }
     requeue.job = None;
     shared.done();
@@ -293,44 +326,20 @@ impl Drop for Requeue<'_> {
     }
 }
 
-/// Polls `inner`, calling `then` once after its first poll (by which time a
-/// fred command future has handed its command to the connection task).
-struct OnFirstPoll<F, T> {
-    inner: Pin<Box<F>>,
-    then: Option<T>,
-}
-
-impl<F: Future, T: FnOnce() + Unpin> Future for OnFirstPoll<F, T> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        let polled = this.inner.as_mut().poll(cx);
-        if let Some(then) = this.then.take() {
-            then();
-        }
-        polled
-    }
-}
-
 /// Tries a queued release, again after transient errors (a reconnect, a
 /// timeout: its reply may be lost while the key is still ours), three times
 /// in all; after that the lock
 /// expires with its TTL.
-async fn release_one(shared: &Shared, job: &Job) {
+async fn release_one(shared: &Shared, job: &Job, on_sent: OnSent) {
     const TRIES: u32 = 3;
     let key = job.keys.lock.as_str();
     let mut pause = Duration::from_millis(100);
+    let mut on_sent = Some(on_sent);
     for attempt in 1..=TRIES {
-        match scripts::release(
-            &shared.client,
-            &job.keys,
-            &job.token,
-            &shared.id,
-            shared.timeout,
-        )
-        .await
-        {
+        let release = shared
+            .batcher
+            .release(&job.keys, &job.token, on_sent.take());
+        match release.await {
             Ok(Compared::Held) => {
                 tracing::debug!(key = %key, "lock released");
                 return;

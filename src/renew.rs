@@ -105,7 +105,7 @@ impl Shared {
     /// lock).
     fn push(&self, lease: Weak<LeaseCore>, generation: u64, due: Instant) {
         let mut queue = self.queue();
-        let first = queue.heap.peek().map_or(true, |Reverse(e)| due < e.due);
+        let first = queue.heap.peek().is_none_or(|Reverse(e)| due < e.due);
         queue.seq += 1;
         let seq = queue.seq;
         queue.heap.push(Reverse(Entry {

@@ -205,38 +205,43 @@ pub(crate) async fn set_nx(
     Ok(bounded(client, key, timeout, set).await?.is_some())
 }
 
-/// Compare-and-delete, sent once: fred does not re-send it after a
-/// reconnect. A re-send could answer "gone" for a release that did delete
-/// the key (its reply lost), or run after another holder took the key; with
-/// a single send, every answer is the answer to this release, and a lost
-/// reply is a transient error ("unknown"), never a wrong answer.
+/// Compare-and-delete for a batch of `(keys, token)`, all in one cluster
+/// slot; one answer per entry, in order.
+///
+/// Sent once: fred does not re-send it after a reconnect. A re-send could
+/// answer "gone" for a release that did delete the key (its reply lost), or
+/// run after another holder took the key; with a single send, every answer
+/// is the answer to this release, and a lost reply is a transient error
+/// ("unknown"), never a wrong answer.
 pub(crate) async fn release(
     client: &Client,
-    keys: &LockKeys,
-    token: &str,
+    entries: &[(&LockKeys, &str)],
     releaser: &str,
     timeout: Duration,
-) -> Result<Compared, Error> {
+) -> Result<Vec<Compared>, Error> {
     use fred::types::config::Options;
     use fred::types::{ClusterHash, CustomCommand};
-    let key = keys.lock.as_str();
+    let first = entries.first().map_or("", |(keys, _)| keys.lock.as_str());
     // fred applies per-command options to commands sent through
     // `ClientLike::custom`, but not to its Lua calls: send EVALSHA as one.
     let once = client.with_options(&Options {
         max_attempts: Some(1),
         ..Options::default()
     });
-    let slot = fred::util::redis_keyslot(key.as_bytes());
+    let slot = fred::util::redis_keyslot(first.as_bytes());
     let send = || {
         let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
-        let args = vec![
-            Value::from(RELEASE.sha1().clone()),
-            Value::from(1),
-            Value::from(key),
-            Value::from(token),
-            Value::from(releaser),
-        ];
-        once.custom::<i64, _>(command, args)
+        let mut args = Vec::with_capacity(3 + entries.len() * 2);
+        args.push(Value::from(RELEASE.sha1().clone()));
+        args.push(Value::from(entries.len() as i64));
+        args.extend(
+            entries
+                .iter()
+                .map(|(keys, _)| Value::from(keys.lock.as_str())),
+        );
+        args.push(Value::from(releaser));
+        args.extend(entries.iter().map(|(_, token)| Value::from(*token)));
+        once.custom::<Vec<i64>, _>(command, args)
     };
     let call = async {
         match send().await {
@@ -248,8 +253,11 @@ pub(crate) async fn release(
             other => other,
         }
     };
-    let reply = bounded(client, key, timeout, call).await?;
-    Ok(Compared::from_reply(reply))
+    let reply = bounded(client, first, timeout, call).await?;
+    if reply.len() != entries.len() {
+        return Err(unexpected(first, "release", reply));
+    }
+    Ok(reply.into_iter().map(Compared::from_reply).collect())
 }
 
 /// Compare-and-pexpire for a batch of `(key, token, ttl_ms)`, all in one

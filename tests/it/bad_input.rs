@@ -834,15 +834,15 @@ async fn extend_after_release_is_not_held_and_never_brings_the_key_back() {
     let Fixture { server, raw, mutex } = Fixture::start().await;
     let key = "extend-after-release";
     let guard = mutex.acquire(key).auto_renew(false).await.unwrap();
-    let deleted: i64 = raw
+    let deleted: Vec<i64> = raw
         .eval(
             include_str!("../../src/scripts/release.lua"),
             vec![key],
-            vec![guard.token()],
+            vec!["another-process", guard.token()],
         )
         .await
         .unwrap();
-    assert_eq!(deleted, 1);
+    assert_eq!(deleted, [1]);
 
     let err = guard.extend(ms(30_000)).await.unwrap_err();
     assert!(

@@ -256,9 +256,11 @@ async fn an_acquisition_dropped_while_the_server_is_paused_leaves_no_lock_after_
         "the locks expired instead of being released"
     );
     // Each acquisition's SET ran (a first attempt is a plain SET NX), then
-    // its release (one script call each).
+    // the releases: the first alone, the ones queued behind it together
+    // (group commit), so between 2 and 5 script calls.
     assert_eq!(command_calls(&server, "set"), 5);
-    assert_eq!(command_calls(&server, "evalsha"), 5);
+    let releases = command_calls(&server, "evalsha");
+    assert!((2..=5).contains(&releases), "{releases} release calls");
 }
 
 #[tokio::test]

@@ -1,0 +1,245 @@
+//! Group commit for releases.
+//!
+//! While a release call is in flight (per cluster slot; one gate on a single
+//! server), releases that arrive meanwhile wait and go out together as one
+//! script call when it returns. A task alone never waits: its release is
+//! sent at once. Under concurrency N releases cost one command and one socket
+//! write (fred flushes the socket after every script call) instead of N,
+//! which is what lets 64 tasks cycling locks outrun the raw-command floor.
+//!
+//! The caller that sends a call alone (the "leader") returns as soon as its
+//! own reply is in; the batch that queued behind it is sent by a task it
+//! spawns, which leads in turn. Waiting is bounded: a queued release that is
+//! not answered within two command timeouts gives [`Error::Timeout`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::ClientLike;
+use tokio::sync::oneshot;
+
+use crate::error::Error;
+use crate::keys::LockKeys;
+use crate::scripts::{self, Compared};
+
+/// The most releases sent in one script call.
+const MAX_BATCH: usize = 256;
+
+/// Called once the release has been handed to the client (so that a command
+/// sent after it runs after it).
+pub(crate) type OnSent = Box<dyn FnOnce() + Send>;
+
+struct Waiting {
+    keys: LockKeys,
+    token: String,
+    on_sent: Option<OnSent>,
+    reply: oneshot::Sender<Result<Compared, Error>>,
+}
+
+#[derive(Default)]
+struct Gate {
+    in_flight: bool,
+    waiting: Vec<Waiting>,
+}
+
+struct Shared {
+    client: Client,
+    timeout: Duration,
+    /// The mutex's id, sent with releases (see `release.lua`).
+    id: Arc<str>,
+    gates: Mutex<HashMap<u16, Gate>>,
+}
+
+impl Shared {
+    fn gates(&self) -> MutexGuard<'_, HashMap<u16, Gate>> {
+        self.gates.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The gate of a key: its cluster slot, or one gate on a single server.
+    fn gate_of(&self, keys: &LockKeys) -> u16 {
+        if self.client.is_clustered() {
+            fred::util::redis_keyslot(keys.lock.as_bytes())
+        } else {
+            0
+        }
+    }
+}
+
+/// Sends releases, grouping those that arrive while one is in flight.
+#[derive(Clone)]
+pub(crate) struct Batcher {
+    shared: Arc<Shared>,
+}
+
+impl Batcher {
+    pub(crate) fn new(client: Client, timeout: Duration, id: Arc<str>) -> Self {
+        Batcher {
+            shared: Arc::new(Shared {
+                client,
+                timeout,
+                id,
+                gates: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Releases `keys` held with `token`. `on_sent` runs once the command
+    /// has been handed to the client.
+    ///
+    /// Cancel-safe: a release dropped while queued is still sent with its
+    /// batch (its answer is then dropped); a leader dropped mid-flight
+    /// passes the queue on.
+    pub(crate) async fn release(
+        &self,
+        keys: &LockKeys,
+        token: &str,
+        on_sent: Option<OnSent>,
+    ) -> Result<Compared, Error> {
+        let gate = self.shared.gate_of(keys);
+        let queued = {
+            let mut gates = self.shared.gates();
+            let state = gates.entry(gate).or_default();
+            if state.in_flight {
+                let (reply, answer) = oneshot::channel();
+                state.waiting.push(Waiting {
+                    keys: keys.clone(),
+                    token: token.to_owned(),
+                    on_sent,
+                    reply,
+                });
+                Err(answer)
+            } else {
+                state.in_flight = true;
+                Ok(on_sent)
+            }
+        };
+        match queued {
+            Ok(on_sent) => {
+                let _leader = Leader {
+                    batcher: self.clone(),
+                    gate,
+                };
+                let answers = send(&self.shared, &[(keys, token)], on_sent.into_iter()).await?;
+                Ok(answers[0])
+            }
+            Err(answer) => {
+                let limit = self.shared.timeout * 2;
+                match tokio::time::timeout(limit, answer).await {
+                    Ok(Ok(result)) => result,
+                    _ => Err(Error::Timeout {
+                        key: keys.lock.clone(),
+                        after: limit,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Sends the releases queued at `gate`, as one batch after another, until
+    /// none is left; runs as the gate's leader.
+    async fn drain(self, gate: u16) {
+        let batch = {
+            let mut gates = self.shared.gates();
+            let Some(state) = gates.get_mut(&gate) else {
+                return;
+            };
+            if state.in_flight || state.waiting.is_empty() {
+                return;
+            }
+            state.in_flight = true;
+            let n = state.waiting.len().min(MAX_BATCH);
+            state.waiting.drain(..n).collect::<Vec<_>>()
+        };
+        let mut batch = batch;
+        let _leader = Leader {
+            batcher: self.clone(),
+            gate,
+        };
+        let on_sent: Vec<OnSent> = batch.iter_mut().filter_map(|w| w.on_sent.take()).collect();
+        let entries: Vec<(&LockKeys, &str)> =
+            batch.iter().map(|w| (&w.keys, w.token.as_str())).collect();
+        let result = send(&self.shared, &entries, on_sent.into_iter()).await;
+        drop(entries);
+        match result {
+            Ok(answers) => {
+                for (waiting, answer) in batch.into_iter().zip(answers) {
+                    let _ = waiting.reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                for waiting in batch {
+                    let mut e = e.clone();
+                    e.set_key(&waiting.keys.lock);
+                    let _ = waiting.reply.send(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Sends one release call for `entries`, calling each `on_sent` once the
+/// command is handed to the client.
+async fn send(
+    shared: &Shared,
+    entries: &[(&LockKeys, &str)],
+    on_sent: impl Iterator<Item = OnSent> + Unpin,
+) -> Result<Vec<Compared>, Error> {
+    let call = scripts::release(&shared.client, entries, &shared.id, shared.timeout);
+    OnFirstPoll {
+        inner: Box::pin(call),
+        then: Some(on_sent),
+    }
+    .await
+}
+
+/// The gate's leadership: when the leader is done (or dropped), the gate is
+/// free again, and a task is spawned to send what queued meanwhile.
+struct Leader {
+    batcher: Batcher,
+    gate: u16,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let mut gates = self.batcher.shared.gates();
+        let Some(state) = gates.get_mut(&self.gate) else {
+            return;
+        };
+        state.in_flight = false;
+        if state.waiting.is_empty() {
+            gates.remove(&self.gate);
+            return;
+        }
+        drop(gates);
+        // Without a runtime the queue stays; the next release of this gate
+        // leads, and its leader's drop sends it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.batcher.clone().drain(self.gate));
+        }
+    }
+}
+
+/// Polls `inner`, calling every `then` once after its first poll (by which
+/// time a fred command future has handed its command to the client).
+struct OnFirstPoll<F, T> {
+    inner: Pin<Box<F>>,
+    then: Option<T>,
+}
+
+impl<F: Future, T: Iterator<Item = OnSent> + Unpin> Future for OnFirstPoll<F, T> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let polled = this.inner.as_mut().poll(cx);
+        if let Some(then) = this.then.take() {
+            then.for_each(|f| f());
+        }
+        polled
+    }
+}
