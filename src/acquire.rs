@@ -113,7 +113,6 @@ impl fmt::Debug for Acquire {
 /// An acquisition's settings, checked.
 struct Plan {
     key: String,
-    keys: LockKeys,
     ttl_ms: u64,
     fencing: bool,
     auto_renew: bool,
@@ -122,21 +121,25 @@ struct Plan {
 }
 
 impl Plan {
-    fn check(req: &Acquire) -> Result<Plan, Error> {
+    /// The checked settings, and the lock's Redis names.
+    fn check(req: &Acquire) -> Result<(Plan, LockKeys), Error> {
         let settings = &req.inner.settings;
         let ttl_ms = ttl_millis(&req.key, req.ttl.unwrap_or(settings.ttl))?;
         validate_key(&req.key)?;
         let retry = req.retry.unwrap_or(settings.retry);
         retry.validate()?;
-        Ok(Plan {
-            key: req.key.clone(),
-            keys: LockKeys::new(&settings.prefix, &req.key),
-            ttl_ms,
-            fencing: req.fencing.unwrap_or(settings.fencing),
-            auto_renew: req.auto_renew.unwrap_or(settings.auto_renew),
-            retry,
-            timeout: req.timeout,
-        })
+        let keys = LockKeys::new(&settings.prefix, &req.key);
+        Ok((
+            Plan {
+                key: req.key.clone(),
+                ttl_ms,
+                fencing: req.fencing.unwrap_or(settings.fencing),
+                auto_renew: req.auto_renew.unwrap_or(settings.auto_renew),
+                retry,
+                timeout: req.timeout,
+            },
+            keys,
+        ))
     }
 }
 
@@ -145,17 +148,18 @@ impl Plan {
 /// outcome), it queues a release of its token.
 struct ArmedToken<'a> {
     inner: &'a Inner,
-    keys: Option<LockKeys>,
+    /// The lock's Redis names (moved to the guard on success).
+    keys: LockKeys,
     token: String,
     armed: bool,
 }
 
 impl Drop for ArmedToken<'_> {
     fn drop(&mut self) {
-        if let (true, Some(keys)) = (self.armed, self.keys.take()) {
-            self.inner
-                .releases
-                .queue(keys, std::mem::take(&mut self.token));
+        if self.armed {
+            let keys = std::mem::take(&mut self.keys);
+            let token = std::mem::take(&mut self.token);
+            self.inner.releases.queue(keys, token);
         }
     }
 }
@@ -169,23 +173,22 @@ enum Attempt {
 /// One attempt: a plain `SET NX` when `fast`, falling back to the acquire
 /// script when the key exists (it may be our own re-sent SET, and the script
 /// also returns the holder's TTL).
-async fn attempt(inner: &Inner, plan: &Plan, token: &str, fast: bool) -> Result<Attempt, Error> {
+async fn attempt(
+    inner: &Inner,
+    plan: &Plan,
+    keys: &LockKeys,
+    token: &str,
+    fast: bool,
+) -> Result<Attempt, Error> {
     let timeout = inner.settings.command_timeout;
     let client = &inner.client;
     if fast
         && !plan.fencing
-        && scripts::set_nx(client, &plan.keys.lock, token, plan.ttl_ms, timeout).await?
+        && scripts::set_nx(client, &keys.lock, token, plan.ttl_ms, timeout).await?
     {
         return Ok(Attempt::Taken(None));
     }
-    let answer = scripts::acquire(
-        client,
-        &plan.keys,
-        plan.fencing,
-        token,
-        plan.ttl_ms,
-        timeout,
-    );
+    let answer = scripts::acquire(client, keys, plan.fencing, token, plan.ttl_ms, timeout);
     Ok(match answer.await? {
         Acquired::Yes { fencing_token } => Attempt::Taken(fencing_token),
         Acquired::No { pttl } => Attempt::Busy(pttl),
@@ -194,7 +197,7 @@ async fn attempt(inner: &Inner, plan: &Plan, token: &str, fast: bool) -> Result<
 
 /// Runs an acquisition (unboxed: `lock` and `try_lock` await this directly).
 pub(crate) async fn run(req: Acquire) -> Result<LockGuard, Error> {
-    let plan = Plan::check(&req)?;
+    let (plan, keys) = Plan::check(&req)?;
     let inner = &req.inner;
     if inner.is_shut_down() {
         return Err(Error::Shutdown { key: plan.key });
@@ -204,9 +207,9 @@ pub(crate) async fn run(req: Acquire) -> Result<LockGuard, Error> {
     // A release of this key that this mutex queued (a guard dropped just
     // before) is sent first, so it does not stand in our own way.
     let command_timeout = inner.settings.command_timeout;
-    inner.releases.sent(&plan.keys.lock, command_timeout).await;
+    inner.releases.sent(&keys.lock, command_timeout).await;
 
-    let mut acquisition = Acquisition::new(inner, plan, started);
+    let mut acquisition = Acquisition::new(inner, plan, keys, started);
     // Waiters of this key already queued in this process go first: join the
     // queue behind them instead of barging in with an attempt.
     let mut attempt_now = !acquisition.queue_behind_local_waiters();
@@ -244,11 +247,11 @@ struct Acquisition<'a> {
 }
 
 impl<'a> Acquisition<'a> {
-    fn new(inner: &'a Arc<Inner>, plan: Plan, started: Instant) -> Self {
+    fn new(inner: &'a Arc<Inner>, plan: Plan, keys: LockKeys, started: Instant) -> Self {
         let schedule = Schedule::new(started, plan.retry, plan.timeout);
         let token = ArmedToken {
             inner,
-            keys: Some(plan.keys.clone()),
+            keys,
             token: uuid::Uuid::new_v4().to_string(),
             armed: false,
         };
@@ -271,8 +274,8 @@ impl<'a> Acquisition<'a> {
     /// Joins the local queue of the key if it has waiters; `true` if so.
     fn queue_behind_local_waiters(&mut self) -> bool {
         let waiters = &self.inner.waiters;
-        if self.notify && waiters.has_waiters(&self.plan.keys.lock) {
-            self.ticket = Some(waiters.join(&self.plan.keys.lock));
+        if self.notify && waiters.has_waiters(&self.token.keys.lock) {
+            self.ticket = Some(waiters.join(&self.token.keys.lock));
             return true;
         }
         false
@@ -292,7 +295,8 @@ impl<'a> Acquisition<'a> {
         self.token.armed = true;
         let sent_at = Instant::now();
         let fast = self.attempts == 1 && self.ticket.is_none();
-        match attempt(self.inner, &self.plan, &self.token.token, fast).await {
+        let token = &self.token;
+        match attempt(self.inner, &self.plan, &token.keys, &token.token, fast).await {
             Ok(Attempt::Taken(fencing_token)) => {
                 self.token.armed = false;
                 if let Some(ticket) = self.ticket.take() {
@@ -337,7 +341,7 @@ impl<'a> Acquisition<'a> {
             return Ok(());
         }
         if self.ticket.is_none() {
-            let mut ticket = self.inner.waiters.join(&self.plan.keys.lock);
+            let mut ticket = self.inner.waiters.join(&self.token.keys.lock);
             let limit =
                 (self.inner.settings.command_timeout).min(self.schedule.left(Instant::now()));
             let subscribed = ticket.subscribed(limit).await;
@@ -370,7 +374,7 @@ impl<'a> Acquisition<'a> {
 
     /// The guard of the lock just taken with this acquisition's token.
     fn guard(&mut self, fencing_token: Option<u64>, sent_at: Instant) -> LockGuard {
-        let keys = self.token.keys.take().expect("taken once");
+        let keys = std::mem::take(&mut self.token.keys);
         let lease = Arc::new(LeaseCore::new(
             std::mem::take(&mut self.plan.key),
             keys,

@@ -9,8 +9,11 @@
 //!
 //! The caller that sends a call alone (the "leader") returns as soon as its
 //! own reply is in; the batch that queued behind it is sent by a task it
-//! spawns, which leads in turn. Waiting is bounded: a queued release that is
-//! not answered within two command timeouts gives [`Error::Timeout`].
+//! spawns, which leads in turn. Every queued release is answered by the
+//! batch it goes out with (each call bounded by the command timeout); one
+//! whose batch task is dropped unanswered gives [`Error::Timeout`]. (A
+//! runtime that stops between a leader's end and its successor's start
+//! leaves the queue to the gate's next release.)
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -127,16 +130,13 @@ impl Batcher {
                 let answers = send(&self.shared, &[(keys, token)], on_sent.into_iter()).await?;
                 Ok(answers[0])
             }
-            Err(answer) => {
-                let limit = self.shared.timeout * 2;
-                match tokio::time::timeout(limit, answer).await {
-                    Ok(Ok(result)) => result,
-                    _ => Err(Error::Timeout {
-                        key: keys.lock.clone(),
-                        after: limit,
-                    }),
-                }
-            }
+            // Dropped unanswered (its batch's task was dropped): unknown.
+            Err(answer) => answer.await.unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    key: keys.lock.clone(),
+                    after: self.shared.timeout,
+                })
+            }),
         }
     }
 
@@ -216,10 +216,16 @@ impl Drop for Leader {
             return;
         }
         drop(gates);
-        // Without a runtime the queue stays; the next release of this gate
-        // leads, and its leader's drop sends it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(self.batcher.clone().drain(self.gate));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(self.batcher.clone().drain(self.gate))),
+            // No runtime to send them: answer "unknown" (their callers retry
+            // or leave the lock to its TTL) rather than leave them waiting.
+            Err(_) => {
+                let mut gates = self.batcher.shared.gates();
+                if let Some(state) = gates.get_mut(&self.gate) {
+                    state.waiting.clear();
+                }
+            }
         }
     }
 }

@@ -84,7 +84,7 @@ pub(crate) fn prefix_is_valid(prefix: &str) -> bool {
 
 /// The Redis names of one lock (see the module docs). Only the lock key is
 /// kept; derived names (and their slot tag) are computed when needed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct LockKeys {
     /// `P K`.
     pub(crate) lock: String,
