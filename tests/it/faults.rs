@@ -265,6 +265,43 @@ async fn a_release_cut_after_it_ran_is_not_reported_as_a_lost_lock() {
     );
 }
 
+/// A release whose reply is lost, after which a rival takes the key, is
+/// never reported `NotHeld`: the release is not re-sent (a re-send would
+/// find the rival's token and say the lock was lost), so its outcome is the
+/// truth (`Ok`) or "unknown" (a transient error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_reply_is_lost_is_never_reported_not_held_when_a_rival_took_the_key() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    load_scripts(&raw).await;
+    let proxy = Proxy::start(server.port());
+    let mutex = via(&proxy, |b| b.ttl(ms(10_000)).auto_renew(false)).await;
+    let rival = mutex_for(&server).await;
+    let key = "cut:release:rival";
+    let guard = mutex.lock(key).await.unwrap();
+    let mut fired = proxy.on_next(Point::Release, Action::CutAfterForward);
+    let release = tokio::spawn(async move { guard.release().await });
+    assert!(fired.wait(ms(1000)).await, "the release was not cut");
+    // The release ran (the key is gone); the rival takes the key before the
+    // client has even reconnected.
+    let taken = rival
+        .try_lock(key)
+        .await
+        .unwrap()
+        .expect("the release ran, so the key is free");
+    let result = release.await.unwrap();
+    assert!(
+        result.is_ok() || result.as_ref().is_err_and(Error::is_transient),
+        "{result:?}"
+    );
+    tokio::time::sleep(ms(300)).await;
+    assert_eq!(
+        raw_get(&raw, key).await.as_deref(),
+        Some(taken.token()),
+        "the rival's lock was touched"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_during_extend_keeps_remaining_conservative() {
     let server = RedisServer::start();

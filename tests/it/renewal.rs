@@ -363,6 +363,31 @@ async fn with_lock_returns_the_works_output_and_releases_the_key() {
     assert!(mutex.try_lock(key).await.unwrap().is_some());
 }
 
+/// `with_lock` reports how the lock was lost: a key another client wrote
+/// over while the work ran is `Replaced`, not `Missing`.
+#[tokio::test]
+async fn with_lock_reports_a_key_written_over_as_replaced() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = builder_for(&server).await.ttl(ms(30_000)).build().unwrap();
+    let key = "with-lock-replaced";
+    let other = raw.clone();
+    let err = mutex
+        .with_lock(key, |_| async move {
+            let _: () = other
+                .set(key, "someone-else", None, None, false)
+                .await
+                .unwrap();
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Lost { reason: LostReason::Replaced, .. }),
+        "{err:?}"
+    );
+    assert_eq!(raw_get(&raw, key).await.as_deref(), Some("someone-else"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_lock_cancels_the_work_when_the_lock_is_lost() {
     let server = RedisServer::start();
