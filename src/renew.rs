@@ -35,6 +35,8 @@ use tokio::runtime::Handle;
 use crate::lease::{LeaseCore, LostReason};
 use crate::scripts::{self, Compared};
 
+/// The most renewal calls in flight at once (each for one cluster slot).
+const MAX_CALLS: usize = 64;
 /// The most keys renewed by one script call (a script blocks Redis while it
 /// runs: 500 GET + PEXPIRE take well under a millisecond).
 const BATCH: usize = 500;
@@ -273,10 +275,27 @@ async fn renew(
     } else {
         groups.insert(0, batch);
     }
+    // Every chunk (one script call, one cluster slot) goes out at once, up
+    // to `MAX_CALLS` in flight: a slow or stalled node delays only its own
+    // leases, never those on healthy nodes.
+    let chunks: Vec<Vec<(Arc<LeaseCore>, u64)>> = groups
+        .into_values()
+        .flat_map(|group| group.chunks(BATCH).map(<[_]>::to_vec).collect::<Vec<_>>())
+        .collect();
     let mut next = Vec::new();
-    for (_, group) in groups {
-        for chunk in group.chunks(BATCH) {
-            next.extend(renew_chunk(client, chunk, timeout).await);
+    let mut running = tokio::task::JoinSet::new();
+    for chunk in chunks {
+        if running.len() >= MAX_CALLS {
+            if let Some(Ok(renewed)) = running.join_next().await {
+                next.extend(renewed);
+            }
+        }
+        let client = client.clone();
+        running.spawn(async move { renew_chunk(&client, &chunk, timeout).await });
+    }
+    while let Some(done) = running.join_next().await {
+        if let Ok(renewed) = done {
+            next.extend(renewed);
         }
     }
     next

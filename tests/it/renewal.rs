@@ -382,7 +382,13 @@ async fn with_lock_reports_a_key_written_over_as_replaced() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Lost { reason: LostReason::Replaced, .. }),
+        matches!(
+            err,
+            Error::Lost {
+                reason: LostReason::Replaced,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert_eq!(raw_get(&raw, key).await.as_deref(), Some("someone-else"));
