@@ -75,7 +75,14 @@ fn failed(client: &Client, key: &str, error: fred::error::Error, timeout: Durati
             key: key.to_owned(),
         };
     }
-    Error::from_redis(key, error, timeout)
+    // fred's own timer may be the shorter one: report the one that fired.
+    let own = client.inner().default_command_timeout();
+    let after = if own.is_zero() {
+        timeout
+    } else {
+        own.min(timeout)
+    };
+    Error::from_redis(key, error, after)
 }
 
 /// `true` once a client that was connected has been closed (`quit`): its

@@ -381,13 +381,20 @@ async fn dropping_the_last_handle_closes_the_client_it_made() {
     assert!(after <= before, "{before} clients before, {after} after");
 }
 
-/// A fred command timeout and the crate's own are the same error.
+/// A fred command timeout and the crate's own are the same error, whichever
+/// fires first: here the client's own (100 ms) is shorter than the mutex's.
 #[tokio::test]
 async fn a_paused_server_gives_timeout_never_unavailable() {
+    use fred::prelude::{Builder as FredBuilder, Config, ReconnectPolicy};
     let server = RedisServer::start();
-    let mutex = builder_for(&server)
-        .await
-        .command_timeout(ms(200))
+    let client = FredBuilder::from_config(Config::from_url(&server.url()).unwrap())
+        .with_performance_config(|p| p.default_command_timeout = ms(100))
+        .set_policy(ReconnectPolicy::new_constant(0, 100))
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    let mutex = DistributedMutex::builder(client)
+        .command_timeout(Duration::from_secs(2))
         .retry(RetryStrategy::none())
         .build()
         .unwrap();
@@ -399,7 +406,7 @@ async fn a_paused_server_gives_timeout_never_unavailable() {
     server.resume();
     for outcome in [lock.map(drop), extend, release] {
         assert!(
-            matches!(outcome, Err(Error::Timeout { after, .. }) if after == ms(200)),
+            matches!(outcome, Err(Error::Timeout { after, .. }) if after == ms(100)),
             "{outcome:?}"
         );
     }
