@@ -275,7 +275,7 @@ impl<'a> Acquisition<'a> {
     fn queue_behind_local_waiters(&mut self) -> bool {
         let waiters = &self.inner.waiters;
         if self.notify && waiters.has_waiters(&self.token.keys.lock) {
-            self.ticket = Some(waiters.join(&self.token.keys.lock));
+            self.ticket = Some(waiters.join(&self.token.keys));
             return true;
         }
         false
@@ -341,7 +341,7 @@ impl<'a> Acquisition<'a> {
             return Ok(());
         }
         if self.ticket.is_none() {
-            let mut ticket = self.inner.waiters.join(&self.token.keys.lock);
+            let mut ticket = self.inner.waiters.join(&self.token.keys);
             let limit =
                 (self.inner.settings.command_timeout).min(self.schedule.left(Instant::now()));
             let subscribed = ticket.subscribed(limit).await;

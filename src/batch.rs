@@ -26,6 +26,7 @@ use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use tokio::sync::oneshot;
 
+use crate::channel::Mode;
 use crate::error::Error;
 use crate::keys::LockKeys;
 use crate::scripts::{self, Compared};
@@ -55,6 +56,8 @@ struct Shared {
     timeout: Duration,
     /// The mutex's id, sent with releases (see `release.lua`).
     id: Arc<str>,
+    /// Plain or sharded pub/sub for the release messages.
+    mode: Arc<Mode>,
     gates: Mutex<HashMap<u16, Gate>>,
 }
 
@@ -80,12 +83,13 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    pub(crate) fn new(client: Client, timeout: Duration, id: Arc<str>) -> Self {
+    pub(crate) fn new(client: Client, timeout: Duration, id: Arc<str>, mode: Arc<Mode>) -> Self {
         Batcher {
             shared: Arc::new(Shared {
                 client,
                 timeout,
                 id,
+                mode,
                 gates: Mutex::default(),
             }),
         }
@@ -189,7 +193,8 @@ async fn send(
     entries: &[(&LockKeys, &str)],
     on_sent: impl Iterator<Item = OnSent> + Unpin,
 ) -> Result<Vec<Compared>, Error> {
-    let call = scripts::release(&shared.client, entries, &shared.id, shared.timeout);
+    let sharded = shared.mode.sharded(&shared.client);
+    let call = scripts::release(&shared.client, entries, &shared.id, sharded, shared.timeout);
     OnFirstPoll {
         inner: Box::pin(call),
         then: Some(on_sent),

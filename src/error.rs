@@ -228,8 +228,13 @@ impl Error {
                 message: format!("the Redis client is misconfigured ({})", source.details()),
                 source: Some(source),
             },
-            // LOADING and TRYAGAIN are transient server states.
-            _ if details.starts_with("LOADING") || details.starts_with("TRYAGAIN") => {
+            // LOADING and TRYAGAIN are transient server states; the other two
+            // are the client's, for a command sent while it reconnects.
+            _ if details.starts_with("LOADING")
+                || details.starts_with("TRYAGAIN")
+                || details.starts_with("Failed to route command")
+                || details.starts_with("Too many failed write attempts") =>
+            {
                 Error::Unavailable { key, source }
             }
             _ => Error::Redis { key, source },

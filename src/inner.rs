@@ -10,6 +10,7 @@ use fred::clients::Client;
 
 use crate::background::Home;
 use crate::batch::Batcher;
+use crate::channel::Mode;
 use crate::notify::Waiters;
 use crate::release::ReleaseQueue;
 use crate::renew::Renewer;
@@ -47,12 +48,13 @@ impl Inner {
         // A random id, sent with releases so this mutex can tell its own.
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let timeout = settings.command_timeout;
-        let batcher = Batcher::new(client.clone(), timeout, Arc::clone(&id));
+        let mode = Arc::new(Mode::default());
+        let batcher = Batcher::new(client.clone(), timeout, Arc::clone(&id), Arc::clone(&mode));
         let inner = Inner {
             releases: ReleaseQueue::new(client.clone(), owns_client, timeout, batcher.clone()),
             batcher,
             renewer: Renewer::new(client.clone(), timeout),
-            waiters: Waiters::new(client.clone(), timeout, Arc::clone(&id)),
+            waiters: Waiters::new(client.clone(), timeout, id, mode),
             client,
             settings,
             home: Home::new(),

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | the lock | `P K` (holds the holder's token) | the lease |
 //! | the fencing counter | `P \xff {T}:fence:K` | never deleted |
-//! | the release channel | `P K:released` | (pub/sub) |
+//! | the release channel | `P K:released`, or `P {T}:released:K` with sharded pub/sub (`channel.rs`) | (pub/sub) |
 //!
 //! The lock key is the caller's key behind the prefix, unchanged, so other
 //! clients of the protocol (bsm/redislock, redis-py's `Lock`) exclude and are
@@ -120,22 +120,24 @@ impl LockKeys {
         out
     }
 
+    /// The plain pub/sub release channel: `P K:released`.
+    pub(crate) fn plain_channel(&self) -> String {
+        format!("{}:released", self.lock)
+    }
+
+    /// The sharded pub/sub release channel, in the lock key's slot:
+    /// `P {T}:released:K`. (UTF-8, unlike derived keys: fred reads channel
+    /// names as strings; channels never collide with keys anyway.)
+    pub(crate) fn shard_channel(&self) -> String {
+        let (prefix, key) = self.lock.split_at(self.prefix_len);
+        format!("{prefix}{{{}}}:released:{key}", slot_tag(&self.lock))
+    }
+
     /// The fencing counter.
     pub(crate) fn fence(&self) -> Vec<u8> {
         let key = &self.lock[self.prefix_len..];
         self.derived("fence", key)
     }
-}
-
-/// The suffix of a lock key's release channel.
-pub(crate) const CHANNEL_SUFFIX: &str = ":released";
-
-/// The release channel of a lock key.
-pub(crate) fn channel(lock_key: &str) -> String {
-    let mut channel = String::with_capacity(lock_key.len() + CHANNEL_SUFFIX.len());
-    channel.push_str(lock_key);
-    channel.push_str(CHANNEL_SUFFIX);
-    channel
 }
 
 #[cfg(test)]
@@ -167,6 +169,12 @@ mod tests {
             for key in keys {
                 let k = LockKeys::new(prefix, key);
                 assert_eq!(k.lock, format!("{prefix}{key}"));
+                assert_eq!(
+                    slot(k.shard_channel().as_bytes()),
+                    slot(k.lock.as_bytes()),
+                    "{prefix:?} {key:?}"
+                );
+                assert!(k.shard_channel().starts_with(prefix));
                 let derived = k.fence();
                 assert_eq!(
                     slot(&derived),

@@ -65,6 +65,7 @@
 //! | `batch.rs` | group commit: releases that arrive while one is in flight go out as one call |
 //! | `renew.rs` | task: batched lease renewal |
 //! | `notify.rs` | task: the subscriber connection and local wait queues |
+//! | `channel.rs` | where release messages go: plain or sharded pub/sub |
 //! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
 //! | `adapter.rs` | the Go-compatible shim |
 //!
@@ -82,6 +83,7 @@ mod adapter;
 mod background;
 mod batch;
 mod builder;
+mod channel;
 mod connect;
 mod error;
 mod guard;

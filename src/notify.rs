@@ -1,8 +1,9 @@
 //! Notification-based waiting.
 //!
-//! The release script publishes on `<key>:released`. Each mutex has one
-//! subscriber connection, made on the first wait, subscribed to a key's
-//! channel while this process has waiters for that key (and resubscribed
+//! The release script publishes on the key's release channel (plain or
+//! sharded pub/sub, see `channel.rs`). Each mutex has one subscriber
+//! connection (one per node on a cluster), made on the first wait,
+//! subscribed to a key's channel while this process has waiters for that key (and resubscribed
 //! after a reconnect). Waiters of one key queue locally in FIFO order; a
 //! release message wakes only the head of the queue, so there is no
 //! thundering herd inside a process. A new acquisition of a key with local
@@ -22,7 +23,8 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::background::Done;
-use crate::keys::{channel, CHANNEL_SUFFIX};
+use crate::channel::{Mode, ReleaseChannel};
+use crate::keys::LockKeys;
 
 /// How long a mutex lets other processes try first after its own release.
 const YIELD_TO_OTHERS: Duration = Duration::from_millis(1);
@@ -31,9 +33,18 @@ const YIELD_TO_OTHERS: Duration = Duration::from_millis(1);
 /// for this long before it is tried again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
+/// The waiters of one key, in FIFO order, and the channel they listen on.
+struct KeyQueue {
+    channel: ReleaseChannel,
+    waiters: VecDeque<(u64, Arc<Notify>)>,
+}
+
 #[derive(Default)]
 struct Queues {
-    keys: HashMap<String, VecDeque<(u64, Arc<Notify>)>>,
+    /// By lock key.
+    keys: HashMap<String, KeyQueue>,
+    /// Lock key by channel name, for the messages.
+    channels: HashMap<String, String>,
     next_id: u64,
 }
 
@@ -56,15 +67,23 @@ impl Shared {
 
     /// Wakes the head waiter of `key`, if any.
     fn wake_head(&self, key: &str) {
-        if let Some((_, notify)) = self.queues().keys.get(key).and_then(|q| q.front()) {
+        let queues = self.queues();
+        if let Some((_, notify)) = queues.keys.get(key).and_then(|q| q.waiters.front()) {
             notify.notify_one();
         }
+    }
+
+    /// Wakes the head waiter of the key whose channel is `channel`.
+    fn wake_channel(&self, channel: &str) -> Option<String> {
+        let key = self.queues().channels.get(channel).cloned()?;
+        self.wake_head(&key);
+        Some(key)
     }
 }
 
 enum Op {
-    Subscribe(String, oneshot::Sender<bool>),
-    Unsubscribe(String),
+    Subscribe(ReleaseChannel, oneshot::Sender<bool>),
+    Unsubscribe(ReleaseChannel),
 }
 
 /// The local wait queues of one mutex, and its subscriber.
@@ -75,10 +94,12 @@ pub(crate) struct Waiters {
     ops: Mutex<Option<mpsc::UnboundedSender<Op>>>,
     client: Client,
     timeout: Duration,
+    /// Plain or sharded pub/sub (decided once the server is known).
+    mode: Arc<Mode>,
 }
 
 impl Waiters {
-    pub(crate) fn new(client: Client, timeout: Duration, id: Arc<str>) -> Self {
+    pub(crate) fn new(client: Client, timeout: Duration, id: Arc<str>, mode: Arc<Mode>) -> Self {
         Waiters {
             shared: Arc::new(Shared {
                 queues: Mutex::new(Queues::default()),
@@ -89,6 +110,7 @@ impl Waiters {
             ops: Mutex::new(None),
             client,
             timeout,
+            mode,
         }
     }
 
@@ -109,9 +131,9 @@ impl Waiters {
         // Under the queue lock, so no join or leave slips between the list
         // of keys and the new channel.
         let queues = self.shared.queues();
-        for key in queues.keys.keys() {
+        for queue in queues.keys.values() {
             let (ack, _) = oneshot::channel();
-            let _ = tx.send(Op::Subscribe(channel(key), ack));
+            let _ = tx.send(Op::Subscribe(queue.channel.clone(), ack));
         }
         *self.ops() = Some(tx);
         drop(queues);
@@ -145,30 +167,38 @@ impl Waiters {
             && self.shared.queues().keys.contains_key(key)
     }
 
-    /// Joins the queue of `key`. The first waiter of a key asks for the
-    /// subscription; [`Ticket::subscribed`] waits for it.
-    pub(crate) fn join(&self, key: &str) -> Ticket<'_> {
+    /// Joins the queue of the lock `keys`. The first waiter of a key asks
+    /// for the subscription; [`Ticket::subscribed`] waits for it.
+    pub(crate) fn join(&self, keys: &LockKeys) -> Ticket<'_> {
+        let key = keys.lock.as_str();
         let notify = Arc::new(Notify::new());
         let mut queues = self.shared.queues();
         queues.next_id += 1;
         let id = queues.next_id;
-        let queue = queues.keys.entry(key.to_owned()).or_default();
-        let first = queue.is_empty();
-        if first {
+        let subscribed = if queues.keys.contains_key(key) {
+            None
+        } else {
+            let channel = ReleaseChannel::of(keys, self.mode.sharded(&self.client));
             self.shared
                 .keys_waited
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        queue.push_back((id, Arc::clone(&notify)));
-        let subscribed = if first {
+            queues.channels.insert(channel.name.clone(), key.to_owned());
             let (ack, rx) = oneshot::channel();
             // Sent under the queue lock: subscribe and unsubscribe requests
             // of one key reach the manager in the order they were decided.
-            self.send(Op::Subscribe(channel(key), ack));
+            self.send(Op::Subscribe(channel.clone(), ack));
+            queues.keys.insert(
+                key.to_owned(),
+                KeyQueue {
+                    channel,
+                    waiters: VecDeque::new(),
+                },
+            );
             Some(rx)
-        } else {
-            None
         };
+        if let Some(queue) = queues.keys.get_mut(key) {
+            queue.waiters.push_back((id, Arc::clone(&notify)));
+        }
         drop(queues);
         Ticket {
             waiters: self,
@@ -224,18 +254,20 @@ impl Drop for Ticket<'_> {
         let Some(queue) = queues.keys.get_mut(&self.key) else {
             return;
         };
-        let was_head = queue.front().is_some_and(|(id, _)| *id == self.id);
-        queue.retain(|(id, _)| *id != self.id);
-        if queue.is_empty() {
-            queues.keys.remove(&self.key);
+        let was_head = queue.waiters.front().is_some_and(|(id, _)| *id == self.id);
+        queue.waiters.retain(|(id, _)| *id != self.id);
+        if queue.waiters.is_empty() {
+            if let Some(queue) = queues.keys.remove(&self.key) {
+                queues.channels.remove(&queue.channel.name);
+                self.waiters.send(Op::Unsubscribe(queue.channel));
+            }
             self.waiters
                 .shared
                 .keys_waited
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            self.waiters.send(Op::Unsubscribe(channel(&self.key)));
         } else if was_head && !self.acquired {
             // We may have taken a wake-up meant for the head: pass it on.
-            if let Some((_, next)) = queue.front() {
+            if let Some((_, next)) = queue.waiters.front() {
                 next.notify_one();
             }
         }
@@ -269,24 +301,7 @@ async fn manager(
                 apply(subscriber.as_ref(), op, timeout).await;
             }
             message = recv(&mut messages), if messages.is_some() => match message {
-                Ok(message) => {
-                    if let Some(key) = message.channel.strip_suffix(CHANNEL_SUFFIX) {
-                        let ours = message.value.as_str().is_some_and(|v| *v == *shared.id);
-                        if ours {
-                            // Our own release, with other processes waiting:
-                            // give them the first try, so that processes take
-                            // turns instead of the releaser winning every race.
-                            let shared = Arc::clone(&shared);
-                            let key = key.to_owned();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(YIELD_TO_OTHERS).await;
-                                shared.wake_head(&key);
-                            });
-                        } else {
-                            shared.wake_head(key);
-                        }
-                    }
-                }
+                Ok(message) => on_message(&shared, &message),
                 // Messages were dropped: wake every head (a spurious attempt
                 // costs one command; a missed wake-up costs a wait).
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
@@ -305,6 +320,26 @@ async fn manager(
     shared.stopped.mark();
 }
 
+/// Wakes the head waiter of the released key; after our own release, with
+/// other processes waiting, only a moment later: the other processes get
+/// the first try, so that processes take turns instead of the releaser
+/// winning every race.
+fn on_message(shared: &Arc<Shared>, message: &fred::types::Message) {
+    let ours = message.value.as_str().is_some_and(|v| *v == *shared.id);
+    if !ours {
+        shared.wake_channel(&message.channel);
+        return;
+    }
+    let Some(key) = shared.queues().channels.get(&*message.channel).cloned() else {
+        return;
+    };
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        tokio::time::sleep(YIELD_TO_OTHERS).await;
+        shared.wake_head(&key);
+    });
+}
+
 async fn recv(
     rx: &mut Option<tokio::sync::broadcast::Receiver<fred::types::Message>>,
 ) -> Result<fred::types::Message, tokio::sync::broadcast::error::RecvError> {
@@ -318,13 +353,18 @@ async fn apply(subscriber: Option<&SubscriberClient>, op: Op, timeout: Duration)
     match op {
         Op::Subscribe(channel, ack) => {
             let ok = match subscriber {
-                // fred answers SUBSCRIBE once it is queued, not once Redis
-                // has it; a PING behind it on the same connection answers
-                // only after Redis has subscribed.
+                // SSUBSCRIBE is answered by the node that owns the channel's
+                // slot, once it has subscribed. fred answers SUBSCRIBE once it
+                // is queued, not once Redis has it; a PING behind it on the
+                // same connection answers only after Redis has subscribed.
                 Some(s) => matches!(
                     tokio::time::timeout(timeout, async {
-                        s.subscribe(channel.as_str()).await?;
-                        s.ping::<fred::types::Value>(None).await
+                        if channel.sharded {
+                            s.ssubscribe(channel.name.as_str()).await
+                        } else {
+                            s.subscribe(channel.name.as_str()).await?;
+                            s.ping::<fred::types::Value>(None).await.map(drop)
+                        }
                     })
                     .await,
                     Ok(Ok(_))
@@ -335,7 +375,12 @@ async fn apply(subscriber: Option<&SubscriberClient>, op: Op, timeout: Duration)
         }
         Op::Unsubscribe(channel) => {
             if let Some(s) = subscriber {
-                let _ = tokio::time::timeout(timeout, s.unsubscribe(channel.as_str())).await;
+                let name = channel.name.as_str();
+                let _ = if channel.sharded {
+                    tokio::time::timeout(timeout, s.sunsubscribe(name)).await
+                } else {
+                    tokio::time::timeout(timeout, s.unsubscribe(name)).await
+                };
             }
         }
     }

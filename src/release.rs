@@ -355,6 +355,12 @@ async fn release_one(shared: &Shared, job: &Job, on_sent: OnSent) {
                 tracing::debug!(key = %key, error = %e, "lock release failed; retrying");
                 tokio::time::sleep(pause).await;
                 pause *= 2;
+                // A release is sent once (never re-sent by the client), so
+                // after a cut wait for the connection to be back first.
+                if !shared.client.is_connected() {
+                    let back = shared.client.wait_for_connect();
+                    let _ = tokio::time::timeout(shared.timeout, back).await;
+                }
             }
             Err(e) => {
                 tracing::warn!(

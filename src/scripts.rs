@@ -17,6 +17,7 @@ use fred::types::scripts::Script;
 use fred::types::{ClientState, FromValue, Key, MultipleKeys, Value};
 
 use crate::background::{revive_client, router_gone};
+use crate::channel::ReleaseChannel;
 use crate::error::Error;
 use crate::keys::LockKeys;
 
@@ -224,6 +225,7 @@ pub(crate) async fn release(
     client: &Client,
     entries: &[(&LockKeys, &str)],
     releaser: &str,
+    sharded: bool,
     timeout: Duration,
 ) -> Result<Vec<Compared>, Error> {
     use fred::types::config::Options;
@@ -236,9 +238,13 @@ pub(crate) async fn release(
         ..Options::default()
     });
     let slot = fred::util::redis_keyslot(first.as_bytes());
+    let channels: Vec<String> = entries
+        .iter()
+        .map(|(keys, _)| ReleaseChannel::of(keys, sharded).name)
+        .collect();
     let send = || {
         let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
-        let mut args = Vec::with_capacity(3 + entries.len() * 2);
+        let mut args = Vec::with_capacity(4 + entries.len() * 3);
         args.push(Value::from(RELEASE.sha1().clone()));
         args.push(Value::from(entries.len() as i64));
         args.extend(
@@ -247,7 +253,11 @@ pub(crate) async fn release(
                 .map(|(keys, _)| Value::from(keys.lock.as_str())),
         );
         args.push(Value::from(releaser));
-        args.extend(entries.iter().map(|(_, token)| Value::from(*token)));
+        args.push(Value::from(if sharded { "s" } else { "p" }));
+        for ((_, token), channel) in entries.iter().zip(&channels) {
+            args.push(Value::from(*token));
+            args.push(Value::from(channel.as_str()));
+        }
         once.custom::<Vec<i64>, _>(command, args)
     };
     let call = async {

@@ -838,7 +838,12 @@ async fn extend_after_release_is_not_held_and_never_brings_the_key_back() {
         .eval(
             include_str!("../../src/scripts/release.lua"),
             vec![key],
-            vec!["another-process", guard.token()],
+            vec![
+                "another-process",
+                "p",
+                guard.token(),
+                "extend-after-release:released",
+            ],
         )
         .await
         .unwrap();
