@@ -195,18 +195,7 @@ async fn run(shared: Arc<Shared>, client: Client, timeout: Duration) {
             _ = sleep_until(next_due), if next_due.is_some() => {
                 let batch = take_due(&mut shared.queue());
                 if !batch.is_empty() {
-                    let client = client.clone();
-                    let mut in_flight = InFlight {
-                        shared: Arc::clone(&shared),
-                        batch: batch.iter().map(|(l, g)| (Arc::downgrade(l), *g)).collect(),
-                    };
-                    tokio::spawn(async move {
-                        let next = renew(&client, batch, timeout).await;
-                        in_flight.batch.clear();
-                        for (lease, generation, due) in next {
-                            in_flight.shared.push(lease, generation, due);
-                        }
-                    });
+                    renew(&shared, &client, batch, timeout);
                 }
             }
         }
@@ -260,12 +249,16 @@ fn take_due(queue: &mut Queue) -> Vec<(Arc<LeaseCore>, u64)> {
     batch
 }
 
-/// Renews a batch; returns the leases to renew again, with when.
-async fn renew(
+/// Renews a batch: one task per chunk (one script call, one cluster slot),
+/// up to `MAX_CALLS` at once, each putting its leases back on the queue as
+/// soon as its own answer is in. A slow or stalled node delays only its own
+/// leases, never those on healthy nodes.
+fn renew(
+    shared: &Arc<Shared>,
     client: &Client,
     batch: Vec<(Arc<LeaseCore>, u64)>,
     timeout: Duration,
-) -> Vec<(Weak<LeaseCore>, u64, Instant)> {
+) {
     let mut groups: HashMap<u16, Vec<(Arc<LeaseCore>, u64)>> = HashMap::new();
     if client.is_clustered() {
         for entry in batch {
@@ -275,30 +268,25 @@ async fn renew(
     } else {
         groups.insert(0, batch);
     }
-    // Every chunk (one script call, one cluster slot) goes out at once, up
-    // to `MAX_CALLS` in flight: a slow or stalled node delays only its own
-    // leases, never those on healthy nodes.
-    let chunks: Vec<Vec<(Arc<LeaseCore>, u64)>> = groups
-        .into_values()
-        .flat_map(|group| group.chunks(BATCH).map(<[_]>::to_vec).collect::<Vec<_>>())
-        .collect();
-    let mut next = Vec::new();
-    let mut running = tokio::task::JoinSet::new();
-    for chunk in chunks {
-        if running.len() >= MAX_CALLS {
-            if let Some(Ok(renewed)) = running.join_next().await {
-                next.extend(renewed);
-            }
-        }
-        let client = client.clone();
-        running.spawn(async move { renew_chunk(&client, &chunk, timeout).await });
-    }
-    while let Some(done) = running.join_next().await {
-        if let Ok(renewed) = done {
-            next.extend(renewed);
+    let calls = Arc::new(tokio::sync::Semaphore::new(MAX_CALLS));
+    for group in groups.into_values() {
+        for chunk in group.chunks(BATCH) {
+            let chunk = chunk.to_vec();
+            let mut in_flight = InFlight {
+                shared: Arc::clone(shared),
+                batch: chunk.iter().map(|(l, g)| (Arc::downgrade(l), *g)).collect(),
+            };
+            let (client, calls) = (client.clone(), Arc::clone(&calls));
+            tokio::spawn(async move {
+                let _call = calls.acquire_owned().await;
+                let next = renew_chunk(&client, &chunk, timeout).await;
+                in_flight.batch.clear();
+                for (lease, generation, due) in next {
+                    in_flight.shared.push(lease, generation, due);
+                }
+            });
         }
     }
-    next
 }
 
 async fn renew_chunk(
