@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
+use crate::support::cluster::RedisCluster;
 use crate::support::RedisServer;
 
 #[tokio::test]
@@ -125,4 +126,60 @@ async fn a_paused_server_answers_nothing_until_resumed() {
     drop(server);
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
     let _ = client.quit().await;
+}
+
+#[tokio::test]
+async fn a_cluster_has_three_masters_and_three_replicas_and_stops_when_dropped() {
+    let cluster = RedisCluster::start();
+    assert_eq!(
+        cluster.states(),
+        vec!["ok"; 6],
+        "cluster_state of every node"
+    );
+
+    let roles = cluster.roles();
+    assert_eq!(roles.len(), 6, "CLUSTER NODES: {roles:?}");
+    let masters: Vec<u16> = roles
+        .iter()
+        .filter(|(_, role)| role == "master")
+        .map(|(port, _)| *port)
+        .collect();
+    assert_eq!(roles.iter().filter(|(_, r)| r == "slave").count(), 3);
+    let mut expected = cluster.masters();
+    expected.sort();
+    let mut masters_sorted = masters.clone();
+    masters_sorted.sort();
+    assert_eq!(masters_sorted, expected);
+    for port in cluster.masters() {
+        assert_ne!(port, 6379, "must never use the default port");
+        assert!(port <= 55535, "bus port of {port} out of range");
+    }
+
+    // Slot ownership and key placement agree with what the nodes say.
+    assert_eq!(cluster.master_for_slot(0), 0);
+    assert_eq!(cluster.master_for_slot(16383), 2);
+    let client = cluster.client().await;
+    for i in 0..3 {
+        let key = cluster.key_on_master(i, "harness:cluster:");
+        assert_eq!(cluster.master_for_key(&key), i);
+        let _: () = client.set(&key, "here", None, None, false).await.unwrap();
+        // The master itself holds it (redis-cli without -c: no redirect).
+        assert_eq!(cluster.master(i).cli(&["GET", &key]), "here", "{key}");
+        for (j, port) in cluster.masters().into_iter().enumerate() {
+            if j != i {
+                let other = cluster.master(j).cli(&["GET", &key]);
+                assert!(other.starts_with("MOVED"), "{key} on {port}: {other:?}");
+            }
+        }
+    }
+    client.quit().await.unwrap();
+
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    drop(cluster);
+    for port in ports {
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "node still listening on {port} after drop"
+        );
+    }
 }

@@ -14,6 +14,7 @@
 //! | `property`  | random interleavings keep mutual exclusion (proptest)                 |
 //! | `audit`     | mutual exclusion and fencing under load and injected faults           |
 //! | `hardening` | runtimes that stop, the retry budget as a wall-clock bound, extreme durations, closed clients |
+//! | `cluster`   | a private 3-master Redis Cluster: every master, a stalled master, notifications |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -29,6 +30,7 @@ mod adapter;
 mod audit;
 mod bad_input;
 mod cancel;
+mod cluster;
 mod faults;
 mod hardening;
 mod harness;

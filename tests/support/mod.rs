@@ -18,9 +18,11 @@
 //! * [`proxy`]: a fault-injecting loopback TCP proxy;
 //! * [`logs`]: capturing the library's `tracing` events in a test;
 //! * [`exclusion`]: the mutual-exclusion property test (local and container);
-//! * [`audit`]: the rig and fault injector of the mutual-exclusion audit.
+//! * [`audit`]: the rig and fault injector of the mutual-exclusion audit;
+//! * [`cluster`]: a private six-node Redis Cluster (3 masters, 3 replicas).
 
 pub mod audit;
+pub mod cluster;
 pub mod common;
 pub mod exclusion;
 pub mod logs;
@@ -72,6 +74,13 @@ impl RedisServer {
     /// `&["--requirepass", "s3cret"]` or
     /// `&["--maxmemory", "1mb", "--maxmemory-policy", "noeviction"]`.
     pub fn start_with(extra_args: &[&str]) -> RedisServer {
+        Self::start_on_ports(extra_args, free_port)
+    }
+
+    /// [`start_with`](RedisServer::start_with), taking its port from
+    /// `pick_port` (called again for each attempt), e.g. a port whose
+    /// cluster bus port is free too (see [`cluster`]).
+    pub fn start_on_ports(extra_args: &[&str], mut pick_port: impl FnMut() -> u16) -> RedisServer {
         let dir = unique_temp_dir();
         let log_path = dir.join("redis.log");
         let mut server = RedisServer {
@@ -86,7 +95,7 @@ impl RedisServer {
 
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            server.port = free_port();
+            server.port = pick_port();
             match server.spawn_and_wait() {
                 Ready::Yes => return server,
                 // Someone else got the port between `free_port` and the bind.

@@ -1,0 +1,372 @@
+//! A private Redis Cluster: six [`RedisServer`]s (3 masters, 3 replicas) on
+//! free loopback ports, joined with `redis-cli --cluster create`.
+//!
+//! ```ignore
+//! let cluster = RedisCluster::start();
+//! let mutex = DistributedMutex::connect(&cluster.url()).await?;
+//! let key = cluster.key_on_master(1, "jobs:"); // a key served by the 2nd master
+//! cluster.pause_master(1); // SIGSTOP
+//! cluster.resume_master(1); // SIGCONT
+//! ```
+//!
+//! The topology ([`masters`](RedisCluster::masters), slot ranges) is read
+//! once, when the cluster is up, and ordered by slot: master 0 serves slot 0.
+//! A failover later (the nodes run with `--cluster-node-timeout 1000`, so a
+//! master paused for more than a second or two is replaced by its replica)
+//! changes who serves the slots, not what these methods return:
+//! `pause_master(i)` / `resume_master(i)` always signal the same process.
+//!
+//! Every process is stopped when the `RedisCluster` is dropped (and by each
+//! server's watchdog if the test process dies first).
+
+use std::net::TcpListener;
+use std::ops::RangeInclusive;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use fred::util::redis_keyslot;
+
+use super::{free_port, redis_cli_bin, RedisServer};
+
+/// Nodes in the cluster: 3 masters, each with one replica.
+pub const NODES: usize = 6;
+/// Masters in the cluster.
+pub const MASTERS: usize = 3;
+/// The cluster bus port is the client port plus this.
+const BUS_PORT_OFFSET: u16 = 10_000;
+/// How long `redis-cli --cluster create` may take.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long every node may take to report `cluster_state:ok` afterwards.
+const STATE_OK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One master as read from `CLUSTER NODES` when the cluster came up.
+#[derive(Debug, Clone)]
+struct Master {
+    /// Index in `RedisCluster::nodes`.
+    node: usize,
+    port: u16,
+    slots: Vec<RangeInclusive<u16>>,
+}
+
+/// Six private `redis-server` processes forming one cluster. Stopped on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    /// Ordered by first slot.
+    masters: Vec<Master>,
+}
+
+impl RedisCluster {
+    /// Starts six nodes, creates the cluster (one replica per master) and
+    /// waits until every node reports `cluster_state:ok`. Panics, with the
+    /// nodes' logs, if that does not happen in time.
+    pub fn start() -> RedisCluster {
+        let mut nodes = Vec::with_capacity(NODES);
+        for _ in 0..NODES {
+            nodes.push(RedisServer::start_on_ports(
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    // Relative to the server's own temporary `--dir`.
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ],
+                port_with_free_bus_port,
+            ));
+        }
+        let mut cluster = RedisCluster {
+            nodes,
+            masters: Vec::new(),
+        };
+        cluster.create();
+        cluster.wait_state_ok();
+        cluster.masters = cluster.read_masters();
+        cluster
+    }
+
+    /// `redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&node=...` (every node).
+    pub fn url(&self) -> String {
+        let mut ports = self.nodes.iter().map(RedisServer::port);
+        let first = ports.next().expect("nodes");
+        let rest: Vec<String> = ports.map(|p| format!("node=127.0.0.1:{p}")).collect();
+        format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&"))
+    }
+
+    /// Every node (masters and replicas), in start order.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The ports of the 3 masters, ordered by slot (master 0 serves slot 0).
+    pub fn masters(&self) -> Vec<u16> {
+        self.masters.iter().map(|m| m.port).collect()
+    }
+
+    /// The `i`-th master's server.
+    pub fn master(&self, i: usize) -> &RedisServer {
+        &self.nodes[self.masters[i].node]
+    }
+
+    /// The slot ranges the `i`-th master served when the cluster came up.
+    pub fn slots_of(&self, i: usize) -> &[RangeInclusive<u16>] {
+        &self.masters[i].slots
+    }
+
+    /// The index (into [`masters`](RedisCluster::masters)) of the master
+    /// serving `slot`.
+    pub fn master_for_slot(&self, slot: u16) -> usize {
+        self.masters
+            .iter()
+            .position(|m| m.slots.iter().any(|r| r.contains(&slot)))
+            .unwrap_or_else(|| panic!("no master serves slot {slot}: {:?}", self.masters))
+    }
+
+    /// The index of the master serving `key`.
+    pub fn master_for_key(&self, key: &str) -> usize {
+        self.master_for_slot(redis_keyslot(key.as_bytes()))
+    }
+
+    /// `"{prefix}{n}"` for the smallest `n` whose slot the `i`-th master
+    /// serves (no braces are added: `prefix` should have none either).
+    pub fn key_on_master(&self, i: usize, prefix: &str) -> String {
+        self.keys_on_master(i, prefix, 1).remove(0)
+    }
+
+    /// `count` distinct keys `"{prefix}{n}"` served by the `i`-th master.
+    pub fn keys_on_master(&self, i: usize, prefix: &str, count: usize) -> Vec<String> {
+        assert!(
+            i < self.masters.len(),
+            "master {i} of {}",
+            self.masters.len()
+        );
+        (0u64..)
+            .map(|n| format!("{prefix}{n}"))
+            .filter(|key| self.master_for_key(key) == i)
+            .take(count)
+            .collect()
+    }
+
+    /// SIGSTOP the `i`-th master (as created; see the module docs).
+    pub fn pause_master(&self, i: usize) {
+        self.master(i).pause();
+    }
+
+    /// SIGCONT the `i`-th master.
+    pub fn resume_master(&self, i: usize) {
+        self.master(i).resume();
+    }
+
+    /// A connected raw fred cluster client for assertions (constant 100 ms
+    /// reconnect policy; 2 s connection and command timeouts).
+    pub async fn client(&self) -> Client {
+        let config = Config::from_url(&self.url()).expect("valid redis-cluster url");
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(2);
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = Duration::from_secs(2);
+            })
+            .set_policy(ReconnectPolicy::new_constant(0, 100))
+            .build()
+            .expect("build fred cluster client");
+        client
+            .init()
+            .await
+            .unwrap_or_else(|e| panic!("connect fred client to {}: {e}", self.url()));
+        client
+    }
+
+    /// `CLUSTER INFO` field `cluster_state` of every node, in start order.
+    pub fn states(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.cli(&["CLUSTER", "INFO"])
+                    .lines()
+                    .find_map(|l| l.strip_prefix("cluster_state:"))
+                    .unwrap_or("(no cluster_state)")
+                    .trim()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// `(port, role)` of every node as `CLUSTER NODES` on the first node
+    /// reports it now (`role` is `master` or `slave`).
+    pub fn roles(&self) -> Vec<(u16, String)> {
+        parse_nodes(&self.nodes[0].cli(&["CLUSTER", "NODES"]))
+            .into_iter()
+            .map(|n| (n.port, n.role))
+            .collect()
+    }
+
+    // ---- internals ------------------------------------------------------
+
+    fn create(&self) {
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let mut child = Command::new(redis_cli_bin())
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to run {} --cluster create: {e}", redis_cli_bin()));
+        let deadline = Instant::now() + CREATE_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+                _ => {
+                    let _ = child.kill();
+                    break None;
+                }
+            }
+        };
+        let output = child.wait_with_output().expect("redis-cli output");
+        let out = String::from_utf8_lossy(&output.stdout);
+        let err = String::from_utf8_lossy(&output.stderr);
+        match status {
+            Some(s) if s.success() && out.contains("[OK] All 16384 slots covered") => {}
+            Some(s) => self.fail(&format!(
+                "redis-cli --cluster create failed ({s})\n{out}\n{err}"
+            )),
+            None => self.fail(&format!(
+                "redis-cli --cluster create took more than {CREATE_TIMEOUT:?}\n{out}\n{err}"
+            )),
+        }
+    }
+
+    fn wait_state_ok(&self) {
+        let deadline = Instant::now() + STATE_OK_TIMEOUT;
+        loop {
+            let states = self.states();
+            if states.iter().all(|s| s == "ok") {
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "not every node reports cluster_state:ok after {STATE_OK_TIMEOUT:?}: {states:?}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn read_masters(&self) -> Vec<Master> {
+        let nodes = parse_nodes(&self.nodes[0].cli(&["CLUSTER", "NODES"]));
+        let mut masters: Vec<Master> = nodes
+            .into_iter()
+            .filter(|n| n.role == "master" && !n.slots.is_empty())
+            .map(|n| Master {
+                node: self
+                    .nodes
+                    .iter()
+                    .position(|s| s.port() == n.port)
+                    .unwrap_or_else(|| panic!("CLUSTER NODES names unknown port {}", n.port)),
+                port: n.port,
+                slots: n.slots,
+            })
+            .collect();
+        masters.sort_by_key(|m| *m.slots[0].start());
+        if masters.len() != MASTERS {
+            self.fail(&format!("expected {MASTERS} masters, found {masters:?}"));
+        }
+        let covered: usize = masters
+            .iter()
+            .flat_map(|m| &m.slots)
+            .map(|r| usize::from(r.end() - r.start()) + 1)
+            .sum();
+        if covered != 16384 {
+            self.fail(&format!("masters cover {covered} slots: {masters:?}"));
+        }
+        masters
+    }
+
+    fn fail(&self, msg: &str) -> ! {
+        let logs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("--- node {} ---\n{}", n.port(), n.log()))
+            .collect();
+        panic!("{msg}\n{}", logs.join("\n"));
+    }
+}
+
+/// One line of `CLUSTER NODES`.
+#[derive(Debug)]
+struct NodeLine {
+    port: u16,
+    role: String,
+    slots: Vec<RangeInclusive<u16>>,
+}
+
+/// `<id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot>...`
+fn parse_nodes(text: &str) -> Vec<NodeLine> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert!(fields.len() >= 8, "unexpected CLUSTER NODES line {line:?}");
+            let port = fields[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("no port in CLUSTER NODES line {line:?}"));
+            let flags: Vec<&str> = fields[2].split(',').collect();
+            let role = if flags.contains(&"master") {
+                "master"
+            } else if flags.contains(&"slave") {
+                "slave"
+            } else {
+                "other"
+            };
+            let slots = fields[8..]
+                .iter()
+                // `[slot->-id]` / `[slot-<-id]`: a migration, not ownership.
+                .filter(|s| !s.starts_with('['))
+                .map(|s| {
+                    let (a, b) = s.split_once('-').unwrap_or((s, s));
+                    let parse = |x: &str| -> u16 {
+                        x.parse()
+                            .unwrap_or_else(|_| panic!("bad slot {s:?} in {line:?}"))
+                    };
+                    parse(a)..=parse(b)
+                })
+                .collect();
+            NodeLine {
+                port,
+                role: role.to_owned(),
+                slots,
+            }
+        })
+        .collect()
+}
+
+/// A free loopback port whose cluster bus port (port + 10000) is free too
+/// and fits in 16 bits. Another process may still take either before the
+/// server binds them; `RedisServer::start_on_ports` then tries again.
+fn port_with_free_bus_port() -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
+        let Some(bus) = port.checked_add(BUS_PORT_OFFSET) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", bus)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port with a free cluster bus port in 1000 tries");
+}
