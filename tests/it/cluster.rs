@@ -46,17 +46,18 @@ async fn gone_on_within(cluster: &RedisCluster, i: usize, key: &str, limit: Dura
 /// `PUBSUB NUMSUB channel` summed over every node (plain pub/sub
 /// subscriptions are node-local: this finds the one the waiter made,
 /// wherever it is).
-fn numsub_anywhere(cluster: &RedisCluster, channel: &str) -> i64 {
+/// Subscribers of a shard channel, summed over every node.
+fn shard_numsub_anywhere(cluster: &RedisCluster, channel: &str) -> i64 {
     cluster
         .nodes()
         .iter()
         .map(|n| {
-            let reply = n.cli(&["PUBSUB", "NUMSUB", channel]);
+            let reply = n.cli(&["PUBSUB", "SHARDNUMSUB", channel]);
             reply
                 .lines()
                 .nth(1)
                 .and_then(|l| l.trim().parse::<i64>().ok())
-                .unwrap_or_else(|| panic!("PUBSUB NUMSUB on {}: {reply:?}", n.port()))
+                .unwrap_or_else(|| panic!("PUBSUB SHARDNUMSUB on {}: {reply:?}", n.port()))
         })
         .sum()
 }
@@ -202,9 +203,6 @@ const PAUSED: usize = 1;
 /// lease on the stalled master is reported lost, `Expired`, by its local
 /// validity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect: a stalled master's renewal chunk holds back the next renewal of every \
-            lease in the same batch (src/renew.rs `renew` joins all chunks before re-queueing); \
-            healthy leases are lost ~1.2 s into the pause"]
 async fn one_stalled_master_does_not_cost_the_healthy_masters_leases() {
     let cluster = RedisCluster::start();
     let mutex = builder_at(&cluster.url())
@@ -368,7 +366,6 @@ fn healthy_tokens_held(
 /// the lock within 1 s of the release, where polling alone would take
 /// about 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect: release notifications reach one master's waiters (issue: Redis Cluster)"]
 async fn a_waiter_is_woken_by_the_release_on_every_master() {
     let cluster = RedisCluster::start();
     let url = cluster.url();
@@ -386,7 +383,8 @@ async fn a_waiter_is_woken_by_the_release_on_every_master() {
     let mut handoffs = Vec::new();
     for i in 0..MASTERS {
         let key = cluster.key_on_master(i, "cluster:notify:");
-        let channel = format!("{key}:released");
+        // Sharded pub/sub (Redis 7): the channel is in the key's slot.
+        let channel = format!("{{{key}}}:released:{key}");
         handoffs.push(handoff(&cluster, &holder, &waiter, &key, &channel).await);
     }
     eprintln!("notify: waiter acquired after the release, per master: {handoffs:?}");
@@ -424,7 +422,7 @@ async fn handoff(
         })
     };
     let deadline = Instant::now() + Duration::from_secs(3);
-    while numsub_anywhere(cluster, channel) < 1 {
+    while shard_numsub_anywhere(cluster, channel) < 1 {
         assert!(
             Instant::now() < deadline,
             "the waiter never subscribed to {channel} on any node"

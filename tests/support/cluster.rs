@@ -75,6 +75,11 @@ impl RedisCluster {
                     "1000",
                     "--cluster-replica-validity-factor",
                     "0",
+                    // A failing master must not take the healthy ones down
+                    // with it (CLUSTERDOWN on every node), as production
+                    // clusters that serve partial coverage are set up.
+                    "--cluster-require-full-coverage",
+                    "no",
                 ],
                 port_with_free_bus_port,
             ));
