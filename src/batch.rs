@@ -144,10 +144,10 @@ impl Batcher {
         }
     }
 
-    /// Sends the releases queued at `gate`, as one batch after another, until
-    /// none is left; runs as the gate's leader.
+    /// Sends the releases queued at `gate` (up to `MAX_BATCH`) as one call,
+    /// as the gate's leader; its leadership's end starts the next batch.
     async fn drain(self, gate: u16) {
-        let batch = {
+        let mut batch = {
             let mut gates = self.shared.gates();
             let Some(state) = gates.get_mut(&gate) else {
                 return;
@@ -159,7 +159,6 @@ impl Batcher {
             let n = state.waiting.len().min(MAX_BATCH);
             state.waiting.drain(..n).collect::<Vec<_>>()
         };
-        let mut batch = batch;
         let _leader = Leader {
             batcher: self.clone(),
             gate,

@@ -169,22 +169,7 @@ impl RedisCluster {
     /// A connected raw fred cluster client for assertions (constant 100 ms
     /// reconnect policy; 2 s connection and command timeouts).
     pub async fn client(&self) -> Client {
-        let config = Config::from_url(&self.url()).expect("valid redis-cluster url");
-        let client = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = Duration::from_secs(2);
-            })
-            .set_policy(ReconnectPolicy::new_constant(0, 100))
-            .build()
-            .expect("build fred cluster client");
-        client
-            .init()
-            .await
-            .unwrap_or_else(|e| panic!("connect fred client to {}: {e}", self.url()));
-        client
+        super::raw_client(&self.url()).await
     }
 
     /// `CLUSTER INFO` field `cluster_state` of every node, in start order.

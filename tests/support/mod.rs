@@ -188,22 +188,7 @@ impl RedisServer {
     /// Servers started with `--requirepass` need their own client (the URL has
     /// no password).
     pub async fn client(&self) -> Client {
-        let config = Config::from_url(&self.url()).expect("valid redis url");
-        let client = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = Duration::from_secs(2);
-            })
-            .set_policy(ReconnectPolicy::new_constant(0, 100))
-            .build()
-            .expect("build fred client");
-        client
-            .init()
-            .await
-            .unwrap_or_else(|e| panic!("connect fred client to {}: {e}", self.url()));
-        client
+        raw_client(&self.url()).await
     }
 
     /// Run `redis-cli -h 127.0.0.1 -p PORT <args...>` and return its trimmed
@@ -356,6 +341,28 @@ impl Drop for RedisServer {
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.
+/// A connected raw fred client for `url` (a server's or a cluster's), for
+/// assertions: constant 100 ms reconnect policy, unlimited attempts, 2 s
+/// connection and command timeouts.
+pub async fn raw_client(url: &str) -> Client {
+    let config = Config::from_url(url).expect("valid redis url");
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = Duration::from_secs(2);
+        })
+        .set_policy(ReconnectPolicy::new_constant(0, 100))
+        .build()
+        .expect("build fred client");
+    client
+        .init()
+        .await
+        .unwrap_or_else(|e| panic!("connect fred client to {url}: {e}"));
+    client
+}
+
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
