@@ -35,7 +35,8 @@ use tokio::runtime::Handle;
 use crate::lease::{LeaseCore, LostReason};
 use crate::scripts::{self, Compared};
 
-/// The most renewal calls in flight at once (each for one cluster slot).
+/// The most renewal calls in flight at once on a cluster (each for one
+/// cluster slot).
 const MAX_CALLS: usize = 64;
 /// The most keys renewed by one script call (a script blocks Redis while it
 /// runs: 500 GET + PEXPIRE take well under a millisecond).
@@ -268,7 +269,11 @@ fn renew(
     } else {
         groups.insert(0, batch);
     }
-    let calls = Arc::new(tokio::sync::Semaphore::new(MAX_CALLS));
+    // One server: one call at a time (concurrency buys nothing there, and
+    // each call in flight holds its arguments). A cluster: up to
+    // `MAX_CALLS`, so each node's calls go out independently.
+    let permits = if client.is_clustered() { MAX_CALLS } else { 1 };
+    let calls = Arc::new(tokio::sync::Semaphore::new(permits));
     for group in groups.into_values() {
         for chunk in group.chunks(BATCH) {
             let chunk = chunk.to_vec();
