@@ -238,10 +238,16 @@ pub(crate) async fn release(
         ..Options::default()
     });
     let slot = fred::util::redis_keyslot(first.as_bytes());
-    let channels: Vec<String> = entries
-        .iter()
-        .map(|(keys, _)| ReleaseChannel::of(keys, sharded).name)
-        .collect();
+    // Plain channels (`<key>:released`) are derived by the script itself;
+    // only shard channels, whose slot tag needs the client's table, are sent.
+    let channels: Vec<String> = if sharded {
+        entries
+            .iter()
+            .map(|(keys, _)| ReleaseChannel::of(keys, true).name)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let send = || {
         let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
         let mut args = Vec::with_capacity(4 + entries.len() * 3);
@@ -254,9 +260,9 @@ pub(crate) async fn release(
         );
         args.push(Value::from(releaser));
         args.push(Value::from(if sharded { "s" } else { "p" }));
-        for ((_, token), channel) in entries.iter().zip(&channels) {
+        for (i, (_, token)) in entries.iter().enumerate() {
             args.push(Value::from(*token));
-            args.push(Value::from(channel.as_str()));
+            args.push(Value::from(channels.get(i).map_or("", String::as_str)));
         }
         once.custom::<Vec<i64>, _>(command, args)
     };

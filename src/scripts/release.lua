@@ -3,7 +3,8 @@
 -- ARGV[1]: the releasing mutex's id
 -- ARGV[2]: 's' to announce with sharded pub/sub (SPUBLISH), 'p' with PUBLISH
 -- ARGV[2i + 1]: the token KEYS[i] was acquired with
--- ARGV[2i + 2]: the release channel of KEYS[i] (in its slot when sharded)
+-- ARGV[2i + 2]: the release channel of KEYS[i] (in its slot when sharded);
+--   empty for the plain channel `<key>:released`
 --
 -- Returns one number per key: 1 when the caller's lock was deleted, 0 when
 -- the key is gone, -1 when it holds something else (another holder's token,
@@ -29,6 +30,9 @@ for i, key in ipairs(KEYS) do
   if value == ARGV[2 * i + 1] then
     redis.call('DEL', key)
     local channel = ARGV[2 * i + 2]
+    if channel == '' then
+      channel = key .. ':released'
+    end
     local listening = redis.call('PUBSUB', numsub, channel)[2]
     if listening > 1 then
       redis.call(publish, channel, ARGV[1])
