@@ -24,18 +24,23 @@ fn cancel_after_first_poll<F: std::future::Future>(future: F) {
     let _ = future.as_mut().poll(&mut cx);
 }
 
+/// How the acquisitions of one test ended (shared with `cluster::cancel`).
 #[derive(Debug, Default)]
-struct Outcomes {
-    acquired: usize,
-    failed: usize,
-    cancelled: usize,
+pub(crate) struct Outcomes {
+    pub(crate) acquired: usize,
+    pub(crate) failed: usize,
+    pub(crate) cancelled: usize,
 }
 
 impl Outcomes {
     /// Runs the `i`-th acquisition under its budget; every tenth is dropped
     /// right after its first poll instead (its SET sent, no answer read), a
     /// cancellation the timer cannot miss on a fast machine.
-    async fn run<T, E>(&mut self, i: u64, lock: impl std::future::Future<Output = Result<T, E>>) {
+    pub(crate) async fn run<T, E>(
+        &mut self,
+        i: u64,
+        lock: impl std::future::Future<Output = Result<T, E>>,
+    ) {
         if i % 10 == 5 {
             cancel_after_first_poll(lock);
             self.cancelled += 1;

@@ -13,6 +13,10 @@ use distributed_mutex::{DistributedMutex, LockGuard, LostReason, RetryStrategy};
 use fred::util::redis_keyslot;
 
 use crate::support::cluster::{RedisCluster, MASTERS};
+
+mod adapter;
+mod cancel;
+mod leases;
 use crate::support::common::{builder_at, fence_key, ms, mutex_at, raw_get_bytes};
 
 /// `GET key` on the `i`-th master itself.
@@ -43,9 +47,31 @@ async fn gone_on_within(cluster: &RedisCluster, i: usize, key: &str, limit: Dura
     }
 }
 
-/// `PUBSUB NUMSUB channel` summed over every node (plain pub/sub
-/// subscriptions are node-local: this finds the one the waiter made,
-/// wherever it is).
+/// Keys matching `pattern` on every node that is a master now (`KEYS` on
+/// each, sorted): what a test left behind anywhere in the cluster.
+fn keys_on_masters(cluster: &RedisCluster, pattern: &str) -> Vec<String> {
+    let masters: Vec<u16> = cluster
+        .roles()
+        .into_iter()
+        .filter(|(_, role)| role == "master")
+        .map(|(port, _)| port)
+        .collect();
+    let mut keys: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .filter(|n| masters.contains(&n.port()))
+        .flat_map(|n| {
+            n.cli(&["KEYS", pattern])
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
 /// Subscribers of a shard channel, summed over every node.
 fn shard_numsub_anywhere(cluster: &RedisCluster, channel: &str) -> i64 {
     cluster

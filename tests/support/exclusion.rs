@@ -60,9 +60,12 @@ fn op(keys: usize) -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The most keys a case uses.
+pub const MAX_KEYS: usize = 3;
+
 /// Cases: 2-3 keys, 3-4 tasks of 5-15 operations each.
 pub fn scenario() -> impl Strategy<Value = Scenario> {
-    (2usize..=3).prop_flat_map(|keys| {
+    (2usize..=MAX_KEYS).prop_flat_map(|keys| {
         prop::collection::vec(prop::collection::vec(op(keys), 5..=15), 3..=4)
             .prop_map(move |tasks| Scenario { keys, tasks })
     })
@@ -218,14 +221,30 @@ async fn run_task(
     Ok(())
 }
 
-/// Runs one generated case against the Redis at `url`, with lock keys under
-/// `prefix`; fails the case when an invariant breaks.
+/// Runs one generated case against the Redis at `url`, with lock keys
+/// `{prefix}0`, `{prefix}1`, ...; fails the case when an invariant breaks.
 pub async fn run_case(
     url: &str,
     prefix: &str,
     scenario: Scenario,
     totals: &Totals,
 ) -> Result<(), TestCaseError> {
+    let pool: Vec<String> = (0..MAX_KEYS).map(|k| lock_key(prefix, k)).collect();
+    run_case_on(url, prefix, &pool, scenario, totals).await
+}
+
+/// [`run_case`] with the case's lock keys taken from `pool` (at least
+/// [`MAX_KEYS`] keys, each starting with `prefix`): on a cluster, keys
+/// chosen so that every master serves some.
+pub async fn run_case_on(
+    url: &str,
+    prefix: &str,
+    pool: &[String],
+    scenario: Scenario,
+    totals: &Totals,
+) -> Result<(), TestCaseError> {
+    assert!(pool.len() >= scenario.keys, "a pool of {} keys", pool.len());
+    assert!(pool.iter().all(|k| k.starts_with(prefix)), "{pool:?}");
     let connect = |url| async move {
         builder_at(url)
             .await
@@ -234,7 +253,7 @@ pub async fn run_case(
             .expect("valid settings")
     };
     let processes = [connect(url).await, connect(url).await];
-    let keys: Vec<String> = (0..scenario.keys).map(|k| lock_key(prefix, k)).collect();
+    let keys: Vec<String> = pool[..scenario.keys].to_vec();
     let redis = processes[0].client().clone();
     for key in &keys {
         let _: i64 = redis.del(counter_key(key)).await.unwrap();
@@ -271,10 +290,7 @@ pub async fn run_case(
     for mutex in &processes {
         mutex.shutdown().await;
     }
-    let left: Vec<String> = redis
-        .custom(fred::cmd!("KEYS"), vec![format!("{prefix}*")])
-        .await
-        .unwrap();
+    let left = keys_matching(&redis, &format!("{prefix}*")).await;
     prop_assert!(
         left.is_empty(),
         "lock keys left after every task finished and both mutexes shut down: {left:?}"
@@ -298,6 +314,31 @@ pub async fn run_case(
         let _ = mutex.client().quit().await;
     }
     Ok(())
+}
+
+/// `KEYS pattern` on the server, or on every master of a cluster.
+async fn keys_matching(redis: &Client, pattern: &str) -> Vec<String> {
+    let nodes = if redis.is_clustered() {
+        redis.active_connections().into_iter().map(Some).collect()
+    } else {
+        vec![None]
+    };
+    let mut keys = Vec::new();
+    for node in nodes {
+        let found: Vec<String> = match node {
+            Some(server) => redis
+                .with_cluster_node(server)
+                .custom(fred::cmd!("KEYS"), vec![pattern])
+                .await
+                .unwrap(),
+            None => redis
+                .custom(fred::cmd!("KEYS"), vec![pattern])
+                .await
+                .unwrap(),
+        };
+        keys.extend(found);
+    }
+    keys
 }
 
 /// Counts over all cases.
