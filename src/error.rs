@@ -126,6 +126,26 @@ pub enum Error {
         source: fred::error::Error,
     },
 
+    /// The Redis user may not run a command the mutex needs, or touch a key
+    /// or channel it needs (`NOPERM`): its ACL lacks a right that the
+    /// README's "ACL user" section lists. Not transient: the user's ACL
+    /// needs fixing.
+    #[error(
+        "the Redis user may not run {command}{} (NOPERM): grant it as the README's \"ACL user\" \
+         section shows; the server said: {source}",
+        for_lock(.key)
+    )]
+    NoPermission {
+        /// The lock's key.
+        key: String,
+        /// What was denied: a command (`INCR`, `EVALSHA`, ...) or a key or
+        /// channel outside the user's patterns.
+        command: String,
+        /// The server's error.
+        #[source]
+        source: fred::error::Error,
+    },
+
     /// Redis refused the command (authentication, out of memory, read-only
     /// replica, ...). Not transient: the server needs attention.
     #[error("Redis refused the command{}: {source}", for_lock(.key))]
@@ -180,6 +200,7 @@ impl Error {
             | Error::Unavailable { key, .. }
             | Error::WrongType { key, .. }
             | Error::Redis { key, .. }
+            | Error::NoPermission { key, .. }
             | Error::Shutdown { key } => Some(key),
             Error::InvalidTtl { key, .. } => (!key.is_empty()).then_some(key.as_str()),
             Error::Config { .. } => None,
@@ -198,6 +219,7 @@ impl Error {
             | Error::Unavailable { key, .. }
             | Error::WrongType { key, .. }
             | Error::Redis { key, .. }
+            | Error::NoPermission { key, .. }
             | Error::Shutdown { key } => new.clone_into(key),
             Error::Config { .. } => {}
         }
@@ -212,6 +234,13 @@ impl Error {
         let details = source.details();
         if details.starts_with("WRONGTYPE") || details.contains(" WRONGTYPE ") {
             return Error::WrongType { key, source };
+        }
+        if let Some(command) = denied(details) {
+            return Error::NoPermission {
+                key,
+                command,
+                source,
+            };
         }
         match source.kind() {
             ErrorKind::IO
@@ -242,6 +271,33 @@ impl Error {
     }
 }
 
+/// What an ACL denial (`NOPERM`, or Redis 7.0's "can't run this command"
+/// inside a script, which the crate's scripts follow with `[COMMAND]`)
+/// refused; `None` for any other error.
+fn denied(details: &str) -> Option<String> {
+    let in_script = details.contains("can't run this command");
+    if !details.starts_with("NOPERM") && !in_script {
+        return None;
+    }
+    let named = |open: char, close: char| {
+        let start = details.find(open)? + 1;
+        let len = details[start..].find(close)?;
+        Some(details[start..start + len].to_uppercase())
+    };
+    let what = if in_script {
+        named('[', ']').map(|c| format!("`{c}` (in the lock script)"))
+    } else if details.contains("permissions to run") {
+        named('\'', '\'').map(|c| format!("`{c}`"))
+    } else if details.contains("channel") {
+        Some("commands on a channel outside its channel patterns (&...)".to_owned())
+    } else if details.contains("key") {
+        Some("commands on a key outside its key patterns (~...)".to_owned())
+    } else {
+        None
+    };
+    Some(what.unwrap_or_else(|| "a command".to_owned()))
+}
+
 /// " for lock `key`", or nothing when the error is not about one key.
 fn for_lock(key: &str) -> String {
     if key.is_empty() {
@@ -257,5 +313,37 @@ pub(crate) fn display_key(key: &str) -> String {
     match key.char_indices().nth(MAX) {
         Some((i, _)) => format!("{}…", &key[..i]),
         None => key.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::denied;
+
+    #[test]
+    fn acl_denials_name_what_was_denied() {
+        assert_eq!(
+            denied("NOPERM this user has no permissions to run the 'script|load' command"),
+            Some("`SCRIPT|LOAD`".to_owned())
+        );
+        assert_eq!(
+            denied(
+                "ERR The user executing the script can't run this command or subcommand [INCR] \
+                 script: 538c, on @user_script:22."
+            ),
+            Some("`INCR` (in the lock script)".to_owned())
+        );
+        assert_eq!(
+            denied(
+                "NOPERM this user has no permissions to access one of the keys used as arguments"
+            ),
+            Some("commands on a key outside its key patterns (~...)".to_owned())
+        );
+        assert_eq!(
+            denied("NOPERM this user has no permissions to access one of the channels used as arguments"),
+            Some("commands on a channel outside its channel patterns (&...)".to_owned())
+        );
+        assert_eq!(denied("WRONGTYPE Operation against a key"), None);
+        assert_eq!(denied("ERR unknown command"), None);
     }
 }

@@ -357,18 +357,29 @@ async fn apply(subscriber: Option<&SubscriberClient>, op: Op, timeout: Duration)
                 // slot, once it has subscribed. fred answers SUBSCRIBE once it
                 // is queued, not once Redis has it; a PING behind it on the
                 // same connection answers only after Redis has subscribed.
-                Some(s) => matches!(
-                    tokio::time::timeout(timeout, async {
-                        if channel.sharded {
-                            s.ssubscribe(channel.name.as_str()).await
-                        } else {
-                            s.subscribe(channel.name.as_str()).await?;
-                            s.ping::<fred::types::Value>(None).await.map(drop)
-                        }
-                    })
-                    .await,
-                    Ok(Ok(_))
-                ),
+                Some(s) => match tokio::time::timeout(timeout, async {
+                    if channel.sharded {
+                        s.ssubscribe(channel.name.as_str()).await
+                    } else {
+                        s.subscribe(channel.name.as_str()).await?;
+                        s.ping::<fred::types::Value>(None).await.map(drop)
+                    }
+                })
+                .await
+                {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) if e.details().starts_with("NOPERM") => {
+                        tracing::warn!(
+                            channel = %channel.name,
+                            error = %e,
+                            "the Redis user may not subscribe to the release channel (NOPERM); \
+                             waiters poll instead: grant the channel pattern (&<prefix>*) as the \
+                             README's \"ACL user\" section shows"
+                        );
+                        false
+                    }
+                    _ => false,
+                },
                 None => false,
             };
             let _ = ack.send(ok);

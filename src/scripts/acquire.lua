@@ -12,17 +12,28 @@
 -- reconnect, and a plain `SET NX` would then answer nil while we hold the
 -- lock. Here the retry sees its own token and refreshes the lease instead
 -- (and returns the fencing token it already drew).
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+
+-- Runs a Redis command; an error reply names the command, since Redis 7.0
+-- reports a command that the user's ACL denies inside a script without
+-- saying which one ("can't run this command or subcommand").
+local function call(command, ...)
+  local reply = redis.pcall(command, ...)
+  if type(reply) == 'table' and reply.err then
+    error({err = reply.err .. ' [' .. command .. ']'})
+  end
+  return reply
+end
+if call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if KEYS[2] then
-    return {1, redis.call('INCR', KEYS[2])}
+    return {1, call('INCR', KEYS[2])}
   end
   return {1}
 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if call('GET', KEYS[1]) == ARGV[1] then
+  call('PEXPIRE', KEYS[1], ARGV[2])
   if KEYS[2] then
-    return {1, tonumber(redis.call('GET', KEYS[2]))}
+    return {1, tonumber(call('GET', KEYS[2]))}
   end
   return {1}
 end
-return {0, redis.call('PTTL', KEYS[1])}
+return {0, call('PTTL', KEYS[1])}

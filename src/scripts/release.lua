@@ -21,23 +21,43 @@
 -- carries the releaser's id, and the releaser's own mutex wakes its waiter a
 -- moment later: the lock passes to another process first, so processes take
 -- turns instead of the releasing one winning every race.
+-- Runs a Redis command; an error reply names the command, since Redis 7.0
+-- reports a command that the user's ACL denies inside a script without
+-- saying which one ("can't run this command or subcommand").
+local function call(command, ...)
+  local reply = redis.pcall(command, ...)
+  if type(reply) == 'table' and reply.err then
+    error({err = reply.err .. ' [' .. command .. ']'})
+  end
+  return reply
+end
+
+-- GET, except that a value of another type reads as itself (a table).
+local function get(key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' and value.err and not string.find(value.err, '^WRONGTYPE') then
+    error({err = value.err .. ' [GET]'})
+  end
+  return value
+end
+
 local sharded = ARGV[2] == 's'
 local publish = sharded and 'SPUBLISH' or 'PUBLISH'
 local numsub = sharded and 'SHARDNUMSUB' or 'NUMSUB'
 local out = {}
 for i, key in ipairs(KEYS) do
-  local value = redis.pcall('GET', key)
+  local value = get(key)
   if value == ARGV[2 * i + 1] then
-    redis.call('DEL', key)
+    call('DEL', key)
     local channel = ARGV[2 * i + 2]
     if channel == '' then
       channel = key .. ':released'
     end
-    local listening = redis.call('PUBSUB', numsub, channel)[2]
+    local listening = call('PUBSUB', numsub, channel)[2]
     if listening > 1 then
-      redis.call(publish, channel, ARGV[1])
+      call(publish, channel, ARGV[1])
     elseif listening == 1 then
-      redis.call(publish, channel, '')
+      call(publish, channel, '')
     end
     out[i] = 1
   elseif value then

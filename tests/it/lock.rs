@@ -42,7 +42,10 @@ async fn try_lock_on_a_held_key_is_none_and_lock_gives_up_after_its_attempts() {
             waited,
         } => {
             assert_eq!(key, "double");
-            assert_eq!(attempts, 3);
+            // The strategy's budget is wall-clock (40 ms): on a loaded
+            // machine a late wake-up can pass the deadline before the third
+            // attempt, and the call then ends after one last attempt.
+            assert!((2..=3).contains(&attempts), "{attempts} attempts");
             assert!(waited >= ms(39), "two 20 ms waits, but waited {waited:?}");
             assert!(waited < Duration::from_secs(2), "waited {waited:?}");
         }
@@ -57,7 +60,7 @@ async fn try_lock_on_a_held_key_is_none_and_lock_gives_up_after_its_attempts() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::NotObtained { attempts: 3, waited, .. } if waited >= ms(39)),
+        matches!(err, Error::NotObtained { attempts: 2..=3, waited, .. } if waited >= ms(39)),
         "{err:?}"
     );
 }

@@ -14,7 +14,8 @@
 //! | `property`  | random interleavings keep mutual exclusion (proptest)                 |
 //! | `audit`     | mutual exclusion and fencing under load and injected faults           |
 //! | `hardening` | runtimes that stop, the retry budget as a wall-clock bound, extreme durations, closed clients |
-//! | `cluster`   | a private 3-master Redis Cluster: every master, a stalled master, notifications |
+//! | `cluster`   | a private 3-master Redis Cluster: the single-server checks on every master, a stalled master, notifications |
+//! | `acl`       | the README's least-privilege ACL user; a missing right gives `NoPermission` |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -26,6 +27,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod acl;
 mod adapter;
 mod audit;
 mod bad_input;
