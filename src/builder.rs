@@ -127,6 +127,37 @@ impl Builder {
         Ok(Builder::new(client, true))
     }
 
+    /// Connects to `url` over TLS as `tls` says (trusted roots, client
+    /// certificate, server name), and returns a builder over that
+    /// connection. `rediss://` and `redis://` URLs (and their `-cluster` and
+    /// `-sentinel` forms) both use TLS here. Otherwise as
+    /// [`Builder::connect`]. Needs the cargo feature `tls`.
+    ///
+    /// ```no_run
+    /// use distributed_mutex::{Builder, Tls};
+    ///
+    /// # async fn demo() -> Result<(), distributed_mutex::Error> {
+    /// let tls = Tls::new().ca_file("/etc/redis/ca.pem");
+    /// let mutex = Builder::connect_tls("rediss://redis.internal:6380", tls)
+    ///     .await?
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`DistributedMutex::connect`], and [`Error::Config`] when a
+    /// certificate or key file cannot be read or the TLS handshake fails (an
+    /// untrusted server certificate, a refused or missing client
+    /// certificate). Never falls back to plaintext.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a connection not yet made is closed.
+    #[cfg(feature = "tls")]
+    pub async fn connect_tls(url: &str, tls: crate::tls::Tls) -> Result<Builder, Error> {
+        let client = crate::connect::connect_tls_url(url, &tls, DEFAULT_COMMAND_TIMEOUT).await?;
+        Ok(Builder::new(client, true))
+    }
+
     /// Whether waiters are woken by release messages (default `true`).
     ///
     /// On: the release script publishes on `<key>:released`; the mutex keeps

@@ -13,7 +13,55 @@ use crate::error::Error;
 /// connecting and every command by `command_timeout`, and fails at once if
 /// the first connection cannot be made.
 pub(crate) async fn connect_client(url: &str, command_timeout: Duration) -> Result<Client, Error> {
-    let config = parse_url(url)?;
+    let (config, tls) = parse_url(url)?;
+    #[cfg(feature = "tls")]
+    if tls {
+        return connect_tls_client(config, &crate::tls::Tls::new(), command_timeout).await;
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = tls; // parse_url refused TLS URLs
+    connect_config(config, command_timeout).await
+}
+
+/// [`connect_client`] for a `rediss://` URL (or a `redis://` one, which then
+/// uses TLS too), secured as `tls` says.
+#[cfg(feature = "tls")]
+pub(crate) async fn connect_tls_url(
+    url: &str,
+    tls: &crate::tls::Tls,
+    command_timeout: Duration,
+) -> Result<Client, Error> {
+    let (config, _) = parse_url(url)?;
+    connect_tls_client(config, tls, command_timeout).await
+}
+
+#[cfg(feature = "tls")]
+async fn connect_tls_client(
+    mut config: Config,
+    tls: &crate::tls::Tls,
+    command_timeout: Duration,
+) -> Result<Client, Error> {
+    use fred::types::config::ServerConfig;
+    config.tls = Some(tls.config()?);
+    if let Some(name) = tls.name() {
+        let servers = match &mut config.server {
+            ServerConfig::Centralized { server } => std::slice::from_mut(server),
+            ServerConfig::Clustered { hosts, .. } | ServerConfig::Sentinel { hosts, .. } => {
+                hosts.as_mut_slice()
+            }
+            #[allow(unreachable_patterns)]
+            _ => &mut [],
+        };
+        for server in servers {
+            server.tls_server_name = Some(name.into());
+        }
+    }
+    connect_config(config, command_timeout).await
+}
+
+/// Builds the client for `config` and makes its first connection.
+async fn connect_config(config: Config, command_timeout: Duration) -> Result<Client, Error> {
+    let tls = config_uses_tls(&config);
     let client = fred::types::Builder::from_config(config)
         .with_connection_config(|c| {
             c.connection_timeout = command_timeout;
@@ -34,32 +82,88 @@ pub(crate) async fn connect_client(url: &str, command_timeout: Duration) -> Resu
     match connected {
         Ok(_) => Ok(client),
         // fred has stopped the client already.
-        Err(source) => Err(match source.kind() {
-            fred::error::ErrorKind::Auth => Error::Config {
-                message: format!(
-                    "Redis refused the credentials ({}); check the user and password in the URL",
-                    source.details()
-                ),
-                source: Some(source),
-            },
-            _ => Error::from_redis("", source, command_timeout),
-        }),
+        Err(source) => Err(first_connection_failed(source, tls, command_timeout)),
     }
 }
 
-/// Parses a Redis URL, refusing what this build cannot honour.
-fn parse_url(url: &str) -> Result<Config, Error> {
-    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
-    if scheme.starts_with("rediss") {
+/// The error for a first connection that could not be made: a refused TLS
+/// handshake or refused credentials are the caller's configuration; other
+/// failures are the server's or the network's.
+fn first_connection_failed(source: fred::error::Error, tls: bool, timeout: Duration) -> Error {
+    use fred::error::{Error as FredError, ErrorKind};
+    let details = source.details();
+    // rustls reports what it refused as an I/O error of kind InvalidData
+    // (an untrusted certificate, a server that wants a client certificate,
+    // a peer that does not speak TLS).
+    let handshake = tls && (is_tls_kind(source.kind()) || details.contains("InvalidData"));
+    if handshake {
+        return Error::Config {
+            message: format!(
+                "the TLS handshake with Redis failed ({details}); check the CA file, the client \
+                 certificate, the server name, and that the port speaks TLS"
+            ),
+            source: Some(source),
+        };
+    }
+    if source.kind() == &ErrorKind::Auth {
+        return Error::Config {
+            message: format!(
+                "Redis refused the credentials ({details}); check the user and password in the URL"
+            ),
+            source: Some(source),
+        };
+    }
+    if !tls && details.contains("ConnectionReset") {
+        // What a TLS-only port does with a plaintext client.
+        let hint = FredError::new(
+            ErrorKind::IO,
+            format!(
+                "{details}: the server reset the connection during set-up; if this port speaks \
+                 TLS, use a rediss:// URL"
+            ),
+        );
+        return Error::from_redis("", hint, timeout);
+    }
+    Error::from_redis("", source, timeout)
+}
+
+#[cfg(feature = "tls")]
+fn is_tls_kind(kind: &fred::error::ErrorKind) -> bool {
+    kind == &fred::error::ErrorKind::Tls
+}
+
+#[cfg(not(feature = "tls"))]
+fn is_tls_kind(_: &fred::error::ErrorKind) -> bool {
+    false
+}
+
+#[cfg(feature = "tls")]
+fn config_uses_tls(config: &Config) -> bool {
+    config.tls.is_some()
+}
+
+#[cfg(not(feature = "tls"))]
+fn config_uses_tls(_: &Config) -> bool {
+    false
+}
+
+/// Parses a Redis URL, refusing what this build cannot honour; `true` when
+/// it asks for TLS (`rediss://`, `rediss-cluster://`, ...). The TLS settings
+/// are the caller's to add: the URL is parsed as its plain form, so fred's
+/// own TLS defaults are never used.
+fn parse_url(url: &str) -> Result<(Config, bool), Error> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let tls = scheme.starts_with("rediss") || scheme.starts_with("valkeys");
+    if tls && !cfg!(feature = "tls") {
         return Err(Error::Config {
             message: "the URL asks for TLS (rediss://), which this build of distributed-mutex \
-                      does not enable; use redis:// or build the fred client yourself with TLS \
-                      and pass it to DistributedMutex::new"
+                      does not enable; build it with the `tls` feature, use redis://, or build \
+                      the fred client yourself with TLS and pass it to DistributedMutex::new"
                 .into(),
             source: None,
         });
     }
-    if !scheme.starts_with("redis") {
+    if !scheme.starts_with("redis") && !scheme.starts_with("valkey") {
         return Err(Error::Config {
             message: format!(
                 "the Redis URL is malformed (`{scheme}://` is not a Redis scheme); expected \
@@ -68,13 +172,24 @@ fn parse_url(url: &str) -> Result<Config, Error> {
             source: None,
         });
     }
-    Config::from_url(url).map_err(|source| Error::Config {
+    let plain = if tls {
+        format!(
+            "{}://{rest}",
+            scheme
+                .replacen("rediss", "redis", 1)
+                .replacen("valkeys", "valkey", 1)
+        )
+    } else {
+        url.to_owned()
+    };
+    let config = Config::from_url(&plain).map_err(|source| Error::Config {
         message: format!(
             "the Redis URL is malformed ({}); expected redis://[user:password@]host:port[/db]",
             source.details()
         ),
         source: Some(source),
-    })
+    })?;
+    Ok((config, tls))
 }
 
 /// Closes a client that is dropped before it was handed over.

@@ -49,12 +49,15 @@
 //! * [`Error`]: every failure, typed.
 //! * [`Adapter`], [`RedisAdapter`], [`provide_adapter`]: the Go package's
 //!   fire-and-forget API.
+//! * With the cargo feature `tls`: `rediss://` URLs, and `Tls` (CA file,
+//!   client certificate, server name) for `Builder::connect_tls`.
 //!
 //! # Internals at a glance (for contributors)
 //! | file | owns |
 //! |---|---|
 //! | `mutex.rs` | the public [`DistributedMutex`] and its docs |
 //! | `builder.rs`, `limits.rs`, `connect.rs` | settings, their bounds, making a client from a URL |
+//! | `tls.rs` | `rediss://`: trusted roots, client certificate, server name (feature `tls`) |
 //! | `inner.rs` | what all handles share; starts the background tasks |
 //! | `acquire.rs` | [`Acquire`] and the attempt loop |
 //! | `schedule.rs` | when to try again and when to give up (pure) |
@@ -98,6 +101,8 @@ mod renew;
 mod retry;
 mod schedule;
 mod scripts;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use acquire::Acquire;
 pub use adapter::{provide_adapter, Adapter, AdapterFuture, RedisAdapter};
@@ -111,6 +116,8 @@ pub use limits::{
 };
 pub use mutex::DistributedMutex;
 pub use retry::RetryStrategy;
+#[cfg(feature = "tls")]
+pub use tls::Tls;
 
 /// The fred client type the mutex is built on, re-exported for convenience.
 pub use fred::clients::Client;

@@ -15,6 +15,7 @@
 //! | `audit`     | mutual exclusion and fencing under load and injected faults           |
 //! | `hardening` | runtimes that stop, the retry budget as a wall-clock bound, extreme durations, closed clients |
 //! | `cluster`   | a private 3-master Redis Cluster: the single-server checks on every master, a stalled master, notifications |
+//! | `tls`       | `rediss://` (feature `tls`): trust, mutual TLS, refusals          |
 //! | `acl`       | the README's least-privilege ACL user; a missing right gives `NoPermission` |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
@@ -41,3 +42,5 @@ mod lock;
 mod notify;
 mod property;
 mod renewal;
+#[cfg(feature = "tls")]
+mod tls;
