@@ -275,8 +275,14 @@ impl Error {
 /// inside a script, which the crate's scripts follow with `[COMMAND]`)
 /// refused; `None` for any other error.
 fn denied(details: &str) -> Option<String> {
-    let in_script = details.contains("can't run this command");
-    if !details.starts_with("NOPERM") && !in_script {
+    // Redis: "NOPERM ..." at the top level, "... can't run this command ..."
+    // in a script; Valkey: "NOPERM User u has no permissions ..." and "ERR
+    // ACL failure in script: User u has no permissions ...".
+    let acl = details.starts_with("NOPERM")
+        || details.contains("can't run this command")
+        || details.contains("ACL failure")
+        || details.contains("has no permissions to");
+    if !acl {
         return None;
     }
     let named = |open: char, close: char| {
@@ -284,8 +290,9 @@ fn denied(details: &str) -> Option<String> {
         let len = details[start..].find(close)?;
         Some(details[start..start + len].to_uppercase())
     };
-    let what = if in_script {
-        named('[', ']').map(|c| format!("`{c}` (in the lock script)"))
+    let in_script = details.contains("script");
+    let what = if let Some(command) = named('[', ']').filter(|_| in_script) {
+        Some(format!("`{command}` (in the lock script)"))
     } else if details.contains("permissions to run") {
         named('\'', '\'').map(|c| format!("`{c}`"))
     } else if details.contains("channel") {
@@ -342,6 +349,17 @@ mod tests {
         assert_eq!(
             denied("NOPERM this user has no permissions to access one of the channels used as arguments"),
             Some("commands on a channel outside its channel patterns (&...)".to_owned())
+        );
+        assert_eq!(
+            denied(
+                "ERR ACL failure in script: User u has no permissions to run the 'get' command \
+                 [GET] script: 538c, on @user_script:22."
+            ),
+            Some("`GET` (in the lock script)".to_owned())
+        );
+        assert_eq!(
+            denied("NOPERM User u has no permissions to run the 'evalsha' command"),
+            Some("`EVALSHA`".to_owned())
         );
         assert_eq!(denied("WRONGTYPE Operation against a key"), None);
         assert_eq!(denied("ERR unknown command"), None);
