@@ -15,6 +15,7 @@
 //! | `audit`     | mutual exclusion and fencing under load and injected faults           |
 //! | `hardening` | runtimes that stop, the retry budget as a wall-clock bound, extreme durations, closed clients |
 //! | `cluster`   | a private 3-master Redis Cluster: every master, a stalled master, notifications |
+//! | `failover`  | a master SIGKILLed under held locks; `min_replicas` (WAIT) on a cluster and one server; survival counts (ignored) |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -31,6 +32,7 @@ mod audit;
 mod bad_input;
 mod cancel;
 mod cluster;
+mod failover;
 mod faults;
 mod hardening;
 mod harness;
