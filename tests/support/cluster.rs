@@ -180,9 +180,10 @@ impl RedisCluster {
     /// SIGKILL the `i`-th master (as created) at once; see
     /// [`RedisServer::sigkill`]. Its replica takes over after the cluster
     /// node timeout (see [`wait_for_failover`](RedisCluster::wait_for_failover)).
-    pub fn kill_master(&mut self, i: usize) {
+    /// Returns when the signal was sent.
+    pub fn kill_master(&mut self, i: usize) -> Instant {
         let node = self.masters[i].node;
-        self.nodes[node].sigkill();
+        self.nodes[node].sigkill()
     }
 
     /// The index (into [`nodes`](RedisCluster::nodes)) of the `i`-th

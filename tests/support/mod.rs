@@ -144,13 +144,16 @@ impl RedisServer {
 
     /// SIGKILL the server at once (one `kill(2)`, no helper process in
     /// between: for a kill timed right after a reply), then reap it as
-    /// [`kill`](RedisServer::kill) does. Idempotent.
-    pub fn sigkill(&mut self) {
+    /// [`kill`](RedisServer::kill) does. Returns when the signal was sent.
+    /// Idempotent.
+    pub fn sigkill(&mut self) -> Instant {
         if let Some(child) = self.child.as_mut() {
             // Not reaped yet, so the pid cannot have been reused.
             let _ = child.kill();
         }
+        let sent = Instant::now();
         self.kill();
+        sent
     }
 
     /// The server's process id, `None` once killed.
