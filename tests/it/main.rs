@@ -15,6 +15,7 @@
 //! | `audit`     | mutual exclusion and fencing under load and injected faults           |
 //! | `hardening` | runtimes that stop, the retry budget as a wall-clock bound, extreme durations, closed clients |
 //! | `cluster`   | a private 3-master Redis Cluster: the single-server checks on every master, a stalled master, notifications |
+//! | `failover`  | a master SIGKILLed under held locks; `min_replicas` (WAIT) on a cluster and one server; survival counts (ignored) |
 //! | `tls`       | `rediss://` (feature `tls`): trust, mutual TLS, refusals          |
 //! | `acl`       | the README's least-privilege ACL user; a missing right gives `NoPermission` |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
@@ -34,6 +35,7 @@ mod audit;
 mod bad_input;
 mod cancel;
 mod cluster;
+mod failover;
 mod faults;
 mod hardening;
 mod harness;
