@@ -19,7 +19,8 @@
 //! * [`logs`]: capturing the library's `tracing` events in a test;
 //! * [`exclusion`]: the mutual-exclusion property test (local and container);
 //! * [`audit`]: the rig and fault injector of the mutual-exclusion audit;
-//! * [`cluster`]: a private six-node Redis Cluster (3 masters, 3 replicas).
+//! * [`cluster`]: a private six-node Redis Cluster (3 masters, 3 replicas);
+//! * [`reshard`]: moving slots between that cluster's masters under traffic.
 
 pub mod audit;
 pub mod cluster;
@@ -27,6 +28,7 @@ pub mod common;
 pub mod exclusion;
 pub mod logs;
 pub mod proxy;
+pub mod reshard;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
