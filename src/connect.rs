@@ -18,6 +18,11 @@ pub(crate) async fn connect_client(url: &str, command_timeout: Duration) -> Resu
         .with_connection_config(|c| {
             c.connection_timeout = command_timeout;
             c.internal_command_timeout = command_timeout;
+            // One attempt more than the cluster redirections a command may
+            // follow: fred 10 ends the client's connection task when an ASK
+            // meets a command with no attempts left (a slot being moved
+            // answers MOVED, then ASK, ...), and the client is dead after.
+            c.max_command_attempts = c.max_command_attempts.max(c.max_redirections + 1);
         })
         .with_performance_config(|p| p.default_command_timeout = command_timeout)
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))

@@ -220,7 +220,8 @@ pub(crate) async fn set_nx(
 /// answer "gone" for a release that did delete the key (its reply lost), or
 /// run after another holder took the key; with a single send, every answer
 /// is the answer to this release, and a lost reply is a transient error
-/// ("unknown"), never a wrong answer.
+/// ("unknown"), never a wrong answer. Cluster redirections (`MOVED`, `ASK`:
+/// nothing ran) are followed.
 pub(crate) async fn release(
     client: &Client,
     entries: &[(&LockKeys, &str)],
@@ -233,8 +234,18 @@ pub(crate) async fn release(
     let first = entries.first().map_or("", |(keys, _)| keys.lock.as_str());
     // fred applies per-command options to commands sent through
     // `ClientLike::custom`, but not to its Lua calls: send EVALSHA as one.
+    // Sent once, yet following cluster redirections: with `fail_fast`, a
+    // command whose connection closes under it (or is down) is answered
+    // with the error, never written again, so every write after the first
+    // is to a node that redirected it (MOVED, ASK: nothing ran). It has one
+    // attempt more than the redirections it may follow: fred 10 ends the
+    // client's connection task when an ASK meets a command with no attempts
+    // left.
+    let redirections = client.connection_config().max_redirections.max(1);
     let once = client.with_options(&Options {
-        max_attempts: Some(1),
+        max_attempts: Some(redirections + 1),
+        max_redirections: Some(redirections),
+        fail_fast: true,
         ..Options::default()
     });
     let slot = fred::util::redis_keyslot(first.as_bytes());
