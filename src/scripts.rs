@@ -144,6 +144,43 @@ fn binary_key(bytes: Vec<u8>) -> Key {
     Key::from(bytes.into_boxed_slice())
 }
 
+/// The numbers of a script reply that ends with `echo` (the scripts end
+/// every reply with the call's token); `None` for anything else: a reply
+/// to another command, which fred 10.1 can hand over while it follows an
+/// `ASK` redirection with other commands in flight to the same node.
+fn checked(reply: Value, echo: &str) -> Option<Vec<i64>> {
+    let Value::Array(mut items) = reply else {
+        return None;
+    };
+    let last = items.pop()?;
+    if last.as_str().as_deref() != Some(echo) {
+        return None;
+    }
+    items
+        .into_iter()
+        .map(|v| match v {
+            Value::Integer(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The reply was not this command's (see [`checked`]): what the command did
+/// is unknown, as after a lost reply.
+fn mismatched(key: &str, script: &str) -> Error {
+    Error::Unavailable {
+        key: key.to_owned(),
+        source: fred::error::Error::new(
+            fred::error::ErrorKind::Protocol,
+            format!(
+                "the reply to the {script} script was another command's (the Redis client \
+                 matched replies to the wrong commands, as fred 10.1 can while it follows an \
+                 ASK redirection); its outcome is unknown"
+            ),
+        ),
+    }
+}
+
 fn unexpected(key: &str, script: &str, reply: impl std::fmt::Debug) -> Error {
     Error::Redis {
         key: key.to_owned(),
@@ -170,7 +207,8 @@ pub(crate) async fn acquire(
     if fencing {
         script_keys.push(binary_key(keys.fence()));
     }
-    let reply: Vec<i64> = run(client, &ACQUIRE, key, script_keys, args, timeout).await?;
+    let reply: Value = run(client, &ACQUIRE, key, script_keys, args, timeout).await?;
+    let reply = checked(reply, token).ok_or_else(|| mismatched(key, "acquire"))?;
     match reply.as_slice() {
         [1] if !fencing => Ok(Acquired::Yes {
             fencing_token: None,
@@ -194,6 +232,10 @@ pub(crate) async fn acquire(
 /// `true` when it set the key. `false` says only that the key exists (it may
 /// be ours, if this command was re-sent after a reconnect): the acquire
 /// script must then decide.
+///
+/// On a cluster, the acquire script instead: its reply names its token,
+/// while `OK` could be any command's (fred 10.1 can hand a command another
+/// one's reply while it follows an `ASK` redirection, during resharding).
 pub(crate) async fn set_nx(
     client: &Client,
     key: &str,
@@ -202,6 +244,11 @@ pub(crate) async fn set_nx(
     timeout: Duration,
 ) -> Result<bool, Error> {
     use fred::interfaces::KeysInterface;
+    if client.is_clustered() {
+        let keys = LockKeys::new("", key);
+        let acquired = acquire(client, &keys, false, token, ttl_ms, timeout).await?;
+        return Ok(matches!(acquired, Acquired::Yes { .. }));
+    }
     use fred::types::{Expiration, SetOptions};
     let set = client.set::<Option<String>, _, _>(
         key,
@@ -275,7 +322,7 @@ pub(crate) async fn release(
             args.push(Value::from(*token));
             args.push(Value::from(channels.get(i).map_or("", String::as_str)));
         }
-        once.custom::<Vec<i64>, _>(command, args)
+        once.custom::<Value, _>(command, args)
     };
     let call = async {
         match send().await {
@@ -288,6 +335,8 @@ pub(crate) async fn release(
         }
     };
     let reply = bounded(client, first, timeout, call).await?;
+    let echo = entries.first().map_or("", |(_, token)| *token);
+    let reply = checked(reply, echo).ok_or_else(|| mismatched(first, "release"))?;
     if reply.len() != entries.len() {
         return Err(unexpected(first, "release", reply));
     }
@@ -308,7 +357,9 @@ pub(crate) async fn extend(
         args.push(Value::from(*token));
         args.push(Value::from(*ttl_ms as i64));
     }
-    let reply: Vec<i64> = run(client, &EXTEND, first, keys, args, timeout).await?;
+    let reply: Value = run(client, &EXTEND, first, keys, args, timeout).await?;
+    let echo = entries.first().map_or("", |e| e.1);
+    let reply = checked(reply, echo).ok_or_else(|| mismatched(first, "extend"))?;
     if reply.len() != entries.len() {
         return Err(unexpected(first, "extend", reply));
     }
