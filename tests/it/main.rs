@@ -15,6 +15,7 @@
 //! | `audit`     | mutual exclusion and fencing under load and injected faults           |
 //! | `hardening` | runtimes that stop, the retry budget as a wall-clock bound, extreme durations, closed clients |
 //! | `cluster`   | a private 3-master Redis Cluster: every master, a stalled master, notifications |
+//! | `reshard`   | slots moved between masters under lock traffic (ASK, MOVED, TRYAGAIN) |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -39,3 +40,4 @@ mod lock;
 mod notify;
 mod property;
 mod renewal;
+mod reshard;

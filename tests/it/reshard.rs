@@ -1,0 +1,735 @@
+//! Resharding: slots that hold live locks move between the masters of a
+//! private cluster (see `tests/support/reshard.rs`: `MIGRATING` /
+//! `IMPORTING`, `MIGRATE` key by key with pauses, `SETSLOT NODE`) while
+//! locks are taken, renewed, waited for and released. Clients meet `ASK`
+//! (a key already moved, the slot not yet), `TRYAGAIN` (a script over keys
+//! on both nodes) and `MOVED` (the slot moved).
+//!
+//! * `locks_stay_exclusive_while_slots_move_between_masters`: lock traffic
+//!   from two mutexes on keys whose slots keep moving, both ways between
+//!   every pair of masters: no mutual-exclusion violation, every error
+//!   transient (counted by kind), no lock key left anywhere afterwards.
+//! * `a_renewed_lock_survives_its_slot_moving`: auto-renewed leases whose
+//!   slots move mid-hold stay held, their tokens on the new owner.
+//! * `a_waiter_is_woken_by_the_release_after_its_keys_slot_moved`: the
+//!   sharded subscription follows the slot to its new owner, and the
+//!   release there wakes the waiter (not its 5 s poll).
+//!
+//! Each test prints its counts (`eprintln!`); run with `--no-capture` to
+//! see them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use distributed_mutex::{DistributedMutex, Error, LockGuard, RetryStrategy};
+use fred::prelude::*;
+use fred::util::redis_keyslot;
+
+use crate::support::cluster::{RedisCluster, MASTERS};
+use crate::support::common::{builder_at, ms};
+use crate::support::reshard::{patient_client, Mover, Resharder};
+
+/// Runs a blocking resharder call off the runtime's worker threads.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// The name of a transient error's kind, for the counts: the variant, and
+/// for `Unavailable` the start of the client's error (`TRYAGAIN`, `Too many
+/// failed write attempts`, ...).
+fn kind(e: &Error) -> String {
+    match e {
+        Error::Unavailable { source, .. } => {
+            let details = source.details();
+            let short = if details.contains("was another command's") {
+                "a reply of another command"
+            } else {
+                details.split(['.', ':']).next().unwrap_or("").trim()
+            };
+            format!("Unavailable({short})")
+        }
+        Error::Timeout { .. } => "Timeout".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+// ---- mutual exclusion under resharding ---------------------------------------
+
+/// How long the traffic runs while slots move.
+const TRAFFIC: Duration = Duration::from_secs(8);
+/// Tasks taking locks (half on each mutex).
+const TASKS: usize = 8;
+/// The lease: long enough that none runs out legitimately.
+const TRAFFIC_TTL: Duration = Duration::from_secs(3);
+/// The mover's pause after each step of a move.
+const MOVE_PAUSE: Duration = Duration::from_millis(15);
+
+/// The exclusion counter of `key`, in its slot.
+fn counter_key(key: &str) -> String {
+    if key.starts_with('{') {
+        format!("count:{key}")
+    } else {
+        format!("count:{{{key}}}")
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    acquired: AtomicUsize,
+    not_obtained: AtomicUsize,
+    released: AtomicUsize,
+    dropped: AtomicUsize,
+    /// Transient errors by kind and by call.
+    transient: Mutex<BTreeMap<String, usize>>,
+    /// Anything that breaks the test's invariants: violations of mutual
+    /// exclusion, errors that are not transient, lost leases.
+    failures: Mutex<Vec<String>>,
+    /// How many tasks are inside each key's critical section.
+    occupancy: Mutex<HashMap<String, usize>>,
+}
+
+impl Counts {
+    fn fail(&self, what: String) {
+        self.failures.lock().unwrap().push(what);
+    }
+
+    fn transient(&self, call: &str, e: &Error) {
+        *self
+            .transient
+            .lock()
+            .unwrap()
+            .entry(format!("{call}: {}", kind(e)))
+            .or_insert(0) += 1;
+    }
+}
+
+/// Enters `key`'s critical section: the occupancy table and the Redis
+/// counter must both say nobody else is inside.
+async fn enter(counts: &Counts, redis: &Client, key: &str, guard: &LockGuard) {
+    {
+        let mut occupancy = counts.occupancy.lock().unwrap();
+        let inside = occupancy.entry(key.to_owned()).or_insert(0);
+        *inside += 1;
+        if *inside > 1 {
+            counts.fail(format!("{key}: {inside} holders inside"));
+        }
+    }
+    if guard.remaining().is_zero() || guard.is_lost() {
+        counts.fail(format!("{key}: a fresh guard has no lease"));
+    }
+    let counter = counter_key(key);
+    match redis.get::<Option<i64>, _>(&counter).await {
+        Ok(n) if n.unwrap_or(0) != 0 => {
+            counts.fail(format!("{key}: counter reads {n:?} on entry"));
+        }
+        Ok(n) => {
+            tokio::time::sleep(ms(1)).await;
+            if let Err(e) = redis
+                .set::<(), _, _>(&counter, n.unwrap_or(0) + 1, None, None, false)
+                .await
+            {
+                counts.fail(format!("{key}: counter SET failed: {e}"));
+            }
+        }
+        Err(e) => counts.fail(format!("{key}: counter GET failed: {e}")),
+    }
+}
+
+/// Leaves `key`'s critical section.
+async fn leave(counts: &Counts, redis: &Client, key: &str, guard: &LockGuard) {
+    let counter = counter_key(key);
+    match redis.get::<Option<i64>, _>(&counter).await {
+        Ok(Some(1)) => {
+            tokio::time::sleep(ms(1)).await;
+            if let Err(e) = redis.set::<(), _, _>(&counter, 0, None, None, false).await {
+                counts.fail(format!("{key}: counter SET failed: {e}"));
+            }
+        }
+        Ok(n) => counts.fail(format!("{key}: counter reads {n:?} on exit")),
+        Err(e) => counts.fail(format!("{key}: counter GET failed: {e}")),
+    }
+    if guard.remaining().is_zero() || guard.is_lost() {
+        counts.fail(format!("{key}: the lease ran out inside the section"));
+    }
+    *counts
+        .occupancy
+        .lock()
+        .unwrap()
+        .get_mut(key)
+        .expect("entered") -= 1;
+}
+
+/// Takes, holds and gives back locks on `keys` until `until`.
+async fn traffic(
+    n: usize,
+    mutex: DistributedMutex,
+    redis: Client,
+    keys: Arc<Vec<String>>,
+    counts: Arc<Counts>,
+    until: Instant,
+) {
+    let mut round = n;
+    while Instant::now() < until {
+        round += 1;
+        let key = &keys[fastrand::usize(..keys.len())];
+        let outcome = if round % 3 == 0 {
+            mutex.try_lock(key).await
+        } else {
+            mutex
+                .acquire(key)
+                .retry(RetryStrategy::linear(ms(5), 400))
+                .await
+                .map(Some)
+        };
+        let guard = match outcome {
+            Ok(Some(guard)) => guard,
+            Ok(None) | Err(Error::NotObtained { .. }) => {
+                counts.not_obtained.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(e) if e.is_transient() => {
+                counts.transient("lock", &e);
+                continue;
+            }
+            Err(e) => {
+                counts.fail(format!("{key}: lock: {e} ({e:?})"));
+                continue;
+            }
+        };
+        counts.acquired.fetch_add(1, Ordering::Relaxed);
+        enter(&counts, &redis, key, &guard).await;
+        tokio::time::sleep(ms(fastrand::u64(0..6))).await;
+        leave(&counts, &redis, key, &guard).await;
+        if round % 2 == 0 {
+            drop(guard);
+            counts.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            match guard.release().await {
+                Ok(()) => {
+                    counts.released.fetch_add(1, Ordering::Relaxed);
+                }
+                // The guard went back to the mutex, which releases it in the
+                // background.
+                Err(e) if e.is_transient() => counts.transient("release", &e),
+                Err(e) => counts.fail(format!("{key}: release: {e} ({e:?})")),
+            }
+        }
+    }
+}
+
+/// Lock traffic from two mutexes (8 tasks) for 8 s on 12 keys, 4 per
+/// master in 3 slots (two plain keys and a pair sharing a hash tag, so
+/// batched releases and renewals cover several keys of one slot), while a
+/// mover moves those 9 slots one after another, both ways between every
+/// pair of masters. No violation of mutual exclusion, every error
+/// transient, and once everything is shut down, no lock key on any master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_stay_exclusive_while_slots_move_between_masters() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let reshard = Arc::new(Resharder::new(&cluster));
+
+    let mut keys = Vec::new();
+    for i in 0..MASTERS {
+        let bases = cluster.keys_on_master(i, "reshard:x:", 3);
+        keys.push(bases[0].clone());
+        keys.push(bases[1].clone());
+        keys.push(format!("{{{}}}:a", bases[2]));
+        keys.push(format!("{{{}}}:b", bases[2]));
+    }
+    let mut slots: Vec<u16> = keys.iter().map(|k| redis_keyslot(k.as_bytes())).collect();
+    slots.dedup();
+    assert_eq!(slots.len(), 3 * MASTERS, "slots {slots:?} of {keys:?}");
+    let keys = Arc::new(keys);
+
+    // The exclusion counters are read and written by each task on a client
+    // of its own, one command at a time: fred can hand a command another
+    // one's reply while it follows an ASK with other commands in flight on
+    // the same connection (see the last test), which would garble the
+    // checks themselves.
+    let redis = patient_client(&url).await;
+    let mut counters_clients = Vec::new();
+    for _ in 0..TASKS {
+        counters_clients.push(patient_client(&url).await);
+    }
+    let mutexes = [
+        builder_at(&url).await.ttl(TRAFFIC_TTL).build().unwrap(),
+        builder_at(&url).await.ttl(TRAFFIC_TTL).build().unwrap(),
+    ];
+    let counts = Arc::new(Counts::default());
+
+    let started = Instant::now();
+    let mover = Mover::start(Arc::clone(&reshard), slots.clone(), MOVE_PAUSE);
+    let until = started + TRAFFIC;
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..TASKS {
+        tasks.spawn(traffic(
+            n,
+            mutexes[n % 2].clone(),
+            counters_clients[n].clone(),
+            Arc::clone(&keys),
+            Arc::clone(&counts),
+            until,
+        ));
+    }
+    let joined = tokio::time::timeout(TRAFFIC + Duration::from_secs(20), async {
+        while let Some(done) = tasks.join_next().await {
+            done.expect("traffic task");
+        }
+    })
+    .await;
+    let report = blocking(move || mover.stop()).await;
+    let ran = started.elapsed();
+    assert!(joined.is_ok(), "traffic tasks did not finish");
+    assert!(report.error.is_none(), "the mover failed: {report:?}");
+
+    for mutex in &mutexes {
+        mutex.shutdown().await;
+    }
+    let agreed = {
+        let reshard = Arc::clone(&reshard);
+        let slots = slots.clone();
+        blocking(move || reshard.wait_agreed(&slots, Duration::from_secs(5))).await
+    };
+    agreed.unwrap_or_else(|e| panic!("masters disagree on who owns the slots: {e}"));
+    let half_moved = reshard.migrations_in_progress();
+    let left: Vec<(usize, String)> = (0..MASTERS)
+        .flat_map(|i| {
+            reshard
+                .keys_on(i, "*reshard:x:*")
+                .into_iter()
+                .filter(|k| !k.starts_with("count:"))
+                .map(move |k| (i, k))
+        })
+        .collect();
+    let mut counters = Vec::new();
+    for key in keys.iter() {
+        let n: Option<i64> = redis.get(counter_key(key)).await.unwrap();
+        counters.push(n.unwrap_or(0));
+    }
+
+    let acquired = counts.acquired.load(Ordering::Relaxed);
+    let transient = counts.transient.lock().unwrap().clone();
+    let failures = counts.failures.lock().unwrap().clone();
+    let pairs: Vec<String> = (0..MASTERS)
+        .flat_map(|a| (0..MASTERS).map(move |b| (a, b)))
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("{a}->{b}: {}", report.between(a, b)))
+        .collect();
+    eprintln!(
+        "reshard traffic: {ran:.1?}, {TASKS} tasks on 2 mutexes, {} keys in {} slots; \
+         acquisitions {acquired} (released {}, dropped {}), not obtained {}; \
+         violations {}; transient errors {} {transient:?}; \
+         slots moved {} ({}), keys migrated {}, longest move {:?}",
+        keys.len(),
+        slots.len(),
+        counts.released.load(Ordering::Relaxed),
+        counts.dropped.load(Ordering::Relaxed),
+        counts.not_obtained.load(Ordering::Relaxed),
+        failures.len(),
+        transient.values().sum::<usize>(),
+        report.moves.len(),
+        pairs.join(", "),
+        report.keys(),
+        report.longest(),
+    );
+
+    assert!(failures.is_empty(), "invariants broken: {failures:#?}");
+    assert!(half_moved.is_empty(), "slots left mid-move: {half_moved:?}");
+    assert!(left.is_empty(), "lock keys left on masters: {left:?}");
+    assert!(
+        counters.iter().all(|&n| n == 0),
+        "exclusion counters not back to 0: {counters:?}"
+    );
+    // Meaningful: locks were taken all along, and slots holding them moved
+    // many times, both ways between every pair of masters.
+    assert!(acquired >= 300, "only {acquired} acquisitions");
+    assert!(
+        report.moves.len() >= 2 * slots.len(),
+        "only {} moves",
+        report.moves.len()
+    );
+    for (a, b) in (0..MASTERS).flat_map(|a| (0..MASTERS).map(move |b| (a, b))) {
+        if a != b {
+            assert!(
+                report.between(a, b) > 0,
+                "no slot moved {a}->{b}: {pairs:?}"
+            );
+        }
+    }
+    assert!(
+        report.keys() >= report.moves.len() / 2,
+        "moves carried only {} keys in {} moves: the slots held no live locks",
+        report.keys(),
+        report.moves.len()
+    );
+    let _ = redis.quit().await;
+    for client in counters_clients {
+        let _ = client.quit().await;
+    }
+}
+
+// ---- renewal across a move -------------------------------------------------------
+
+/// The lease of the renewal test: renewed every 500 ms, so renewals fall
+/// inside the moves.
+const RENEW_TTL: Duration = Duration::from_millis(1500);
+/// The mover's pause in the renewal test: a move of a slot with two locks
+/// lasts about three pauses, more than a renewal period; for two of them
+/// the keys are split between the nodes (renewing both is `TRYAGAIN`).
+const RENEW_PAUSE: Duration = Duration::from_millis(200);
+
+/// Auto-renewed leases (1.5 s) on 3 keys per master, two of them sharing
+/// a slot; each slot moves to the next master with 200 ms pauses (while
+/// the keys are split between the nodes, a renewal of both answers
+/// `TRYAGAIN`). Every lease stays held throughout (checked every 10 ms),
+/// its token is on the new owner and gone from the old, and it is still
+/// renewed there a few TTLs later; the explicit release then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_lock_survives_its_slot_moving() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let reshard = Arc::new(Resharder::new(&cluster));
+    let mutex = builder_at(&url).await.ttl(RENEW_TTL).build().unwrap();
+
+    let mut guards: Vec<LockGuard> = Vec::new();
+    let mut slots = Vec::new();
+    for i in 0..MASTERS {
+        let bases = cluster.keys_on_master(i, "reshard:renew:", 2);
+        for key in [
+            bases[0].clone(),
+            format!("{{{}}}:a", bases[1]),
+            format!("{{{}}}:b", bases[1]),
+        ] {
+            guards.push(
+                mutex
+                    .lock(&key)
+                    .await
+                    .unwrap_or_else(|e| panic!("{key}: {e}")),
+            );
+        }
+        slots.push(redis_keyslot(bases[0].as_bytes()));
+        slots.push(redis_keyslot(bases[1].as_bytes()));
+    }
+
+    // Move every slot while watching the leases.
+    let mover = {
+        let reshard = Arc::clone(&reshard);
+        let slots = slots.clone();
+        tokio::task::spawn_blocking(move || {
+            slots
+                .iter()
+                .map(|&slot| {
+                    let to = (reshard.owner(slot) + 1) % reshard.masters();
+                    reshard.move_slot(slot, to, RENEW_PAUSE)
+                })
+                .collect::<Result<Vec<_>, String>>()
+        })
+    };
+    let started = Instant::now();
+    let mut least = Duration::MAX;
+    let mut checks = 0;
+    while !mover.is_finished() {
+        for guard in &guards {
+            assert!(
+                !guard.is_lost(),
+                "{} lost {:?} into the moves",
+                guard.key(),
+                started.elapsed(),
+            );
+            least = least.min(guard.remaining());
+        }
+        checks += 1;
+        tokio::time::sleep(ms(10)).await;
+    }
+    let moves = mover.await.unwrap().unwrap_or_else(|e| panic!("move: {e}"));
+    let moving = started.elapsed();
+    assert!(checks >= 50, "only {checks} checks");
+    let keys_moved: usize = moves.iter().map(|m| m.keys).sum();
+    assert_eq!(keys_moved, guards.len(), "the moves carried {moves:?}");
+
+    // A few TTLs later: still held, renewed on the new owners.
+    tokio::time::sleep(RENEW_TTL * 2).await;
+    for guard in &guards {
+        let key = guard.key();
+        let slot = redis_keyslot(key.as_bytes());
+        let owner = reshard.owner(slot);
+        let was = (owner + MASTERS - 1) % MASTERS;
+        assert!(!guard.is_lost(), "{key} lost after the moves");
+        assert!(guard.remaining() > Duration::ZERO, "{key}");
+        assert_eq!(
+            reshard.get_on(owner, key).as_deref(),
+            Some(guard.token()),
+            "{key}: not on its new owner, master {owner}"
+        );
+        assert_eq!(
+            reshard.get_on(was, key),
+            None,
+            "{key}: still on master {was}"
+        );
+    }
+    eprintln!(
+        "reshard renewal: {} leases of {RENEW_TTL:?} held through {} slot moves \
+         ({moving:.1?}, {keys_moved} keys migrated); least remaining() seen {least:?}",
+        guards.len(),
+        moves.len()
+    );
+    for guard in guards {
+        let key = guard.key().to_owned();
+        guard
+            .release()
+            .await
+            .unwrap_or_else(|e| panic!("{key}: release after the move: {e}"));
+    }
+    mutex.shutdown().await;
+    for i in 0..MASTERS {
+        let left = reshard.keys_on(i, "*reshard:renew:*");
+        assert!(left.is_empty(), "master {i} holds {left:?}");
+    }
+}
+
+// ---- release notifications across a move -------------------------------------------
+
+/// How long the waiter's subscription may take to follow its slot (the
+/// mutex checks every 0.5 s).
+const FOLLOW_LIMIT: Duration = Duration::from_millis(1500);
+
+/// On a key of each master: a holder (30 s lease) and a waiter of another
+/// mutex (polling every 5 s, so only a release message wakes it sooner);
+/// the key's slot moves to the next master while the waiter waits.
+/// 1. The waiter's subscription moves with it (`SHARDNUMSUB` 1 on the new
+///    owner, 0 on the old); the holder's release, sent to the old owner
+///    first (`MOVED`), succeeds, and the waiter has the lock within 1 s.
+/// 2. The slot moves back and the holder releases at once, before the
+///    subscription can have followed: the waiter is woken when it does
+///    (it tries again then), within [`FOLLOW_LIMIT`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_by_the_release_after_its_keys_slot_moved() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let reshard = Arc::new(Resharder::new(&cluster));
+    let holder = builder_at(&url)
+        .await
+        .ttl(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let waiter = builder_at(&url)
+        .await
+        .retry(RetryStrategy::linear(Duration::from_secs(5), 3))
+        .build()
+        .unwrap();
+
+    let mut settled = Vec::new();
+    let mut follows = Vec::new();
+    let mut at_once = Vec::new();
+    for i in 0..MASTERS {
+        let key = cluster.key_on_master(i, "reshard:notify:");
+        let slot = redis_keyslot(key.as_bytes());
+        let channel = format!("{{{key}}}:released:{key}");
+        let there = (i + 1) % MASTERS;
+
+        // 1. Moved while waited for; released once the subscription followed.
+        let guard = holder.lock(&key).await.unwrap();
+        let task = wait_for(&waiter, &key);
+        subscribed_on(&reshard, i, &channel).await;
+        let moved = move_slot(&reshard, slot, there).await;
+        assert_eq!(moved.keys, 1, "{key}: {moved:?}");
+        let follow = subscribed_on(&reshard, there, &channel).await;
+        assert_eq!(
+            reshard.shard_numsub_on(i, &channel),
+            0,
+            "{channel} on master {i}"
+        );
+        assert!(!task.is_finished(), "{key}: the waiter got a held lock");
+        follows.push(follow);
+        settled.push(handoff(guard, task, &key).await);
+
+        // 2. Moved back; released at once.
+        let guard = holder.lock(&key).await.unwrap();
+        let task = wait_for(&waiter, &key);
+        subscribed_on(&reshard, there, &channel).await;
+        move_slot(&reshard, slot, i).await;
+        at_once.push(handoff(guard, task, &key).await);
+    }
+    eprintln!(
+        "reshard notify: subscription on the new owner {follows:?} after the move; \
+         waiter acquired after the release: settled {settled:?}, released right after \
+         the move {at_once:?}"
+    );
+    for (i, took) in settled.iter().enumerate() {
+        assert!(
+            *took < Duration::from_secs(1),
+            "master {i}: the waiter took {took:?} after the release (its poll is 5 s): {settled:?}"
+        );
+    }
+    for (i, took) in at_once.iter().enumerate() {
+        assert!(
+            *took < FOLLOW_LIMIT,
+            "master {i}: released right after the move, the waiter took {took:?}: {at_once:?}"
+        );
+    }
+    holder.shutdown().await;
+    waiter.shutdown().await;
+}
+
+/// The waiter's `lock(key)` in a task of its own, with when it returned.
+fn wait_for(
+    waiter: &DistributedMutex,
+    key: &str,
+) -> tokio::task::JoinHandle<(Instant, Result<LockGuard, Error>)> {
+    let waiter = waiter.clone();
+    let key = key.to_owned();
+    tokio::spawn(async move {
+        let outcome = waiter.lock(&key).await;
+        (Instant::now(), outcome)
+    })
+}
+
+/// Waits (at most [`FOLLOW_LIMIT`]) until `channel` has a subscriber on
+/// the `i`-th master; returns how long that took.
+async fn subscribed_on(reshard: &Resharder, i: usize, channel: &str) -> Duration {
+    let started = Instant::now();
+    while reshard.shard_numsub_on(i, channel) < 1 {
+        assert!(
+            started.elapsed() < FOLLOW_LIMIT,
+            "no subscriber of {channel} on master {i} after {FOLLOW_LIMIT:?}"
+        );
+        tokio::time::sleep(ms(10)).await;
+    }
+    started.elapsed()
+}
+
+async fn move_slot(
+    reshard: &Arc<Resharder>,
+    slot: u16,
+    to: usize,
+) -> crate::support::reshard::Moved {
+    let reshard = Arc::clone(reshard);
+    blocking(move || reshard.move_slot(slot, to, ms(20)))
+        .await
+        .unwrap_or_else(|e| panic!("move slot {slot}: {e}"))
+}
+
+/// Releases `guard` (its slot moved since it was taken: the release meets
+/// `MOVED` and must still succeed) and returns how long after the release
+/// the waiter had the lock.
+async fn handoff(
+    guard: LockGuard,
+    task: tokio::task::JoinHandle<(Instant, Result<LockGuard, Error>)>,
+    key: &str,
+) -> Duration {
+    guard
+        .release()
+        .await
+        .unwrap_or_else(|e| panic!("{key}: release after the move: {e}"));
+    let released = Instant::now();
+    let (acquired, outcome) = task.await.expect("waiter task");
+    let theirs = outcome.unwrap_or_else(|e| panic!("{key}: the waiter: {e}"));
+    theirs.release().await.unwrap();
+    acquired.saturating_duration_since(released)
+}
+
+// ---- the client's ASK handling ------------------------------------------------------
+
+/// fred 10.1 follows an `ASK` by writing `ASKING` to the importing node and
+/// reading that connection's next reply as its answer, while other
+/// commands may be in flight on it: their replies then shift by one (a
+/// command gets another's reply, or `ASKING`'s `OK`). Here, eight tasks
+/// read keys whose values are their own names from the node a slot is
+/// being moved to, on one client, while another task reads a key of the
+/// moving slot already migrated (answered `ASK`). Every reply must be the
+/// key's own value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known defect of fred 10.1 (about 1 reply in 10 is another command's here); \
+            the crate's scripts name their token in every reply so it is never misled"]
+async fn replies_stay_matched_while_the_client_follows_ask() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let client = patient_client(&url).await;
+    // Keys on master 1 (the target) that the readers read.
+    let readers = cluster.keys_on_master(1, "reshard:ask:read:", 8);
+    for key in &readers {
+        let _: () = client
+            .set(key, key.as_str(), None, None, false)
+            .await
+            .unwrap();
+    }
+    // A key on master 0, moved to master 1 by hand and left mid-move.
+    let moving = cluster.key_on_master(0, "reshard:ask:moving:");
+    let _: () = client
+        .set(&moving, moving.as_str(), None, None, false)
+        .await
+        .unwrap();
+    let slot = redis_keyslot(moving.as_bytes());
+    let ports = cluster.masters();
+    let ids: Vec<String> = (0..2)
+        .map(|i| cluster.master(i).cli(&["CLUSTER", "MYID"]))
+        .collect();
+    let s = slot.to_string();
+    assert_eq!(
+        cluster
+            .master(1)
+            .cli(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &ids[0]]),
+        "OK"
+    );
+    assert_eq!(
+        cluster
+            .master(0)
+            .cli(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &ids[1]]),
+        "OK"
+    );
+    let port = ports[1].to_string();
+    assert_eq!(
+        cluster
+            .master(0)
+            .cli(&["MIGRATE", "127.0.0.1", &port, &moving, "0", "5000"]),
+        "OK"
+    );
+
+    let wrong = Arc::new(Mutex::new(Vec::new()));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut tasks = tokio::task::JoinSet::new();
+    for key in readers
+        .iter()
+        .cloned()
+        .chain(std::iter::once(moving.clone()))
+    {
+        let client = client.clone();
+        let wrong = Arc::clone(&wrong);
+        let reads = Arc::clone(&reads);
+        tasks.spawn(async move {
+            while Instant::now() < until {
+                match client.get::<Option<String>, _>(&key).await {
+                    Ok(Some(v)) if v == key => {}
+                    other => wrong.lock().unwrap().push(format!("GET {key}: {other:?}")),
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    // Finish the move, so the cluster is whole again.
+    for i in [1, 0, 2] {
+        assert_eq!(
+            cluster
+                .master(i)
+                .cli(&["CLUSTER", "SETSLOT", &s, "NODE", &ids[1]]),
+            "OK"
+        );
+    }
+    let wrong = wrong.lock().unwrap().clone();
+    eprintln!(
+        "reshard ask: {} reads, {} wrong; first: {:?}",
+        reads.load(Ordering::Relaxed),
+        wrong.len(),
+        wrong.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} replies were another command's",
+        wrong.len()
+    );
+}
