@@ -168,61 +168,19 @@ impl Resharder {
     pub fn move_slot(&self, slot: u16, to: usize, pause: Duration) -> Result<Moved, String> {
         let started = Instant::now();
         let from = self.owner(slot);
-        assert_ne!(from, to, "slot {slot} is already on master {to}");
-        let (src, dst) = (&self.masters[from], &self.masters[to]);
-        let s = slot.to_string();
-        expect_ok(dst.port, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &src.id])?;
-        expect_ok(src.port, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &dst.id])?;
+        self.begin(slot, to)?;
         thread::sleep(pause);
         let mut keys = 0;
-        loop {
-            let batch = self.keys_in_slot(from, slot, 1)?;
-            let Some(key) = batch.into_iter().next() else {
-                break;
-            };
-            if keys >= MAX_KEYS_PER_MOVE {
+        while self.migrate_one(slot, to)? {
+            keys += 1;
+            if keys > MAX_KEYS_PER_MOVE {
                 return Err(format!(
                     "slot {slot}: still keys on master {from} after migrating {keys}"
                 ));
             }
-            let port = dst.port.to_string();
-            let head = [
-                "MIGRATE",
-                "127.0.0.1",
-                &port,
-                "",
-                "0",
-                MIGRATE_TIMEOUT_MS,
-                "KEYS",
-            ];
-            let args: Vec<&OsStr> = head
-                .iter()
-                .map(OsStr::new)
-                .chain([OsStr::from_bytes(&key)])
-                .collect();
-            let reply = cli_os(src.port, &args)?;
-            let reply = String::from_utf8_lossy(&reply);
-            match reply.trim() {
-                // NOKEY: the key expired or was deleted since it was listed.
-                "OK" | "NOKEY" => {}
-                other => {
-                    return Err(format!(
-                        "slot {slot}: MIGRATE {:?} from master {from} to {to}: {other}",
-                        String::from_utf8_lossy(&key)
-                    ))
-                }
-            }
-            keys += 1;
             thread::sleep(pause);
         }
-        expect_ok(dst.port, &["CLUSTER", "SETSLOT", &s, "NODE", &dst.id])?;
-        expect_ok(src.port, &["CLUSTER", "SETSLOT", &s, "NODE", &dst.id])?;
-        for (i, other) in self.masters.iter().enumerate() {
-            if i != from && i != to {
-                expect_ok(other.port, &["CLUSTER", "SETSLOT", &s, "NODE", &dst.id])?;
-            }
-        }
-        self.owners.lock().unwrap().insert(slot, to);
+        self.finish(slot, to)?;
         Ok(Moved {
             slot,
             from,
@@ -230,6 +188,70 @@ impl Resharder {
             keys,
             took: started.elapsed(),
         })
+    }
+
+    /// Step 1 of a move: `slot` is importing on the `to`-th master and
+    /// migrating on its owner.
+    pub fn begin(&self, slot: u16, to: usize) -> Result<(), String> {
+        let from = self.owner(slot);
+        assert_ne!(from, to, "slot {slot} is already on master {to}");
+        let (src, dst) = (&self.masters[from], &self.masters[to]);
+        let s = slot.to_string();
+        expect_ok(dst.port, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &src.id])?;
+        expect_ok(src.port, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &dst.id])
+    }
+
+    /// Step 2 of a move: migrates one key of `slot` from its owner to the
+    /// `to`-th master; `false` when none was left.
+    pub fn migrate_one(&self, slot: u16, to: usize) -> Result<bool, String> {
+        let from = self.owner(slot);
+        let (src, dst) = (&self.masters[from], &self.masters[to]);
+        let Some(key) = self.keys_in_slot(from, slot, 1)?.into_iter().next() else {
+            return Ok(false);
+        };
+        let port = dst.port.to_string();
+        let head = [
+            "MIGRATE",
+            "127.0.0.1",
+            &port,
+            "",
+            "0",
+            MIGRATE_TIMEOUT_MS,
+            "KEYS",
+        ];
+        let args: Vec<&OsStr> = head
+            .iter()
+            .map(OsStr::new)
+            .chain([OsStr::from_bytes(&key)])
+            .collect();
+        let reply = cli_os(src.port, &args)?;
+        match String::from_utf8_lossy(&reply).trim() {
+            // NOKEY: the key expired or was deleted since it was listed.
+            "OK" | "NOKEY" => Ok(true),
+            other => Err(format!(
+                "slot {slot}: MIGRATE {:?} from master {from} to {to}: {other}",
+                String::from_utf8_lossy(&key)
+            )),
+        }
+    }
+
+    /// Step 3 of a move: `slot` belongs to the `to`-th master, on every
+    /// master (the new owner first, then the old one).
+    pub fn finish(&self, slot: u16, to: usize) -> Result<(), String> {
+        let from = self.owner(slot);
+        let dst = &self.masters[to];
+        let s = slot.to_string();
+        let order = [to, from]
+            .into_iter()
+            .chain((0..self.masters.len()).filter(|&i| i != from && i != to));
+        for i in order {
+            expect_ok(
+                self.masters[i].port,
+                &["CLUSTER", "SETSLOT", &s, "NODE", &dst.id],
+            )?;
+        }
+        self.owners.lock().unwrap().insert(slot, to);
+        Ok(())
     }
 
     /// Waits (at most `limit`) until every master names the owner this
