@@ -575,3 +575,43 @@ async fn connect(client: &Client, timeout: Duration) -> Option<SubscriberClient>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::types::Value;
+
+    fn node(host: &str, port: i64, id: &str) -> Value {
+        Value::Array(vec![
+            Value::from(host),
+            Value::Integer(port),
+            Value::from(id),
+        ])
+    }
+
+    #[test]
+    fn slot_owners_reads_each_ranges_master_id() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Integer(0),
+                Value::Integer(221),
+                node("127.0.0.1", 7000, "a"),
+                node("127.0.0.1", 7003, "a-replica"),
+            ]),
+            Value::Array(vec![
+                Value::Integer(222),
+                Value::Integer(222),
+                node("127.0.0.1", 7001, "b"),
+            ]),
+            // Unreadable ranges are left out.
+            Value::Array(vec![Value::Integer(223)]),
+            Value::from("junk"),
+        ]);
+        assert_eq!(
+            slot_owners(reply),
+            vec![(0, 221, "a".to_owned()), (222, 222, "b".to_owned())]
+        );
+        assert!(slot_owners(Value::from("OK")).is_empty());
+        assert!(slot_owners(Value::Null).is_empty());
+    }
+}
