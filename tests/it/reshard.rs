@@ -9,6 +9,9 @@
 //!   from two mutexes on keys whose slots keep moving, both ways between
 //!   every pair of masters: no mutual-exclusion violation, every error
 //!   transient (counted by kind), no lock key left anywhere afterwards.
+//! * `locks_stay_exclusive_while_redis_cli_reshards`: the same with
+//!   `redis-cli --cluster reshard` itself moving 64 slots (the keys' among
+//!   them) between two masters, back and forth.
 //! * `a_renewed_lock_survives_its_slot_moving`: auto-renewed leases whose
 //!   slots move mid-hold stay held, their tokens on the new owner.
 //! * `a_waiter_is_woken_by_the_release_after_its_keys_slot_moved`: the
@@ -27,6 +30,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use distributed_mutex::{DistributedMutex, Error, LockGuard, RetryStrategy};
@@ -270,6 +274,151 @@ async fn traffic(
     }
 }
 
+/// What a traffic run found, once everything was shut down.
+struct Traffic {
+    ran: Duration,
+    counts: Arc<Counts>,
+    /// Lock keys left on a master, as `(master, key)`.
+    left: Vec<(usize, String)>,
+    /// The exclusion counters' final values.
+    counters: Vec<i64>,
+}
+
+impl Traffic {
+    /// Prints the counts (`what` names the run) and asserts what every run
+    /// must keep: no violation, no error that is not transient, no lock
+    /// key left, counters back to 0, at least `floor` acquisitions.
+    fn check(&self, what: &str, moves: &str, floor: usize) {
+        let counts = &self.counts;
+        let acquired = counts.acquired.load(Ordering::Relaxed);
+        let transient = counts.transient.lock().unwrap().clone();
+        let violations = counts.violations.lock().unwrap().clone();
+        let failures = counts.failures.lock().unwrap().clone();
+        eprintln!(
+            "reshard {what}: {:.1?}, {TASKS} tasks on 2 mutexes, {} keys; \
+             acquisitions {acquired} (released {}, dropped {}), not obtained {}; \
+             violations {}; errors not transient {}; transient errors {} {transient:?}; \
+             counter reads/writes retried {}; {moves}",
+            self.ran,
+            self.counters.len(),
+            counts.released.load(Ordering::Relaxed),
+            counts.dropped.load(Ordering::Relaxed),
+            counts.not_obtained.load(Ordering::Relaxed),
+            violations.len(),
+            failures.len(),
+            transient.values().sum::<usize>(),
+            counts.counter_retries.load(Ordering::Relaxed),
+        );
+        assert!(
+            violations.is_empty(),
+            "mutual exclusion violated: {violations:#?}"
+        );
+        assert!(
+            failures.is_empty(),
+            "errors that are not transient: {failures:#?}"
+        );
+        assert!(
+            self.left.is_empty(),
+            "lock keys left on masters: {:?}",
+            self.left
+        );
+        assert!(
+            self.counters.iter().all(|&n| n == 0),
+            "exclusion counters not back to 0: {:?}",
+            self.counters
+        );
+        assert!(acquired >= floor, "only {acquired} acquisitions");
+    }
+}
+
+/// Lock traffic from two mutexes ([`TASKS`] tasks) on `keys` for
+/// [`TRAFFIC`], while `background` (given the end of the traffic) runs on a
+/// thread of its own; then both mutexes are shut down, every node must
+/// agree on the slots, and the masters are searched for lock keys
+/// matching `pattern`.
+async fn traffic_while<R: Send + 'static>(
+    reshard: &Arc<Resharder>,
+    url: &str,
+    keys: Vec<String>,
+    pattern: &str,
+    background: impl FnOnce(Instant) -> R + Send + 'static,
+) -> (R, Traffic) {
+    // The exclusion counters are read and written by each task on a client
+    // of its own, one command at a time: fred can hand a command another
+    // one's reply while it follows an ASK with other commands in flight on
+    // the same connection (see the last test), which would garble the
+    // checks themselves.
+    let redis = patient_client(url).await;
+    let mut counters_clients = Vec::new();
+    for _ in 0..TASKS {
+        counters_clients.push(patient_client(url).await);
+    }
+    let mutexes = [
+        builder_at(url).await.ttl(TRAFFIC_TTL).build().unwrap(),
+        builder_at(url).await.ttl(TRAFFIC_TTL).build().unwrap(),
+    ];
+    let counts = Arc::new(Counts::default());
+    let keys = Arc::new(keys);
+
+    let started = Instant::now();
+    let until = started + TRAFFIC;
+    let background = tokio::task::spawn_blocking(move || background(until));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, client) in counters_clients.iter().enumerate() {
+        tasks.spawn(traffic(
+            n,
+            mutexes[n % 2].clone(),
+            client.clone(),
+            Arc::clone(&keys),
+            Arc::clone(&counts),
+            until,
+        ));
+    }
+    let joined = tokio::time::timeout(TRAFFIC + Duration::from_secs(20), async {
+        while let Some(done) = tasks.join_next().await {
+            done.expect("traffic task");
+        }
+    })
+    .await;
+    let outcome = background.await.expect("background thread");
+    let ran = started.elapsed();
+    assert!(joined.is_ok(), "traffic tasks did not finish");
+
+    for mutex in &mutexes {
+        mutex.shutdown().await;
+    }
+    {
+        let reshard = Arc::clone(reshard);
+        blocking(move || reshard.wait_all_nodes_agree(Duration::from_secs(10)))
+            .await
+            .unwrap_or_else(|e| panic!("after the traffic: {e}"));
+    }
+    let left = (0..MASTERS)
+        .flat_map(|i| {
+            reshard
+                .keys_on(i, pattern)
+                .into_iter()
+                .filter(|k| !k.starts_with("count:"))
+                .map(move |k| (i, k))
+        })
+        .collect();
+    let mut counters = Vec::new();
+    for key in keys.iter() {
+        let n: Option<i64> = redis.get(counter_key(key)).await.unwrap();
+        counters.push(n.unwrap_or(0));
+    }
+    for client in counters_clients.into_iter().chain([redis]) {
+        let _ = client.quit().await;
+    }
+    let traffic = Traffic {
+        ran,
+        counts,
+        left,
+        counters,
+    };
+    (outcome, traffic)
+}
+
 /// Lock traffic from two mutexes (8 tasks) for 8 s on 12 keys, 4 per
 /// master in 3 slots (two plain keys and a pair sharing a hash tag, so
 /// batched releases and renewals cover several keys of one slot), while a
@@ -293,121 +442,43 @@ async fn locks_stay_exclusive_while_slots_move_between_masters() {
     let mut slots: Vec<u16> = keys.iter().map(|k| redis_keyslot(k.as_bytes())).collect();
     slots.dedup();
     assert_eq!(slots.len(), 3 * MASTERS, "slots {slots:?} of {keys:?}");
-    let keys = Arc::new(keys);
 
-    // The exclusion counters are read and written by each task on a client
-    // of its own, one command at a time: fred can hand a command another
-    // one's reply while it follows an ASK with other commands in flight on
-    // the same connection (see the last test), which would garble the
-    // checks themselves.
-    let redis = patient_client(&url).await;
-    let mut counters_clients = Vec::new();
-    for _ in 0..TASKS {
-        counters_clients.push(patient_client(&url).await);
-    }
-    let mutexes = [
-        builder_at(&url).await.ttl(TRAFFIC_TTL).build().unwrap(),
-        builder_at(&url).await.ttl(TRAFFIC_TTL).build().unwrap(),
-    ];
-    let counts = Arc::new(Counts::default());
-
-    let started = Instant::now();
-    let mover = Mover::start(Arc::clone(&reshard), slots.clone(), MOVE_PAUSE);
-    let until = started + TRAFFIC;
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..TASKS {
-        tasks.spawn(traffic(
-            n,
-            mutexes[n % 2].clone(),
-            counters_clients[n].clone(),
-            Arc::clone(&keys),
-            Arc::clone(&counts),
-            until,
-        ));
-    }
-    let joined = tokio::time::timeout(TRAFFIC + Duration::from_secs(20), async {
-        while let Some(done) = tasks.join_next().await {
-            done.expect("traffic task");
-        }
-    })
-    .await;
-    let report = blocking(move || mover.stop()).await;
-    let ran = started.elapsed();
-    assert!(joined.is_ok(), "traffic tasks did not finish");
-    assert!(report.error.is_none(), "the mover failed: {report:?}");
-
-    for mutex in &mutexes {
-        mutex.shutdown().await;
-    }
-    let agreed = {
+    let (report, traffic) = {
         let reshard = Arc::clone(&reshard);
         let slots = slots.clone();
-        blocking(move || reshard.wait_agreed(&slots, Duration::from_secs(5))).await
+        traffic_while(
+            &Arc::clone(&reshard),
+            &url,
+            keys,
+            "*reshard:x:*",
+            move |until| {
+                let mover = Mover::start(reshard, slots, MOVE_PAUSE);
+                thread::sleep(until.saturating_duration_since(Instant::now()));
+                mover.stop()
+            },
+        )
+        .await
     };
-    agreed.unwrap_or_else(|e| panic!("masters disagree on who owns the slots: {e}"));
-    let half_moved = reshard.migrations_in_progress();
-    let left: Vec<(usize, String)> = (0..MASTERS)
-        .flat_map(|i| {
-            reshard
-                .keys_on(i, "*reshard:x:*")
-                .into_iter()
-                .filter(|k| !k.starts_with("count:"))
-                .map(move |k| (i, k))
-        })
-        .collect();
-    let mut counters = Vec::new();
-    for key in keys.iter() {
-        let n: Option<i64> = redis.get(counter_key(key)).await.unwrap();
-        counters.push(n.unwrap_or(0));
-    }
-
-    let acquired = counts.acquired.load(Ordering::Relaxed);
-    let transient = counts.transient.lock().unwrap().clone();
-    let violations = counts.violations.lock().unwrap().clone();
-    let failures = counts.failures.lock().unwrap().clone();
+    assert!(report.error.is_none(), "the mover failed: {report:?}");
     let pairs: Vec<String> = (0..MASTERS)
         .flat_map(|a| (0..MASTERS).map(move |b| (a, b)))
         .filter(|(a, b)| a != b)
         .map(|(a, b)| format!("{a}->{b}: {}", report.between(a, b)))
         .collect();
-    eprintln!(
-        "reshard traffic: {ran:.1?}, {TASKS} tasks on 2 mutexes, {} keys in {} slots; \
-         acquisitions {acquired} (released {}, dropped {}), not obtained {}; \
-         violations {}; errors not transient {}; transient errors {} {transient:?}; \
-         counter reads/writes retried {}; \
-         slots moved {} ({}), keys migrated {}, longest move {:?}",
-        keys.len(),
-        slots.len(),
-        counts.released.load(Ordering::Relaxed),
-        counts.dropped.load(Ordering::Relaxed),
-        counts.not_obtained.load(Ordering::Relaxed),
-        violations.len(),
-        failures.len(),
-        transient.values().sum::<usize>(),
-        counts.counter_retries.load(Ordering::Relaxed),
-        report.moves.len(),
-        pairs.join(", "),
-        report.keys(),
-        report.longest(),
+    traffic.check(
+        "traffic",
+        &format!(
+            "{} slots; slots moved {} ({}), keys migrated {}, longest move {:?}",
+            slots.len(),
+            report.moves.len(),
+            pairs.join(", "),
+            report.keys(),
+            report.longest(),
+        ),
+        300,
     );
-
-    assert!(
-        violations.is_empty(),
-        "mutual exclusion violated: {violations:#?}"
-    );
-    assert!(
-        failures.is_empty(),
-        "errors that are not transient: {failures:#?}"
-    );
-    assert!(half_moved.is_empty(), "slots left mid-move: {half_moved:?}");
-    assert!(left.is_empty(), "lock keys left on masters: {left:?}");
-    assert!(
-        counters.iter().all(|&n| n == 0),
-        "exclusion counters not back to 0: {counters:?}"
-    );
-    // Meaningful: locks were taken all along, and slots holding them moved
-    // many times, both ways between every pair of masters.
-    assert!(acquired >= 300, "only {acquired} acquisitions");
+    // Meaningful: slots holding live locks moved many times, both ways
+    // between every pair of masters.
     assert!(
         report.moves.len() >= 2 * slots.len(),
         "only {} moves",
@@ -427,10 +498,68 @@ async fn locks_stay_exclusive_while_slots_move_between_masters() {
         report.keys(),
         report.moves.len()
     );
-    let _ = redis.quit().await;
-    for client in counters_clients {
-        let _ = client.quit().await;
-    }
+}
+
+/// How many slots one `redis-cli --cluster reshard` moves.
+const CLI_SLOTS: u32 = 64;
+
+/// The same traffic on 8 keys in master 0's lowest 64 slots (which
+/// `redis-cli --cluster reshard` moves first), while the tool itself moves
+/// 64 slots from master 0 to master 1 and back, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_stay_exclusive_while_redis_cli_reshards() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let reshard = Arc::new(Resharder::new(&cluster));
+    let lowest = cluster.slots_of(0)[0].clone();
+    assert_eq!(*lowest.start(), 0, "master 0 serves slot 0");
+    let keys: Vec<String> = (0u64..)
+        .map(|n| format!("reshard:cli:{n}"))
+        .filter(|k| redis_keyslot(k.as_bytes()) < CLI_SLOTS as u16)
+        .take(8)
+        .collect();
+
+    let key_slots: Vec<u16> = keys.iter().map(|k| redis_keyslot(k.as_bytes())).collect();
+    let (runs, traffic) = {
+        let reshard = Arc::clone(&reshard);
+        traffic_while(
+            &Arc::clone(&reshard),
+            &url,
+            keys.clone(),
+            "*reshard:cli:*",
+            move |until| {
+                let mut runs: Vec<(usize, usize, Duration)> = Vec::new();
+                let mut from = 0;
+                while Instant::now() < until {
+                    let to = 1 - from;
+                    let took = reshard.reshard_with_cli(from, to, CLI_SLOTS)?;
+                    // The keys' slots went with it.
+                    if let Some(slot) = key_slots.iter().find(|&&s| reshard.owner(s) != to) {
+                        return Err(format!(
+                            "slot {slot} is not on master {to} after the reshard"
+                        ));
+                    }
+                    runs.push((from, to, took));
+                    from = to;
+                }
+                Ok(runs)
+            },
+        )
+        .await
+    };
+    let runs = runs.unwrap_or_else(|e| panic!("{e}"));
+    let there = runs.iter().filter(|r| r.0 == 0).count();
+    let back = runs.iter().filter(|r| r.0 == 1).count();
+    let longest = runs.iter().map(|r| r.2).max().unwrap_or_default();
+    traffic.check(
+        "redis-cli",
+        &format!(
+            "redis-cli --cluster reshard of {CLI_SLOTS} slots (the keys' among them): \
+             {there} times 0->1, {back} times 1->0, longest {longest:?}"
+        ),
+        200,
+    );
+    assert!(there >= 2 && back >= 2, "only {there} and {back} reshards");
 }
 
 // ---- renewal across a move -------------------------------------------------------

@@ -29,9 +29,12 @@
 //!    every other master, so the whole cluster agrees at once instead of
 //!    through gossip.
 //!
-//! Every `redis-cli` run is bounded in time ([`CLI_TIMEOUT`]); one that runs
-//! over is killed (by its own pid: only processes started here are
-//! stopped).
+//! [`Resharder::reshard_with_cli`] runs `redis-cli --cluster reshard`
+//! itself instead (the tool moves the source's lowest slots).
+//!
+//! Every `redis-cli` run is bounded in time ([`CLI_TIMEOUT`],
+//! [`CLI_RESHARD_TIMEOUT`]); one that runs over is killed (by its own
+//! handle: only processes started here are stopped).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -48,6 +51,8 @@ use super::redis_cli_bin;
 
 /// How long one `redis-cli` run may take.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one `redis-cli --cluster reshard` may take.
+pub const CLI_RESHARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many keys one move migrates at most before giving up: new keys keep
 /// arriving only through `ASK` on the target, so the source drains.
 const MAX_KEYS_PER_MOVE: usize = 10_000;
@@ -78,6 +83,8 @@ pub struct Moved {
 /// slot it never moved is where the cluster put it at creation.
 pub struct Resharder {
     masters: Vec<Node>,
+    /// Every node's port (masters and replicas).
+    ports: Vec<u16>,
     /// Slots moved so far, by their owner now.
     owners: Mutex<HashMap<u16, usize>>,
     /// The layout at creation, for the others.
@@ -102,6 +109,7 @@ impl Resharder {
             .collect();
         Resharder {
             masters,
+            ports: cluster.nodes().iter().map(|n| n.port()).collect(),
             owners: Mutex::new(HashMap::new()),
             initial,
         }
@@ -325,6 +333,131 @@ impl Resharder {
             .and_then(|l| l.trim().parse().ok())
             .unwrap_or_else(|| panic!("PUBSUB SHARDNUMSUB on master {i}: {out:?}"))
     }
+}
+
+impl Resharder {
+    /// `redis-cli --cluster reshard`: moves `slots` slots from the `from`-th
+    /// master to the `to`-th (the tool takes the source's lowest slots),
+    /// bounded by [`CLI_RESHARD_TIMEOUT`]. Waits first until every node
+    /// agrees on the slots (the tool refuses to run otherwise), and records
+    /// the new owners afterwards. Returns how long the tool ran.
+    pub fn reshard_with_cli(&self, from: usize, to: usize, slots: u32) -> Result<Duration, String> {
+        self.wait_all_nodes_agree(Duration::from_secs(10))?;
+        let started = Instant::now();
+        let mut child = Command::new(redis_cli_bin())
+            .args(["--cluster", "reshard"])
+            .arg(format!("127.0.0.1:{}", self.masters[from].port))
+            .args(["--cluster-from", &self.masters[from].id])
+            .args(["--cluster-to", &self.masters[to].id])
+            .args(["--cluster-slots", &slots.to_string()])
+            .arg("--cluster-yes")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("failed to run {} --cluster reshard: {e}", redis_cli_bin()))?;
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let out = thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = stdout.read_to_end(&mut out);
+            let _ = stderr.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        let deadline = Instant::now() + CLI_RESHARD_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                _ => {
+                    // Our own child, by its handle.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        let took = started.elapsed();
+        let out = out.join().unwrap_or_default();
+        self.refresh_owners()?;
+        match status {
+            Some(s) if s.success() && !out.contains("[ERR]") => Ok(took),
+            Some(s) => Err(format!("redis-cli --cluster reshard failed ({s}):\n{out}")),
+            None => Err(format!(
+                "redis-cli --cluster reshard took more than {CLI_RESHARD_TIMEOUT:?}:\n{out}"
+            )),
+        }
+    }
+
+    /// Reads every slot's owner from the first master's `CLUSTER NODES`.
+    pub fn refresh_owners(&self) -> Result<(), String> {
+        let text = cli_text(self.masters[0].port, &["CLUSTER", "NODES"])?;
+        let mut owners = self.owners.lock().unwrap();
+        for (id, ranges) in master_slots(&text) {
+            let Some(i) = self.masters.iter().position(|m| m.id == id) else {
+                continue;
+            };
+            for range in ranges {
+                for slot in range {
+                    owners.insert(slot, i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits (at most `limit`) until every node, replicas too, reports the
+    /// same masters with the same slots, and no slot mid-move.
+    pub fn wait_all_nodes_agree(&self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let views: Vec<String> = self
+                .ports
+                .iter()
+                .map(|&port| {
+                    let text = cli_text(port, &["CLUSTER", "NODES"]).unwrap_or_default();
+                    let mut view: Vec<String> = master_slots(&text)
+                        .into_iter()
+                        .map(|(id, ranges)| format!("{id} {ranges:?}"))
+                        .collect();
+                    view.sort();
+                    if text.contains('[') {
+                        view.push("(a slot mid-move)".into());
+                    }
+                    view.join("; ")
+                })
+                .collect();
+            if views.windows(2).all(|w| w[0] == w[1]) && !views[0].contains("mid-move") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("nodes disagree after {limit:?}: {views:#?}"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `(master id, slot ranges)` of every master line of `CLUSTER NODES` that
+/// serves slots (migration entries `[...]` left out).
+fn master_slots(text: &str) -> Vec<(String, Vec<std::ops::RangeInclusive<u16>>)> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].split(',').any(|f| f == "master") {
+                return None;
+            }
+            let ranges: Vec<_> = fields[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| {
+                    let (a, b) = s.split_once('-').unwrap_or((s, s));
+                    Some(a.parse::<u16>().ok()?..=b.parse::<u16>().ok()?)
+                })
+                .collect();
+            Some((fields[0].to_owned(), ranges))
+        })
+        .collect()
 }
 
 /// What a [`Mover`] did.
