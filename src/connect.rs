@@ -20,8 +20,9 @@ pub(crate) async fn connect_client(url: &str, command_timeout: Duration) -> Resu
             c.internal_command_timeout = command_timeout;
             // One attempt more than the cluster redirections a command may
             // follow: fred 10 ends the client's connection task when an ASK
-            // meets a command with no attempts left (a slot being moved
-            // answers MOVED, then ASK, ...), and the client is dead after.
+            // meets a command with no attempts left (it sends a command that
+            // met ASK back to the old owner, which answers ASK again, each
+            // time using an attempt), and the client is dead after.
             c.max_command_attempts = c.max_command_attempts.max(c.max_redirections + 1);
         })
         .with_performance_config(|p| p.default_command_timeout = command_timeout)

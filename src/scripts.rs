@@ -267,8 +267,10 @@ pub(crate) async fn set_nx(
 /// answer "gone" for a release that did delete the key (its reply lost), or
 /// run after another holder took the key; with a single send, every answer
 /// is the answer to this release, and a lost reply is a transient error
-/// ("unknown"), never a wrong answer. Cluster redirections (`MOVED`, `ASK`:
-/// nothing ran) are followed.
+/// ("unknown"), never a wrong answer. A `MOVED` (nothing ran) is followed to
+/// the slot's new owner. An `ASK` is not: fred 10.1 sends the command back
+/// to the old owner, which answers `ASK` again until the redirections run
+/// out (a transient error; the slot's move ends soon).
 pub(crate) async fn release(
     client: &Client,
     entries: &[(&LockKeys, &str)],
