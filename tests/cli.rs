@@ -193,7 +193,7 @@ fn send_signal(pid: u32, signal: rustix::process::Signal) {
 }
 
 #[test]
-fn a_second_run_with_no_wait_exits_75_and_a_bounded_wait_runs_out_with_75() {
+fn a_second_run_with_no_wait_exits_75_a_bounded_wait_runs_out_and_sigterm_ends_a_wait() {
     let server = RedisServer::start();
     let scratch = Scratch::new();
     let mut holder = dmutex(&server.url());
@@ -227,6 +227,30 @@ fn a_second_run_with_no_wait_exits_75_and_a_bounded_wait_runs_out_with_75() {
     assert!(third.stderr.contains("waiting"), "{}", third.stderr);
     assert!(third.stderr.contains("still busy"), "{}", third.stderr);
     assert!(!scratch.exists("c-ran"));
+
+    // A waiter given SIGTERM gives up: 128 + 15, its command never runs.
+    let holders_token = server.cli(&["GET", "job"]);
+    let mut fourth = dmutex(&server.url());
+    fourth.args(["run", "job", "--", "touch"]);
+    fourth.arg(scratch.p("d-ran"));
+    let fourth = Running::start(fourth, &scratch, "fourth");
+    let stderr = scratch.path("fourth.stderr");
+    let said = || fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(
+        eventually(LIMIT, || said().contains("waiting")),
+        "{}",
+        said()
+    );
+    send_signal(fourth.pid(), rustix::process::Signal::TERM);
+    let fourth = fourth.finish();
+    assert_eq!(fourth.code, 143, "{}", fourth.stderr);
+    assert!(
+        fourth.stderr.contains("SIGTERM while waiting"),
+        "{}",
+        fourth.stderr
+    );
+    assert!(!scratch.exists("d-ran"));
+    assert_eq!(server.cli(&["GET", "job"]), holders_token);
 
     scratch.touch("go");
     let holder = holder.finish();
@@ -338,6 +362,55 @@ fn a_command_that_ignores_sigterm_on_loss_gets_sigkill_after_the_grace() {
         "someone-else",
         "the new holder's lock is left alone"
     );
+}
+
+#[test]
+fn on_lost_kill_and_ignore_do_what_they_say_and_both_exit_79() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    for action in ["kill", "ignore"] {
+        let started = format!("started-{action}");
+        let done = format!("done-{action}");
+        let _ = fs::remove_file(scratch.path("go"));
+        let mut run = dmutex(&server.url());
+        run.args([
+            "run",
+            "--ttl",
+            "1500ms",
+            "--on-lost",
+            action,
+            "job",
+            "--",
+            "sh",
+            "-c",
+        ]);
+        run.arg(format!(
+            "trap 'echo term >> {log}' TERM; touch {started}; \
+             while [ ! -e {go} ]; do sleep 0.02; done; touch {done}",
+            log = scratch.p("log"),
+            started = scratch.p(&started),
+            go = scratch.p("go"),
+            done = scratch.p(&done),
+        ));
+        let mut run = Running::start(run, &scratch, action);
+        assert!(eventually(LIMIT, || scratch.exists(&started)));
+        assert_eq!(server.cli(&["DEL", "job"]), "1");
+        if action == "ignore" {
+            let stderr = scratch.path("ignore.stderr");
+            let said = || fs::read_to_string(&stderr).unwrap_or_default();
+            assert!(
+                eventually(LIMIT, || said().contains("letting it run on")),
+                "{}",
+                said()
+            );
+            assert!(run.is_running(), "the command runs on");
+            scratch.touch("go");
+        }
+        let run = run.finish();
+        assert_eq!(run.code, 79, "{action}: {}", run.stderr);
+        assert_eq!(scratch.read("log"), "", "{action}: no SIGTERM");
+        assert_eq!(scratch.exists(&done), action == "ignore", "{action}");
+    }
 }
 
 #[test]
@@ -649,13 +722,16 @@ fn bad_input_exits_64_with_a_message_and_never_a_panic() {
 
 /// `dmutex run KEY -- true` against `true`, 20 runs each, alternating, on a
 /// private redis-server; prints the medians and the difference. A
-/// measurement, not a check:
+/// measurement, not a check. The binary under test is `DMUTEX_BIN` when set,
+/// so a release build can be timed without building the test suite's
+/// dependencies optimised:
 ///
 /// ```text
-/// cargo test --release --features cli --test cli -- --ignored --nocapture overhead
+/// cargo build --release --features cli --bin dmutex
+/// DMUTEX_BIN=target/release/dmutex cargo test --features cli --test cli -- --ignored --nocapture overhead
 /// ```
 #[test]
-#[ignore = "a measurement: run by hand with --release --nocapture"]
+#[ignore = "a measurement: run by hand (see its docs)"]
 fn overhead_of_run_over_the_bare_command() {
     const RUNS: usize = 20;
     let server = RedisServer::start();
@@ -666,9 +742,15 @@ fn overhead_of_run_over_the_bare_command() {
         assert!(status.success());
         took
     };
+    let bin = std::env::var_os("DMUTEX_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dmutex")));
     let mut bare = Command::new("true");
-    let mut locked = dmutex(&server.url());
-    locked.args(["run", "overhead", "--", "true"]);
+    let mut locked = Command::new(&bin);
+    locked
+        .args(["--url", &server.url(), "run", "overhead", "--", "true"])
+        .env_remove("REDIS_URL")
+        .stdin(Stdio::null());
     // Warm-up: caches, the script cache on the server.
     time(&mut bare);
     time(&mut locked);
@@ -683,13 +765,8 @@ fn overhead_of_run_over_the_bare_command() {
     };
     let (bare, locked) = (median(&mut bare_times), median(&mut locked_times));
     println!(
-        "median of {RUNS}: true {bare:?}, dmutex run KEY -- true {locked:?}, overhead {:?} \
-         (profile: {})",
+        "{}: median of {RUNS}: true {bare:?}, dmutex run KEY -- true {locked:?}, overhead {:?}",
+        bin.display(),
         locked.saturating_sub(bare),
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
     );
 }
