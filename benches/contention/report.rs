@@ -62,6 +62,20 @@ pub fn print(rows: &[Row], probe: bool, references: &[Reference]) {
             ms(percentile_of(&reference.pings, 50.0)),
             ms(percentile_of(&reference.deliveries, 50.0))
         );
+        let strict = rows
+            .iter()
+            .find(|r| r.mode == Mode::StrictHandoff && r.notifications);
+        if let Some(strict) = strict {
+            let (all, subscribed) = strict.connections[0];
+            println!(
+                "strict handoff, notify: {:.2} release messages (PUBLISH) per acquisition; \
+                 connections per mutex instance {:.1} ({:.1} subscribed), from CLIENT LIST at \
+                 the window's start minus before the run's mutexes were made",
+                strict.publishes(),
+                all as f64 / INSTANCES as f64,
+                subscribed as f64 / INSTANCES as f64
+            );
+        }
     }
     println!(
         "inv = handoffs whose lock() returned before the previous holder's release() did \
