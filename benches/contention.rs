@@ -68,8 +68,9 @@
 //! the same cluster in the same run (`PING` sent to that master, `SPUBLISH`
 //! on a shard channel of that master to a fred subscriber's `message_rx`).
 //! A table per master then gives the strict-handoff wait p50 beside those
-//! references, the release messages (`SPUBLISH`/`PUBLISH` calls) per
-//! acquisition, and the connections each mutex instance holds on each
+//! references, the release messages (`SPUBLISH`/`PUBLISH` calls) and Redis
+//! CPU (`INFO cpu`, all masters) per acquisition, and the connections each
+//! mutex instance holds on each
 //! master (`CLIENT LIST` at the window's start, minus the connections open
 //! before the run's mutexes were made), with those subscribed to a channel.
 //! `CONTENTION_PROBE` is single-server only.
@@ -235,6 +236,20 @@ async fn command_stats(masters: &Masters) -> BTreeMap<String, u64> {
     all
 }
 
+/// Redis CPU seconds so far (`used_cpu_user` + `used_cpu_sys`), summed over
+/// the masters.
+async fn redis_cpu(masters: &Masters) -> f64 {
+    masters
+        .info_each(InfoKind::Cpu)
+        .await
+        .iter()
+        .map(|text| {
+            masters::info_field(text, "used_cpu_user").unwrap_or(0.0)
+                + masters::info_field(text, "used_cpu_sys").unwrap_or(0.0)
+        })
+        .sum()
+}
+
 /// Connections on one master: (all, subscribed to a channel).
 type Connections = (usize, usize);
 
@@ -274,6 +289,8 @@ struct Recorded {
     /// `INFO commandstats` at the window's start and end.
     before: BTreeMap<String, u64>,
     after: BTreeMap<String, u64>,
+    /// Redis CPU seconds in the window, summed over the masters.
+    redis_cpu: f64,
     violations: u64,
     /// When the probe saw each release message (`CONTENTION_PROBE`).
     messages: Option<Vec<Instant>>,
@@ -342,8 +359,10 @@ async fn run(
 
     tokio::time::sleep_until(window.0.into()).await;
     let before = command_stats(masters).await;
+    let cpu_before = redis_cpu(masters).await;
     let connections_during = connections(masters).await;
     tokio::time::sleep_until(window.1.into()).await;
+    let redis_cpu = redis_cpu(masters).await - cpu_before;
     let after = command_stats(masters).await;
     shared.stop.store(true, Ordering::SeqCst);
     shared.acquired.notify_waiters();
@@ -368,6 +387,7 @@ async fn run(
         logs,
         before,
         after,
+        redis_cpu,
         violations: shared.violations.load(Ordering::SeqCst),
         messages,
     }

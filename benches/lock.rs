@@ -49,6 +49,10 @@
 //! `r % masters`, so every master gets the same number of rounds; the
 //! summary then also gives (a) per master.
 //!
+//! The summary also gives the CPU per parallel cycle, Redis's (`INFO cpu`,
+//! summed over the masters) and this process's, over all rounds' batches of
+//! each parallel loop (meaningful on a private server or cluster only).
+//!
 //! ```text
 //! BENCH_CLUSTER=1 BENCH_SUMMARY_ONLY=1 cargo bench --bench lock
 //! ```
@@ -62,14 +66,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::masters::Masters;
+use common::masters::{self, Masters};
 use common::report::{self, Align, Table};
 use common::stats::{self, Spread};
 use criterion::{Criterion, Throughput};
 use distributed_mutex::DistributedMutex;
 use fred::prelude::*;
 use fred::types::scripts::Script;
-use fred::types::{Expiration, SetOptions};
+use fred::types::{Expiration, InfoKind, SetOptions};
 use tokio::runtime::Runtime;
 
 /// The compare-and-delete the floor runs (the same logic as the library's
@@ -264,6 +268,11 @@ struct Measured {
     seq_cycles: [Vec<Duration>; SEQ.len()],
     /// Per parallel loop: cycles per second in each round.
     par_rate: [Vec<f64>; PAR.len()],
+    /// Per parallel loop, over all rounds: Redis CPU seconds (`INFO cpu`
+    /// `used_cpu_user` + `used_cpu_sys`, summed over the masters) and this
+    /// process's CPU ticks (`/proc/self/stat`, 100 Hz), around the batches.
+    par_redis_cpu: [f64; PAR.len()],
+    par_client_ticks: [u64; PAR.len()],
     /// The master each round's sequential keys were on.
     round_master: Vec<usize>,
     /// How many masters (1 on one server).
@@ -299,6 +308,8 @@ fn measure_summary(rt: &Runtime, env: &Env, size: Size) -> Measured {
         seq_per_cycle: Default::default(),
         seq_cycles: Default::default(),
         par_rate: Default::default(),
+        par_redis_cpu: Default::default(),
+        par_client_ticks: Default::default(),
         round_master: Vec::new(),
         masters: env.masters.len(),
         size,
@@ -330,7 +341,11 @@ fn measure_summary(rt: &Runtime, env: &Env, size: Size) -> Measured {
             }
             for i in 0..PAR.len() {
                 let j = (round + i) % PAR.len();
+                let redis0 = redis_cpu(&env.masters).await;
+                let ticks0 = cpu_ticks();
                 let took = parallel_batch(env, PAR[j], par_cycles).await;
+                m.par_client_ticks[j] += cpu_ticks() - ticks0;
+                m.par_redis_cpu[j] += redis_cpu(&env.masters).await - redis0;
                 m.par_rate[j].push(total / took.as_secs_f64());
             }
         }
@@ -338,6 +353,31 @@ fn measure_summary(rt: &Runtime, env: &Env, size: Size) -> Measured {
         env.mutex.shutdown().await;
     });
     m
+}
+
+/// Redis CPU seconds so far, summed over the masters.
+async fn redis_cpu(masters: &Masters) -> f64 {
+    masters
+        .info_each(InfoKind::Cpu)
+        .await
+        .iter()
+        .map(|text| {
+            masters::info_field(text, "used_cpu_user").unwrap_or(0.0)
+                + masters::info_field(text, "used_cpu_sys").unwrap_or(0.0)
+        })
+        .sum()
+}
+
+/// This process's user + system CPU time, in clock ticks (100 Hz).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after "(comm) ": utime is the 12th, stime the 13th.
+    let Some(close) = stat.rfind(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let field = |i: usize| -> u64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0) };
+    field(11) + field(12)
 }
 
 /// Per-round throughput and time ratios of a sequential loop to the floor.
@@ -405,6 +445,25 @@ fn print_summary(m: &Measured) {
     }
     print!("{}", table.plain());
     println!("(ratios: median [min-max] of the per-round ratios to the floor of the same round)");
+    println!();
+    let cycles = (rounds as u64 * TASKS as u64 * par_cycles) as f64;
+    let cpu: Vec<String> = PAR
+        .iter()
+        .enumerate()
+        .map(|(j, what)| {
+            format!(
+                "{} {:.1} µs Redis (all masters) / {:.1} µs process",
+                what.name(),
+                m.par_redis_cpu[j] / cycles * 1e6,
+                m.par_client_ticks[j] as f64 / 100.0 / cycles * 1e6
+            )
+        })
+        .collect();
+    println!(
+        "CPU per parallel cycle, over every round's batches (INFO cpu; /proc/self/stat; \
+         meaningful on a private server only): {}",
+        cpu.join("; ")
+    );
     println!();
 
     let seq = |what| SEQ.iter().position(|&w| w == what).expect("in SEQ");

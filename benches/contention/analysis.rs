@@ -24,6 +24,8 @@ pub struct Row {
     /// mutex instances opened, from `CLIENT LIST` at the window's start
     /// minus before the mutexes were made.
     pub connections: Vec<(usize, usize)>,
+    /// Redis CPU seconds in the window, summed over the masters.
+    pub redis_cpu: f64,
     pub acquisitions: usize,
     pub secs: f64,
     pub handoffs: Vec<Duration>,
@@ -96,6 +98,10 @@ impl Row {
     /// release script) per acquisition.
     pub fn publishes(&self) -> f64 {
         self.per_acq(|c| c == "spublish" || c == "publish")
+    }
+    /// Redis CPU (all masters) per acquisition, in µs.
+    pub fn redis_us(&self) -> f64 {
+        self.redis_cpu * 1e6 / self.acquisitions.max(1) as f64
     }
     /// The `SET`s sent by clients (not by a script), derived from the
     /// scripts' shapes (no fencing): every release (and extend) script call
@@ -221,6 +227,7 @@ pub fn analyse(r: &Recorded) -> Row {
         notifications: r.notifications,
         master: r.master,
         connections,
+        redis_cpu: r.redis_cpu,
         acquisitions: counts.iter().sum(),
         secs: (window.1 - window.0).as_secs_f64(),
         handoffs,

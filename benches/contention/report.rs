@@ -69,9 +69,11 @@ pub fn print(rows: &[Row], probe: bool, references: &[Reference]) {
             let (all, subscribed) = strict.connections[0];
             println!(
                 "strict handoff, notify: {:.2} release messages (PUBLISH) per acquisition; \
-                 connections per mutex instance {:.1} ({:.1} subscribed), from CLIENT LIST at \
-                 the window's start minus before the run's mutexes were made",
+                 Redis CPU {:.1} µs per acquisition; connections per mutex instance {:.1} ({:.1} \
+                 subscribed), from CLIENT LIST at the window's start minus before the run's \
+                 mutexes were made",
                 strict.publishes(),
+                strict.redis_us(),
                 all as f64 / INSTANCES as f64,
                 subscribed as f64 / INSTANCES as f64
             );
@@ -169,6 +171,7 @@ fn master_table(rows: &[Row], references: &[Reference]) -> String {
         right("SPUBLISH → subscriber p50 (ms)"),
         right("release msgs/acq"),
         right("top-level cmds/acq"),
+        right("Redis CPU/acq (µs)"),
         right("connections per instance"),
     ]);
     let find = |mode: Mode, master: usize| {
@@ -195,6 +198,7 @@ fn master_table(rows: &[Row], references: &[Reference]) -> String {
             ms(percentile_of(&reference.deliveries, 50.0)),
             format!("{:.2}", strict.publishes()),
             format!("{:.2}", strict.top_level()),
+            format!("{:.1}", strict.redis_us()),
             format!(
                 "{:.1} ({:.1}) [{}]",
                 all as f64 / INSTANCES as f64,
