@@ -373,6 +373,10 @@ async fn run(
     }
     for mutex in &mutexes {
         mutex.shutdown().await;
+        // Built on a client the bench made (`connect`, then `builder`): the
+        // mutex does not close it, so that the next run starts without this
+        // run's connections.
+        let _ = mutex.client().quit().await;
     }
     let messages = match probe {
         Some(probe) => Some(probe.finish().await),
