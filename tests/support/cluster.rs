@@ -351,7 +351,23 @@ impl RedisCluster {
         }
     }
 
+    /// The masters as node 0 sees them, each with its replica. Node 0 may
+    /// learn a replica's master a moment after `cluster_state:ok` (gossip):
+    /// asks again until every master has one, for up to the state timeout.
     fn read_masters(&self) -> Vec<Master> {
+        let deadline = Instant::now() + STATE_OK_TIMEOUT;
+        loop {
+            match self.try_read_masters() {
+                Ok(masters) => return masters,
+                Err(e) if Instant::now() >= deadline => {
+                    self.fail(&format!("{e} after {STATE_OK_TIMEOUT:?}"))
+                }
+                Err(_) => thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn try_read_masters(&self) -> Result<Vec<Master>, String> {
         let nodes = parse_nodes(&self.nodes[0].cli(&["CLUSTER", "NODES"]));
         let index_of = |port: u16| {
             self.nodes
@@ -359,23 +375,26 @@ impl RedisCluster {
                 .position(|s| s.port() == port)
                 .unwrap_or_else(|| panic!("CLUSTER NODES names unknown port {port}"))
         };
-        let mut masters: Vec<Master> = nodes
+        let mut masters = Vec::new();
+        for n in nodes
             .iter()
             .filter(|n| n.role == "master" && !n.slots.is_empty())
-            .map(|n| Master {
+        {
+            let replica = nodes
+                .iter()
+                .find(|r| r.master_id == n.id)
+                .map(|r| index_of(r.port))
+                .ok_or_else(|| format!("master {} has no replica", n.port))?;
+            masters.push(Master {
                 node: index_of(n.port),
-                replica: nodes
-                    .iter()
-                    .find(|r| r.master_id == n.id)
-                    .map(|r| index_of(r.port))
-                    .unwrap_or_else(|| self.fail(&format!("master {} has no replica", n.port))),
+                replica,
                 port: n.port,
                 slots: n.slots.clone(),
-            })
-            .collect();
+            });
+        }
         masters.sort_by_key(|m| *m.slots[0].start());
         if masters.len() != MASTERS {
-            self.fail(&format!("expected {MASTERS} masters, found {masters:?}"));
+            return Err(format!("expected {MASTERS} masters, found {masters:?}"));
         }
         let covered: usize = masters
             .iter()
@@ -383,9 +402,9 @@ impl RedisCluster {
             .map(|r| usize::from(r.end() - r.start()) + 1)
             .sum();
         if covered != 16384 {
-            self.fail(&format!("masters cover {covered} slots: {masters:?}"));
+            return Err(format!("masters cover {covered} slots: {masters:?}"));
         }
-        masters
+        Ok(masters)
     }
 
     fn fail(&self, msg: &str) -> ! {
