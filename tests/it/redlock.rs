@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use distributed_mutex::{Error, LostReason, Redlock, RetryStrategy};
+use distributed_mutex::{Error, LostReason, Redlock, RedlockGuard, RetryStrategy};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 
@@ -276,8 +276,10 @@ async fn a_majority_paused_loses_the_guard_by_local_validity() {
         .await
         .expect("reported lost");
     assert_eq!(reason, LostReason::Expired);
+    // At its local validity (from before `granted`), give or take the
+    // scheduling of a loaded machine.
     assert!(
-        granted.elapsed() <= TTL,
+        granted.elapsed() <= TTL + ms(500),
         "lost after {:?}",
         granted.elapsed()
     );
@@ -323,6 +325,22 @@ async fn a_majority_paused_loses_the_guard_by_local_validity() {
 
 // ---- a server restarted without its data ----------------------------------
 
+/// A's lock on servers 0-2 only: 3 and 4 are held by someone else for the
+/// first 300 ms (then free).
+async fn take_three(masters: &Masters, redlock: &Redlock, auto_renew: bool) -> RedlockGuard {
+    for server in &masters.servers[3..] {
+        assert_eq!(server.cli(&["SET", "job", "briefly", "PX", "300"]), "OK");
+    }
+    let guard = redlock
+        .acquire("job")
+        .auto_renew(auto_renew)
+        .await
+        .expect("lock");
+    assert_eq!(masters.holding("job", guard.token()), 3);
+    assert!(masters.gone_within_on(&[3, 4], "job", ms(2000)).await);
+    guard
+}
+
 /// The known Redlock weakness, shown: a server that comes back empty at
 /// once lets a second holder in while the first still holds a valid lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,21 +349,11 @@ async fn an_immediate_restart_without_data_breaks_exclusion() {
     let ledger = Ledger::default();
     let a = masters.redlock(ms(8000), SERVER_TIMEOUT).await;
     let b = masters.redlock(ms(8000), SERVER_TIMEOUT).await;
-    masters.servers[3].kill();
-    masters.servers[4].kill();
-    let guard = a
-        .acquire("job")
-        .auto_renew(false)
-        .retry(patient())
-        .await
-        .expect("lock");
-    assert_eq!(masters.holding("job", guard.token()), 3);
+    let guard = take_three(&masters, &a, false).await;
     assert_eq!(ledger.granted(0, guard.lease()), 0);
 
-    // Server 2 (one of A's three) restarts empty at once; 3 and 4 come back.
-    for i in 2..5 {
-        masters.servers[i].restart();
-    }
+    // Server 2 (one of A's three) restarts empty at once.
+    masters.servers[2].restart();
     let second = b.acquire("job").retry(patient()).await.expect("granted");
     assert_eq!(masters.holding("job", second.token()), 3);
     assert_eq!(
@@ -365,18 +373,14 @@ async fn a_restart_delayed_by_one_ttl_keeps_exclusion() {
     let ledger = Ledger::default();
     let a = masters.redlock(TTL, SERVER_TIMEOUT).await;
     let b = masters.redlock(TTL, SERVER_TIMEOUT).await;
-    masters.servers[3].kill();
-    masters.servers[4].kill();
-    let guard = a.acquire("job").retry(patient()).await.expect("lock");
+    let guard = take_three(&masters, &a, true).await;
     assert_eq!(ledger.granted(0, guard.lease()), 0);
 
     masters.servers[2].kill();
     let killed = Instant::now();
-    // A's renewals now reach 2 of 5: it cannot be confirmed any more.
+    // A's renewals now find its token on 2 of 5: it cannot be confirmed.
     tokio::time::sleep(TTL.saturating_sub(killed.elapsed())).await;
-    for i in 2..5 {
-        masters.servers[i].restart();
-    }
+    masters.servers[2].restart();
     let second = b.acquire("job").retry(patient()).await.expect("granted");
     assert_eq!(
         ledger.granted(1, second.lease()),

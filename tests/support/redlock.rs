@@ -71,9 +71,16 @@ impl Masters {
 
     /// Waits (at most `limit`) until no server has `key`.
     pub async fn gone_within(&self, key: &str, limit: Duration) -> bool {
+        let all: Vec<usize> = (0..self.servers.len()).collect();
+        self.gone_within_on(&all, key, limit).await
+    }
+
+    /// Waits (at most `limit`) until none of the servers `which` has `key`.
+    pub async fn gone_within_on(&self, which: &[usize], key: &str, limit: Duration) -> bool {
         let deadline = std::time::Instant::now() + limit;
         loop {
-            if self.locked(key) == 0 {
+            let values = self.values(key);
+            if which.iter().all(|&i| values[i].is_none()) {
                 return true;
             }
             if std::time::Instant::now() >= deadline {
