@@ -58,6 +58,10 @@
 //! * [`Error`]: every failure, typed.
 //! * [`Adapter`], [`RedisAdapter`], [`provide_adapter`]: the Go package's
 //!   fire-and-forget API.
+//! * [`Redlock`]: one lock over N independent Redis masters (`connect`,
+//!   `builder`, `builder_with_clients`, `lock`, `try_lock`, `acquire`,
+//!   `with_lock`, `shutdown`), held by a [`RedlockGuard`] (the methods of
+//!   [`LockGuard`] without fencing) with a [`RedlockLease`] view.
 //! * With the cargo feature `tls`: `rediss://` URLs, and `Tls` (CA file,
 //!   client certificate, server name) for `Builder::connect_tls`.
 //!
@@ -81,6 +85,7 @@
 //! | `channel.rs` | where release messages go: plain or sharded pub/sub |
 //! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
 //! | `adapter.rs` | the Go-compatible shim |
+//! | `redlock/` | [`Redlock`]: one [`DistributedMutex`] per server, majority counting, renewal per guard (its `mod.rs` lists its files) |
 //!
 //! Three tasks per mutex run on its "home" runtime (the first one that used
 //! it, or the caller's when that one has stopped): the release worker, the
@@ -107,6 +112,7 @@ mod lease;
 mod limits;
 mod mutex;
 mod notify;
+mod redlock;
 mod release;
 mod renew;
 mod retry;
@@ -126,6 +132,10 @@ pub use limits::{
     MAX_TTL, MIN_TTL,
 };
 pub use mutex::DistributedMutex;
+pub use redlock::{
+    Redlock, RedlockAcquire, RedlockBuilder, RedlockGuard, RedlockLease, DEFAULT_REDLOCK_TTL,
+    DEFAULT_SERVER_TIMEOUT, MAX_REDLOCK_SERVERS,
+};
 pub use retry::RetryStrategy;
 #[cfg(feature = "tls")]
 pub use tls::Tls;

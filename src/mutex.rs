@@ -44,6 +44,11 @@ impl DistributedMutex {
         DistributedMutex { inner }
     }
 
+    /// What the handles share (for `redlock`, which drives one mutex per server).
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     /// The fred client the mutex sends its commands through.
     ///
     /// A client the mutex made ([`connect`](Self::connect),

@@ -19,6 +19,7 @@
 //! | `tls`       | `rediss://` (feature `tls`): trust, mutual TLS, refusals          |
 //! | `acl`       | the README's least-privilege ACL user; a missing right gives `NoPermission` |
 //! | `reshard`   | slots moved between masters under lock traffic (ASK, MOVED, TRYAGAIN) |
+//! | `redlock`   | `Redlock` on 5 independent servers: 2 and 3 down, paused minority and majority, restarts without data (with and without the delay), cancellation, bad input, exclusion under random kills (proptest) |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -44,6 +45,7 @@ mod interop;
 mod lock;
 mod notify;
 mod property;
+mod redlock;
 mod renewal;
 mod reshard;
 #[cfg(feature = "tls")]

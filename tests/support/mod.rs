@@ -20,6 +20,7 @@
 //! * [`exclusion`]: the mutual-exclusion property test (local and container);
 //! * [`audit`]: the rig and fault injector of the mutual-exclusion audit;
 //! * [`cluster`]: a private six-node Redis Cluster (3 masters, 3 replicas);
+//! * [`redlock`]: N independent masters for Redlock, and its exclusion ledger;
 //! * [`reshard`]: moving slots between that cluster's masters under traffic;
 //! * [`tls`]: a server with a TLS port, and certificates made at test time.
 
@@ -29,6 +30,7 @@ pub mod common;
 pub mod exclusion;
 pub mod logs;
 pub mod proxy;
+pub mod redlock;
 pub mod reshard;
 pub mod tls;
 use std::fs::{self, OpenOptions};
