@@ -104,7 +104,9 @@ async fn renewal_and_extend_run_on_every_server() {
         .expect("lock");
     let started = Instant::now();
     assert_eq!(guard.lost().await, LostReason::Expired);
-    assert!(started.elapsed() < ms(900));
+    // Within the 900 ms lease (less drift), plus slack for a late wake-up
+    // on a loaded machine.
+    assert!(started.elapsed() < ms(1_300), "{:?}", started.elapsed());
     assert!(matches!(
         guard.release().await,
         Err(Error::NotHeld { .. }) | Ok(())
