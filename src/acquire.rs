@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::confirm::MinReplicas;
 use crate::error::Error;
 use crate::guard::LockGuard;
 use crate::inner::Inner;
@@ -37,6 +38,7 @@ pub struct Acquire {
     timeout: Option<Duration>,
     auto_renew: Option<bool>,
     fencing: Option<bool>,
+    min_replicas: Option<(u32, Duration)>,
 }
 
 impl Acquire {
@@ -49,6 +51,7 @@ impl Acquire {
             timeout: None,
             auto_renew: None,
             fencing: None,
+            min_replicas: None,
         }
     }
 
@@ -62,6 +65,39 @@ impl Acquire {
     /// Takes this lock with a fencing token (see [`LockGuard::fencing_token`]).
     pub fn fencing(mut self) -> Self {
         self.fencing = Some(true);
+        self
+    }
+
+    /// Confirms this lock's writes (the acquisition, its renewals and
+    /// extensions) with `WAIT replicas timeout`, instead of the mutex's
+    /// setting; `replicas == 0` turns confirmation off for this lock. See
+    /// [`Builder::min_replicas`](crate::Builder::min_replicas) for what it
+    /// guarantees and costs.
+    ///
+    /// When the acquisition's write is not confirmed by `replicas` replicas
+    /// within `timeout`, the call fails with [`Error::NotReplicated`] (at
+    /// once, without trying again) and a release of its token is queued.
+    /// A `timeout` of zero or over one hour fails the call with
+    /// [`Error::Config`] before anything is sent.
+    ///
+    /// ```no_run
+    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+    /// use distributed_mutex::Error;
+    /// use std::time::Duration;
+    ///
+    /// match mutex
+    ///     .acquire("ledger:close-day")
+    ///     .min_replicas(1, Duration::from_millis(200))
+    ///     .await
+    /// {
+    ///     Ok(guard) => { /* written on the master and one replica at least */ }
+    ///     Err(Error::NotReplicated { acked, .. }) => eprintln!("only {acked} replica(s) in sync"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn min_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.min_replicas = Some((replicas, timeout));
         self
     }
 
@@ -106,6 +142,7 @@ impl fmt::Debug for Acquire {
             .field("timeout", &self.timeout)
             .field("auto_renew", &self.auto_renew)
             .field("fencing", &self.fencing)
+            .field("min_replicas", &self.min_replicas)
             .finish()
     }
 }
@@ -118,6 +155,8 @@ struct Plan {
     auto_renew: bool,
     retry: RetryStrategy,
     timeout: Option<Duration>,
+    /// Replica confirmation of this lock's writes.
+    confirm: Option<MinReplicas>,
 }
 
 impl Plan {
@@ -128,6 +167,10 @@ impl Plan {
         validate_key(&req.key)?;
         let retry = req.retry.unwrap_or(settings.retry);
         retry.validate()?;
+        let confirm = match req.min_replicas {
+            Some((replicas, timeout)) => MinReplicas::check(replicas, timeout)?,
+            None => settings.min_replicas,
+        };
         let keys = LockKeys::new(&settings.prefix, &req.key);
         Ok((
             Plan {
@@ -137,6 +180,7 @@ impl Plan {
                 auto_renew: req.auto_renew.unwrap_or(settings.auto_renew),
                 retry,
                 timeout: req.timeout,
+                confirm,
             },
             keys,
         ))
@@ -181,6 +225,30 @@ async fn attempt(
     fast: bool,
 ) -> Result<Attempt, Error> {
     let timeout = inner.settings.command_timeout;
+    if let Some(wait) = plan.confirm {
+        let client = inner.confirmer.client(&keys.lock, timeout).await?;
+        let confirmed = scripts::acquire_confirmed(
+            client,
+            keys,
+            plan.fencing,
+            token,
+            plan.ttl_ms,
+            wait,
+            timeout,
+        );
+        return match confirmed.await? {
+            (Acquired::Yes { fencing_token }, acked) if acked >= wait.replicas => {
+                Ok(Attempt::Taken(fencing_token))
+            }
+            (Acquired::Yes { .. }, acked) => Err(Error::NotReplicated {
+                key: keys.lock.clone(),
+                acked,
+                wanted: wait.replicas,
+                after: wait.timeout(),
+            }),
+            (Acquired::No { pttl }, _) => Ok(Attempt::Busy(pttl)),
+        };
+    }
     let client = &inner.client;
     if fast
         && !plan.fencing
@@ -312,6 +380,14 @@ impl<'a> Acquisition<'a> {
                 self.last_error = None;
                 Ok(None)
             }
+            Err(mut e @ Error::NotReplicated { .. }) => {
+                // Written on the master, not confirmed: undone. The token
+                // stays armed, so dropping the acquisition queues its release.
+                e.set_key(&self.plan.key);
+                let key = &self.plan.key;
+                tracing::debug!(key = %key, error = %e, "lock taken but not replicated; releasing it");
+                Err(e)
+            }
             Err(mut e) if e.is_transient() => {
                 self.uncertain = true;
                 e.set_key(&self.plan.key);
@@ -382,6 +458,7 @@ impl<'a> Acquisition<'a> {
             fencing_token,
             Duration::from_millis(self.plan.ttl_ms),
             sent_at,
+            self.plan.confirm,
         ));
         if self.plan.auto_renew {
             self.inner.renewer.track(&lease, sent_at);

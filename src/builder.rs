@@ -7,6 +7,7 @@ use std::time::Duration;
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
 
+use crate::confirm::MinReplicas;
 use crate::error::Error;
 use crate::inner::{Inner, Settings};
 use crate::keys::prefix_is_valid;
@@ -80,6 +81,8 @@ pub struct Builder {
     /// Whether the mutex made the client (and so closes it).
     owns_client: bool,
     settings: Settings,
+    /// `min_replicas` as given, checked by `build`.
+    min_replicas: Option<(u32, Duration)>,
 }
 
 impl Builder {
@@ -95,7 +98,9 @@ impl Builder {
                 auto_renew: true,
                 fencing: false,
                 notifications: true,
+                min_replicas: None,
             },
+            min_replicas: None,
         }
     }
 
@@ -188,6 +193,57 @@ impl Builder {
         self
     }
 
+    /// Confirms every write of every lock with `WAIT replicas timeout`
+    /// (default off): an acquisition (with its fencing increment), every
+    /// automatic renewal and every [`extend`](crate::LockGuard::extend)
+    /// counts only once at least `replicas` replicas of the lock key's master
+    /// have acknowledged it. Per lock: [`Acquire::min_replicas`](crate::Acquire::min_replicas).
+    ///
+    /// Redis replicates asynchronously, so without this a lock written on a
+    /// master that fails before the write reached its replica is gone after
+    /// the failover, and another client can take it while the first still
+    /// holds a guard (until that guard's next renewal reports it lost). With
+    /// it, a lock the guard believes held has reached `replicas` replicas.
+    ///
+    /// * An acquisition not confirmed within `timeout` fails with
+    ///   [`Error::NotReplicated`] and releases its token (it does not try
+    ///   again: the caller decides).
+    /// * A renewal not confirmed does not extend the lease; it is retried,
+    ///   and the guard is reported lost ([`LostReason::Expired`](crate::LostReason::Expired))
+    ///   when the lease runs out without a confirmed one. So a shard that
+    ///   has fewer live replicas than `replicas` (e.g. right after a failover
+    ///   with one replica per master, until the old master rejoins) loses
+    ///   its confirmed locks at the end of their lease, and refuses new ones.
+    ///   Ask for fewer replicas than each shard has to ride out one failure.
+    /// * `replicas == 0` turns confirmation off (the default).
+    /// * `timeout` is how long each write may wait for its replicas, rounded
+    ///   up to whole milliseconds; keep it well under a third of the TTL.
+    ///   Zero (which Redis reads as "forever") and over one hour are refused
+    ///   by [`build`](Self::build) with [`Error::Config`]. A `replicas` larger
+    ///   than the shard has is accepted and fails every write after
+    ///   `timeout`.
+    ///
+    /// Cost: none when off. When on, each confirmed write is one round trip
+    /// (script and `WAIT` pipelined) on a connection the mutex opens for them
+    /// on first use, so that a `WAIT` never holds up other locks' commands;
+    /// it lasts as long as the slowest of the `replicas` fastest replicas
+    /// takes to acknowledge (or `timeout`).
+    ///
+    /// ```no_run
+    /// use distributed_mutex::DistributedMutex;
+    /// use std::time::Duration;
+    ///
+    /// # fn demo(client: fred::clients::Client) -> Result<(), distributed_mutex::Error> {
+    /// let mutex = DistributedMutex::builder(client)
+    ///     .min_replicas(1, Duration::from_millis(200))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn min_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.min_replicas = Some((replicas, timeout));
+        self
+    }
+
     /// The lease of every lock (default one minute), between
     /// [`MIN_TTL`](crate::MIN_TTL) and [`MAX_TTL`](crate::MAX_TTL); whole
     /// milliseconds (a fraction is dropped).
@@ -229,10 +285,14 @@ impl Builder {
     /// # Errors
     /// [`Error::InvalidTtl`] for a TTL out of range; [`Error::Config`] for a
     /// retry strategy without attempts, a command timeout of zero or over
-    /// one hour, or a prefix longer than [`MAX_PREFIX_LEN`] or with an
-    /// unclosed `{`.
+    /// one hour, a prefix longer than [`MAX_PREFIX_LEN`] or with an
+    /// unclosed `{`, or a [`min_replicas`](Self::min_replicas) timeout of
+    /// zero or over one hour.
     pub fn build(mut self) -> Result<DistributedMutex, Error> {
         self.settings.ttl = Duration::from_millis(ttl_millis("", self.settings.ttl)?);
+        if let Some((replicas, timeout)) = self.min_replicas {
+            self.settings.min_replicas = MinReplicas::check(replicas, timeout)?;
+        }
         self.settings.retry.validate()?;
         validate_command_timeout(self.settings.command_timeout)?;
         let prefix = &self.settings.prefix;

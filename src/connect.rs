@@ -193,15 +193,22 @@ fn parse_url(url: &str) -> Result<(Config, bool), Error> {
 }
 
 /// Closes a client that is dropped before it was handed over.
-struct QuitOnDrop(Option<Client>);
+pub(crate) struct QuitOnDrop(pub(crate) Option<Client>);
 
 impl Drop for QuitOnDrop {
     fn drop(&mut self) {
-        if let (Some(client), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn(async move {
-                let _ = client.quit().await;
-            });
+        if let Some(client) = self.0.take() {
+            quit_in_background(client);
         }
+    }
+}
+
+/// Closes `client` on a task of the current runtime (outside any runtime:
+/// nothing to do, its connection task has no runtime left either).
+pub(crate) fn quit_in_background(client: Client) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = client.quit().await;
+        });
     }
 }

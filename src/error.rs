@@ -112,6 +112,42 @@ pub enum Error {
         source: fred::error::Error,
     },
 
+    /// A lock's write was not confirmed by enough replicas in time: `WAIT`
+    /// (sent after it on the same connection because of
+    /// [`Builder::min_replicas`](crate::Builder::min_replicas) or
+    /// [`Acquire::min_replicas`](crate::Acquire::min_replicas)) reported
+    /// fewer replicas than asked for.
+    ///
+    /// * From an acquisition: the lock was written on the master but could be
+    ///   lost in a failover, so the acquisition is undone (a release of its
+    ///   token is queued at once) and fails without trying again. Nothing is
+    ///   held.
+    /// * From [`LockGuard::extend`](crate::LockGuard::extend): the extension
+    ///   counts as not made; the lease stays as it was (see
+    ///   [`remaining`](crate::LockGuard::remaining)). Automatic renewals that
+    ///   are not confirmed are retried like renewals that did not reach
+    ///   Redis, and the guard is reported lost
+    ///   ([`LostReason::Expired`](crate::LostReason::Expired)) when its lease
+    ///   runs out without one.
+    ///
+    /// Transient ([`is_transient`](Error::is_transient) is `true`): the same
+    /// call may succeed once the shard has enough replicas in sync again (a
+    /// replica restarted, a failover finished and the old master rejoined).
+    /// A shard with fewer replicas than asked for never confirms anything.
+    #[error(
+        "lock `{key}`: only {acked} of the {wanted} replica(s) asked for acknowledged the write          within {after:?}, so it could be lost in a failover; the write was not counted (an          acquisition was undone); check the shard's replicas or ask for fewer"
+    )]
+    NotReplicated {
+        /// The lock's key.
+        key: String,
+        /// How many replicas acknowledged the write (`WAIT`'s answer).
+        acked: u32,
+        /// How many were asked for.
+        wanted: u32,
+        /// The `WAIT` timeout that passed.
+        after: Duration,
+    },
+
     /// The key exists but holds a value of another type (a list, a hash, ...),
     /// so it is not a lock: it was left untouched.
     #[error(
@@ -183,10 +219,14 @@ pub enum Error {
 
 impl Error {
     /// `true` for errors that say nothing about the lock itself, only that
-    /// Redis could not be asked right now ([`Error::Unavailable`],
-    /// [`Error::Timeout`]); the same call may succeed later.
+    /// Redis could not be asked, or could not confirm a write, right now
+    /// ([`Error::Unavailable`], [`Error::Timeout`], [`Error::NotReplicated`]);
+    /// the same call may succeed later.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::Timeout { .. })
+        matches!(
+            self,
+            Error::Unavailable { .. } | Error::Timeout { .. } | Error::NotReplicated { .. }
+        )
     }
 
     /// The lock key this error is about, where there is one.
@@ -198,6 +238,7 @@ impl Error {
             | Error::InvalidKey { key, .. }
             | Error::Timeout { key, .. }
             | Error::Unavailable { key, .. }
+            | Error::NotReplicated { key, .. }
             | Error::WrongType { key, .. }
             | Error::Redis { key, .. }
             | Error::NoPermission { key, .. }
@@ -217,6 +258,7 @@ impl Error {
             | Error::InvalidTtl { key, .. }
             | Error::Timeout { key, .. }
             | Error::Unavailable { key, .. }
+            | Error::NotReplicated { key, .. }
             | Error::WrongType { key, .. }
             | Error::Redis { key, .. }
             | Error::NoPermission { key, .. }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::confirm::MinReplicas;
 use crate::error::Error;
 use crate::inner::Inner;
 use crate::lease::{Lease, LeaseCore, LostReason};
@@ -127,8 +128,10 @@ impl LockGuard {
     /// # Errors
     /// [`Error::NotHeld`] when the lock has been lost (expired or taken over);
     /// [`Error::InvalidTtl`] for a TTL out of range; [`Error::Unavailable`] or
-    /// [`Error::Timeout`] when Redis could not be asked (the lease is then
-    /// unchanged: check [`remaining`](LockGuard::remaining)).
+    /// [`Error::Timeout`] when Redis could not be asked, and
+    /// [`Error::NotReplicated`] when the lock was taken with `min_replicas`
+    /// and too few replicas confirmed the extension in time (the lease is
+    /// then unchanged: check [`remaining`](LockGuard::remaining)).
     ///
     /// # Cancel safety
     /// Cancel-safe: if dropped mid-flight the extension may or may not have
@@ -156,12 +159,11 @@ impl LockGuard {
             self.lease.token.as_str(),
             ttl_ms,
         )];
-        let answer = scripts::extend(
-            &self.inner.client,
-            &entry,
-            self.inner.settings.command_timeout,
-        )
-        .await
+        let timeout = self.inner.settings.command_timeout;
+        let answer = match self.lease.confirm {
+            None => scripts::extend(&self.inner.client, &entry, timeout).await,
+            Some(wait) => self.extend_confirmed(&entry, wait, timeout).await,
+        }
         .map_err(|e| self.rekey(e))?;
         let reason = match answer.first() {
             Some(Compared::Held) if self.lease.confirm(sent_at, ttl) => {
@@ -230,6 +232,30 @@ impl LockGuard {
         };
         self.armed = false;
         Err(self.not_held(reason))
+    }
+
+    /// The extension with its write confirmed by `wait.replicas` replicas:
+    /// a confirmed answer, or [`Error::NotReplicated`] when the key still
+    /// held our token but too few replicas acknowledged the new lease (which
+    /// then counts as not granted). "Gone" and "replaced" stand as they are.
+    async fn extend_confirmed(
+        &self,
+        entry: &[(&str, &str, u64)],
+        wait: MinReplicas,
+        timeout: Duration,
+    ) -> Result<Vec<Compared>, Error> {
+        let key = &self.lease.keys.lock;
+        let client = self.inner.confirmer.client(key, timeout).await?;
+        let (answer, acked) = scripts::extend_confirmed(client, entry, wait, timeout).await?;
+        if answer.first() == Some(&Compared::Held) && acked < wait.replicas {
+            return Err(Error::NotReplicated {
+                key: key.clone(),
+                acked,
+                wanted: wait.replicas,
+                after: wait.timeout(),
+            });
+        }
+        Ok(answer)
     }
 
     fn not_held(&self, reason: LostReason) -> Error {

@@ -11,6 +11,7 @@ use fred::clients::Client;
 use crate::background::Home;
 use crate::batch::Batcher;
 use crate::channel::Mode;
+use crate::confirm::{Confirmer, MinReplicas};
 use crate::notify::Waiters;
 use crate::release::ReleaseQueue;
 use crate::renew::Renewer;
@@ -26,6 +27,8 @@ pub(crate) struct Settings {
     pub(crate) auto_renew: bool,
     pub(crate) fencing: bool,
     pub(crate) notifications: bool,
+    /// Replica confirmation of every write of a lock (off: `None`).
+    pub(crate) min_replicas: Option<MinReplicas>,
 }
 
 pub(crate) struct Inner {
@@ -36,6 +39,8 @@ pub(crate) struct Inner {
     pub(crate) batcher: Batcher,
     pub(crate) releases: ReleaseQueue,
     pub(crate) renewer: Renewer,
+    /// The connection of replica-confirmed writes (made on first use).
+    pub(crate) confirmer: Arc<Confirmer>,
     home: Home,
     shut_down: AtomicBool,
     /// Guards alive now: the connections close once the mutex is shut down
@@ -50,10 +55,12 @@ impl Inner {
         let timeout = settings.command_timeout;
         let mode = Arc::new(Mode::default());
         let batcher = Batcher::new(client.clone(), timeout, Arc::clone(&id), Arc::clone(&mode));
+        let confirmer = Arc::new(Confirmer::new(client.clone()));
         let inner = Inner {
             releases: ReleaseQueue::new(client.clone(), owns_client, timeout, batcher.clone()),
             batcher,
-            renewer: Renewer::new(client.clone(), timeout),
+            renewer: Renewer::new(client.clone(), Arc::clone(&confirmer), timeout),
+            confirmer,
             waiters: Waiters::new(client.clone(), timeout, id, mode),
             client,
             settings,
@@ -108,6 +115,7 @@ impl Inner {
         self.ensure_background();
         self.waiters.close();
         self.releases.close();
+        self.confirmer.close();
     }
 
     /// After a shutdown with no guard alive: waits (at most a command

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::confirm::MinReplicas;
 use crate::keys::LockKeys;
 use crate::limits::drift;
 
@@ -47,6 +48,8 @@ pub(crate) struct LeaseCore {
     pub(crate) keys: LockKeys,
     pub(crate) token: String,
     pub(crate) fencing_token: Option<u64>,
+    /// Replica confirmation of its renewals and extensions (`min_replicas`).
+    pub(crate) confirm: Option<MinReplicas>,
     state: Mutex<State>,
     changed: Notify,
     /// Bumped each time the renewer is given a new schedule for this lease.
@@ -73,12 +76,14 @@ impl LeaseCore {
         fencing_token: Option<u64>,
         ttl: Duration,
         sent_at: Instant,
+        confirm: Option<MinReplicas>,
     ) -> Self {
         LeaseCore {
             key,
             keys,
             token,
             fencing_token,
+            confirm,
             state: Mutex::new(State {
                 ttl,
                 valid_until: valid_until(sent_at, ttl),

@@ -87,6 +87,7 @@ mod background;
 mod batch;
 mod builder;
 mod channel;
+mod confirm;
 mod connect;
 mod error;
 mod guard;

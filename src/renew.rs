@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 
 use tokio::runtime::Handle;
 
+use crate::confirm::{Confirmer, MinReplicas};
 use crate::lease::{LeaseCore, LostReason};
 use crate::scripts::{self, Compared};
 
@@ -139,11 +140,20 @@ fn live(lease: &LeaseCore) -> bool {
 pub(crate) struct Renewer {
     shared: Arc<Shared>,
     client: Client,
+    confirmer: Arc<Confirmer>,
     timeout: Duration,
 }
 
+/// Where renewal calls go: the mutex's client, and the connection of
+/// replica-confirmed writes.
+#[derive(Clone)]
+struct Clients {
+    client: Client,
+    confirmer: Arc<Confirmer>,
+}
+
 impl Renewer {
-    pub(crate) fn new(client: Client, timeout: Duration) -> Self {
+    pub(crate) fn new(client: Client, confirmer: Arc<Confirmer>, timeout: Duration) -> Self {
         Renewer {
             shared: Arc::new(Shared {
                 queue: Mutex::new(Queue {
@@ -155,17 +165,18 @@ impl Renewer {
                 closed: AtomicBool::new(false),
             }),
             client,
+            confirmer,
             timeout,
         }
     }
 
     /// Starts the renewer task on `home` (again, when the old home runtime stopped).
     pub(crate) fn start(&self, home: &Handle) {
-        home.spawn(run(
-            Arc::clone(&self.shared),
-            self.client.clone(),
-            self.timeout,
-        ));
+        let clients = Clients {
+            client: self.client.clone(),
+            confirmer: Arc::clone(&self.confirmer),
+        };
+        home.spawn(run(Arc::clone(&self.shared), clients, self.timeout));
     }
 
     /// Renews `lease` until it ends or is lost; the next renewal is due a
@@ -186,7 +197,7 @@ impl Drop for Renewer {
     }
 }
 
-async fn run(shared: Arc<Shared>, client: Client, timeout: Duration) {
+async fn run(shared: Arc<Shared>, clients: Clients, timeout: Duration) {
     while !shared.closed.load(Ordering::SeqCst) {
         // `notify_one` leaves a permit when no one waits: no lost wake-ups.
         let woken = shared.wake.notified();
@@ -196,7 +207,7 @@ async fn run(shared: Arc<Shared>, client: Client, timeout: Duration) {
             _ = sleep_until(next_due), if next_due.is_some() => {
                 let batch = take_due(&mut shared.queue());
                 if !batch.is_empty() {
-                    renew(&shared, &client, batch, timeout);
+                    renew(&shared, &clients, batch, timeout);
                 }
             }
         }
@@ -250,41 +261,54 @@ fn take_due(queue: &mut Queue) -> Vec<(Arc<LeaseCore>, u64)> {
     batch
 }
 
-/// Renews a batch: one task per chunk (one script call, one cluster slot),
-/// up to `MAX_CALLS` at once, each putting its leases back on the queue as
-/// soon as its own answer is in. A slow or stalled node delays only its own
-/// leases, never those on healthy nodes.
+/// Renews a batch: one task per chunk (one script call, one cluster slot,
+/// one `min_replicas` setting), up to `MAX_CALLS` at once, each putting its
+/// leases back on the queue as soon as its own answer is in. A slow or
+/// stalled node delays only its own leases, never those on healthy nodes.
 fn renew(
     shared: &Arc<Shared>,
-    client: &Client,
+    clients: &Clients,
     batch: Vec<(Arc<LeaseCore>, u64)>,
     timeout: Duration,
 ) {
-    let mut groups: HashMap<u16, Vec<(Arc<LeaseCore>, u64)>> = HashMap::new();
-    if client.is_clustered() {
-        for entry in batch {
-            let slot = fred::util::redis_keyslot(entry.0.keys.lock.as_bytes());
-            groups.entry(slot).or_default().push(entry);
-        }
-    } else {
-        groups.insert(0, batch);
+    let client = &clients.client;
+    type Group = (u16, Option<MinReplicas>);
+    let mut groups: HashMap<Group, Vec<(Arc<LeaseCore>, u64)>> = HashMap::new();
+    for entry in batch {
+        let slot = if client.is_clustered() {
+            fred::util::redis_keyslot(entry.0.keys.lock.as_bytes())
+        } else {
+            0
+        };
+        groups
+            .entry((slot, entry.0.confirm))
+            .or_default()
+            .push(entry);
     }
-    // One server: one call at a time (concurrency buys nothing there, and
-    // each call in flight holds its arguments). A cluster: up to
-    // `MAX_CALLS`, so each node's calls go out independently.
+    // One server: one call at a time per connection (concurrency buys
+    // nothing there, and each call in flight holds its arguments). A
+    // cluster: up to `MAX_CALLS`, so each node's calls go out independently.
+    // Confirmed renewals (which wait for replicas) have permits of their
+    // own, so they never hold up the others.
     let permits = if client.is_clustered() { MAX_CALLS } else { 1 };
     let calls = Arc::new(tokio::sync::Semaphore::new(permits));
-    for group in groups.into_values() {
+    let confirmed_calls = Arc::new(tokio::sync::Semaphore::new(permits));
+    for ((_, confirm), group) in groups {
+        let calls = if confirm.is_some() {
+            &confirmed_calls
+        } else {
+            &calls
+        };
         for chunk in group.chunks(BATCH) {
             let chunk = chunk.to_vec();
             let mut in_flight = InFlight {
                 shared: Arc::clone(shared),
                 batch: chunk.iter().map(|(l, g)| (Arc::downgrade(l), *g)).collect(),
             };
-            let (client, calls) = (client.clone(), Arc::clone(&calls));
+            let (clients, calls) = (clients.clone(), Arc::clone(calls));
             tokio::spawn(async move {
                 let _call = calls.acquire_owned().await;
-                let next = renew_chunk(&client, &chunk, timeout).await;
+                let next = renew_chunk(&clients, &chunk, confirm, timeout).await;
                 in_flight.batch.clear();
                 for (lease, generation, due) in next {
                     in_flight.shared.push(lease, generation, due);
@@ -294,9 +318,19 @@ fn renew(
     }
 }
 
+/// Sends one chunk's renewal (confirmed by `WAIT` when `confirm` is set)
+/// and returns when each of its leases is due next.
+///
+/// With `confirm`, a renewal that found the token but was acknowledged by
+/// fewer replicas than asked counts as not made: the lease stays as it was
+/// (the master may hold a longer one; the guard never claims more than was
+/// confirmed) and the renewal is retried soon, as after a renewal that did
+/// not reach Redis. A lease that is never confirmed again is reported lost
+/// (`Expired`) when its local validity ends.
 async fn renew_chunk(
-    client: &Client,
+    clients: &Clients,
     chunk: &[(Arc<LeaseCore>, u64)],
+    confirm: Option<MinReplicas>,
     timeout: Duration,
 ) -> Vec<(Weak<LeaseCore>, u64, Instant)> {
     let ttls: Vec<Duration> = chunk.iter().map(|(l, _)| l.ttl()).collect();
@@ -312,12 +346,46 @@ async fn renew_chunk(
         })
         .collect();
     let sent_at = Instant::now();
-    let result = scripts::extend(client, &entries, timeout).await;
+    let first = entries.first().map_or("", |e| e.0);
+    // `Some(acked)` when the chunk's writes were confirmed by too few
+    // replicas.
+    let (result, unconfirmed) = match confirm {
+        None => (
+            scripts::extend(&clients.client, &entries, timeout).await,
+            None,
+        ),
+        Some(wait) => {
+            let confirmed = match clients.confirmer.client(first, timeout).await {
+                Ok(client) => scripts::extend_confirmed(client, &entries, wait, timeout).await,
+                Err(e) => Err(e),
+            };
+            match confirmed {
+                Ok((answers, acked)) if acked < wait.replicas => (Ok(answers), Some(acked)),
+                Ok((answers, _)) => (Ok(answers), None),
+                Err(e) => (Err(e), None),
+            }
+        }
+    };
+    if let Some(acked) = unconfirmed {
+        tracing::debug!(
+            acked,
+            keys = chunk.len(),
+            "lease renewal not confirmed by enough replicas; retrying"
+        );
+    }
+    let retry_at = |ttl: Duration| {
+        Instant::now() + (period(ttl) / 3).clamp(Duration::from_millis(1), Duration::from_secs(1))
+    };
     let mut next = Vec::with_capacity(chunk.len());
     match result {
         Ok(answers) => {
             for (((lease, generation), ttl), answer) in chunk.iter().zip(ttls).zip(answers) {
                 match answer {
+                    Compared::Held if unconfirmed.is_some() => {
+                        if lease.lost_reason().is_none() {
+                            next.push((Arc::downgrade(lease), *generation, retry_at(ttl)));
+                        }
+                    }
                     Compared::Held => {
                         if lease.confirm(sent_at, ttl) && !lease.is_ended() {
                             let due = sent_at + period(ttl);
@@ -333,12 +401,9 @@ async fn renew_chunk(
             // Redis could not be asked: try again soon; the lease stays as it
             // was and is reported lost when its local validity passes.
             tracing::debug!(error = %e, keys = chunk.len(), "lease renewal failed; retrying");
-            let now = Instant::now();
             for ((lease, generation), ttl) in chunk.iter().zip(ttls) {
                 if lease.lost_reason().is_none() {
-                    let retry =
-                        (period(ttl) / 3).clamp(Duration::from_millis(1), Duration::from_secs(1));
-                    next.push((Arc::downgrade(lease), *generation, now + retry));
+                    next.push((Arc::downgrade(lease), *generation, retry_at(ttl)));
                 }
             }
         }

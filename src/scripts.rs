@@ -18,6 +18,7 @@ use fred::types::{ClientState, FromValue, Key, MultipleKeys, Value};
 
 use crate::background::{revive_client, router_gone};
 use crate::channel::ReleaseChannel;
+use crate::confirm::MinReplicas;
 use crate::error::Error;
 use crate::keys::LockKeys;
 
@@ -171,7 +172,33 @@ pub(crate) async fn acquire(
         script_keys.push(binary_key(keys.fence()));
     }
     let reply: Vec<i64> = run(client, &ACQUIRE, key, script_keys, args, timeout).await?;
-    match reply.as_slice() {
+    parse_acquired(key, fencing, &reply)
+}
+
+/// The acquire script with its write confirmed by `WAIT` (see
+/// [`confirmed`]): the answer, and how many replicas acknowledged it.
+pub(crate) async fn acquire_confirmed(
+    client: &Client,
+    keys: &LockKeys,
+    fencing: bool,
+    token: &str,
+    ttl_ms: u64,
+    wait: MinReplicas,
+    timeout: Duration,
+) -> Result<(Acquired, u32), Error> {
+    let key = keys.lock.as_str();
+    let args = vec![Value::from(token), Value::from(ttl_ms as i64)];
+    let mut script_keys = vec![Value::from(key)];
+    if fencing {
+        script_keys.push(Value::from(binary_key(keys.fence())));
+    }
+    let (reply, acked): (Vec<i64>, u32) =
+        confirmed(client, &ACQUIRE, key, script_keys, args, wait, timeout).await?;
+    Ok((parse_acquired(key, fencing, &reply)?, acked))
+}
+
+fn parse_acquired(key: &str, fencing: bool, reply: &[i64]) -> Result<Acquired, Error> {
+    match reply {
         [1] if !fencing => Ok(Acquired::Yes {
             fencing_token: None,
         }),
@@ -292,14 +319,158 @@ pub(crate) async fn extend(
 ) -> Result<Vec<Compared>, Error> {
     let first = entries.first().map_or("", |e| e.0);
     let keys: Vec<&str> = entries.iter().map(|e| e.0).collect();
+    let reply: Vec<i64> = run(client, &EXTEND, first, keys, extend_args(entries), timeout).await?;
+    parse_extended(first, entries.len(), reply)
+}
+
+/// [`extend`] with its writes confirmed by `WAIT` (see [`confirmed`]): the
+/// answers, and how many replicas acknowledged them.
+pub(crate) async fn extend_confirmed(
+    client: &Client,
+    entries: &[(&str, &str, u64)],
+    wait: MinReplicas,
+    timeout: Duration,
+) -> Result<(Vec<Compared>, u32), Error> {
+    let first = entries.first().map_or("", |e| e.0);
+    let keys: Vec<Value> = entries.iter().map(|e| Value::from(e.0)).collect();
+    let args = extend_args(entries);
+    let (reply, acked): (Vec<i64>, u32) =
+        confirmed(client, &EXTEND, first, keys, args, wait, timeout).await?;
+    Ok((parse_extended(first, entries.len(), reply)?, acked))
+}
+
+fn extend_args(entries: &[(&str, &str, u64)]) -> Vec<Value> {
     let mut args = Vec::with_capacity(entries.len() * 2);
     for (_, token, ttl_ms) in entries {
         args.push(Value::from(*token));
         args.push(Value::from(*ttl_ms as i64));
     }
-    let reply: Vec<i64> = run(client, &EXTEND, first, keys, args, timeout).await?;
-    if reply.len() != entries.len() {
+    args
+}
+
+fn parse_extended(first: &str, len: usize, reply: Vec<i64>) -> Result<Vec<Compared>, Error> {
+    if reply.len() != len {
         return Err(unexpected(first, "extend", reply));
     }
     Ok(reply.into_iter().map(Compared::from_reply).collect())
+}
+
+/// Runs `script` and confirms its writes with `WAIT`, on `client` (the
+/// mutex's confirming connection, see `confirm.rs`): one round trip of four
+/// commands pipelined on the connection to the node that serves `first`'s
+/// slot, `CLIENT ID`, `EVALSHA`, `WAIT n timeout`, `CLIENT ID`. Returns the
+/// script's answer and `WAIT`'s (how many replicas acknowledged every
+/// write this connection made up to then, the script's included).
+///
+/// `WAIT` speaks for the connection it runs on, so the four must run on one
+/// connection, in order:
+/// * on a cluster they are pinned to one node (the one the client's slot
+///   table names), and a redirection is not followed (`MOVED` fails the call
+///   as [`Error::Unavailable`], and the client's slot table is refreshed);
+/// * each is sent at most once (no re-send after a reconnect), and the two
+///   `CLIENT ID`s must match: a connection replaced between the script and
+///   `WAIT` (whose fresh connection would confirm nothing of ours) fails the
+///   call as [`Error::Unavailable`].
+///
+/// Bounded by `timeout` plus the `WAIT` timeout.
+async fn confirmed<R: FromValue>(
+    client: &Client,
+    script: &Script,
+    first: &str,
+    keys: Vec<Value>,
+    args: Vec<Value>,
+    wait: MinReplicas,
+    timeout: Duration,
+) -> Result<(R, u32), Error> {
+    use fred::types::config::Options;
+    use fred::types::{ClusterHash, CustomCommand};
+    let slot = fred::util::redis_keyslot(first.as_bytes());
+    let node = if client.is_clustered() {
+        let owner = client
+            .inner()
+            .with_cluster_state(|state| Ok(state.get_server(slot).cloned()));
+        match owner {
+            Ok(Some(node)) => Some(node),
+            _ => {
+                return Err(Error::Unavailable {
+                    key: first.to_owned(),
+                    source: fred::error::Error::new(
+                        fred::error::ErrorKind::Cluster,
+                        format!("no cluster node is known to serve slot {slot}"),
+                    ),
+                })
+            }
+        }
+    } else {
+        None
+    };
+    let total = timeout + wait.timeout();
+    let once = client.with_options(&Options {
+        max_attempts: Some(1),
+        max_redirections: Some(0),
+        timeout: Some(total),
+        cluster_node: node,
+        ..Options::default()
+    });
+    let command =
+        |name: &'static str| CustomCommand::new_static(name, ClusterHash::Custom(slot), false);
+    let client_id = || once.custom::<i64, _>(command("CLIENT"), vec![Value::from("ID")]);
+    let call = async {
+        let mut loaded = false;
+        loop {
+            let mut evalsha = Vec::with_capacity(2 + keys.len() + args.len());
+            evalsha.push(Value::from(script.sha1().clone()));
+            evalsha.push(Value::from(keys.len() as i64));
+            evalsha.extend(keys.iter().cloned());
+            evalsha.extend(args.iter().cloned());
+            // `join!` polls each future once, in order, before any answer
+            // comes: each is handed to the client (which writes them to the
+            // connection in that order) on its first poll.
+            let (before, reply, acked, after) = tokio::join!(
+                client_id(),
+                once.custom::<R, _>(command("EVALSHA"), evalsha),
+                once.custom::<i64, _>(
+                    command("WAIT"),
+                    vec![
+                        Value::from(i64::from(wait.replicas)),
+                        Value::from(wait.timeout_ms as i64),
+                    ],
+                ),
+                client_id(),
+            );
+            let reply = match reply {
+                Err(e) if !loaded && e.details().starts_with("NOSCRIPT") => {
+                    // Nothing ran (a new master after a failover has an empty
+                    // script cache): load the script and go again.
+                    script.load(client).await?;
+                    loaded = true;
+                    continue;
+                }
+                other => other?,
+            };
+            let (before, after, acked) = (before?, after?, acked?);
+            if before != after {
+                return Err(fred::error::Error::new(
+                    fred::error::ErrorKind::IO,
+                    "the connection was replaced between a write and its WAIT",
+                ));
+            }
+            return Ok((reply, u32::try_from(acked.max(0)).unwrap_or(u32::MAX)));
+        }
+    };
+    match tokio::time::timeout(total, call).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) if *e.kind() == fred::error::ErrorKind::Timeout => Err(Error::Timeout {
+            key: first.to_owned(),
+            after: total,
+        }),
+        Ok(Err(e)) => Err(failed(client, first, e, total)),
+        Err(_) if client_closed(client) => Err(Error::Shutdown {
+            key: first.to_owned(),
+        }),
+        Err(_) => Err(Error::Timeout {
+            key: first.to_owned(),
+            after: total,
+        }),
+    }
 }

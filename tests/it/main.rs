@@ -17,6 +17,7 @@
 //! | `cluster`   | a private 3-master Redis Cluster: the single-server checks on every master, a stalled master, notifications |
 //! | `tls`       | `rediss://` (feature `tls`): trust, mutual TLS, refusals          |
 //! | `acl`       | the README's least-privilege ACL user; a missing right gives `NoPermission` |
+//! | `failover`  | a master SIGKILLed under held locks; `min_replicas` (WAIT) on a cluster and one server; survival counts (ignored) |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -34,6 +35,7 @@ mod audit;
 mod bad_input;
 mod cancel;
 mod cluster;
+mod failover;
 mod faults;
 mod hardening;
 mod harness;

@@ -46,6 +46,8 @@ const STATE_OK_TIMEOUT: Duration = Duration::from_secs(20);
 struct Master {
     /// Index in `RedisCluster::nodes`.
     node: usize,
+    /// Index in `RedisCluster::nodes` of its replica.
+    replica: usize,
     port: u16,
     slots: Vec<RangeInclusive<u16>>,
 }
@@ -59,8 +61,10 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     /// Starts six nodes, creates the cluster (one replica per master) and
-    /// waits until every node reports `cluster_state:ok`. Panics, with the
-    /// nodes' logs, if that does not happen in time.
+    /// waits until every node reports `cluster_state:ok` and every master
+    /// has its replica online (initial sync done, so a write from then on is
+    /// replicated and a failover keeps the data). Panics, with the nodes'
+    /// logs, if that does not happen in time.
     pub fn start() -> RedisCluster {
         let mut nodes = Vec::with_capacity(NODES);
         for _ in 0..NODES {
@@ -80,6 +84,12 @@ impl RedisCluster {
                     // clusters that serve partial coverage are set up.
                     "--cluster-require-full-coverage",
                     "no",
+                    // Replicas sync at once (the default waits 5 s for
+                    // more replicas to share a diskless transfer), so
+                    // `start` can wait for them: until a replica is in
+                    // sync, a failover promotes it empty.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ],
                 port_with_free_bus_port,
             ));
@@ -91,6 +101,7 @@ impl RedisCluster {
         cluster.create();
         cluster.wait_state_ok();
         cluster.masters = cluster.read_masters();
+        cluster.wait_replicas_online();
         cluster
     }
 
@@ -166,6 +177,61 @@ impl RedisCluster {
         self.master(i).resume();
     }
 
+    /// SIGKILL the `i`-th master (as created) at once; see
+    /// [`RedisServer::sigkill`]. Its replica takes over after the cluster
+    /// node timeout (see [`wait_for_failover`](RedisCluster::wait_for_failover)).
+    /// Returns when the signal was sent.
+    pub fn kill_master(&mut self, i: usize) -> Instant {
+        let node = self.masters[i].node;
+        self.nodes[node].sigkill()
+    }
+
+    /// The index (into [`nodes`](RedisCluster::nodes)) of the `i`-th
+    /// master's replica, as created.
+    pub fn replica_of(&self, i: usize) -> usize {
+        self.masters[i].replica
+    }
+
+    /// The `i`-th master's replica, as created.
+    pub fn replica(&self, i: usize) -> &RedisServer {
+        &self.nodes[self.masters[i].replica]
+    }
+
+    /// Waits until a node other than the `i`-th master (as created) is a
+    /// healthy master serving that master's slots, as that node itself and
+    /// `CLUSTER NODES` on it report; returns its index in
+    /// [`nodes`](RedisCluster::nodes). Panics, with every node's log, after
+    /// `limit`.
+    pub fn wait_for_failover(&self, i: usize, limit: Duration) -> usize {
+        let old = self.masters[i].port;
+        let slot = *self.masters[i].slots[0].start();
+        let deadline = Instant::now() + limit;
+        loop {
+            for (index, node) in self.nodes.iter().enumerate() {
+                if node.port() == old || node.pid().is_none() {
+                    continue;
+                }
+                let lines = parse_nodes(&node.cli(&["CLUSTER", "NODES"]));
+                let promoted = lines.iter().any(|n| {
+                    n.myself
+                        && n.role == "master"
+                        && !n.failing
+                        && n.slots.iter().any(|r| r.contains(&slot))
+                });
+                if promoted {
+                    return index;
+                }
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "no node took over master {i} (port {old}) within {limit:?}: {:?}",
+                    self.roles()
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A connected raw fred cluster client for assertions (constant 100 ms
     /// reconnect policy; 2 s connection and command timeouts).
     pub async fn client(&self) -> Client {
@@ -187,10 +253,15 @@ impl RedisCluster {
             .collect()
     }
 
-    /// `(port, role)` of every node as `CLUSTER NODES` on the first node
-    /// reports it now (`role` is `master` or `slave`).
+    /// `(port, role)` of every node as `CLUSTER NODES` on the first live
+    /// node reports it now (`role` is `master` or `slave`).
     pub fn roles(&self) -> Vec<(u16, String)> {
-        parse_nodes(&self.nodes[0].cli(&["CLUSTER", "NODES"]))
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| n.pid().is_some())
+            .expect("a live node");
+        parse_nodes(&live.cli(&["CLUSTER", "NODES"]))
             .into_iter()
             .map(|n| (n.port, n.role))
             .collect()
@@ -254,19 +325,52 @@ impl RedisCluster {
         }
     }
 
+    /// Waits until every master reports its replica `state=online` in
+    /// `INFO replication`.
+    fn wait_replicas_online(&self) {
+        let deadline = Instant::now() + STATE_OK_TIMEOUT;
+        loop {
+            let lagging: Vec<u16> = (0..self.masters.len())
+                .filter(|&i| {
+                    let info = self.master(i).cli(&["INFO", "replication"]);
+                    !info
+                        .lines()
+                        .any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+                })
+                .map(|i| self.masters[i].port)
+                .collect();
+            if lagging.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "masters {lagging:?} have no replica online after {STATE_OK_TIMEOUT:?}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn read_masters(&self) -> Vec<Master> {
         let nodes = parse_nodes(&self.nodes[0].cli(&["CLUSTER", "NODES"]));
+        let index_of = |port: u16| {
+            self.nodes
+                .iter()
+                .position(|s| s.port() == port)
+                .unwrap_or_else(|| panic!("CLUSTER NODES names unknown port {port}"))
+        };
         let mut masters: Vec<Master> = nodes
-            .into_iter()
+            .iter()
             .filter(|n| n.role == "master" && !n.slots.is_empty())
             .map(|n| Master {
-                node: self
-                    .nodes
+                node: index_of(n.port),
+                replica: nodes
                     .iter()
-                    .position(|s| s.port() == n.port)
-                    .unwrap_or_else(|| panic!("CLUSTER NODES names unknown port {}", n.port)),
+                    .find(|r| r.master_id == n.id)
+                    .map(|r| index_of(r.port))
+                    .unwrap_or_else(|| self.fail(&format!("master {} has no replica", n.port))),
                 port: n.port,
-                slots: n.slots,
+                slots: n.slots.clone(),
             })
             .collect();
         masters.sort_by_key(|m| *m.slots[0].start());
@@ -297,8 +401,15 @@ impl RedisCluster {
 /// One line of `CLUSTER NODES`.
 #[derive(Debug)]
 struct NodeLine {
+    id: String,
     port: u16,
     role: String,
+    /// The node's master's id (`-` for a master).
+    master_id: String,
+    /// The line describes the node that answered.
+    myself: bool,
+    /// Flagged `fail` or `fail?`.
+    failing: bool,
     slots: Vec<RangeInclusive<u16>>,
 }
 
@@ -337,8 +448,12 @@ fn parse_nodes(text: &str) -> Vec<NodeLine> {
                 })
                 .collect();
             NodeLine {
+                id: fields[0].to_owned(),
                 port,
                 role: role.to_owned(),
+                master_id: fields[3].to_owned(),
+                myself: flags.contains(&"myself"),
+                failing: flags.contains(&"fail") || flags.contains(&"fail?"),
                 slots,
             }
         })

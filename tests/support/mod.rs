@@ -144,6 +144,25 @@ impl RedisServer {
         }
     }
 
+    /// SIGKILL the server at once (one `kill(2)`, no helper process in
+    /// between: for a kill timed right after a reply), then reap it as
+    /// [`kill`](RedisServer::kill) does. Returns when the signal was sent.
+    /// Idempotent.
+    pub fn sigkill(&mut self) -> Instant {
+        if let Some(child) = self.child.as_mut() {
+            // Not reaped yet, so the pid cannot have been reused.
+            let _ = child.kill();
+        }
+        let sent = Instant::now();
+        self.kill();
+        sent
+    }
+
+    /// The server's process id, `None` once killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kill the server (if running) and start a fresh one on the SAME port.
     /// All data is lost. Returns once the new server answers `PING`.
     pub fn restart(&mut self) {
@@ -204,6 +223,27 @@ impl RedisServer {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("failed to run {}: {e}", redis_cli_bin()));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// Run `redis-cli -h 127.0.0.1 -p PORT` with `commands` (one per line)
+    /// on its stdin, all on one connection (e.g. `READONLY` then `GET k` on a
+    /// cluster replica), and return its trimmed stdout, one reply a line.
+    pub fn cli_session(&self, commands: &str) -> String {
+        let port = self.port.to_string();
+        let mut child = Command::new(redis_cli_bin())
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to run {}: {e}", redis_cli_bin()));
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(commands.as_bytes())
+            .expect("write to redis-cli");
+        drop(stdin);
+        let output = child.wait_with_output().expect("redis-cli output");
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
