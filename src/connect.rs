@@ -8,8 +8,12 @@ use fred::types::config::{Config, ReconnectPolicy};
 
 use crate::error::Error;
 
+/// The longest pause between reconnection attempts of a Sentinel client.
+const SENTINEL_MAX_RECONNECT_DELAY_MS: u32 = 500;
+
 /// Builds a fred client configured for locking and connects it: reconnects
-/// by itself (exponential backoff from 100 ms to 2 s, forever), bounds
+/// by itself (exponential backoff from 100 ms to 2 s, to 500 ms behind
+/// Sentinel, forever), bounds
 /// connecting and every command by `command_timeout`, and fails at once if
 /// the first connection cannot be made.
 pub(crate) async fn connect_client(url: &str, command_timeout: Duration) -> Result<Client, Error> {
@@ -62,13 +66,22 @@ async fn connect_tls_client(
 /// Builds the client for `config` and makes its first connection.
 async fn connect_config(config: Config, command_timeout: Duration) -> Result<Client, Error> {
     let tls = config_uses_tls(&config);
+    // Behind Sentinel, a reconnection asks the sentinels for the master; a
+    // lost master is replaced within seconds, and fred sleeps out its
+    // backoff before it looks again (a switch announced meanwhile waits for
+    // it): look at least every 500 ms there.
+    let max_delay = if config.server.is_sentinel() {
+        SENTINEL_MAX_RECONNECT_DELAY_MS
+    } else {
+        2_000
+    };
     let client = fred::types::Builder::from_config(config)
         .with_connection_config(|c| {
             c.connection_timeout = command_timeout;
             c.internal_command_timeout = command_timeout;
         })
         .with_performance_config(|p| p.default_command_timeout = command_timeout)
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, max_delay, 2))
         .build()
         .map_err(|source| Error::Config {
             message: format!("the Redis client could not be built ({})", source.details()),

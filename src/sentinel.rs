@@ -9,7 +9,8 @@
 //!
 //! So a mutex over a Sentinel client watches the sentinels itself: one
 //! subscriber connection per configured sentinel, subscribed to
-//! `+switch-master`. When a sentinel announces a new master for the service,
+//! `+switch-master` and `+promoted-slave`. When a sentinel announces a new
+//! master for the service (or that the replica it promoted answers as one),
 //! the mutex
 //!
 //! 1. marks the switch as begun ([`Epoch`]): from now until it is done, no
@@ -41,8 +42,15 @@ use crate::confirm::Confirmer;
 use crate::notify::Reconnect;
 use crate::renew::RenewAll;
 
-/// The channel on which sentinels announce a new master.
+/// The channel on which sentinels announce a new master (every sentinel,
+/// once it has adopted the new configuration: the one that ran the
+/// failover at its end).
 const SWITCH_MASTER: &str = "+switch-master";
+/// The channel on which the sentinel running a failover announces that the
+/// replica it chose answers as a master: the earliest sign that the old
+/// master is no longer the master (up to a second before `+switch-master`,
+/// while the other replicas are moved over).
+const PROMOTED_REPLICA: &str = "+promoted-slave";
 /// The longest a switch is followed before giving up (the client then
 /// stays where fred's own reconnection puts it).
 const FOLLOW_LIMIT: Duration = Duration::from_secs(10);
@@ -208,7 +216,9 @@ async fn watch(shared: Arc<Shared>, config: Config) {
             };
             match message {
                 Ok(message) => {
-                    if let Some(target) = switched_to(&shared.service, &message.value) {
+                    if let Some(target) =
+                        switched_to(&shared.service, &message.channel, &message.value)
+                    {
                         follow(&shared, target).await;
                     }
                 }
@@ -235,7 +245,9 @@ async fn subscribe(
     let subscriber = builder.build_subscriber_client().ok()?;
     let ready = tokio::time::timeout(timeout, async {
         subscriber.init().await?;
-        subscriber.subscribe(SWITCH_MASTER).await
+        subscriber
+            .subscribe(vec![SWITCH_MASTER, PROMOTED_REPLICA])
+            .await
     })
     .await;
     match ready {
@@ -261,15 +273,18 @@ async fn subscribe(
     }
 }
 
-/// The new master a `+switch-master` message announces for `service`:
-/// `<name> <old-ip> <old-port> <new-ip> <new-port>`.
-fn switched_to(service: &str, value: &fred::types::Value) -> Option<(String, u16)> {
+/// The new master a message announces for `service`: on `+switch-master`,
+/// `<name> <old-ip> <old-port> <new-ip> <new-port>`; on `+promoted-slave`,
+/// `slave <ip>:<port> <ip> <port> @ <name> <master-ip> <master-port>`.
+fn switched_to(service: &str, channel: &str, value: &fred::types::Value) -> Option<(String, u16)> {
     let text = value.as_str()?;
     let fields: Vec<&str> = text.split_whitespace().collect();
-    match fields.as_slice() {
-        [name, _, _, ip, port] if *name == service => Some((ip.to_string(), port.parse().ok()?)),
-        _ => None,
-    }
+    let (name, ip, port) = match (channel, fields.as_slice()) {
+        (SWITCH_MASTER, [name, _, _, ip, port]) => (*name, *ip, *port),
+        (PROMOTED_REPLICA, ["slave", _, ip, port, "@", name, _, _]) => (*name, *ip, *port),
+        _ => return None,
+    };
+    (name == service).then(|| Some((ip.to_owned(), port.parse().ok()?)))?
 }
 
 fn connected_to(client: &Client, target: &(String, u16)) -> bool {
@@ -357,13 +372,17 @@ mod tests {
 
     #[test]
     fn switch_message() {
+        let to = Some(("127.0.0.1".to_owned(), 6380));
         let v = fred::types::Value::from("mymaster 127.0.0.1 6379 127.0.0.1 6380");
-        assert_eq!(
-            switched_to("mymaster", &v),
-            Some(("127.0.0.1".to_owned(), 6380))
-        );
-        assert_eq!(switched_to("other", &v), None);
+        assert_eq!(switched_to("mymaster", SWITCH_MASTER, &v), to);
+        assert_eq!(switched_to("other", SWITCH_MASTER, &v), None);
+        assert_eq!(switched_to("mymaster", PROMOTED_REPLICA, &v), None);
         let bad = fred::types::Value::from("mymaster 127.0.0.1 6379");
-        assert_eq!(switched_to("mymaster", &bad), None);
+        assert_eq!(switched_to("mymaster", SWITCH_MASTER, &bad), None);
+        let promoted = fred::types::Value::from(
+            "slave 127.0.0.1:6380 127.0.0.1 6380 @ mymaster 127.0.0.1 6379",
+        );
+        assert_eq!(switched_to("mymaster", PROMOTED_REPLICA, &promoted), to);
+        assert_eq!(switched_to("other", PROMOTED_REPLICA, &promoted), None);
     }
 }

@@ -18,6 +18,7 @@
 //! | `tls`       | `rediss://` (feature `tls`): trust, mutual TLS, refusals          |
 //! | `acl`       | the README's least-privilege ACL user; a missing right gives `NoPermission` |
 //! | `failover`  | a master SIGKILLed under held locks; `min_replicas` (WAIT) on a cluster and one server; survival counts (ignored) |
+//! | `sentinel`  | Redis Sentinel: 1 master, 2 replicas, 3 sentinels; failovers under lock traffic |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -44,5 +45,6 @@ mod lock;
 mod notify;
 mod property;
 mod renewal;
+mod sentinel;
 #[cfg(feature = "tls")]
 mod tls;

@@ -17,6 +17,8 @@
 //! Every process is stopped when the `SentinelSet` is dropped (and by each
 //! server's watchdog if the test process dies first).
 
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -165,10 +167,31 @@ impl SentinelSet {
     }
 
     /// The master port the `i`-th sentinel reports (`None` if it does not
-    /// answer).
+    /// answer within a second: read over a socket with timeouts, never
+    /// `redis-cli`, which could wait forever).
     pub fn master_port_at(&self, i: usize) -> Option<u16> {
-        let out = self.sentinel_cli(i, &["SENTINEL", "get-master-addr-by-name", SERVICE]);
-        out.lines().nth(1)?.trim().parse().ok()
+        let reply = self
+            .sentinel_query(i, &["SENTINEL", "get-master-addr-by-name", SERVICE])
+            .ok()?;
+        reply.get(1)?.parse().ok()
+    }
+
+    /// Sends one command to the `i`-th sentinel (after `AUTH` if it has a
+    /// password) and returns its reply as lines: a simple string, or the
+    /// elements of an array of bulk strings; an error reply is an `Err`.
+    pub fn sentinel_query(&self, i: usize, args: &[&str]) -> io::Result<Vec<String>> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.sentinels[i].port()));
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut stream = stream;
+        if let Some(pw) = &self.sentinel_password {
+            stream.write_all(&resp(&["AUTH", pw]))?;
+            read_reply(&mut reader)?;
+        }
+        stream.write_all(&resp(args))?;
+        read_reply(&mut reader)
     }
 
     /// The master port the first answering sentinel reports.
@@ -181,9 +204,13 @@ impl SentinelSet {
     /// `SENTINEL FAILOVER mymaster` on the first sentinel; panics unless it
     /// answers `OK`. Returns when it answered.
     pub fn failover(&self) -> Instant {
-        let out = self.sentinel_cli(0, &["SENTINEL", "FAILOVER", SERVICE]);
+        let out = self.sentinel_query(0, &["SENTINEL", "FAILOVER", SERVICE]);
         let at = Instant::now();
-        assert_eq!(out, "OK", "SENTINEL FAILOVER refused");
+        assert_eq!(
+            out.as_ref().ok().map(Vec::as_slice),
+            Some(&["OK".to_owned()][..]),
+            "SENTINEL FAILOVER refused: {out:?}"
+        );
         at
     }
 
@@ -290,15 +317,12 @@ impl SentinelSet {
         let deadline = Instant::now() + READY_TIMEOUT;
         for i in 0..self.sentinels.len() {
             loop {
-                let fields = self.sentinel_cli(i, &["SENTINEL", "master", SERVICE]);
+                let fields = self
+                    .sentinel_query(i, &["SENTINEL", "master", SERVICE])
+                    .unwrap_or_default();
                 let field = |name: &str| -> Option<String> {
-                    let mut lines = fields.lines();
-                    while let Some(line) = lines.next() {
-                        if line == name {
-                            return lines.next().map(str::to_owned);
-                        }
-                    }
-                    None
+                    let at = fields.iter().position(|f| f == name)?;
+                    fields.get(at + 1).cloned()
                 };
                 let ready = field("port").as_deref() == Some(&master.to_string())
                     && field("num-slaves").as_deref() == Some(&REPLICAS.to_string())
@@ -309,7 +333,7 @@ impl SentinelSet {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    self.fail(&format!("sentinel {i} is not ready: {fields}"));
+                    self.fail(&format!("sentinel {i} is not ready: {fields:?}"));
                 }
                 thread::sleep(Duration::from_millis(50));
             }
@@ -326,5 +350,50 @@ impl SentinelSet {
             logs.push_str(&format!("--- sentinel {} ---\n{}\n", s.port(), s.log()));
         }
         panic!("{msg}\n{logs}");
+    }
+}
+
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+fn read_line(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
+    }
+    Ok(line.trim_end().to_owned())
+}
+
+/// A simple string, a nil, or an array of bulk strings (what the sentinel
+/// commands used here answer).
+fn read_reply(reader: &mut BufReader<TcpStream>) -> io::Result<Vec<String>> {
+    let header = read_line(reader)?;
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    match header.chars().next() {
+        Some('+') => Ok(vec![header[1..].to_owned()]),
+        Some('-') => Err(bad(&header)),
+        Some('*') if header == "*-1" => Ok(Vec::new()),
+        Some('*') => {
+            let n: usize = header[1..].parse().map_err(|_| bad(&header))?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                let len = read_line(reader)?;
+                let len: usize = len
+                    .strip_prefix('$')
+                    .and_then(|l| l.parse().ok())
+                    .ok_or_else(|| bad(&len))?;
+                let mut body = vec![0u8; len + 2];
+                io::Read::read_exact(reader, &mut body)?;
+                body.truncate(len);
+                items.push(String::from_utf8_lossy(&body).into_owned());
+            }
+            Ok(items)
+        }
+        _ => Err(bad(&header)),
     }
 }
