@@ -135,7 +135,9 @@ pub enum Error {
     /// replica restarted, a failover finished and the old master rejoined).
     /// A shard with fewer replicas than asked for never confirms anything.
     #[error(
-        "lock `{key}`: only {acked} of the {wanted} replica(s) asked for acknowledged the write          within {after:?}, so it could be lost in a failover; the write was not counted (an          acquisition was undone); check the shard's replicas or ask for fewer"
+        "lock `{key}`: only {acked} of the {wanted} replica(s) asked for acknowledged the write \
+         within {after:?}, so a failover could lose it; it does not count (an acquisition is \
+         undone and its token released); check the shard's replicas, or ask for fewer"
     )]
     NotReplicated {
         /// The lock's key.

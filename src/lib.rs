@@ -34,7 +34,13 @@
 //! # What it guarantees, and what it does not
 //! While a guard's [`remaining`](LockGuard::remaining) is above zero, no
 //! other client of this protocol holds the key (on one Redis server that
-//! keeps its data). A lease can run out under a holder that stalls longer
+//! keeps its data). Redis replicates asynchronously: when a master fails,
+//! a lock written just before may be missing on the replica that takes
+//! over. The guard then finds out at its next renewal
+//! ([`LockGuard::lost`], [`LostReason::Missing`]), but until then another
+//! client may take the key. [`Builder::min_replicas`] closes that window:
+//! every write of a lock counts only once `WAIT` reports it on enough
+//! replicas. A lease can run out under a holder that stalls longer
 //! than the TTL; [`LockGuard::release`] and [`LockGuard::extend`] then report
 //! [`Error::NotHeld`]. It is an efficiency lock: where a stalled holder
 //! writing late would corrupt data, the resource itself must also check.
@@ -42,7 +48,7 @@
 //! # The public API
 //! * [`DistributedMutex`]: `connect`, `new`, `builder`, `lock`, `try_lock`,
 //!   `acquire(key)` (an [`Acquire`] with `.ttl`, `.retry`, `.timeout`,
-//!   `.fencing`, `.auto_renew`), `with_lock`, `shutdown`.
+//!   `.fencing`, `.auto_renew`, `.min_replicas`), `with_lock`, `shutdown`.
 //! * [`LockGuard`]: `key`, `token`, `fencing_token`, `remaining`, `lost`,
 //!   `extend`, `release`; released on drop. [`Lease`]: a view of it.
 //! * [`RetryStrategy`]: `none`, `linear`, `exponential` (with jitter).
@@ -62,7 +68,8 @@
 //! | `acquire.rs` | [`Acquire`] and the attempt loop |
 //! | `schedule.rs` | when to try again and when to give up (pure) |
 //! | `keys.rs` | every Redis name a lock uses (lock, fencing counter, release marker, channel) |
-//! | `scripts.rs`, `scripts/*.lua` | the commands sent to Redis |
+//! | `scripts.rs`, `scripts/*.lua` | the commands sent to Redis (and `WAIT` after them, with `min_replicas`) |
+//! | `confirm.rs` | `min_replicas`: its bounds, and the connection that confirmed writes go through |
 //! | `guard.rs`, `lease.rs` | a held lock, its validity and loss |
 //! | `release.rs` | task: releases handed over by `Drop` |
 //! | `batch.rs` | group commit: releases that arrive while one is in flight go out as one call |

@@ -66,7 +66,10 @@ impl DistributedMutex {
     /// wait; [`Error::Unavailable`]/[`Error::Timeout`] when the last attempt
     /// could not reach Redis; [`Error::InvalidKey`] for an empty or too long
     /// key; [`Error::WrongType`] when the key holds something that is not a
-    /// lock; [`Error::Shutdown`] after [`shutdown`](Self::shutdown).
+    /// lock; [`Error::NotReplicated`] when the mutex confirms writes
+    /// ([`Builder::min_replicas`](crate::Builder::min_replicas)) and too few
+    /// replicas acknowledged this one (the lock is released again);
+    /// [`Error::Shutdown`] after [`shutdown`](Self::shutdown).
     ///
     /// # Cancel safety
     /// Dropping the future at any point leaves nothing locked: if an attempt
