@@ -301,13 +301,10 @@ impl Error {
                 message: format!("the Redis client is misconfigured ({})", source.details()),
                 source: Some(source),
             },
-            // LOADING and TRYAGAIN are transient server states, as is
-            // READONLY (a master demoted by a failover, until the client
-            // reconnects to the new one); the other two are the client's,
-            // for a command sent while it reconnects.
+            // LOADING and TRYAGAIN are transient server states; the other two
+            // are the client's, for a command sent while it reconnects.
             _ if details.starts_with("LOADING")
                 || details.starts_with("TRYAGAIN")
-                || details.starts_with("READONLY")
                 || details.starts_with("Failed to route command")
                 || details.starts_with("Too many failed write attempts") =>
             {
