@@ -59,6 +59,26 @@
 //! CONTENTION_PROBE=1 cargo bench --bench contention   # + where a handoff's time goes
 //! ```
 //!
+//! On Redis Cluster (`BENCH_CLUSTER=1` starts a private 6-node cluster, 3
+//! masters; or `REDIS_URL=redis-cluster://...`) every combination runs once
+//! per master, one run after another (combination by combination, the
+//! masters in turn within each), with the hot key on that master; the
+//! commands per acquisition are summed over the masters' `INFO
+//! commandstats`, and the reference round trips are measured per master on
+//! the same cluster in the same run (`PING` sent to that master, `SPUBLISH`
+//! on a shard channel of that master to a fred subscriber's `message_rx`).
+//! A table per master then gives the strict-handoff wait p50 beside those
+//! references, the release messages (`SPUBLISH`/`PUBLISH` calls) and Redis
+//! CPU (`INFO cpu`, all masters) per acquisition, and the connections each
+//! mutex instance holds on each
+//! master (`CLIENT LIST` at the window's start, minus the connections open
+//! before the run's mutexes were made), with those subscribed to a channel.
+//! `CONTENTION_PROBE` is single-server only.
+//!
+//! ```text
+//! BENCH_CLUSTER=1 cargo bench --bench contention
+//! ```
+//!
 //! `CONTENTION_PROBE=1` adds a third subscriber (a plain fred subscriber,
 //! outside the library) that timestamps each release message, and splits
 //! each handoff at that moment: release sent → message delivered (Redis and
@@ -79,6 +99,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::masters::{self, Masters};
 use distributed_mutex::{DistributedMutex, RetryStrategy};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
@@ -200,20 +221,46 @@ async fn worker(id: usize, mutex: DistributedMutex, shared: Arc<Shared>) -> Work
     log
 }
 
-/// `INFO commandstats` as command → calls (our own `info` left out).
-async fn command_stats(client: &Client) -> BTreeMap<String, u64> {
-    let info: String = client
-        .info(Some(InfoKind::CommandStats))
+/// `INFO commandstats` as command → calls, summed over the masters (our
+/// own `info` and `client|list` left out).
+async fn command_stats(masters: &Masters) -> BTreeMap<String, u64> {
+    let each: Vec<BTreeMap<String, u64>> = masters
+        .info_each(InfoKind::CommandStats)
         .await
-        .expect("INFO commandstats");
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            let calls = rest.split(',').next()?.parse().ok()?;
-            Some((name.to_owned(), calls))
+        .iter()
+        .map(|text| masters::command_calls(text))
+        .collect();
+    let mut all = masters::sum_calls(&each);
+    all.remove("info");
+    all.remove("client|list");
+    all
+}
+
+/// Redis CPU seconds so far (`used_cpu_user` + `used_cpu_sys`), summed over
+/// the masters.
+async fn redis_cpu(masters: &Masters) -> f64 {
+    masters
+        .info_each(InfoKind::Cpu)
+        .await
+        .iter()
+        .map(|text| {
+            masters::info_field(text, "used_cpu_user").unwrap_or(0.0)
+                + masters::info_field(text, "used_cpu_sys").unwrap_or(0.0)
         })
-        .filter(|(name, _)| name != "info")
-        .collect()
+        .sum()
+}
+
+/// Connections on one master: (all, subscribed to a channel).
+type Connections = (usize, usize);
+
+/// Per master: (connections, connections subscribed to a channel), from
+/// `CLIENT LIST`.
+async fn connections(masters: &Masters) -> Vec<Connections> {
+    let mut out = Vec::with_capacity(masters.len());
+    for i in 0..masters.len() {
+        out.push(masters::connections(&masters.client_list(i).await));
+    }
+    out
 }
 
 /// What every combination of one bench run shares.
@@ -222,6 +269,7 @@ struct Settings {
     cs: CriticalSection,
     measure: Duration,
     probe: bool,
+    masters: Masters,
 }
 
 /// What one combination's run recorded, before any reduction (see
@@ -229,6 +277,11 @@ struct Settings {
 struct Recorded {
     mode: Mode,
     notifications: bool,
+    /// The master serving the key (0 on one server).
+    master: usize,
+    /// Per master: connections (all, subscribed) open before the run's
+    /// mutexes were made, and at the window's start.
+    connections: (Vec<Connections>, Vec<Connections>),
     /// The measurement window: acquisitions whose `lock()` returned in
     /// `[window.0, window.1)` count.
     window: (Instant, Instant),
@@ -236,6 +289,8 @@ struct Recorded {
     /// `INFO commandstats` at the window's start and end.
     before: BTreeMap<String, u64>,
     after: BTreeMap<String, u64>,
+    /// Redis CPU seconds in the window, summed over the masters.
+    redis_cpu: f64,
     violations: u64,
     /// When the probe saw each release message (`CONTENTION_PROBE`).
     messages: Option<Vec<Instant>>,
@@ -247,14 +302,20 @@ async fn run(
     mode: Mode,
     notifications: bool,
     index: usize,
+    master: usize,
 ) -> Recorded {
     let Settings {
         ref url,
         cs,
         measure,
         probe,
+        ref masters,
     } = *settings;
-    let key = format!("{}{index}", common::key_prefix("contention"));
+    let key = masters.key_on(
+        master,
+        &format!("{}{index}:", common::key_prefix("contention")),
+    );
+    let connections_before = connections(masters).await;
     let probe = if probe {
         Some(Probe::start(url, raw, &format!("{key}:released")).await)
     } else {
@@ -297,9 +358,12 @@ async fn run(
         .collect();
 
     tokio::time::sleep_until(window.0.into()).await;
-    let before = command_stats(raw).await;
+    let before = command_stats(masters).await;
+    let cpu_before = redis_cpu(masters).await;
+    let connections_during = connections(masters).await;
     tokio::time::sleep_until(window.1.into()).await;
-    let after = command_stats(raw).await;
+    let redis_cpu = redis_cpu(masters).await - cpu_before;
+    let after = command_stats(masters).await;
     shared.stop.store(true, Ordering::SeqCst);
     shared.acquired.notify_waiters();
 
@@ -309,6 +373,10 @@ async fn run(
     }
     for mutex in &mutexes {
         mutex.shutdown().await;
+        // Built on a client the bench made (`connect`, then `builder`): the
+        // mutex does not close it, so that the next run starts without this
+        // run's connections.
+        let _ = mutex.client().quit().await;
     }
     let messages = match probe {
         Some(probe) => Some(probe.finish().await),
@@ -317,10 +385,13 @@ async fn run(
     Recorded {
         mode,
         notifications,
+        master,
+        connections: (connections_before, connections_during),
         window,
         logs,
         before,
         after,
+        redis_cpu,
         violations: shared.violations.load(Ordering::SeqCst),
         messages,
     }
@@ -374,17 +445,24 @@ async fn wait_for_subscriber(raw: &Client, channel: &str) {
     }
 }
 
-/// Round trips on idle connections, for reference.
+/// Round trips on idle connections, for reference (per master on a
+/// cluster).
 struct Reference {
-    /// `PING` on the stats client.
+    /// `PING` on the stats client (sent to that master).
     pings: Vec<Duration>,
-    /// `PUBLISH` until a fred subscriber's `message_rx` yields it.
+    /// `PUBLISH` (`SPUBLISH` on a cluster, on a shard channel of that master)
+    /// until a fred subscriber's `message_rx` yields it.
     deliveries: Vec<Duration>,
 }
 
 /// Round trips on idle connections, for reference: a `PING` on the stats
-/// client, and a `PUBLISH` until a fred subscriber's `message_rx` yields it.
-async fn floor(url: &str, raw: &Client) -> Reference {
+/// client, and a `PUBLISH` until a fred subscriber's `message_rx` yields it;
+/// on a cluster, a `PING` to master `master` and an `SPUBLISH` on a shard
+/// channel that master serves.
+async fn floor(url: &str, raw: &Client, masters: &Masters, master: usize) -> Reference {
+    if masters.is_cluster() {
+        return cluster_floor(url, raw, masters, master).await;
+    }
     let mut pings = Vec::new();
     for _ in 0..2000 {
         let t = Instant::now();
@@ -418,6 +496,55 @@ async fn floor(url: &str, raw: &Client) -> Reference {
     Reference { pings, deliveries }
 }
 
+/// [`floor`] on a cluster: `PING` to one master, `SPUBLISH` → `SSUBSCRIBE`
+/// on a shard channel that master serves.
+async fn cluster_floor(url: &str, raw: &Client, masters: &Masters, master: usize) -> Reference {
+    let node = masters.node(master);
+    let mut pings = Vec::new();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        let _: String = node.ping(None).await.expect("PING");
+        pings.push(t.elapsed());
+    }
+
+    let config = Config::from_url(url).expect("valid REDIS_URL");
+    let subscriber = Builder::from_config(config)
+        .build_subscriber_client()
+        .expect("subscriber client");
+    subscriber.init().await.expect("connect the subscriber");
+    let channel = masters.key_on(
+        master,
+        &format!("contention:{}:probe:{master}:", std::process::id()),
+    );
+    let mut messages = subscriber.message_rx();
+    subscriber
+        .ssubscribe(channel.as_str())
+        .await
+        .expect("SSUBSCRIBE");
+    loop {
+        let reply: Vec<fred::types::Value> = raw
+            .pubsub_shardnumsub(channel.as_str())
+            .await
+            .expect("PUBSUB SHARDNUMSUB");
+        if reply.get(1).and_then(|n| n.as_i64()) >= Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut deliveries = Vec::new();
+    for i in 0..1000 {
+        let t = Instant::now();
+        let _: i64 = raw.spublish(channel.as_str(), i).await.expect("SPUBLISH");
+        tokio::time::timeout(Duration::from_secs(2), messages.recv())
+            .await
+            .expect("a published message reaches the subscriber within 2 s")
+            .expect("message");
+        deliveries.push(t.elapsed());
+    }
+    let _ = subscriber.quit().await;
+    Reference { pings, deliveries }
+}
+
 fn main() {
     // Without `--bench` (`cargo test --benches`) every combination runs
     // briefly, as a smoke test.
@@ -430,7 +557,7 @@ fn main() {
         None if quick => Duration::from_millis(300),
         None => Duration::from_secs(3),
     };
-    let probe = common::env_flag("CONTENTION_PROBE");
+    let mut probe = common::env_flag("CONTENTION_PROBE");
     let cs = match std::env::var("CONTENTION_CS").as_deref() {
         Ok("sleep") => CriticalSection::Sleep,
         Ok("thread") => CriticalSection::Thread,
@@ -453,20 +580,40 @@ fn main() {
         WARM_UP,
     );
 
-    let settings = Settings {
-        url: url.clone(),
-        cs,
-        measure,
-        probe,
-    };
-    let (reference, rows) = rt.block_on(async {
+    if probe && redis.is_cluster() {
+        eprintln!("CONTENTION_PROBE is single-server only; ignored on a cluster");
+        probe = false;
+    }
+    let (references, rows) = rt.block_on(async {
         let raw = {
             let config = Config::from_url(&url).expect("valid REDIS_URL");
             let client = Builder::from_config(config).build().expect("fred client");
             client.init().await.expect("connect the stats client");
             client
         };
-        let reference = floor(&url, &raw).await;
+        let settings = Settings {
+            url: url.clone(),
+            cs,
+            measure,
+            probe,
+            masters: Masters::of(&raw).await,
+        };
+        let masters = &settings.masters;
+        if masters.is_cluster() {
+            eprintln!(
+                "Redis Cluster, {} masters ({}): every combination runs once per master, one \
+                 run after another, the hot key on that master",
+                masters.len(),
+                (0..masters.len())
+                    .map(|i| masters.name(i))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let mut references = Vec::new();
+        for master in 0..masters.len() {
+            references.push(floor(&url, &raw, masters, master).await);
+        }
         let mut rows = Vec::new();
         let combos = [
             (Mode::FreeForAll, true),
@@ -475,24 +622,26 @@ fn main() {
             (Mode::StrictHandoff, false),
         ];
         for (index, (mode, notifications)) in combos.into_iter().enumerate() {
-            let recorded = run(&settings, &raw, mode, notifications, index).await;
-            let row = analysis::analyse(&recorded);
-            eprintln!(
-                "{mode:?}, notifications {notifications}: {} acquisitions, per worker {:?}, \
-                 commands {:?} (top-level SETs: {})",
-                row.acquisitions,
-                row.counts,
-                row.commands,
-                row.top_level_sets()
-            );
-            assert_eq!(
-                row.violations, 0,
-                "two holders at once: mutual exclusion broken"
-            );
-            rows.push(row);
+            for master in 0..masters.len() {
+                let recorded = run(&settings, &raw, mode, notifications, index, master).await;
+                let row = analysis::analyse(&recorded);
+                eprintln!(
+                    "{mode:?}, notifications {notifications}, master {master}: {} acquisitions, \
+                     per worker {:?}, commands {:?} (top-level SETs: {})",
+                    row.acquisitions,
+                    row.counts,
+                    row.commands,
+                    row.top_level_sets()
+                );
+                assert_eq!(
+                    row.violations, 0,
+                    "two holders at once: mutual exclusion broken"
+                );
+                rows.push(row);
+            }
         }
         let _ = raw.quit().await;
-        (reference, rows)
+        (references, rows)
     });
-    report::print(&rows, probe, &reference);
+    report::print(&rows, probe, &references);
 }

@@ -39,6 +39,23 @@
 //! A private `redis-server` is started on a free port unless `REDIS_URL` is
 //! set (then that server is used; the keys are `bench:<pid>:*` and are left
 //! deleted).
+//!
+//! On Redis Cluster (`BENCH_CLUSTER=1` starts a private 6-node cluster, 3
+//! masters; or `REDIS_URL=redis-cluster://...`, e.g. from
+//! `scripts/redis-cluster start`) the floor runs on the same cluster client
+//! as the library, in the same interleaved rounds. The 64 parallel keys are
+//! spread evenly over the masters (key `t` on master `t % masters`), and each
+//! summary round puts its sequential keys on one master, round `r` on master
+//! `r % masters`, so every master gets the same number of rounds; the
+//! summary then also gives (a) per master.
+//!
+//! The summary also gives the CPU per parallel cycle, Redis's (`INFO cpu`,
+//! summed over the masters) and this process's, over all rounds' batches of
+//! each parallel loop (meaningful on a private server or cluster only).
+//!
+//! ```text
+//! BENCH_CLUSTER=1 BENCH_SUMMARY_ONLY=1 cargo bench --bench lock
+//! ```
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -49,13 +66,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::masters::{self, Masters};
 use common::report::{self, Align, Table};
 use common::stats::{self, Spread};
 use criterion::{Criterion, Throughput};
 use distributed_mutex::DistributedMutex;
 use fred::prelude::*;
 use fred::types::scripts::Script;
-use fred::types::{Expiration, SetOptions};
+use fred::types::{Expiration, InfoKind, SetOptions};
 use tokio::runtime::Runtime;
 
 /// The compare-and-delete the floor runs (the same logic as the library's
@@ -80,11 +98,20 @@ struct Env {
     compare_and_delete: Arc<Script>,
     acquire: Arc<Script>,
     prefix: String,
+    /// The masters (one entry on one server).
+    masters: Arc<Masters>,
+    /// The parallel tasks' keys: task `t`'s on master `t % masters`.
+    parallel_keys: Arc<Vec<String>>,
 }
 
 impl Env {
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// A key of a sequential loop, served by master `master`.
+    fn key_on(&self, name: &str, master: usize) -> String {
+        self.masters.key_on(master, &self.key(&format!("{name}:")))
     }
 }
 
@@ -173,7 +200,7 @@ async fn parallel_batch(env: &Env, what: Cycle, cycles: u64) -> Duration {
     let mut tasks = Vec::with_capacity(TASKS);
     let started = Instant::now();
     for t in 0..TASKS {
-        let key = env.key(&format!("parallel:{t}"));
+        let key = env.parallel_keys[t].clone();
         let env = env.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..cycles {
@@ -241,12 +268,27 @@ struct Measured {
     seq_cycles: [Vec<Duration>; SEQ.len()],
     /// Per parallel loop: cycles per second in each round.
     par_rate: [Vec<f64>; PAR.len()],
+    /// Per parallel loop, over all rounds: Redis CPU seconds (`INFO cpu`
+    /// `used_cpu_user` + `used_cpu_sys`, summed over the masters) and this
+    /// process's CPU ticks (`/proc/self/stat`, 100 Hz), around the batches.
+    par_redis_cpu: [f64; PAR.len()],
+    par_client_ticks: [u64; PAR.len()],
+    /// The master each round's sequential keys were on.
+    round_master: Vec<usize>,
+    /// How many masters (1 on one server).
+    masters: usize,
 }
 
-/// `cycles` sequential cycles on one key; pushes each cycle's time onto
-/// `each` and returns µs per cycle over the loop.
-async fn sequential(env: &Env, what: Cycle, cycles: u64, each: &mut Vec<Duration>) -> f64 {
-    let key = env.key(&format!("summary:{}", what.name()));
+/// `cycles` sequential cycles on one key served by master `master`; pushes
+/// each cycle's time onto `each` and returns µs per cycle over the loop.
+async fn sequential(
+    env: &Env,
+    what: Cycle,
+    master: usize,
+    cycles: u64,
+    each: &mut Vec<Duration>,
+) -> f64 {
+    let key = env.key_on(&format!("summary:{}", what.name()), master);
     each.reserve(cycles as usize);
     let started = Instant::now();
     let mut last = started;
@@ -266,6 +308,10 @@ fn measure_summary(rt: &Runtime, env: &Env, size: Size) -> Measured {
         seq_per_cycle: Default::default(),
         seq_cycles: Default::default(),
         par_rate: Default::default(),
+        par_redis_cpu: Default::default(),
+        par_client_ticks: Default::default(),
+        round_master: Vec::new(),
+        masters: env.masters.len(),
         size,
     };
     let Size {
@@ -276,22 +322,30 @@ fn measure_summary(rt: &Runtime, env: &Env, size: Size) -> Measured {
     rt.block_on(async {
         // Warm up connections, scripts and the release worker.
         let mut discard = Vec::new();
-        for what in SEQ {
-            sequential(env, what, 100, &mut discard).await;
+        for master in 0..env.masters.len() {
+            for what in SEQ {
+                sequential(env, what, master, 100, &mut discard).await;
+            }
         }
         for what in PAR {
             parallel_batch(env, what, 2).await;
         }
         let total = (TASKS as u64 * par_cycles) as f64;
         for round in 0..rounds {
+            let master = round % env.masters.len();
+            m.round_master.push(master);
             for i in 0..SEQ.len() {
                 let j = (round + i) % SEQ.len();
-                let per_cycle = sequential(env, SEQ[j], cycles, &mut m.seq_cycles[j]).await;
+                let per_cycle = sequential(env, SEQ[j], master, cycles, &mut m.seq_cycles[j]).await;
                 m.seq_per_cycle[j].push(per_cycle);
             }
             for i in 0..PAR.len() {
                 let j = (round + i) % PAR.len();
+                let redis0 = redis_cpu(&env.masters).await;
+                let ticks0 = cpu_ticks();
                 let took = parallel_batch(env, PAR[j], par_cycles).await;
+                m.par_client_ticks[j] += cpu_ticks() - ticks0;
+                m.par_redis_cpu[j] += redis_cpu(&env.masters).await - redis0;
                 m.par_rate[j].push(total / took.as_secs_f64());
             }
         }
@@ -299,6 +353,31 @@ fn measure_summary(rt: &Runtime, env: &Env, size: Size) -> Measured {
         env.mutex.shutdown().await;
     });
     m
+}
+
+/// Redis CPU seconds so far, summed over the masters.
+async fn redis_cpu(masters: &Masters) -> f64 {
+    masters
+        .info_each(InfoKind::Cpu)
+        .await
+        .iter()
+        .map(|text| {
+            masters::info_field(text, "used_cpu_user").unwrap_or(0.0)
+                + masters::info_field(text, "used_cpu_sys").unwrap_or(0.0)
+        })
+        .sum()
+}
+
+/// This process's user + system CPU time, in clock ticks (100 Hz).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after "(comm) ": utime is the 12th, stime the 13th.
+    let Some(close) = stat.rfind(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let field = |i: usize| -> u64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0) };
+    field(11) + field(12)
 }
 
 /// Per-round throughput and time ratios of a sequential loop to the floor.
@@ -367,6 +446,25 @@ fn print_summary(m: &Measured) {
     print!("{}", table.plain());
     println!("(ratios: median [min-max] of the per-round ratios to the floor of the same round)");
     println!();
+    let cycles = (rounds as u64 * TASKS as u64 * par_cycles) as f64;
+    let cpu: Vec<String> = PAR
+        .iter()
+        .enumerate()
+        .map(|(j, what)| {
+            format!(
+                "{} {:.1} µs Redis (all masters) / {:.1} µs process",
+                what.name(),
+                m.par_redis_cpu[j] / cycles * 1e6,
+                m.par_client_ticks[j] as f64 / 100.0 / cycles * 1e6
+            )
+        })
+        .collect();
+    println!(
+        "CPU per parallel cycle, over every round's batches (INFO cpu; /proc/self/stat; \
+         meaningful on a private server only): {}",
+        cpu.join("; ")
+    );
+    println!();
 
     let seq = |what| SEQ.iter().position(|&w| w == what).expect("in SEQ");
     let par = |what| PAR.iter().position(|&w| w == what).expect("in PAR");
@@ -414,6 +512,45 @@ fn print_summary(m: &Measured) {
         "(floor_scripts sends the library's own acquire and release scripts raw: the part of \
          a gap that is the protocol's, not the library's)"
     );
+    if m.masters > 1 {
+        print_per_master(m);
+    }
+}
+
+/// (a) and (c) over the rounds whose sequential keys were on each master.
+fn print_per_master(m: &Measured) {
+    let seq = |what| SEQ.iter().position(|&w| w == what).expect("in SEQ");
+    let mut table = Table::new(&[
+        ("master", Align::Left),
+        ("rounds", Align::Right),
+        ("floor time/cycle", Align::Right),
+        ("(a) lock_release library/floor time", Align::Right),
+        ("(c) lock_drop library/floor throughput", Align::Right),
+    ]);
+    for master in 0..m.masters {
+        let rounds: Vec<usize> = (0..m.round_master.len())
+            .filter(|&r| m.round_master[r] == master)
+            .collect();
+        if rounds.is_empty() {
+            // A short run (`cargo test --benches`) has fewer rounds than masters.
+            continue;
+        }
+        let pick =
+            |j: usize| -> Vec<f64> { rounds.iter().map(|&r| m.seq_per_cycle[j][r]).collect() };
+        let floor = pick(0);
+        let a = stats::paired_ratios(&pick(seq(Cycle::LockRelease)), &floor);
+        let c = stats::paired_ratios(&floor, &pick(seq(Cycle::LockDrop)));
+        table.row([
+            master.to_string(),
+            rounds.len().to_string(),
+            report::us(Duration::from_secs_f64(stats::median(&floor) / 1e6)),
+            report::spread(a),
+            report::spread(c),
+        ]);
+    }
+    println!();
+    println!("per master (each round's sequential keys were on one master, in turn):");
+    print!("{}", table.plain());
 }
 
 fn main() {
@@ -434,15 +571,39 @@ fn main() {
         compare_and_delete.load(&client).await.expect("SCRIPT LOAD");
         let acquire = Script::from_lua(ACQUIRE_LUA);
         acquire.load(&client).await.expect("SCRIPT LOAD");
+        let masters = Masters::of(&client).await;
+        let prefix = common::key_prefix("bench");
+        let parallel_keys = masters.spread(&format!("{prefix}parallel:"), TASKS);
         Env {
             mutex,
             client,
             compare_and_delete: Arc::new(compare_and_delete),
             acquire: Arc::new(acquire),
-            prefix: common::key_prefix("bench"),
+            prefix,
+            masters: Arc::new(masters),
+            parallel_keys: Arc::new(parallel_keys),
         }
     });
     eprintln!("benchmarking against {url} ({})", redis.origin());
+    if env.masters.len() > 1 {
+        let per: Vec<usize> = (0..env.masters.len())
+            .map(|i| {
+                env.parallel_keys
+                    .iter()
+                    .filter(|k| env.masters.of_key(k) == i)
+                    .count()
+            })
+            .collect();
+        eprintln!(
+            "Redis Cluster, {} masters ({}); parallel keys per master {per:?}; the floor runs on \
+             the same cluster client",
+            env.masters.len(),
+            (0..env.masters.len())
+                .map(|i| env.masters.name(i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 
     if !summary_only {
         let mut c = Criterion::default()

@@ -2,8 +2,8 @@
 //!
 //! On Redis Cluster with Redis 7 or later, a release is announced with
 //! `SPUBLISH` on a shard channel in the lock key's slot, and waiters listen
-//! with `SSUBSCRIBE` on the node that owns that slot (fred follows the slot
-//! when it moves). Elsewhere (one server, or Redis before 7) plain `PUBLISH`
+//! with `SSUBSCRIBE` on the node that owns that slot (and again on its new
+//! owner when the slot moves: see `notify.rs`). Elsewhere (one server, or Redis before 7) plain `PUBLISH`
 //! and `SUBSCRIBE` are used. The "does anyone listen" check matches:
 //! `PUBSUB SHARDNUMSUB` or `PUBSUB NUMSUB`, on the node that runs the release.
 //!

@@ -79,6 +79,12 @@ async fn connect_config(config: Config, command_timeout: Duration) -> Result<Cli
         .with_connection_config(|c| {
             c.connection_timeout = command_timeout;
             c.internal_command_timeout = command_timeout;
+            // One attempt more than the cluster redirections a command may
+            // follow: fred 10 ends the client's connection task when an ASK
+            // meets a command with no attempts left (it sends a command that
+            // met ASK back to the old owner, which answers ASK again, each
+            // time using an attempt), and the client is dead after.
+            c.max_command_attempts = c.max_command_attempts.max(c.max_redirections + 1);
         })
         .with_performance_config(|p| p.default_command_timeout = command_timeout)
         .set_policy(ReconnectPolicy::new_exponential(0, 100, max_delay, 2))

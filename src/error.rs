@@ -349,6 +349,19 @@ fn denied(details: &str) -> Option<String> {
     Some(what.unwrap_or_else(|| "a command".to_owned()))
 }
 
+/// Whether a command fred made with one attempt (its own `SSUBSCRIBE`)
+/// failed because the node redirected it (`MOVED`): fred counts the write
+/// to the node it was redirected to as another attempt, and answers this
+/// instead of making it. A redirected command did not run, and after
+/// `MOVED` the client's slot table is up to date. (The other paths that
+/// would write a command again, after a reconnect, check the attempts left
+/// first and answer the connection's error.)
+pub(crate) fn redirect_not_followed(error: &fred::error::Error) -> bool {
+    error
+        .details()
+        .starts_with("Too many failed write attempts")
+}
+
 /// " for lock `key`", or nothing when the error is not about one key.
 fn for_lock(key: &str) -> String {
     if key.is_empty() {

@@ -48,7 +48,10 @@
 //! # The public API
 //! * [`DistributedMutex`]: `connect`, `new`, `builder`, `lock`, `try_lock`,
 //!   `acquire(key)` (an [`Acquire`] with `.ttl`, `.retry`, `.timeout`,
-//!   `.fencing`, `.auto_renew`, `.min_replicas`), `with_lock`, `shutdown`.
+//!   `.fencing`, `.auto_renew`, `.min_replicas`), `with_lock`, `shutdown`;
+//!   for operators, `release_token(key, token)` (a token-checked release by
+//!   another process) and `fencing_counter_key(key)` (where the counter
+//!   lives).
 //! * [`LockGuard`]: `key`, `token`, `fencing_token`, `remaining`, `lost`,
 //!   `extend`, `release`; released on drop. [`Lease`]: a view of it.
 //! * [`RetryStrategy`]: `none`, `linear`, `exponential` (with jitter).

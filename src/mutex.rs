@@ -177,6 +177,65 @@ impl DistributedMutex {
         }
     }
 
+    /// Releases the lock on `key` if it holds `token`: the operator's
+    /// release of a lock whose guard is elsewhere (another process, a
+    /// `dmutex run` whose child hangs), for example by the token that
+    /// [`LockGuard::token`] gave the holder.
+    ///
+    /// Token-checked like every release: the key is deleted only while it
+    /// still holds `token`, and waiters are told as after a guard's release.
+    /// Never an unconditional delete. The key is given as to
+    /// [`lock`](Self::lock) (the mutex's key prefix goes before it).
+    ///
+    /// ```no_run
+    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+    /// mutex
+    ///     .release_token("nightly-import", "0b6c7a44-5d3c-4a53-9a4e-0c3b8f8d1f2e")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotHeld`] when the key is gone ([`LostReason::Missing`](crate::LostReason::Missing))
+    /// or holds another token or another type of value
+    /// ([`LostReason::Replaced`](crate::LostReason::Replaced)): nothing was
+    /// touched. [`Error::InvalidKey`] for an empty or too long key;
+    /// [`Error::Unavailable`]/[`Error::Timeout`] when Redis could not be
+    /// asked (the release may or may not have happened; it is not retried);
+    /// [`Error::Shutdown`] after [`shutdown`](Self::shutdown).
+    pub async fn release_token(&self, key: impl AsRef<str>, token: &str) -> Result<(), Error> {
+        let key = key.as_ref();
+        crate::limits::validate_key(key)?;
+        if self.inner.is_shut_down() {
+            return Err(Error::Shutdown {
+                key: key.to_owned(),
+            });
+        }
+        self.inner.ensure_background();
+        let keys = crate::keys::LockKeys::new(&self.inner.settings.prefix, key);
+        let reason = match self.inner.batcher.release(&keys, token, None).await {
+            Ok(crate::scripts::Compared::Held) => return Ok(()),
+            Ok(crate::scripts::Compared::Missing) => crate::lease::LostReason::Missing,
+            Ok(crate::scripts::Compared::Replaced) => crate::lease::LostReason::Replaced,
+            Err(mut e) => {
+                e.set_key(key);
+                return Err(e);
+            }
+        };
+        Err(Error::NotHeld {
+            key: key.to_owned(),
+            reason,
+        })
+    }
+
+    /// The Redis name of `key`'s fencing counter, under this mutex's key
+    /// prefix: `P` `0xFF` `{T}:fence:K`, as the README's "Redis layout"
+    /// describes (not valid UTF-8 by design). For reading the counter, e.g.
+    /// `GET` on it gives the last fencing token drawn for `key`.
+    pub fn fencing_counter_key(&self, key: impl AsRef<str>) -> Vec<u8> {
+        crate::keys::LockKeys::new(&self.inner.settings.prefix, key.as_ref()).fence()
+    }
+
     /// Refuses new locks with [`Error::Shutdown`], waits for the releases
     /// still queued by dropped guards, and closes the connections the mutex
     /// made: the subscriber connection, and the client when it came from

@@ -12,6 +12,17 @@
 //! Nothing depends on a message arriving: every wait is also capped by the
 //! holder's remaining TTL and by the retry strategy's next delay, so a lost
 //! message, or a subscriber connection that is down, costs at most that.
+//!
+//! Sharded subscriptions follow slot moves. A node that gives a slot away
+//! (resharding, `CLUSTER SETSLOT ... NODE`) drops every shard channel
+//! subscription in it, telling the client only with a `sunsubscribe` push
+//! that fred discards; fred re-subscribes after a reconnect, not after a
+//! slot move. So while a mutex has sharded subscriptions, its manager reads
+//! `CLUSTER SLOTS` every [`FOLLOW_CHECK`]; a channel whose slot is owned by
+//! another node than when it was subscribed is subscribed again (fred
+//! follows the `MOVED` to the new owner), and the key's head waiter tries
+//! once more at once, since a release may have come while no subscription
+//! was in place.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +43,11 @@ const YIELD_TO_OTHERS: Duration = Duration::from_millis(1);
 /// After a failed attempt to make the subscriber connection, waiters poll
 /// for this long before it is tried again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+/// How often a mutex with sharded subscriptions checks that their slots
+/// are still on the nodes it subscribed on (one `CLUSTER SLOTS`; nothing is
+/// sent while it has none).
+pub(crate) const FOLLOW_CHECK: Duration = Duration::from_millis(500);
 
 /// The waiters of one key, in FIFO order, and the channel they listen on.
 struct KeyQueue {
@@ -308,6 +324,9 @@ async fn manager(
     let mut subscriber: Option<SubscriberClient> = None;
     let mut retry_at = Instant::now();
     let mut messages = None;
+    let mut followed = Followed::default();
+    let mut follow_check = tokio::time::interval(FOLLOW_CHECK);
+    follow_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             op = ops.recv() => {
@@ -322,7 +341,12 @@ async fn manager(
                         None => retry_at = Instant::now() + RECONNECT_PAUSE,
                     }
                 }
-                apply(subscriber.as_ref(), op, timeout).await;
+                apply(subscriber.as_ref(), op, timeout, &mut followed).await;
+            }
+            _ = follow_check.tick(), if !followed.channels.is_empty() => {
+                if let Some(s) = subscriber.as_ref() {
+                    follow(&client, s, timeout, &mut followed, &shared).await;
+                }
             }
             message = recv(&mut messages), if messages.is_some() => match message {
                 Ok(message) => on_message(&shared, &message),
@@ -373,7 +397,12 @@ async fn recv(
     }
 }
 
-async fn apply(subscriber: Option<&SubscriberClient>, op: Op, timeout: Duration) {
+async fn apply(
+    subscriber: Option<&SubscriberClient>,
+    op: Op,
+    timeout: Duration,
+    followed: &mut Followed,
+) {
     match op {
         Op::Subscribe(channel, ack) => {
             let ok = match subscriber {
@@ -383,7 +412,7 @@ async fn apply(subscriber: Option<&SubscriberClient>, op: Op, timeout: Duration)
                 // same connection answers only after Redis has subscribed.
                 Some(s) => match tokio::time::timeout(timeout, async {
                     if channel.sharded {
-                        s.ssubscribe(channel.name.as_str()).await
+                        ssubscribe_once_more_after_moved(s, &channel.name).await
                     } else {
                         s.subscribe(channel.name.as_str()).await?;
                         s.ping::<fred::types::Value>(None).await.map(drop)
@@ -406,6 +435,11 @@ async fn apply(subscriber: Option<&SubscriberClient>, op: Op, timeout: Duration)
                 },
                 None => false,
             };
+            if ok && channel.sharded {
+                if let Some(s) = subscriber {
+                    followed.subscribed(s, &channel.name);
+                }
+            }
             let _ = ack.send(ok);
         }
         Op::Reconnect => {
@@ -414,6 +448,7 @@ async fn apply(subscriber: Option<&SubscriberClient>, op: Op, timeout: Duration)
             }
         }
         Op::Unsubscribe(channel) => {
+            followed.channels.remove(&channel.name);
             if let Some(s) = subscriber {
                 let name = channel.name.as_str();
                 let _ = if channel.sharded {
@@ -423,6 +458,132 @@ async fn apply(subscriber: Option<&SubscriberClient>, op: Op, timeout: Duration)
                 };
             }
         }
+    }
+}
+
+/// The sharded subscriptions in place, each with its slot and the id of
+/// the node that owned the slot when it was made.
+#[derive(Default)]
+struct Followed {
+    channels: HashMap<String, (u16, Option<String>)>,
+}
+
+impl Followed {
+    /// Notes a sharded subscription just made by `subscriber`, on the node
+    /// its routing table names for the channel's slot (after a `MOVED`,
+    /// fred has updated the table before it answers).
+    fn subscribed(&mut self, subscriber: &SubscriberClient, channel: &str) {
+        let slot = fred::util::redis_keyslot(channel.as_bytes());
+        let node = subscriber
+            .inner()
+            .with_cluster_state(|routing| {
+                Ok(routing
+                    .slots()
+                    .iter()
+                    .find(|range| range.start <= slot && slot <= range.end)
+                    .map(|range| range.id.to_string()))
+            })
+            .ok()
+            .flatten();
+        self.channels.insert(channel.to_owned(), (slot, node));
+    }
+}
+
+/// `(first slot, last slot, master's node id)` of every range in a
+/// `CLUSTER SLOTS` reply (`[[start, end, [host, port, id, ...], ...], ...]`);
+/// ranges it cannot read are left out.
+fn slot_owners(reply: fred::types::Value) -> Vec<(u16, u16, String)> {
+    use fred::types::Value;
+    let Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    ranges
+        .into_iter()
+        .filter_map(|range| {
+            let Value::Array(fields) = range else {
+                return None;
+            };
+            let start = u16::try_from(fields.first()?.as_i64()?).ok()?;
+            let end = u16::try_from(fields.get(1)?.as_i64()?).ok()?;
+            let Some(Value::Array(master)) = fields.get(2) else {
+                return None;
+            };
+            let id = master.get(2)?.as_string()?;
+            Some((start, end, id))
+        })
+        .collect()
+}
+
+/// Subscribes again to every sharded channel whose slot has moved to
+/// another node since it was subscribed (the old owner dropped the
+/// subscription), and wakes its key's head waiter to try once more. A
+/// channel whose subscription fails now is tried again at the next check.
+async fn follow(
+    client: &Client,
+    subscriber: &SubscriberClient,
+    timeout: Duration,
+    followed: &mut Followed,
+    shared: &Shared,
+) {
+    use fred::types::{ClusterHash, CustomCommand};
+    let slots = tokio::time::timeout(
+        timeout,
+        client.custom::<fred::types::Value, _>(
+            CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
+            vec!["SLOTS"],
+        ),
+    )
+    .await;
+    let Some(Ok(reply)) = slots.ok() else {
+        return;
+    };
+    let owners = slot_owners(reply);
+    let owner = |slot: u16| {
+        owners
+            .iter()
+            .find(|(start, end, _)| *start <= slot && slot <= *end)
+            .map(|(_, _, id)| id)
+    };
+    let moved: Vec<String> = followed
+        .channels
+        .iter()
+        .filter(|(_, (slot, node))| owner(*slot).is_some_and(|now| Some(now) != node.as_ref()))
+        .map(|(channel, _)| channel.clone())
+        .collect();
+    for channel in moved {
+        let ok = ssubscribe(subscriber, &channel, timeout).await;
+        tracing::debug!(channel = %channel, resubscribed = ok, "release channel's slot moved");
+        if ok {
+            followed.subscribed(subscriber, &channel);
+        }
+        shared.wake_channel(&channel);
+    }
+}
+
+/// `SSUBSCRIBE channel`, bounded by `timeout`; `true` when it is in place.
+async fn ssubscribe(subscriber: &SubscriberClient, channel: &str, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(
+            timeout,
+            ssubscribe_once_more_after_moved(subscriber, channel)
+        )
+        .await,
+        Ok(Ok(()))
+    )
+}
+
+/// `SSUBSCRIBE channel`, sent once more when the node answered `MOVED`.
+/// fred makes its `SSUBSCRIBE` with one attempt, so it does not follow a
+/// redirection (it answers "too many failed write attempts" instead), but
+/// it has updated its slot table by then: sent again, it goes to the slot's
+/// new owner.
+async fn ssubscribe_once_more_after_moved(
+    subscriber: &SubscriberClient,
+    channel: &str,
+) -> Result<(), fred::error::Error> {
+    match subscriber.ssubscribe(channel).await {
+        Err(e) if crate::error::redirect_not_followed(&e) => subscriber.ssubscribe(channel).await,
+        other => other,
     }
 }
 
@@ -452,5 +613,45 @@ async fn connect(client: &Client, timeout: Duration) -> Option<SubscriberClient>
             let _ = subscriber.quit().await;
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::types::Value;
+
+    fn node(host: &str, port: i64, id: &str) -> Value {
+        Value::Array(vec![
+            Value::from(host),
+            Value::Integer(port),
+            Value::from(id),
+        ])
+    }
+
+    #[test]
+    fn slot_owners_reads_each_ranges_master_id() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Integer(0),
+                Value::Integer(221),
+                node("127.0.0.1", 7000, "a"),
+                node("127.0.0.1", 7003, "a-replica"),
+            ]),
+            Value::Array(vec![
+                Value::Integer(222),
+                Value::Integer(222),
+                node("127.0.0.1", 7001, "b"),
+            ]),
+            // Unreadable ranges are left out.
+            Value::Array(vec![Value::Integer(223)]),
+            Value::from("junk"),
+        ]);
+        assert_eq!(
+            slot_owners(reply),
+            vec![(0, 221, "a".to_owned()), (222, 222, "b".to_owned())]
+        );
+        assert!(slot_owners(Value::from("OK")).is_empty());
+        assert!(slot_owners(Value::Null).is_empty());
     }
 }

@@ -145,6 +145,43 @@ fn binary_key(bytes: Vec<u8>) -> Key {
     Key::from(bytes.into_boxed_slice())
 }
 
+/// The numbers of a script reply that ends with `echo` (the scripts end
+/// every reply with the call's token); `None` for anything else: a reply
+/// to another command, which fred 10.1 can hand over while it follows an
+/// `ASK` redirection with other commands in flight to the same node.
+fn checked(reply: Value, echo: &str) -> Option<Vec<i64>> {
+    let Value::Array(mut items) = reply else {
+        return None;
+    };
+    let last = items.pop()?;
+    if last.as_str().as_deref() != Some(echo) {
+        return None;
+    }
+    items
+        .into_iter()
+        .map(|v| match v {
+            Value::Integer(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The reply was not this command's (see [`checked`]): what the command did
+/// is unknown, as after a lost reply.
+fn mismatched(key: &str, script: &str) -> Error {
+    Error::Unavailable {
+        key: key.to_owned(),
+        source: fred::error::Error::new(
+            fred::error::ErrorKind::Protocol,
+            format!(
+                "the reply to the {script} script was another command's (the Redis client \
+                 matched replies to the wrong commands, as fred 10.1 can while it follows an \
+                 ASK redirection); its outcome is unknown"
+            ),
+        ),
+    }
+}
+
 fn unexpected(key: &str, script: &str, reply: impl std::fmt::Debug) -> Error {
     Error::Redis {
         key: key.to_owned(),
@@ -171,7 +208,8 @@ pub(crate) async fn acquire(
     if fencing {
         script_keys.push(binary_key(keys.fence()));
     }
-    let reply: Vec<i64> = run(client, &ACQUIRE, key, script_keys, args, timeout).await?;
+    let reply: Value = run(client, &ACQUIRE, key, script_keys, args, timeout).await?;
+    let reply = checked(reply, token).ok_or_else(|| mismatched(key, "acquire"))?;
     parse_acquired(key, fencing, &reply)
 }
 
@@ -192,8 +230,9 @@ pub(crate) async fn acquire_confirmed(
     if fencing {
         script_keys.push(Value::from(binary_key(keys.fence())));
     }
-    let (reply, acked): (Vec<i64>, u32) =
+    let (reply, acked): (Value, u32) =
         confirmed(client, &ACQUIRE, key, script_keys, args, wait, timeout).await?;
+    let reply = checked(reply, token).ok_or_else(|| mismatched(key, "acquire"))?;
     Ok((parse_acquired(key, fencing, &reply)?, acked))
 }
 
@@ -221,6 +260,10 @@ fn parse_acquired(key: &str, fencing: bool, reply: &[i64]) -> Result<Acquired, E
 /// `true` when it set the key. `false` says only that the key exists (it may
 /// be ours, if this command was re-sent after a reconnect): the acquire
 /// script must then decide.
+///
+/// On a cluster, the acquire script instead: its reply names its token,
+/// while `OK` could be any command's (fred 10.1 can hand a command another
+/// one's reply while it follows an `ASK` redirection, during resharding).
 pub(crate) async fn set_nx(
     client: &Client,
     key: &str,
@@ -229,6 +272,11 @@ pub(crate) async fn set_nx(
     timeout: Duration,
 ) -> Result<bool, Error> {
     use fred::interfaces::KeysInterface;
+    if client.is_clustered() {
+        let keys = LockKeys::new("", key);
+        let acquired = acquire(client, &keys, false, token, ttl_ms, timeout).await?;
+        return Ok(matches!(acquired, Acquired::Yes { .. }));
+    }
     use fred::types::{Expiration, SetOptions};
     let set = client.set::<Option<String>, _, _>(
         key,
@@ -247,7 +295,10 @@ pub(crate) async fn set_nx(
 /// answer "gone" for a release that did delete the key (its reply lost), or
 /// run after another holder took the key; with a single send, every answer
 /// is the answer to this release, and a lost reply is a transient error
-/// ("unknown"), never a wrong answer.
+/// ("unknown"), never a wrong answer. A `MOVED` (nothing ran) is followed to
+/// the slot's new owner. An `ASK` is not: fred 10.1 sends the command back
+/// to the old owner, which answers `ASK` again until the redirections run
+/// out (a transient error; the slot's move ends soon).
 pub(crate) async fn release(
     client: &Client,
     entries: &[(&LockKeys, &str)],
@@ -260,8 +311,18 @@ pub(crate) async fn release(
     let first = entries.first().map_or("", |(keys, _)| keys.lock.as_str());
     // fred applies per-command options to commands sent through
     // `ClientLike::custom`, but not to its Lua calls: send EVALSHA as one.
+    // Sent once, yet following cluster redirections: with `fail_fast`, a
+    // command whose connection closes under it (or is down) is answered
+    // with the error, never written again, so every write after the first
+    // is to a node that redirected it (MOVED, ASK: nothing ran). It has one
+    // attempt more than the redirections it may follow: fred 10 ends the
+    // client's connection task when an ASK meets a command with no attempts
+    // left.
+    let redirections = client.connection_config().max_redirections.max(1);
     let once = client.with_options(&Options {
-        max_attempts: Some(1),
+        max_attempts: Some(redirections + 1),
+        max_redirections: Some(redirections),
+        fail_fast: true,
         ..Options::default()
     });
     let slot = fred::util::redis_keyslot(first.as_bytes());
@@ -291,7 +352,7 @@ pub(crate) async fn release(
             args.push(Value::from(*token));
             args.push(Value::from(channels.get(i).map_or("", String::as_str)));
         }
-        once.custom::<Vec<i64>, _>(command, args)
+        once.custom::<Value, _>(command, args)
     };
     let call = async {
         match send().await {
@@ -304,6 +365,8 @@ pub(crate) async fn release(
         }
     };
     let reply = bounded(client, first, timeout, call).await?;
+    let echo = entries.first().map_or("", |(_, token)| *token);
+    let reply = checked(reply, echo).ok_or_else(|| mismatched(first, "release"))?;
     if reply.len() != entries.len() {
         return Err(unexpected(first, "release", reply));
     }
@@ -319,8 +382,8 @@ pub(crate) async fn extend(
 ) -> Result<Vec<Compared>, Error> {
     let first = entries.first().map_or("", |e| e.0);
     let keys: Vec<&str> = entries.iter().map(|e| e.0).collect();
-    let reply: Vec<i64> = run(client, &EXTEND, first, keys, extend_args(entries), timeout).await?;
-    parse_extended(first, entries.len(), reply)
+    let reply: Value = run(client, &EXTEND, first, keys, extend_args(entries), timeout).await?;
+    parse_extended(first, entries, reply)
 }
 
 /// [`extend`] with its writes confirmed by `WAIT` (see [`confirmed`]): the
@@ -334,9 +397,9 @@ pub(crate) async fn extend_confirmed(
     let first = entries.first().map_or("", |e| e.0);
     let keys: Vec<Value> = entries.iter().map(|e| Value::from(e.0)).collect();
     let args = extend_args(entries);
-    let (reply, acked): (Vec<i64>, u32) =
+    let (reply, acked): (Value, u32) =
         confirmed(client, &EXTEND, first, keys, args, wait, timeout).await?;
-    Ok((parse_extended(first, entries.len(), reply)?, acked))
+    Ok((parse_extended(first, entries, reply)?, acked))
 }
 
 fn extend_args(entries: &[(&str, &str, u64)]) -> Vec<Value> {
@@ -348,8 +411,14 @@ fn extend_args(entries: &[(&str, &str, u64)]) -> Vec<Value> {
     args
 }
 
-fn parse_extended(first: &str, len: usize, reply: Vec<i64>) -> Result<Vec<Compared>, Error> {
-    if reply.len() != len {
+fn parse_extended(
+    first: &str,
+    entries: &[(&str, &str, u64)],
+    reply: Value,
+) -> Result<Vec<Compared>, Error> {
+    let echo = entries.first().map_or("", |e| e.1);
+    let reply = checked(reply, echo).ok_or_else(|| mismatched(first, "extend"))?;
+    if reply.len() != entries.len() {
         return Err(unexpected(first, "extend", reply));
     }
     Ok(reply.into_iter().map(Compared::from_reply).collect())

@@ -2,9 +2,12 @@
 //! `#[path = "../tests/support/mod.rs"] mod support;`, whose `RedisServer`
 //! it uses):
 //!
-//! * this module: the setup — where Redis is ([`Redis`]: `REDIS_URL`, or a
-//!   private `redis-server`), the runtime, per-run key prefixes, knobs read
-//!   from the environment, and whether `cargo bench` asked for a full run;
+//! * this module: the setup — where Redis is ([`Redis`]: `REDIS_URL`, a
+//!   private `redis-server`, or with `BENCH_CLUSTER=1` a private 6-node
+//!   Redis Cluster), the runtime, per-run key prefixes, knobs read from the
+//!   environment, and whether `cargo bench` asked for a full run;
+//! * [`masters`]: on a cluster, which master serves a key, keys on a given
+//!   master, and commands (INFO, CLIENT LIST) sent to each master;
 //! * [`stats`]: medians, percentiles, means, ratios of paired rounds;
 //! * [`report`]: tables (aligned text or Markdown) and number formats.
 //!
@@ -12,39 +15,70 @@
 //! `report` prints.
 #![allow(dead_code)]
 
+pub mod masters;
 pub mod report;
 pub mod stats;
 
 use tokio::runtime::Runtime;
 
+use crate::support::cluster::RedisCluster;
 use crate::support::RedisServer;
 
-/// The Redis server a bench runs against: the one at `REDIS_URL` when that is
-/// set (and not empty), else a private `redis-server` on a free loopback
-/// port, started here and killed (by its own pid, never by name) when this
-/// is dropped.
+/// The Redis a bench runs against: the one at `REDIS_URL` when that is set
+/// (and not empty; `redis-cluster://host:port?node=...` for a cluster, e.g.
+/// the one `scripts/redis-cluster start` prints), else with `BENCH_CLUSTER=1`
+/// a private 6-node cluster (3 masters, 3 replicas; the test fixture), else
+/// a private `redis-server` on a free loopback port. Private servers are
+/// started here and killed (by their own pids, never by name) when this is
+/// dropped.
 pub struct Redis {
     pub url: String,
     server: Option<RedisServer>,
+    cluster: Option<RedisCluster>,
 }
 
 impl Redis {
     pub fn from_env() -> Redis {
         match std::env::var("REDIS_URL") {
-            Ok(url) if !url.is_empty() => Redis { url, server: None },
-            _ => {
-                let server = RedisServer::start();
-                Redis {
-                    url: server.url(),
-                    server: Some(server),
-                }
-            }
+            Ok(url) if !url.is_empty() => Redis {
+                url,
+                server: None,
+                cluster: None,
+            },
+            _ if env_flag("BENCH_CLUSTER") => Redis::private_cluster(),
+            _ => Redis::private_server(),
         }
     }
 
-    /// A server of this run alone: every key and command on it is ours.
+    /// A private `redis-server`, whatever the environment says.
+    pub fn private_server() -> Redis {
+        let server = RedisServer::start();
+        Redis {
+            url: server.url(),
+            server: Some(server),
+            cluster: None,
+        }
+    }
+
+    /// A private 6-node cluster, whatever the environment says.
+    pub fn private_cluster() -> Redis {
+        let cluster = RedisCluster::start();
+        Redis {
+            url: cluster.url(),
+            server: None,
+            cluster: Some(cluster),
+        }
+    }
+
+    /// A server (or cluster) of this run alone: every key and command on it
+    /// is ours.
     pub fn is_private(&self) -> bool {
-        self.server.is_some()
+        self.server.is_some() || self.cluster.is_some()
+    }
+
+    /// Whether the URL names a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some() || self.url.starts_with("redis-cluster")
     }
 
     /// The private server, if one was started.
@@ -52,10 +86,17 @@ impl Redis {
         self.server.as_ref()
     }
 
-    /// `"private server"` or `"REDIS_URL"`.
+    /// The private cluster, if one was started.
+    pub fn cluster(&self) -> Option<&RedisCluster> {
+        self.cluster.as_ref()
+    }
+
+    /// `"private server"`, `"private cluster"` or `"REDIS_URL"`.
     pub fn origin(&self) -> &'static str {
-        if self.is_private() {
+        if self.server.is_some() {
             "private server"
+        } else if self.cluster.is_some() {
+            "private cluster, BENCH_CLUSTER=1"
         } else {
             "REDIS_URL"
         }

@@ -10,12 +10,22 @@ use crate::{Mode, Recorded, INSTANCES};
 /// Commands the library's Lua scripts run (Redis counts them in
 /// commandstats too). `set` is also sent top-level (the first attempt's
 /// plain `SET NX`): see [`Row::top_level_sets`].
-const SCRIPT_COMMANDS: &[&str] = &["set", "get", "del", "publish", "pexpire", "pttl", "incr"];
+const SCRIPT_COMMANDS: &[&str] = &[
+    "set", "get", "del", "publish", "spublish", "pexpire", "pttl", "incr",
+];
 
 /// One combination (workload x waiting), reduced.
 pub struct Row {
     pub mode: Mode,
     pub notifications: bool,
+    /// The master serving the key (0 on one server).
+    pub master: usize,
+    /// Per master: connections (all, subscribed to a channel) the run's
+    /// mutex instances opened, from `CLIENT LIST` at the window's start
+    /// minus before the mutexes were made.
+    pub connections: Vec<(usize, usize)>,
+    /// Redis CPU seconds in the window, summed over the masters.
+    pub redis_cpu: f64,
     pub acquisitions: usize,
     pub secs: f64,
     pub handoffs: Vec<Duration>,
@@ -83,6 +93,15 @@ impl Row {
     }
     pub fn evalsha(&self) -> f64 {
         self.per_acq(|c| c == "evalsha")
+    }
+    /// Release messages sent (`SPUBLISH` or `PUBLISH`, all run by the
+    /// release script) per acquisition.
+    pub fn publishes(&self) -> f64 {
+        self.per_acq(|c| c == "spublish" || c == "publish")
+    }
+    /// Redis CPU (all masters) per acquisition, in µs.
+    pub fn redis_us(&self) -> f64 {
+        self.redis_cpu * 1e6 / self.acquisitions.max(1) as f64
     }
     /// The `SET`s sent by clients (not by a script), derived from the
     /// scripts' shapes (no fencing): every release (and extend) script call
@@ -197,9 +216,18 @@ pub fn analyse(r: &Recorded) -> Row {
         .map(|(name, &n)| (name.clone(), n - r.before.get(name).copied().unwrap_or(0)))
         .filter(|(_, n)| *n > 0)
         .collect();
+    let (before, during) = &r.connections;
+    let connections = before
+        .iter()
+        .zip(during)
+        .map(|(b, d)| (d.0.saturating_sub(b.0), d.1.saturating_sub(b.1)))
+        .collect();
     Row {
         mode: r.mode,
         notifications: r.notifications,
+        master: r.master,
+        connections,
+        redis_cpu: r.redis_cpu,
         acquisitions: counts.iter().sum(),
         secs: (window.1 - window.0).as_secs_f64(),
         handoffs,

@@ -9,10 +9,12 @@ use crate::common::stats::{mean, median_duration, percentile, percentile_of};
 use crate::{Mode, Reference, INSTANCES, WORKERS};
 use crate::{TARGET_ACQ_PER_SEC, TARGET_CMDS, TARGET_P50, TARGET_P99, TARGET_SHARE};
 
-/// Every table, with the notes under them.
-pub fn print(rows: &[Row], probe: bool, reference: &Reference) {
+/// Every table, with the notes under them. `references` has one entry per
+/// master (one on one server).
+pub fn print(rows: &[Row], probe: bool, references: &[Reference]) {
+    let cluster = references.len() > 1;
     println!();
-    print!("{}", main_table(rows));
+    print!("{}", main_table(rows, cluster));
     println!();
     println!(
         "targets (notify rows; acq/s for strict handoff): >= {TARGET_ACQ_PER_SEC:.0} acquisitions/s, \
@@ -24,13 +26,13 @@ pub fn print(rows: &[Row], probe: bool, reference: &Reference) {
     println!();
     println!("where the time between two acquisitions goes:");
     println!();
-    print!("{}", time_table(rows));
+    print!("{}", time_table(rows, cluster));
     println!();
     println!(
         "which mutex instance wins (workers 0, 2, 4, 6 use instance 0; 1, 3, 5, 7 instance 1):"
     );
     println!();
-    print!("{}", instance_table(rows));
+    print!("{}", instance_table(rows, cluster));
     println!();
     if probe {
         println!(
@@ -40,12 +42,43 @@ pub fn print(rows: &[Row], probe: bool, reference: &Reference) {
         print!("{}", probe_table(rows));
         println!();
     }
-    println!(
-        "reference round trips on idle connections (p50): PING {} ms; PUBLISH → fred \
-         subscriber's message_rx {} ms",
-        ms(percentile_of(&reference.pings, 50.0)),
-        ms(percentile_of(&reference.deliveries, 50.0))
-    );
+    if cluster {
+        println!("per master (Redis Cluster; the hot key on that master, runs one after another):");
+        println!();
+        print!("{}", master_table(rows, references));
+        println!();
+        println!(
+            "references: round trips on idle connections to that master, measured in this run \
+             before the contention runs (PING sent to the master; SPUBLISH on a shard channel it \
+             serves until a fred subscriber's message_rx yields it). connections per instance: \
+             CLIENT LIST on each master at the window's start minus before the run's 2 mutex \
+             instances were made, divided by 2, as `all (subscribed)` summed over the masters [all on each master]."
+        );
+    } else {
+        let reference = &references[0];
+        println!(
+            "reference round trips on idle connections (p50): PING {} ms; PUBLISH → fred \
+             subscriber's message_rx {} ms",
+            ms(percentile_of(&reference.pings, 50.0)),
+            ms(percentile_of(&reference.deliveries, 50.0))
+        );
+        let strict = rows
+            .iter()
+            .find(|r| r.mode == Mode::StrictHandoff && r.notifications);
+        if let Some(strict) = strict {
+            let (all, subscribed) = strict.connections[0];
+            println!(
+                "strict handoff, notify: {:.2} release messages (PUBLISH) per acquisition; \
+                 Redis CPU {:.1} µs per acquisition; connections per mutex instance {:.1} ({:.1} \
+                 subscribed), from CLIENT LIST at the window's start minus before the run's \
+                 mutexes were made",
+                strict.publishes(),
+                strict.redis_us(),
+                all as f64 / INSTANCES as f64,
+                subscribed as f64 / INSTANCES as f64
+            );
+        }
+    }
     println!(
         "inv = handoffs whose lock() returned before the previous holder's release() did \
          (counted as 0 ms); mutual-exclusion violations: 0"
@@ -81,10 +114,11 @@ fn targets(row: &Row, p50: Duration, p99: Duration) -> String {
     }
 }
 
-fn main_table(rows: &[Row]) -> String {
+fn main_table(rows: &[Row], cluster: bool) -> String {
     let right = |h| (h, Align::Right);
     let mut table = Table::new(&[
         ("workload", Align::Left),
+        ("master", Align::Right),
         ("waiting", Align::Left),
         right("acq/s"),
         right("handoff wait p50 / p99 / max (ms)"),
@@ -103,6 +137,11 @@ fn main_table(rows: &[Row]) -> String {
         let max = row.handoffs.last().copied().unwrap_or_default();
         table.row([
             mode_name(row.mode).to_owned(),
+            if cluster {
+                row.master.to_string()
+            } else {
+                "-".to_owned()
+            },
             waiting_name(row.notifications).to_owned(),
             format!("{:.0}", row.per_sec()),
             format!("{} / {} / {}", ms(p50), ms(p99), ms(max)),
@@ -118,7 +157,65 @@ fn main_table(rows: &[Row]) -> String {
     table.markdown()
 }
 
-fn time_table(rows: &[Row]) -> String {
+/// Per master: the strict handoff's wait beside the reference round trips
+/// to that master, release messages per acquisition, connections.
+fn master_table(rows: &[Row], references: &[Reference]) -> String {
+    let right = |h| (h, Align::Right);
+    let mut table = Table::new(&[
+        ("master", Align::Right),
+        right("strict handoff acq/s"),
+        right("handoff wait p50 / p99 (ms)"),
+        right("p50 <= 1 ms"),
+        right("free-for-all handoff p50 (ms)"),
+        right("PING p50 (ms)"),
+        right("SPUBLISH → subscriber p50 (ms)"),
+        right("release msgs/acq"),
+        right("top-level cmds/acq"),
+        right("Redis CPU/acq (µs)"),
+        right("connections per instance"),
+    ]);
+    let find = |mode: Mode, master: usize| {
+        rows.iter()
+            .find(|r| r.mode == mode && r.notifications && r.master == master)
+    };
+    for (master, reference) in references.iter().enumerate() {
+        let (Some(strict), Some(free)) = (
+            find(Mode::StrictHandoff, master),
+            find(Mode::FreeForAll, master),
+        ) else {
+            continue;
+        };
+        let p50 = percentile(&strict.handoffs, 50.0);
+        let all: usize = strict.connections.iter().map(|c| c.0).sum();
+        let subscribed: usize = strict.connections.iter().map(|c| c.1).sum();
+        table.row([
+            master.to_string(),
+            format!("{:.0}", strict.per_sec()),
+            format!("{} / {}", ms(p50), ms(percentile(&strict.handoffs, 99.0))),
+            check(p50 <= TARGET_P50).to_owned(),
+            ms(percentile(&free.handoffs, 50.0)),
+            ms(percentile_of(&reference.pings, 50.0)),
+            ms(percentile_of(&reference.deliveries, 50.0)),
+            format!("{:.2}", strict.publishes()),
+            format!("{:.2}", strict.top_level()),
+            format!("{:.1}", strict.redis_us()),
+            format!(
+                "{:.1} ({:.1}) [{}]",
+                all as f64 / INSTANCES as f64,
+                subscribed as f64 / INSTANCES as f64,
+                strict
+                    .connections
+                    .iter()
+                    .map(|c| format!("{:.1}", c.0 as f64 / INSTANCES as f64))
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            ),
+        ]);
+    }
+    table.markdown()
+}
+
+fn time_table(rows: &[Row], cluster: bool) -> String {
     let right = |h| (h, Align::Right);
     let mut table = Table::new(&[
         ("workload", Align::Left),
@@ -132,7 +229,7 @@ fn time_table(rows: &[Row]) -> String {
     for row in rows {
         let s = &row.segments;
         table.row([
-            mode_name(row.mode).to_owned(),
+            workload(row, cluster),
             waiting_name(row.notifications).to_owned(),
             pair(&s.cycle),
             pair(&s.critical),
@@ -143,7 +240,7 @@ fn time_table(rows: &[Row]) -> String {
     table.markdown()
 }
 
-fn instance_table(rows: &[Row]) -> String {
+fn instance_table(rows: &[Row], cluster: bool) -> String {
     let right = |h| (h, Align::Right);
     let mut table = Table::new(&[
         ("workload", Align::Left),
@@ -165,7 +262,7 @@ fn instance_table(rows: &[Row]) -> String {
         let by =
             |i: usize| -> usize { (i..WORKERS).step_by(INSTANCES).map(|w| row.counts[w]).sum() };
         table.row([
-            mode_name(row.mode).to_owned(),
+            workload(row, cluster),
             waiting_name(row.notifications).to_owned(),
             format!("{} / {}", by(0), by(1)),
             p(0),
@@ -203,6 +300,15 @@ fn probe_table(rows: &[Row]) -> String {
         ]);
     }
     table.markdown()
+}
+
+/// The workload, with the master on a cluster.
+fn workload(row: &Row, cluster: bool) -> String {
+    if cluster {
+        format!("{}, master {}", mode_name(row.mode), row.master)
+    } else {
+        mode_name(row.mode).to_owned()
+    }
 }
 
 fn mode_name(mode: Mode) -> &'static str {

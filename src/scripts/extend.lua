@@ -4,9 +4,13 @@
 -- ARGV[2i]: its new lease in milliseconds, counted from now
 --
 -- Returns one number per key: 1 extended, 0 the key is gone, -1 the key
--- holds something else (another token, or a value of another type).
+-- holds something else (another token, or a value of another type); then
+-- ARGV[1], which the caller checks: a reply its client matched to the wrong
+-- command (fred 10.1 can, while it follows an ASK redirection during
+-- resharding) is never taken for this one.
 -- The renewer batches every lease that falls due together into one call
 -- (grouped by cluster slot), so 10,000 held locks cost a few calls a second.
+
 -- Runs a Redis command; an error reply names the command, since Redis 7.0
 -- reports a command that the user's ACL denies inside a script without
 -- saying which one ("can't run this command or subcommand").
@@ -37,4 +41,5 @@ for i, key in ipairs(KEYS) do
     out[i] = 0
   end
 end
+out[#KEYS + 1] = ARGV[1]
 return out

@@ -8,7 +8,10 @@
 --
 -- Returns one number per key: 1 when the caller's lock was deleted, 0 when
 -- the key is gone, -1 when it holds something else (another holder's token,
--- or a value of another type, which is left untouched). Releases that arrive
+-- or a value of another type, which is left untouched); then ARGV[3], which
+-- the caller checks: a reply its client matched to the wrong command (fred
+-- 10.1 can, while it follows an ASK redirection during resharding) is never
+-- taken for this one. Releases that arrive
 -- while one is in flight are sent together in one call (group commit).
 --
 -- On a release, publishes on the key's channel so that waiters subscribed to
@@ -21,6 +24,7 @@
 -- carries the releaser's id, and the releaser's own mutex wakes its waiter a
 -- moment later: the lock passes to another process first, so processes take
 -- turns instead of the releasing one winning every race.
+
 -- Runs a Redis command; an error reply names the command, since Redis 7.0
 -- reports a command that the user's ACL denies inside a script without
 -- saying which one ("can't run this command or subcommand").
@@ -66,4 +70,5 @@ for i, key in ipairs(KEYS) do
     out[i] = 0
   end
 end
+out[#KEYS + 1] = ARGV[3]
 return out

@@ -674,13 +674,14 @@ async fn the_acquire_script_is_idempotent_for_its_own_token() {
         .ttl(Duration::from_secs(5))
         .await
         .unwrap();
-    let again: Vec<i64> = raw
+    // Every reply ends with the call's token (see the script).
+    let again: Vec<Value> = raw
         .eval(script, vec!["idem"], vec![guard.token(), "20000"])
         .await
         .unwrap();
     assert_eq!(
         again,
-        vec![1],
+        vec![Value::Integer(1), Value::from(guard.token())],
         "re-run with the holder's token must succeed"
     );
     let pttl = raw_pttl(&raw, "idem").await;
@@ -691,13 +692,15 @@ async fn the_acquire_script_is_idempotent_for_its_own_token() {
     assert_eq!(raw_get(&raw, "idem").await.as_deref(), Some(guard.token()));
 
     // Another token is refused with the holder's PTTL, and changes nothing.
-    let other: Vec<i64> = raw
+    let other: Vec<Value> = raw
         .eval(script, vec!["idem"], vec!["not-the-token", "1000"])
         .await
         .unwrap();
-    assert_eq!(other.len(), 2, "{other:?}");
-    assert_eq!(other[0], 0);
-    assert!(other[1] > 5_000 && other[1] <= 20_000, "{other:?}");
+    assert_eq!(other.len(), 3, "{other:?}");
+    assert_eq!(other[0], Value::Integer(0));
+    let pttl = other[1].as_i64().unwrap_or(-1);
+    assert!(pttl > 5_000 && pttl <= 20_000, "{other:?}");
+    assert_eq!(other[2], Value::from("not-the-token"), "{other:?}");
     assert_eq!(raw_get(&raw, "idem").await.as_deref(), Some(guard.token()));
     guard.release().await.unwrap();
 }

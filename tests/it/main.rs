@@ -15,10 +15,11 @@
 //! | `audit`     | mutual exclusion and fencing under load and injected faults           |
 //! | `hardening` | runtimes that stop, the retry budget as a wall-clock bound, extreme durations, closed clients |
 //! | `cluster`   | a private 3-master Redis Cluster: the single-server checks on every master, a stalled master, notifications |
+//! | `failover`  | a master SIGKILLed under held locks; `min_replicas` (WAIT) on a cluster and one server; survival counts (ignored) |
 //! | `tls`       | `rediss://` (feature `tls`): trust, mutual TLS, refusals          |
 //! | `acl`       | the README's least-privilege ACL user; a missing right gives `NoPermission` |
-//! | `failover`  | a master SIGKILLed under held locks; `min_replicas` (WAIT) on a cluster and one server; survival counts (ignored) |
 //! | `sentinel`  | Redis Sentinel: 1 master, 2 replicas, 3 sentinels; failovers under lock traffic |
+//! | `reshard`   | slots moved between masters under lock traffic (ASK, MOVED, TRYAGAIN) |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -45,6 +46,7 @@ mod lock;
 mod notify;
 mod property;
 mod renewal;
+mod reshard;
 mod sentinel;
 #[cfg(feature = "tls")]
 mod tls;

@@ -21,6 +21,7 @@
 //! * [`audit`]: the rig and fault injector of the mutual-exclusion audit;
 //! * [`cluster`]: a private six-node Redis Cluster (3 masters, 3 replicas);
 //! * [`sentinel`]: a private Sentinel set (1 master, 2 replicas, 3 sentinels);
+//! * [`reshard`]: moving slots between that cluster's masters under traffic;
 //! * [`tls`]: a server with a TLS port, and certificates made at test time.
 
 pub mod audit;
@@ -29,6 +30,7 @@ pub mod common;
 pub mod exclusion;
 pub mod logs;
 pub mod proxy;
+pub mod reshard;
 pub mod sentinel;
 pub mod tls;
 use std::fs::{self, OpenOptions};

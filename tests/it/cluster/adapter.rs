@@ -26,8 +26,10 @@ async fn adapter_locks_land_on_every_master_and_are_released() {
         adapter.acquire(&key).await;
         let token = get_on(&cluster, i, &key);
         assert_uuid_v4(&token);
+        // A one-minute lease (read through redis-cli, which may start late
+        // on a loaded machine).
         let pttl = pttl_on(&cluster, i, &key);
-        assert!((59_000..=60_000).contains(&pttl), "{key}: PTTL {pttl}");
+        assert!((50_000..=60_000).contains(&pttl), "{key}: PTTL {pttl}");
         assert!(
             rival.try_lock(&key).await.unwrap().is_none(),
             "{key}: a rival got the adapter's lock"

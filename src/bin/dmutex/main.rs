@@ -1,0 +1,57 @@
+//! `dmutex`: run a command under a distributed lock, inspect a lock, or
+//! release one by its token. Built with the cargo feature `cli`.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `args.rs` | the command line (clap) and its checks |
+//! | `duration.rs` | `500ms`, `60s`, `2m`, `1h30m`: parsing and printing |
+//! | `exit.rs` | the exit codes, and which error gets which |
+//! | `connect.rs` | the mutex from `--url` and `--key-prefix` |
+//! | `run.rs` | `dmutex run`: lock, run the child, watch, release |
+//! | `progress.rs` | the status line while waiting for a busy lock |
+//! | `signals.rs` | SIGINT/SIGTERM/SIGHUP in, signals out to the child |
+//! | `status.rs` | `dmutex status` |
+//! | `release.rs` | `dmutex release` (token-checked) |
+//! | `json.rs` | the few lines of JSON `status --json` prints |
+#![forbid(unsafe_code)]
+
+mod args;
+mod connect;
+mod duration;
+mod exit;
+mod json;
+mod progress;
+mod release;
+mod run;
+mod signals;
+mod status;
+
+use std::process::ExitCode;
+
+use args::Command;
+
+fn main() -> ExitCode {
+    let cli = match args::parse() {
+        Ok(cli) => cli,
+        Err(code) => return ExitCode::from(code),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("dmutex: error: could not start the async runtime: {e}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let global = cli.global;
+        match cli.command {
+            Command::Run(args) => run::run(&global, args).await,
+            Command::Status(args) => status::status(&global, args).await,
+            Command::Release(args) => release::release(&global, args).await,
+        }
+    });
+    ExitCode::from(code)
+}

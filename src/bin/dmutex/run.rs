@@ -1,0 +1,267 @@
+//! `dmutex run`: take the lock, run the command while holding it, release
+//! it when the command exits.
+//!
+//! 1. Connect (exit 69 if Redis cannot be reached, 64 for a malformed URL).
+//! 2. One attempt at the lock; if busy, exit 75 (`--no-wait`) or wait
+//!    (`--wait`, else as long as it takes), showing the wait on stderr.
+//! 3. Spawn the command with `DMUTEX_KEY`, `DMUTEX_TOKEN` and, with
+//!    `--fencing`, `DMUTEX_FENCING_TOKEN`. The library renews the lease in
+//!    the background (every third of the TTL).
+//! 4. Until the command exits: pass SIGINT/SIGTERM/SIGHUP on to it; on loss
+//!    of the lock, act per `--on-lost` (SIGTERM, SIGKILL after `--grace`).
+//! 5. Release (token-checked) and exit with the command's code, 128 + the
+//!    signal that killed it, or 79 if the lock was lost.
+//!
+//! Signals are caught from the start: a SIGTERM while waiting gives up the
+//! wait (leaving nothing locked) and exits 128 + 15.
+
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+
+use distributed_mutex::{DistributedMutex, Error, LockGuard, LostReason, RetryStrategy};
+use rustix::process::Signal;
+use tokio::process::Command;
+
+use crate::args::{Global, OnLost, RunArgs};
+use crate::connect::connect;
+use crate::duration::human;
+use crate::exit::{self, Failure};
+use crate::progress::Progress;
+use crate::signals::{self, Signals};
+
+/// How often a waiter polls when no release message wakes it first.
+const POLL: Duration = Duration::from_millis(500);
+/// How long the final release and disconnect may take before dmutex exits
+/// anyway (a lock left behind expires with its TTL).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn run(global: &Global, args: RunArgs) -> u8 {
+    let quiet = global.quiet;
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            return Failure::error(exit::SOFTWARE, format!("cannot catch signals: {e}"))
+                .report(quiet)
+        }
+    };
+    let mutex = match connect(global, |b| b.ttl(args.ttl)).await {
+        Ok(mutex) => mutex,
+        Err(failure) => return failure.report(quiet),
+    };
+    let code = match acquire(&mutex, &args, quiet, &mut signals).await {
+        Ok(guard) => supervise(guard, &args, quiet, &mut signals).await,
+        Err(failure) => failure.report(quiet),
+    };
+    // Waits for a release still queued (a cancelled wait) and disconnects.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, mutex.shutdown()).await;
+    code
+}
+
+/// Takes the lock: one attempt, then (unless `--no-wait`) a wait bounded
+/// by `--wait`, during which a caught signal gives up.
+async fn acquire(
+    mutex: &DistributedMutex,
+    args: &RunArgs,
+    quiet: bool,
+    signals: &mut Signals,
+) -> Result<LockGuard, Failure> {
+    let started = Instant::now();
+    let request = |retry: RetryStrategy, timeout: Duration| {
+        let acquire = mutex.acquire(&args.key).retry(retry).timeout(timeout);
+        if args.fencing {
+            acquire.fencing()
+        } else {
+            acquire
+        }
+    };
+    let first = tokio::select! {
+        result = request(RetryStrategy::none(), Duration::ZERO).into_future() => result,
+        caught = signals.recv() => return Err(interrupted(caught, &args.key)),
+    };
+    let wait = if args.no_wait {
+        Duration::ZERO
+    } else {
+        args.wait.unwrap_or(Duration::MAX)
+    };
+    match first {
+        Ok(guard) => return Ok(guard),
+        Err(Error::NotObtained { .. }) if wait.is_zero() => {
+            return Err(Failure::status(
+                exit::BUSY,
+                format!("lock `{}` is busy; not running the command", args.key),
+            ))
+        }
+        Err(Error::NotObtained { .. }) => {}
+        Err(e) => return Err(Failure::from_lib("cannot take the lock", &e)),
+    }
+
+    let limit = args.wait;
+    let mut progress = Progress::start(quiet, &args.key, limit, started);
+    let left = wait.saturating_sub(started.elapsed());
+    let mut waiting =
+        std::pin::pin!(request(RetryStrategy::linear(POLL, u32::MAX), left).into_future());
+    let mut ticks = tokio::time::interval(progress.interval());
+    ticks.tick().await; // the first tick is now: the first line is out already
+    loop {
+        tokio::select! {
+            result = &mut waiting => {
+                progress.finish(result.is_ok());
+                return match result {
+                    Ok(guard) => Ok(guard),
+                    Err(Error::NotObtained { .. }) => Err(Failure::status(
+                        exit::BUSY,
+                        format!(
+                            "lock `{}` is still busy after {}; not running the command",
+                            args.key,
+                            human(started.elapsed())
+                        ),
+                    )),
+                    Err(e) => Err(Failure::from_lib("cannot take the lock", &e)),
+                };
+            }
+            _ = ticks.tick() => progress.tick(),
+            caught = signals.recv() => {
+                progress.finish(false);
+                return Err(interrupted(caught, &args.key));
+            }
+        }
+    }
+}
+
+/// A signal while waiting for the lock: give up, as the signal would have.
+fn interrupted(caught: signals::Caught, key: &str) -> Failure {
+    Failure::status(
+        caught.exit_code(),
+        format!(
+            "{} while waiting for lock `{key}`; not running the command",
+            caught.name()
+        ),
+    )
+}
+
+/// Runs the command under `guard` and returns dmutex's exit code.
+async fn supervise(guard: LockGuard, args: &RunArgs, quiet: bool, signals: &mut Signals) -> u8 {
+    let program = &args.command[0];
+    let shown = program.to_string_lossy().into_owned();
+    let mut command = Command::new(program);
+    command
+        .args(&args.command[1..])
+        .env("DMUTEX_KEY", &args.key)
+        .env("DMUTEX_TOKEN", guard.token());
+    match guard.fencing_token() {
+        Some(token) => command.env("DMUTEX_FENCING_TOKEN", token.to_string()),
+        // Not one from an outer dmutex.
+        None => command.env_remove("DMUTEX_FENCING_TOKEN"),
+    };
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let code = spawn_failure_code(&e);
+            release(guard, &args.key, quiet, code).await;
+            return Failure::error(code, format!("cannot run `{shown}`: {e}")).report(quiet);
+        }
+    };
+    // Some until the child is reaped (by `wait` below), so never a reused pid.
+    let pid = child.id();
+    let send = |signal: Signal| {
+        if let Some(pid) = pid {
+            if let Err(e) = signals::send(pid, signal) {
+                eprintln!(
+                    "dmutex: error: cannot send {} to `{shown}` (pid {pid}): {e}",
+                    signals::name(signal)
+                );
+            }
+        }
+    };
+
+    let mut lost: Option<LostReason> = None;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            reason = guard.lost(), if lost.is_none() => {
+                lost = Some(reason);
+                let action = match args.on_lost {
+                    OnLost::Term => {
+                        kill_at = Some(tokio::time::Instant::now() + args.grace);
+                        format!("sending SIGTERM (SIGKILL in {})", human(args.grace))
+                    }
+                    OnLost::Kill => "sending SIGKILL".to_owned(),
+                    OnLost::Ignore => "letting it run on (--on-lost ignore)".to_owned(),
+                };
+                if !quiet {
+                    eprintln!("dmutex: lost lock `{}` ({reason}) while `{shown}` ran; {action}", args.key);
+                }
+                match args.on_lost {
+                    OnLost::Term => send(Signal::TERM),
+                    OnLost::Kill => send(Signal::KILL),
+                    OnLost::Ignore => {}
+                }
+            }
+            () = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)),
+                if kill_at.is_some() =>
+            {
+                kill_at = None;
+                if !quiet {
+                    eprintln!(
+                        "dmutex: `{shown}` still runs {} after SIGTERM; sending SIGKILL",
+                        human(args.grace)
+                    );
+                }
+                send(Signal::KILL);
+            }
+            caught = signals.recv() => send(caught.signal()),
+        }
+    };
+    let code = match status {
+        Ok(status) => exit::of_child(status),
+        Err(e) => {
+            eprintln!("dmutex: error: cannot wait for `{shown}`: {e}");
+            exit::SOFTWARE
+        }
+    };
+    if lost.is_some() {
+        // Dropped: a release is queued only if the key may still be ours.
+        drop(guard);
+        return exit::LOST;
+    }
+    release(guard, &args.key, quiet, code).await
+}
+
+/// Releases the lock after the command ended with `code`; the code to exit
+/// with: `code`, or 79 when the lock turns out to have been lost.
+async fn release(guard: LockGuard, key: &str, quiet: bool, code: u8) -> u8 {
+    match guard.release().await {
+        Ok(()) => code,
+        Err(Error::NotHeld { reason, .. }) => {
+            if !quiet {
+                eprintln!(
+                    "dmutex: lock `{key}` was found lost when releasing it ({reason}); the \
+                     command may have overlapped with another holder"
+                );
+            }
+            exit::LOST
+        }
+        Err(e) => {
+            // Held as far as anyone can tell; the library retries the
+            // release in the background, and the TTL ends it otherwise.
+            eprintln!(
+                "dmutex: warning: cannot release lock `{key}` ({e}); it expires with its TTL"
+            );
+            code
+        }
+    }
+}
+
+/// 127 for a command that does not exist, 126 for one that cannot be
+/// executed, as shells report them; 71 for anything else.
+fn spawn_failure_code(e: &std::io::Error) -> u8 {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => exit::NOT_FOUND,
+        std::io::ErrorKind::PermissionDenied => exit::CANNOT_EXECUTE,
+        _ if e.raw_os_error() == Some(rustix::io::Errno::NOEXEC.raw_os_error()) => {
+            exit::CANNOT_EXECUTE
+        }
+        _ => exit::OSERR,
+    }
+}
