@@ -124,10 +124,23 @@ fn first_connection_failed(source: fred::error::Error, tls: bool, timeout: Durat
             source: Some(source),
         };
     }
-    if source.kind() == &ErrorKind::Auth {
+    // Behind Sentinel, fred reports a refused password as a Sentinel error
+    // (NOAUTH from a sentinel that wants one, WRONGPASS from the master).
+    let refused = details.starts_with("WRONGPASS")
+        || details.starts_with("NOAUTH")
+        || details.contains(" WRONGPASS ")
+        || details.contains(": WRONGPASS")
+        || details.contains(": NOAUTH");
+    if source.kind() == &ErrorKind::Auth || refused {
         return Error::Config {
             message: format!(
-                "Redis refused the credentials ({details}); check the user and password in the URL"
+                "Redis refused the credentials ({details}); check the user and password in the URL{}",
+                if source.kind() == &ErrorKind::Sentinel {
+                    " (behind Sentinel, the sentinels' own are sentinelUsername and \
+                     sentinelPassword)"
+                } else {
+                    ""
+                }
             ),
             source: Some(source),
         };
