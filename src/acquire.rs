@@ -364,7 +364,28 @@ impl<'a> Acquisition<'a> {
         let sent_at = Instant::now();
         let fast = self.attempts == 1 && self.ticket.is_none();
         let token = &self.token;
-        match attempt(self.inner, &self.plan, &token.keys, &token.token, fast).await {
+        let epoch = self.inner.epoch.read();
+        let result = attempt(self.inner, &self.plan, &token.keys, &token.token, fast).await;
+        match result {
+            Ok(Attempt::Taken(_)) if !self.inner.epoch.unchanged(epoch) => {
+                // Sentinel: the master changed while this attempt was out (or
+                // before, and the client was still moving): it may have been
+                // written on the old master. It does not count; the next
+                // attempt (same token) goes to the new master. The token
+                // stays armed, so giving up releases it.
+                self.uncertain = true;
+                let key = &self.plan.key;
+                tracing::debug!(key = %key, "lock taken while the master changed; trying again on the new master");
+                self.holder_ttl = None;
+                self.last_error = Some(Error::Unavailable {
+                    key: key.clone(),
+                    source: fred::error::Error::new(
+                        fred::error::ErrorKind::Sentinel,
+                        "the master changed (Sentinel failover) while the lock was being taken",
+                    ),
+                });
+                Ok(None)
+            }
             Ok(Attempt::Taken(fencing_token)) => {
                 self.token.armed = false;
                 if let Some(ticket) = self.ticket.take() {

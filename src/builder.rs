@@ -57,6 +57,19 @@ impl DistributedMutex {
     /// 2 s, forever), bounds connecting and every command by the command
     /// timeout, and fails at once if the first connection cannot be made.
     ///
+    /// Behind Redis Sentinel, give the sentinels and the service name:
+    /// `redis-sentinel://[[user:]password@]sentinel1:26379?node=sentinel2:26379&sentinelServiceName=mymaster`,
+    /// with `sentinelUsername=...&sentinelPassword=...` when the sentinels
+    /// have credentials of their own (the ones before `@` are the data
+    /// nodes'). The mutex then follows a failover by itself: it listens to
+    /// the sentinels' `+switch-master` and `+promoted-slave`, reconnects to
+    /// the new master, and re-checks every held lock there at once (a guard
+    /// whose key did not reach the new master is reported lost right away);
+    /// an acquisition answered while the master was changing does not count
+    /// and is tried again on the new master. A lock written on the old
+    /// master in the moment before the switch was announced can still be
+    /// lost with it; [`Builder::min_replicas`] closes that gap.
+    ///
     /// The mutex owns this client: [`shutdown`](Self::shutdown) (or dropping
     /// the last handle and guard) closes it.
     ///

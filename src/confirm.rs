@@ -104,6 +104,11 @@ impl Confirmer {
             .await
     }
 
+    /// The confirming client, if it was made.
+    pub(crate) fn made(&self) -> Option<Client> {
+        self.client.get().cloned()
+    }
+
     /// Closes the confirming connection, if one was made.
     pub(crate) fn close(&self) {
         if let Some(client) = self.client.get() {

@@ -8,8 +8,12 @@ use fred::types::config::{Config, ReconnectPolicy};
 
 use crate::error::Error;
 
+/// The longest pause between reconnection attempts of a Sentinel client.
+const SENTINEL_MAX_RECONNECT_DELAY_MS: u32 = 500;
+
 /// Builds a fred client configured for locking and connects it: reconnects
-/// by itself (exponential backoff from 100 ms to 2 s, forever), bounds
+/// by itself (exponential backoff from 100 ms to 2 s, to 500 ms behind
+/// Sentinel, forever), bounds
 /// connecting and every command by `command_timeout`, and fails at once if
 /// the first connection cannot be made.
 pub(crate) async fn connect_client(url: &str, command_timeout: Duration) -> Result<Client, Error> {
@@ -62,6 +66,15 @@ async fn connect_tls_client(
 /// Builds the client for `config` and makes its first connection.
 async fn connect_config(config: Config, command_timeout: Duration) -> Result<Client, Error> {
     let tls = config_uses_tls(&config);
+    // Behind Sentinel, a reconnection asks the sentinels for the master; a
+    // lost master is replaced within seconds, and fred sleeps out its
+    // backoff before it looks again (a switch announced meanwhile waits for
+    // it): look at least every 500 ms there.
+    let max_delay = if config.server.is_sentinel() {
+        SENTINEL_MAX_RECONNECT_DELAY_MS
+    } else {
+        2_000
+    };
     let client = fred::types::Builder::from_config(config)
         .with_connection_config(|c| {
             c.connection_timeout = command_timeout;
@@ -74,7 +87,7 @@ async fn connect_config(config: Config, command_timeout: Duration) -> Result<Cli
             c.max_command_attempts = c.max_command_attempts.max(c.max_redirections + 1);
         })
         .with_performance_config(|p| p.default_command_timeout = command_timeout)
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, max_delay, 2))
         .build()
         .map_err(|source| Error::Config {
             message: format!("the Redis client could not be built ({})", source.details()),
@@ -111,10 +124,23 @@ fn first_connection_failed(source: fred::error::Error, tls: bool, timeout: Durat
             source: Some(source),
         };
     }
-    if source.kind() == &ErrorKind::Auth {
+    // Behind Sentinel, fred reports a refused password as a Sentinel error
+    // (NOAUTH from a sentinel that wants one, WRONGPASS from the master).
+    let refused = details.starts_with("WRONGPASS")
+        || details.starts_with("NOAUTH")
+        || details.contains(" WRONGPASS ")
+        || details.contains(": WRONGPASS")
+        || details.contains(": NOAUTH");
+    if source.kind() == &ErrorKind::Auth || refused {
         return Error::Config {
             message: format!(
-                "Redis refused the credentials ({details}); check the user and password in the URL"
+                "Redis refused the credentials ({details}); check the user and password in the URL{}",
+                if source.kind() == &ErrorKind::Sentinel {
+                    " (behind Sentinel, the sentinels' own are sentinelUsername and \
+                     sentinelPassword)"
+                } else {
+                    ""
+                }
             ),
             source: Some(source),
         };

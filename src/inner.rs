@@ -16,6 +16,7 @@ use crate::notify::Waiters;
 use crate::release::ReleaseQueue;
 use crate::renew::Renewer;
 use crate::retry::RetryStrategy;
+use crate::sentinel::{Epoch, Followers, Watch};
 
 /// The settings of a mutex, checked by the builder.
 #[derive(Debug, Clone)]
@@ -41,6 +42,10 @@ pub(crate) struct Inner {
     pub(crate) renewer: Renewer,
     /// The connection of replica-confirmed writes (made on first use).
     pub(crate) confirmer: Arc<Confirmer>,
+    /// Master switches followed (Sentinel only; always even elsewhere).
+    pub(crate) epoch: Arc<Epoch>,
+    /// The sentinel watch (a Sentinel client only).
+    watch: Option<Watch>,
     home: Home,
     shut_down: AtomicBool,
     /// Guards alive now: the connections close once the mutex is shut down
@@ -56,12 +61,30 @@ impl Inner {
         let mode = Arc::new(Mode::default());
         let batcher = Batcher::new(client.clone(), timeout, Arc::clone(&id), Arc::clone(&mode));
         let confirmer = Arc::new(Confirmer::new(client.clone()));
+        let epoch = Arc::new(Epoch::default());
+        let renewer = Renewer::new(
+            client.clone(),
+            Arc::clone(&confirmer),
+            Arc::clone(&epoch),
+            timeout,
+        );
+        let waiters = Waiters::new(client.clone(), timeout, id, mode);
+        let watch = Watch::new(Followers {
+            client: client.clone(),
+            confirmer: Arc::clone(&confirmer),
+            waiters: waiters.reconnect_handle(),
+            renew: renewer.renew_all_handle(),
+            epoch: Arc::clone(&epoch),
+            timeout,
+        });
         let inner = Inner {
             releases: ReleaseQueue::new(client.clone(), owns_client, timeout, batcher.clone()),
             batcher,
-            renewer: Renewer::new(client.clone(), Arc::clone(&confirmer), timeout),
+            renewer,
             confirmer,
-            waiters: Waiters::new(client.clone(), timeout, id, mode),
+            epoch,
+            watch,
+            waiters,
             client,
             settings,
             home: Home::new(),
@@ -80,6 +103,9 @@ impl Inner {
             self.renewer.start(home);
             if self.settings.notifications {
                 self.waiters.start(home);
+            }
+            if let Some(watch) = &self.watch {
+                watch.start(home);
             }
         });
     }
@@ -116,6 +142,9 @@ impl Inner {
         self.waiters.close();
         self.releases.close();
         self.confirmer.close();
+        if let Some(watch) = &self.watch {
+            watch.close();
+        }
     }
 
     /// After a shutdown with no guard alive: waits (at most a command

@@ -83,6 +83,7 @@
 //! | `renew.rs` | task: batched lease renewal |
 //! | `notify.rs` | task: the subscriber connection and local wait queues |
 //! | `channel.rs` | where release messages go: plain or sharded pub/sub |
+//! | `sentinel.rs` | Sentinel: watching `+switch-master`, following the new master, re-checking held leases |
 //! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
 //! | `adapter.rs` | the Go-compatible shim |
 //! | `redlock/` | [`Redlock`]: one [`DistributedMutex`] per server, majority counting, renewal per guard (its `mod.rs` lists its files) |
@@ -118,6 +119,7 @@ mod renew;
 mod retry;
 mod schedule;
 mod scripts;
+mod sentinel;
 #[cfg(feature = "tls")]
 mod tls;
 

@@ -100,14 +100,19 @@ impl Shared {
 enum Op {
     Subscribe(ReleaseChannel, oneshot::Sender<bool>),
     Unsubscribe(ReleaseChannel),
+    /// The master changed (Sentinel): reconnect the subscriber, which asks
+    /// the sentinels for the master again and resubscribes.
+    Reconnect,
 }
+
+type Ops = Arc<Mutex<Option<mpsc::UnboundedSender<Op>>>>;
 
 /// The local wait queues of one mutex, and its subscriber.
 pub(crate) struct Waiters {
     shared: Arc<Shared>,
     /// Requests to the manager task of the current home runtime; `None`
     /// before it starts and after the mutex closes.
-    ops: Mutex<Option<mpsc::UnboundedSender<Op>>>,
+    ops: Ops,
     client: Client,
     timeout: Duration,
     /// Plain or sharded pub/sub (decided once the server is known).
@@ -123,7 +128,7 @@ impl Waiters {
                 stopped: Done::default(),
                 id,
             }),
-            ops: Mutex::new(None),
+            ops: Arc::new(Mutex::new(None)),
             client,
             timeout,
             mode,
@@ -172,6 +177,11 @@ impl Waiters {
     /// Completes when the manager has stopped after [`close`](Self::close).
     pub(crate) async fn closed(&self) {
         self.shared.stopped.wait().await;
+    }
+
+    /// A handle that reconnects the subscriber connection (if one is made).
+    pub(crate) fn reconnect_handle(&self) -> Reconnect {
+        Reconnect(Arc::clone(&self.ops))
     }
 
     /// `true` when this process has waiters queued for `key`.
@@ -223,6 +233,19 @@ impl Waiters {
             notify,
             subscribed,
             acquired: false,
+        }
+    }
+}
+
+/// See [`Waiters::reconnect_handle`].
+#[derive(Clone)]
+pub(crate) struct Reconnect(Ops);
+
+impl Reconnect {
+    /// Asks the manager to reconnect the subscriber; returns at once.
+    pub(crate) fn now(&self) {
+        if let Some(ops) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = ops.send(Op::Reconnect);
         }
     }
 }
@@ -308,7 +331,8 @@ async fn manager(
         tokio::select! {
             op = ops.recv() => {
                 let Some(op) = op else { break };
-                if subscriber.is_none() && Instant::now() >= retry_at {
+                let wanted = !matches!(op, Op::Reconnect);
+                if subscriber.is_none() && wanted && Instant::now() >= retry_at {
                     match connect(&client, timeout).await {
                         Some(s) => {
                             messages = Some(s.message_rx());
@@ -417,6 +441,11 @@ async fn apply(
                 }
             }
             let _ = ack.send(ok);
+        }
+        Op::Reconnect => {
+            if let Some(s) = subscriber {
+                let _ = tokio::time::timeout(timeout, s.force_reconnection()).await;
+            }
         }
         Op::Unsubscribe(channel) => {
             followed.channels.remove(&channel.name);

@@ -35,6 +35,7 @@ use tokio::runtime::Handle;
 use crate::confirm::{Confirmer, MinReplicas};
 use crate::lease::{LeaseCore, LostReason};
 use crate::scripts::{self, Compared};
+use crate::sentinel::Epoch;
 
 /// The most renewal calls in flight at once on a cluster (each for one
 /// cluster slot).
@@ -141,6 +142,7 @@ pub(crate) struct Renewer {
     shared: Arc<Shared>,
     client: Client,
     confirmer: Arc<Confirmer>,
+    epoch: Arc<Epoch>,
     timeout: Duration,
 }
 
@@ -150,10 +152,16 @@ pub(crate) struct Renewer {
 struct Clients {
     client: Client,
     confirmer: Arc<Confirmer>,
+    epoch: Arc<Epoch>,
 }
 
 impl Renewer {
-    pub(crate) fn new(client: Client, confirmer: Arc<Confirmer>, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        confirmer: Arc<Confirmer>,
+        epoch: Arc<Epoch>,
+        timeout: Duration,
+    ) -> Self {
         Renewer {
             shared: Arc::new(Shared {
                 queue: Mutex::new(Queue {
@@ -166,8 +174,16 @@ impl Renewer {
             }),
             client,
             confirmer,
+            epoch,
             timeout,
         }
+    }
+
+    /// A handle that makes every queued lease due at once (after the master
+    /// changed: a lease whose key did not reach the new master is reported
+    /// lost right away, not a renewal period later).
+    pub(crate) fn renew_all_handle(&self) -> RenewAll {
+        RenewAll(Arc::clone(&self.shared))
     }
 
     /// Starts the renewer task on `home` (again, when the old home runtime stopped).
@@ -175,6 +191,7 @@ impl Renewer {
         let clients = Clients {
             client: self.client.clone(),
             confirmer: Arc::clone(&self.confirmer),
+            epoch: Arc::clone(&self.epoch),
         };
         home.spawn(run(Arc::clone(&self.shared), clients, self.timeout));
     }
@@ -186,6 +203,28 @@ impl Renewer {
         let due = sent_at + period(lease.ttl());
         let generation = lease.reschedule();
         self.shared.push(Arc::downgrade(lease), generation, due);
+    }
+}
+
+/// See [`Renewer::renew_all_handle`].
+#[derive(Clone)]
+pub(crate) struct RenewAll(Arc<Shared>);
+
+impl RenewAll {
+    /// Makes every queued lease due now and wakes the renewer.
+    pub(crate) fn now(&self) {
+        let mut queue = self.0.queue();
+        let now = Instant::now();
+        let entries = std::mem::take(&mut queue.heap).into_vec();
+        queue.heap = entries
+            .into_iter()
+            .map(|Reverse(mut e)| {
+                e.due = e.due.min(now);
+                Reverse(e)
+            })
+            .collect();
+        drop(queue);
+        self.0.wake.notify_one();
     }
 }
 
@@ -346,6 +385,9 @@ async fn renew_chunk(
         })
         .collect();
     let sent_at = Instant::now();
+    // On Sentinel: an answer counts only if the client stayed on one master
+    // while the call was out (see `sentinel.rs`).
+    let epoch = clients.epoch.read();
     let first = entries.first().map_or("", |e| e.0);
     // `Some(acked)` when the chunk's writes were confirmed by too few
     // replicas.
@@ -381,7 +423,7 @@ async fn renew_chunk(
         Ok(answers) => {
             for (((lease, generation), ttl), answer) in chunk.iter().zip(ttls).zip(answers) {
                 match answer {
-                    Compared::Held if unconfirmed.is_some() => {
+                    Compared::Held if unconfirmed.is_some() || !clients.epoch.unchanged(epoch) => {
                         if lease.lost_reason().is_none() {
                             next.push((Arc::downgrade(lease), *generation, retry_at(ttl)));
                         }

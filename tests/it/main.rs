@@ -18,6 +18,7 @@
 //! | `failover`  | a master SIGKILLed under held locks; `min_replicas` (WAIT) on a cluster and one server; survival counts (ignored) |
 //! | `tls`       | `rediss://` (feature `tls`): trust, mutual TLS, refusals          |
 //! | `acl`       | the README's least-privilege ACL user; a missing right gives `NoPermission` |
+//! | `sentinel`  | Redis Sentinel: 1 master, 2 replicas, 3 sentinels; failovers under lock traffic |
 //! | `reshard`   | slots moved between masters under lock traffic (ASK, MOVED, TRYAGAIN) |
 //! | `redlock`   | `Redlock` on 5 independent servers: 2 and 3 down, paused minority and majority, restarts without data (with and without the delay), cancellation, bad input, exclusion under random kills (proptest) |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
@@ -48,5 +49,6 @@ mod property;
 mod redlock;
 mod renewal;
 mod reshard;
+mod sentinel;
 #[cfg(feature = "tls")]
 mod tls;

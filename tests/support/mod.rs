@@ -21,6 +21,7 @@
 //! * [`audit`]: the rig and fault injector of the mutual-exclusion audit;
 //! * [`cluster`]: a private six-node Redis Cluster (3 masters, 3 replicas);
 //! * [`redlock`]: N independent masters for Redlock, and its exclusion ledger;
+//! * [`sentinel`]: a private Sentinel set (1 master, 2 replicas, 3 sentinels);
 //! * [`reshard`]: moving slots between that cluster's masters under traffic;
 //! * [`tls`]: a server with a TLS port, and certificates made at test time.
 
@@ -32,6 +33,7 @@ pub mod logs;
 pub mod proxy;
 pub mod redlock;
 pub mod reshard;
+pub mod sentinel;
 pub mod tls;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -68,6 +70,9 @@ pub struct RedisServer {
     /// running `Drop` (e.g. the test binary itself was SIGKILLed): it blocks
     /// reading this pipe, which the kernel closes when we exit.
     watchdog: Option<(Child, ChildStdin)>,
+    /// A config file written to the server's directory and passed as the
+    /// first argument (sentinel mode needs one, writable); `None` for none.
+    config: Option<String>,
 }
 
 impl RedisServer {
@@ -86,7 +91,24 @@ impl RedisServer {
     /// [`start_with`](RedisServer::start_with), taking its port from
     /// `pick_port` (called again for each attempt), e.g. a port whose
     /// cluster bus port is free too (see [`cluster`]).
-    pub fn start_on_ports(extra_args: &[&str], mut pick_port: impl FnMut() -> u16) -> RedisServer {
+    pub fn start_on_ports(extra_args: &[&str], pick_port: impl FnMut() -> u16) -> RedisServer {
+        Self::start_full(None, extra_args, pick_port)
+    }
+
+    /// [`start_with`](RedisServer::start_with) with a config file: `config`
+    /// is written to `server.conf` in the server's own directory (once: the
+    /// server may rewrite it, as a sentinel does) and passed as the first
+    /// argument, before the fixture's own options and `extra_args`. For a
+    /// sentinel: `start_with_config("sentinel monitor ...", &["--sentinel"])`.
+    pub fn start_with_config(config: &str, extra_args: &[&str]) -> RedisServer {
+        Self::start_full(Some(config.to_owned()), extra_args, free_port)
+    }
+
+    fn start_full(
+        config: Option<String>,
+        extra_args: &[&str],
+        mut pick_port: impl FnMut() -> u16,
+    ) -> RedisServer {
         let dir = unique_temp_dir();
         let log_path = dir.join("redis.log");
         let mut server = RedisServer {
@@ -97,6 +119,7 @@ impl RedisServer {
             log_offset: 0,
             child: None,
             watchdog: None,
+            config,
         };
 
         let mut failures = Vec::new();
@@ -282,6 +305,13 @@ impl RedisServer {
         let log_err = log.try_clone().expect("clone log file handle");
         self.log_offset = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let mut cmd = Command::new(redis_server_bin());
+        if let Some(config) = &self.config {
+            let path = self.dir.join("server.conf");
+            if !path.exists() {
+                fs::write(&path, config).expect("write the server's config file");
+            }
+            cmd.arg(&path);
+        }
         cmd.arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1"])
