@@ -29,6 +29,8 @@ pub(crate) struct Settings {
     pub(crate) notifications: bool,
     /// Replica confirmation of every write of a lock (off: `None`).
     pub(crate) min_replicas: Option<MinReplicas>,
+    /// Metric labels (feature `metrics`; nothing without it).
+    pub(crate) metrics: crate::metrics::Config,
 }
 
 pub(crate) struct Inner {
@@ -57,7 +59,13 @@ impl Inner {
         let batcher = Batcher::new(client.clone(), timeout, Arc::clone(&id), Arc::clone(&mode));
         let confirmer = Arc::new(Confirmer::new(client.clone()));
         let inner = Inner {
-            releases: ReleaseQueue::new(client.clone(), owns_client, timeout, batcher.clone()),
+            releases: ReleaseQueue::new(
+                client.clone(),
+                owns_client,
+                timeout,
+                batcher.clone(),
+                settings.metrics.clone(),
+            ),
             batcher,
             renewer: Renewer::new(client.clone(), Arc::clone(&confirmer), timeout),
             confirmer,

@@ -60,6 +60,8 @@
 //!   fire-and-forget API.
 //! * With the cargo feature `tls`: `rediss://` URLs, and `Tls` (CA file,
 //!   client certificate, server name) for `Builder::connect_tls`.
+//! * With the cargo feature `metrics`: the `metrics` module (every metric's
+//!   name), `Builder::metrics_name` and `Builder::metrics_key_label`.
 //!
 //! # Internals at a glance (for contributors)
 //! | file | owns |
@@ -81,6 +83,7 @@
 //! | `channel.rs` | where release messages go: plain or sharded pub/sub |
 //! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
 //! | `adapter.rs` | the Go-compatible shim |
+//! | `metrics.rs` | what is recorded through the `metrics` facade (feature `metrics`; inline no-ops without it) |
 //!
 //! Three tasks per mutex run on its "home" runtime (the first one that used
 //! it, or the caller's when that one has stopped): the release worker, the
@@ -105,6 +108,10 @@ mod inner;
 mod keys;
 mod lease;
 mod limits;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod mutex;
 mod notify;
 mod release;
