@@ -39,6 +39,18 @@
 //! A private `redis-server` is started on a free port unless `REDIS_URL` is
 //! set (then that server is used; the keys are `bench:<pid>:*` and are left
 //! deleted).
+//!
+//! With `--features metrics` the library's metrics go to a Prometheus
+//! recorder (`metrics-exporter-prometheus`'s, without its HTTP listener,
+//! histograms as buckets), so the summary includes their cost; the
+//! acquisitions it counted are printed at the end. `BENCH_METRICS_RECORDER=0`
+//! installs none (the facade's no-op recorder). Compare with a run without
+//! the feature:
+//!
+//! ```text
+//! BENCH_SUMMARY_ONLY=1 cargo bench --bench lock
+//! BENCH_SUMMARY_ONLY=1 cargo bench --bench lock --features metrics
+//! ```
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -445,6 +457,8 @@ fn main() {
         }
     });
     eprintln!("benchmarking against {url} ({})", redis.origin());
+    #[cfg(feature = "metrics")]
+    let prometheus = prometheus_recorder();
 
     if !summary_only {
         let mut c = Criterion::default()
@@ -471,4 +485,32 @@ fn main() {
     };
     let measured = measure_summary(&rt, &env, size);
     print_summary(&measured);
+    #[cfg(feature = "metrics")]
+    if let Some(handle) = prometheus {
+        let acquisitions = handle.render();
+        let acquisitions = acquisitions
+            .lines()
+            .filter(|l| l.starts_with(distributed_mutex::metrics::ACQUISITIONS));
+        println!("metrics recorded (Prometheus recorder):");
+        acquisitions.for_each(|l| println!("  {l}"));
+    }
+}
+
+/// Installs the Prometheus exporter's recorder (feature `metrics`), unless
+/// `BENCH_METRICS_RECORDER=0`.
+#[cfg(feature = "metrics")]
+fn prometheus_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    if std::env::var("BENCH_METRICS_RECORDER").is_ok_and(|v| v == "0") {
+        eprintln!("metrics: feature on, no recorder installed");
+        return None;
+    }
+    let buckets = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&buckets)
+        .expect("buckets")
+        .install_recorder()
+        .expect("install the Prometheus recorder");
+    distributed_mutex::metrics::describe();
+    eprintln!("metrics: feature on, Prometheus recorder installed");
+    Some(handle)
 }
