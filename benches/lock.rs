@@ -56,6 +56,18 @@
 //! ```text
 //! BENCH_CLUSTER=1 BENCH_SUMMARY_ONLY=1 cargo bench --bench lock
 //! ```
+//!
+//! With `--features metrics` the library's metrics go to a Prometheus
+//! recorder (`metrics-exporter-prometheus`'s, without its HTTP listener,
+//! histograms as buckets), so the summary includes their cost; the
+//! acquisitions it counted are printed at the end. `BENCH_METRICS_RECORDER=0`
+//! installs none (the facade's no-op recorder). Compare with a run without
+//! the feature:
+//!
+//! ```text
+//! BENCH_SUMMARY_ONLY=1 cargo bench --bench lock
+//! BENCH_SUMMARY_ONLY=1 cargo bench --bench lock --features metrics
+//! ```
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -176,12 +188,14 @@ async fn floor_cycle(env: &Env, key: &str) {
 
 async fn floor_scripts_cycle(env: &Env, key: &str) {
     let token = uuid::Uuid::new_v4().to_string();
-    let reply: Vec<i64> = env
+    // `{1, token}`: the script names its call's token at the end.
+    let reply: Vec<fred::types::Value> = env
         .acquire
         .evalsha_with_reload(&env.client, key, vec![token.clone(), "60000".into()])
         .await
         .expect("floor_scripts EVALSHA acquire");
-    assert_eq!(reply, [1], "floor_scripts: {key} was already set");
+    let taken = reply.first().and_then(fred::types::Value::as_i64);
+    assert_eq!(taken, Some(1), "floor_scripts: {key} was already set");
     compare_and_delete(env, key, token).await;
 }
 
@@ -604,6 +618,8 @@ fn main() {
                 .join(", ")
         );
     }
+    #[cfg(feature = "metrics")]
+    let prometheus = prometheus_recorder();
 
     if !summary_only {
         let mut c = Criterion::default()
@@ -630,4 +646,32 @@ fn main() {
     };
     let measured = measure_summary(&rt, &env, size);
     print_summary(&measured);
+    #[cfg(feature = "metrics")]
+    if let Some(handle) = prometheus {
+        let acquisitions = handle.render();
+        let acquisitions = acquisitions
+            .lines()
+            .filter(|l| l.starts_with(distributed_mutex::metrics::ACQUISITIONS));
+        println!("metrics recorded (Prometheus recorder):");
+        acquisitions.for_each(|l| println!("  {l}"));
+    }
+}
+
+/// Installs the Prometheus exporter's recorder (feature `metrics`), unless
+/// `BENCH_METRICS_RECORDER=0`.
+#[cfg(feature = "metrics")]
+fn prometheus_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    if std::env::var("BENCH_METRICS_RECORDER").is_ok_and(|v| v == "0") {
+        eprintln!("metrics: feature on, no recorder installed");
+        return None;
+    }
+    let buckets = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&buckets)
+        .expect("buckets")
+        .install_recorder()
+        .expect("install the Prometheus recorder");
+    distributed_mutex::metrics::describe();
+    eprintln!("metrics: feature on, Prometheus recorder installed");
+    Some(handle)
 }

@@ -265,6 +265,16 @@ async fn attempt(
 
 /// Runs an acquisition (unboxed: `lock` and `try_lock` await this directly).
 pub(crate) async fn run(req: Acquire) -> Result<LockGuard, Error> {
+    let mut observed = crate::metrics::Acquisition::start(&req.inner.settings.metrics, &req.key);
+    let result = acquire(req, &mut observed).await;
+    observed.finish(result)
+}
+
+/// The acquisition itself; `observed` is told when it waits.
+async fn acquire(
+    req: Acquire,
+    observed: &mut crate::metrics::Acquisition,
+) -> Result<LockGuard, Error> {
     let (plan, keys) = Plan::check(&req)?;
     let inner = &req.inner;
     if inner.is_shut_down() {
@@ -287,7 +297,7 @@ pub(crate) async fn run(req: Acquire) -> Result<LockGuard, Error> {
                 return Ok(guard);
             }
         }
-        acquisition.wait().await?;
+        acquisition.wait(observed).await?;
         attempt_now = true;
     }
 }
@@ -427,11 +437,12 @@ impl<'a> Acquisition<'a> {
 
     /// Waits for the next attempt per the schedule, or gives up with the
     /// error that ends the call.
-    async fn wait(&mut self) -> Result<(), Error> {
+    async fn wait(&mut self, observed: &mut crate::metrics::Acquisition) -> Result<(), Error> {
         let wait = match self.schedule.next(Instant::now(), self.holder_ttl) {
             Next::Wait(wait) => wait,
             Next::GiveUp => return Err(self.give_up()),
         };
+        observed.waiting();
         if !self.notify {
             tokio::time::sleep(wait).await;
             self.schedule.waited(false);
@@ -472,6 +483,7 @@ impl<'a> Acquisition<'a> {
     /// The guard of the lock just taken with this acquisition's token.
     fn guard(&mut self, fencing_token: Option<u64>, sent_at: Instant) -> LockGuard {
         let keys = std::mem::take(&mut self.token.keys);
+        let metrics = self.inner.settings.metrics.lock(&self.plan.key);
         let lease = Arc::new(LeaseCore::new(
             std::mem::take(&mut self.plan.key),
             keys,
@@ -480,6 +492,7 @@ impl<'a> Acquisition<'a> {
             Duration::from_millis(self.plan.ttl_ms),
             sent_at,
             self.plan.confirm,
+            metrics,
         ));
         if self.plan.auto_renew {
             self.inner.renewer.track(&lease, sent_at);

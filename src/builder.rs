@@ -93,7 +93,7 @@ pub struct Builder {
     client: Client,
     /// Whether the mutex made the client (and so closes it).
     owns_client: bool,
-    settings: Settings,
+    pub(crate) settings: Settings,
     /// `min_replicas` as given, checked by `build`.
     min_replicas: Option<(u32, Duration)>,
 }
@@ -112,6 +112,7 @@ impl Builder {
                 fencing: false,
                 notifications: true,
                 min_replicas: None,
+                metrics: Default::default(),
             },
             min_replicas: None,
         }

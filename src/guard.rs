@@ -230,6 +230,7 @@ impl LockGuard {
             Ok(Compared::Replaced) => LostReason::Replaced,
             Err(e) => return Err(self.rekey(e)),
         };
+        self.lease.metrics.lost(reason);
         self.armed = false;
         Err(self.not_held(reason))
     }

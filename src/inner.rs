@@ -30,6 +30,8 @@ pub(crate) struct Settings {
     pub(crate) notifications: bool,
     /// Replica confirmation of every write of a lock (off: `None`).
     pub(crate) min_replicas: Option<MinReplicas>,
+    /// Metric labels (feature `metrics`; nothing without it).
+    pub(crate) metrics: crate::metrics::Config,
 }
 
 pub(crate) struct Inner {
@@ -78,7 +80,13 @@ impl Inner {
             timeout,
         });
         let inner = Inner {
-            releases: ReleaseQueue::new(client.clone(), owns_client, timeout, batcher.clone()),
+            releases: ReleaseQueue::new(
+                client.clone(),
+                owns_client,
+                timeout,
+                batcher.clone(),
+                settings.metrics.clone(),
+            ),
             batcher,
             renewer,
             confirmer,

@@ -54,6 +54,8 @@ pub(crate) struct LeaseCore {
     changed: Notify,
     /// Bumped each time the renewer is given a new schedule for this lease.
     generation: AtomicU64,
+    /// Held gauge, hold time and loss (feature `metrics`).
+    pub(crate) metrics: crate::metrics::Lock,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +71,7 @@ struct State {
 }
 
 impl LeaseCore {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         key: String,
         keys: LockKeys,
@@ -77,6 +80,7 @@ impl LeaseCore {
         ttl: Duration,
         sent_at: Instant,
         confirm: Option<MinReplicas>,
+        metrics: crate::metrics::Lock,
     ) -> Self {
         LeaseCore {
             key,
@@ -93,6 +97,7 @@ impl LeaseCore {
             }),
             changed: Notify::new(),
             generation: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -107,6 +112,7 @@ impl LeaseCore {
         if state.lost.is_none() && Instant::now() >= state.valid_until {
             state.lost = Some(LostReason::Expired);
             drop(state);
+            self.metrics.lost(LostReason::Expired);
             self.changed.notify_waiters();
             return Some(LostReason::Expired);
         }
@@ -132,6 +138,7 @@ impl LeaseCore {
         if state.lost.is_none() {
             state.lost = Some(reason);
             drop(state);
+            self.metrics.lost(reason);
             self.changed.notify_waiters();
         }
     }
@@ -147,6 +154,7 @@ impl LeaseCore {
         if Instant::now() >= state.valid_until {
             state.lost = Some(LostReason::Expired);
             drop(state);
+            self.metrics.lost(LostReason::Expired);
             self.changed.notify_waiters();
             return false;
         }
@@ -171,6 +179,7 @@ impl LeaseCore {
     /// Released or dropped: the renewer forgets it, and `Lease` handles
     /// that outlive the guard no longer claim the lock.
     pub(crate) fn end(&self) {
+        self.metrics.ended();
         let mut state = self.state();
         state.ended = true;
         if state.lost.is_none() {

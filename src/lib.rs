@@ -64,6 +64,8 @@
 //!   [`LockGuard`] without fencing) with a [`RedlockLease`] view.
 //! * With the cargo feature `tls`: `rediss://` URLs, and `Tls` (CA file,
 //!   client certificate, server name) for `Builder::connect_tls`.
+//! * With the cargo feature `metrics`: the `metrics` module (every metric's
+//!   name), `Builder::metrics_name` and `Builder::metrics_key_label`.
 //!
 //! # Internals at a glance (for contributors)
 //! | file | owns |
@@ -87,6 +89,7 @@
 //! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
 //! | `adapter.rs` | the Go-compatible shim |
 //! | `redlock/` | [`Redlock`]: one [`DistributedMutex`] per server, majority counting, renewal per guard (its `mod.rs` lists its files) |
+//! | `metrics.rs` | what is recorded through the `metrics` facade (feature `metrics`; inline no-ops without it) |
 //!
 //! Three tasks per mutex run on its "home" runtime (the first one that used
 //! it, or the caller's when that one has stopped): the release worker, the
@@ -111,6 +114,10 @@ mod inner;
 mod keys;
 mod lease;
 mod limits;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod mutex;
 mod notify;
 mod redlock;

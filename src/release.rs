@@ -82,6 +82,7 @@ struct Shared {
     batcher: Batcher,
     /// Marked when the worker has closed (after its last release).
     closed: Done,
+    metrics: crate::metrics::Config,
 }
 
 impl Shared {
@@ -138,6 +139,7 @@ impl ReleaseQueue {
         owns_client: bool,
         timeout: Duration,
         batcher: Batcher,
+        metrics: crate::metrics::Config,
     ) -> Self {
         ReleaseQueue {
             shared: Arc::new(Shared {
@@ -153,6 +155,7 @@ impl ReleaseQueue {
                 timeout,
                 batcher,
                 closed: Done::default(),
+                metrics,
             }),
             started: AtomicBool::new(false),
         }
@@ -172,6 +175,7 @@ impl ReleaseQueue {
     /// runs after it. Outside a runtime it waits on the worker's queue.
     pub(crate) fn queue(&self, keys: LockKeys, token: String) {
         let job = Job { keys, token };
+        self.shared.metrics.release_queued();
         self.shared.count(&job);
         let Ok(runtime) = Handle::try_current() else {
             self.shared.push(job);
@@ -363,6 +367,7 @@ async fn release_one(shared: &Shared, job: &Job, on_sent: OnSent) {
                 }
             }
             Err(e) => {
+                shared.metrics.release_failed(&e);
                 tracing::warn!(
                     key = %key,
                     error = %e,

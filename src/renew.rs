@@ -415,6 +415,8 @@ async fn renew_chunk(
             "lease renewal not confirmed by enough replicas; retrying"
         );
     }
+    let locks = chunk.iter().map(|(lease, _)| &lease.metrics);
+    crate::metrics::renewals(locks, &result, unconfirmed, sent_at);
     let retry_at = |ttl: Duration| {
         Instant::now() + (period(ttl) / 3).clamp(Duration::from_millis(1), Duration::from_secs(1))
     };

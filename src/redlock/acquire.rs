@@ -252,6 +252,7 @@ async fn attempt(
                 ttl,
                 started,
                 None,
+                crate::metrics::Lock::untracked(),
             );
             if lease.remaining() > Duration::ZERO {
                 armed.maybe.fill(false);
