@@ -16,20 +16,9 @@ use fred::prelude::*;
 
 use crate::support::common::{
     builder_for, command_calls, fence_key, gone_within, ms, mutex_for, raw_dbsize, raw_get,
-    raw_get_bytes, raw_pttl,
+    raw_get_bytes, raw_pttl, SetOnDrop,
 };
 use crate::support::RedisServer;
-
-// ---- helpers ------------------------------------------------------------
-
-/// Sets a flag when dropped: shows a future was dropped (cancelled).
-struct SetOnDrop(Arc<AtomicBool>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
 
 // ---- renewal keeps a short lease alive ----------------------------------
 

@@ -5,6 +5,8 @@
 //! Every helper here is defined once; a test module defines only what is
 //! specific to its area.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use distributed_mutex::{Builder, DistributedMutex, LockGuard};
@@ -361,4 +363,13 @@ pub async fn assert_nothing_locked(
     let mut allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
     allowed.sort();
     assert_eq!(redis_keys(server, "*"), allowed, "left in Redis");
+}
+
+/// Sets a flag when dropped: shows that a future was dropped (cancelled).
+pub struct SetOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }

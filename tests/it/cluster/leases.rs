@@ -12,7 +12,7 @@ use fred::prelude::*;
 
 use super::{get_on, gone_on_within, pttl_on};
 use crate::support::cluster::{RedisCluster, MASTERS};
-use crate::support::common::{builder_at, ms, mutex_at};
+use crate::support::common::{builder_at, ms, mutex_at, SetOnDrop};
 
 /// One key per master, `"{prefix}{n}"`, in master order.
 fn key_per_master(cluster: &RedisCluster, prefix: &str) -> Vec<String> {
@@ -281,15 +281,6 @@ async fn with_lock_on_every_master_returns_the_output_or_cancels_the_work_on_los
         assert_eq!(get_on(&cluster, i, key), "", "{key}");
     }
     mutex.shutdown().await;
-}
-
-/// Sets a flag when dropped: shows a future was dropped (cancelled).
-struct SetOnDrop(Arc<AtomicBool>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
 }
 
 // ---- acquire options -------------------------------------------------------------
