@@ -288,7 +288,9 @@ async fn min_replicas_confirms_every_write_on_every_master_and_refuses_more_than
         tokio::time::sleep(ms(1500)).await;
         assert!(!guard.is_lost(), "{key}: confirmed renewals");
         guard.extend(ms(5000)).await.unwrap();
-        assert!(guard.remaining() > ms(4000), "{key}: extended");
+        // Far above the 900 ms lease it had (the confirmed round trip may
+        // take up to its 1 s WAIT on a loaded machine).
+        assert!(guard.remaining() > ms(2500), "{key}: extended");
         guard.release().await.unwrap();
 
         // More replicas than the shard has: refused, and released.
