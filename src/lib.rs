@@ -90,12 +90,13 @@
 //! | `adapter.rs` | the Go-compatible shim |
 //! | `redlock/` | [`Redlock`]: one [`DistributedMutex`] per server, majority counting, renewal per guard (its `mod.rs` lists its files) |
 //! | `metrics.rs` | what is recorded through the `metrics` facade (feature `metrics`; inline no-ops without it) |
+//! | `bin/dmutex/` | the `dmutex` command (feature `cli`): run, status, release |
 //!
 //! Three tasks per mutex run on its "home" runtime (the first one that used
 //! it, or the caller's when that one has stopped): the release worker, the
 //! renewer and the subscriber manager. A lock costs one round trip to take
-//! (a plain `SET NX`; the acquire script only when the key exists or with
-//! fencing) and one to release (in the background after a drop); renewal is
+//! (a plain `SET NX`; the acquire script when the key exists, with fencing,
+//! or on a cluster, where its reply names its token) and one to release (in the background after a drop); renewal is
 //! one script call per batch of due leases.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
