@@ -416,15 +416,23 @@ impl Drop for RedisServer {
     }
 }
 
-/// A port that was free on 127.0.0.1 a moment ago.
 /// A connected raw fred client for `url` (a server's or a cluster's), for
 /// assertions: constant 100 ms reconnect policy, unlimited attempts, 2 s
 /// connection and command timeouts.
 pub async fn raw_client(url: &str) -> Client {
+    raw_client_with(url, |_| {}).await
+}
+
+/// [`raw_client`] with `edit` applied to its connection settings.
+pub async fn raw_client_with(
+    url: &str,
+    edit: impl FnOnce(&mut fred::types::config::ConnectionConfig),
+) -> Client {
     let config = Config::from_url(url).expect("valid redis url");
     let client = Builder::from_config(config)
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
+            edit(c);
         })
         .with_performance_config(|p| {
             p.default_command_timeout = Duration::from_secs(2);
@@ -439,6 +447,7 @@ pub async fn raw_client(url: &str) -> Client {
     client
 }
 
+/// A port that was free on 127.0.0.1 a moment ago.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()

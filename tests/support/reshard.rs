@@ -624,26 +624,11 @@ fn lines(out: &[u8]) -> Vec<Vec<u8>> {
 /// and makes up to 17 attempts, so a slot in the middle of a move (`ASK`
 /// after `MOVED` after `ASK` ...) does not fail the test's bookkeeping.
 pub async fn patient_client(url: &str) -> fred::clients::Client {
-    use fred::prelude::*;
-    let config = Config::from_url(url).expect("valid redis url");
-    let client = Builder::from_config(config)
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            // One more attempt than redirections: fred 10 ends the
-            // client's connection task when an ASK meets a command with no
-            // attempts left.
-            c.max_command_attempts = 17;
-            c.max_redirections = 16;
-        })
-        .with_performance_config(|p| {
-            p.default_command_timeout = Duration::from_secs(2);
-        })
-        .set_policy(ReconnectPolicy::new_constant(0, 100))
-        .build()
-        .expect("build fred client");
-    client
-        .init()
-        .await
-        .unwrap_or_else(|e| panic!("connect fred client to {url}: {e}"));
-    client
+    super::raw_client_with(url, |c| {
+        // One more attempt than redirections: fred 10 ends the client's
+        // connection task when an ASK meets a command with no attempts left.
+        c.max_command_attempts = 17;
+        c.max_redirections = 16;
+    })
+    .await
 }
