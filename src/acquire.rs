@@ -15,10 +15,11 @@ use crate::inner::Inner;
 use crate::keys::LockKeys;
 use crate::lease::LeaseCore;
 use crate::limits::{ttl_millis, validate_key};
-use crate::notify::Ticket;
+use crate::notify::{Ticket, Wake};
+use crate::queue;
 use crate::retry::RetryStrategy;
 use crate::schedule::{Next, Schedule};
-use crate::scripts::{self, Acquired};
+use crate::scripts::{self, Acquired, QueueSpot, Queueing};
 
 /// One acquisition with per-call options, made by
 /// [`DistributedMutex::acquire`](crate::DistributedMutex::acquire). `.await`
@@ -187,14 +188,19 @@ impl Plan {
     }
 }
 
-/// A token that may have been set in Redis and has no guard yet. Dropped
-/// while armed (the acquisition was cancelled, or failed with an unknown
-/// outcome), it queues a release of its token.
+/// A token that may have been set in Redis (or queued) and has no guard
+/// yet. Dropped while armed (the acquisition was cancelled, gave up while
+/// queued, or failed with an unknown outcome), it queues a release of its
+/// token that also takes it out of the lock's queue.
 struct ArmedToken<'a> {
     inner: &'a Inner,
     /// The lock's Redis names (moved to the guard on success).
     keys: LockKeys,
     token: String,
+    /// The acquisition's member in the lock's queue, once it may be there:
+    /// removed by the release, which also passes the lock on if it was
+    /// handed to this token.
+    leave: Option<String>,
     armed: bool,
 }
 
@@ -203,7 +209,8 @@ impl Drop for ArmedToken<'_> {
         if self.armed {
             let keys = std::mem::take(&mut self.keys);
             let token = std::mem::take(&mut self.token);
-            self.inner.releases.queue(keys, token);
+            let leave = self.leave.take().unwrap_or_default();
+            self.inner.releases.queue_leaving(keys, token, leave);
         }
     }
 }
@@ -212,6 +219,8 @@ impl Drop for ArmedToken<'_> {
 enum Attempt {
     Taken(Option<u64>),
     Busy(Option<Duration>),
+    /// Busy, and this acquisition joined the lock's queue.
+    Queued,
 }
 
 /// One attempt: a plain `SET NX` when `fast`, falling back to the acquire
@@ -223,6 +232,7 @@ async fn attempt(
     keys: &LockKeys,
     token: &str,
     fast: bool,
+    queueing: Queueing<'_>,
 ) -> Result<Attempt, Error> {
     let timeout = inner.settings.command_timeout;
     if let Some(wait) = plan.confirm {
@@ -233,6 +243,7 @@ async fn attempt(
             plan.fencing,
             token,
             plan.ttl_ms,
+            queueing,
             wait,
             timeout,
         );
@@ -247,19 +258,26 @@ async fn attempt(
                 after: wait.timeout(),
             }),
             (Acquired::No { pttl }, _) => Ok(Attempt::Busy(pttl)),
+            (Acquired::Queued, _) => Ok(Attempt::Queued),
         };
     }
     let client = &inner.client;
-    if fast
-        && !plan.fencing
-        && scripts::set_nx(client, &keys.lock, token, plan.ttl_ms, timeout).await?
-    {
+    if fast && !plan.fencing && scripts::set_nx(client, keys, token, plan.ttl_ms, timeout).await? {
         return Ok(Attempt::Taken(None));
     }
-    let answer = scripts::acquire(client, keys, plan.fencing, token, plan.ttl_ms, timeout);
+    let answer = scripts::acquire(
+        client,
+        keys,
+        plan.fencing,
+        token,
+        plan.ttl_ms,
+        queueing,
+        timeout,
+    );
     Ok(match answer.await? {
         Acquired::Yes { fencing_token } => Attempt::Taken(fencing_token),
         Acquired::No { pttl } => Attempt::Busy(pttl),
+        Acquired::Queued => Attempt::Queued,
     })
 }
 
@@ -268,6 +286,21 @@ pub(crate) async fn run(req: Acquire) -> Result<LockGuard, Error> {
     let mut observed = crate::metrics::Acquisition::start(&req.inner.settings.metrics, &req.key);
     let result = acquire(req, &mut observed).await;
     observed.finish(result)
+}
+
+/// What an acquisition does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// An attempt that does not queue: the first one (a plain `SET NX`),
+    /// or a poll without notifications.
+    Attempt,
+    /// An attempt that joins the lock's queue when the lock is held.
+    Join,
+    /// A queued waiter's poll: an attempt that joins the queue again if
+    /// this waiter is no longer in it.
+    Poll,
+    /// The lock was handed to this waiter.
+    Claim,
 }
 
 /// The acquisition itself; `observed` is told when it waits.
@@ -288,17 +321,19 @@ async fn acquire(
     inner.releases.sent(&keys.lock, command_timeout).await;
 
     let mut acquisition = Acquisition::new(inner, plan, keys, started);
-    // Waiters of this key already queued in this process go first: join the
-    // queue behind them instead of barging in with an attempt.
-    let mut attempt_now = !acquisition.queue_behind_local_waiters();
+    // With waiters of this lock already queued from this process, the lock
+    // is contended: join the queue at once (one command) instead of a
+    // `SET NX` that would fail first.
+    let mut step = if acquisition.join_local_queue().await {
+        Step::Join
+    } else {
+        Step::Attempt
+    };
     loop {
-        if attempt_now {
-            if let Some(guard) = acquisition.attempt().await? {
-                return Ok(guard);
-            }
+        if let Some(guard) = acquisition.step(step).await? {
+            return Ok(guard);
         }
-        acquisition.wait(observed).await?;
-        attempt_now = true;
+        step = acquisition.wait(observed).await?;
     }
 }
 
@@ -308,11 +343,16 @@ struct Acquisition<'a> {
     plan: Plan,
     started: Instant,
     schedule: Schedule,
-    /// Whether waits end early on release messages.
+    /// Whether this acquisition queues and waits for messages.
     notify: bool,
     token: ArmedToken<'a>,
-    /// The place in the local wait queue, once the acquisition waits.
+    /// The place among this mutex's waiters of the lock, once it waits.
     ticket: Option<Ticket<'a>>,
+    /// The place in the lock's queue in Redis.
+    spot: QueueSpot,
+    /// When (and in which Sentinel epoch) this acquisition first sent a
+    /// command that may queue it: any hand-off to it comes later.
+    joined: Option<(Instant, u64)>,
     attempts: u32,
     /// The next attempt is the re-check right after subscribing, which
     /// belongs to the attempt before it.
@@ -327,20 +367,29 @@ struct Acquisition<'a> {
 impl<'a> Acquisition<'a> {
     fn new(inner: &'a Arc<Inner>, plan: Plan, keys: LockKeys, started: Instant) -> Self {
         let schedule = Schedule::new(started, plan.retry, plan.timeout);
-        let token = ArmedToken {
-            inner,
-            keys,
-            token: uuid::Uuid::new_v4().to_string(),
-            armed: false,
-        };
+        let token = uuid::Uuid::new_v4().to_string();
+        let spot = QueueSpot::new(
+            inner.waiters.id(),
+            Duration::from_millis(plan.ttl_ms),
+            &token,
+            inner.waiters.sharded(),
+        );
         Acquisition {
             notify: inner.settings.notifications && schedule.may_wait(started),
             inner,
             plan,
             started,
             schedule,
-            token,
+            token: ArmedToken {
+                inner,
+                keys,
+                token,
+                leave: None,
+                armed: false,
+            },
             ticket: None,
+            spot,
+            joined: None,
             attempts: 0,
             recheck: false,
             uncertain: false,
@@ -349,19 +398,70 @@ impl<'a> Acquisition<'a> {
         }
     }
 
-    /// Joins the local queue of the key if it has waiters; `true` if so.
-    fn queue_behind_local_waiters(&mut self) -> bool {
+    /// Joins this mutex's waiters of the lock if it has any (their
+    /// subscription is in place, or being made); `true` when the
+    /// acquisition should then join the Redis queue at once.
+    async fn join_local_queue(&mut self) -> bool {
         let waiters = &self.inner.waiters;
-        if self.notify && waiters.has_waiters(&self.token.keys.lock) {
-            self.ticket = Some(waiters.join(&self.token.keys));
-            return true;
+        if !self.notify || !waiters.has_queue(&self.token.keys) {
+            return false;
         }
-        false
+        self.subscribe().await
+    }
+
+    /// Joins this mutex's waiters of the lock and waits for the handoff
+    /// subscription; `true` when it is in place (the acquisition can queue
+    /// in Redis), `false` when it failed (the acquisition polls).
+    async fn subscribe(&mut self) -> bool {
+        let inner = self.inner;
+        let mut ticket = inner
+            .waiters
+            .join_handoff(&self.token.keys, &self.token.token);
+        let limit = inner
+            .settings
+            .command_timeout
+            .min(self.schedule.left(Instant::now()));
+        let ready = ticket.ready(limit).await;
+        self.ticket = Some(ticket);
+        if !ready {
+            self.notify = false;
+        }
+        ready
+    }
+
+    /// Runs one step: `Some(guard)` when it took the lock, `None` when the
+    /// lock is busy or Redis could not be asked (transient), an error
+    /// otherwise.
+    async fn step(&mut self, step: Step) -> Result<Option<LockGuard>, Error> {
+        if step == Step::Claim {
+            if let Some(guard) = self.claim_without_confirming() {
+                return Ok(Some(guard));
+            }
+        }
+        self.attempt(step).await
+    }
+
+    /// A lock handed to this waiter, used without a round trip when the
+    /// claim leaves enough validity (see `queue.rs`).
+    fn claim_without_confirming(&mut self) -> Option<LockGuard> {
+        let (joined, epoch) = self.joined?;
+        let plan = &self.plan;
+        if !plan.auto_renew
+            || plan.fencing
+            || plan.confirm.is_some()
+            || !self.inner.epoch.unchanged(epoch)
+        {
+            return None;
+        }
+        let ttl = Duration::from_millis(plan.ttl_ms);
+        queue::usable_without_confirming(joined, ttl, Instant::now())?;
+        tracing::debug!(key = %plan.key, "lock handed over by its releaser");
+        Some(self.taken(None, joined, true))
     }
 
     /// One attempt: `Some(guard)` when it took the lock, `None` when the lock
     /// is busy or Redis could not be asked (transient), an error otherwise.
-    async fn attempt(&mut self) -> Result<Option<LockGuard>, Error> {
+    async fn attempt(&mut self, step: Step) -> Result<Option<LockGuard>, Error> {
         if self.attempts > 0 && self.inner.is_shut_down() {
             return Err(Error::Shutdown {
                 key: self.plan.key.clone(),
@@ -372,10 +472,32 @@ impl<'a> Acquisition<'a> {
         }
         self.token.armed = true;
         let sent_at = Instant::now();
-        let fast = self.attempts == 1 && self.ticket.is_none();
-        let token = &self.token;
+        let fast = step == Step::Attempt && self.attempts == 1;
+        let queueing = match step {
+            Step::Attempt => Queueing::No,
+            // The first of this mutex's waiters learns the holder's lease,
+            // and polls when it may have ended.
+            Step::Join => Queueing::Join {
+                spot: &self.spot,
+                holder_ttl: self.ticket.as_ref().is_none_or(|t| t.is_first()),
+            },
+            Step::Poll | Step::Claim => Queueing::Poll(&self.spot),
+        };
         let epoch = self.inner.epoch.read();
-        let result = attempt(self.inner, &self.plan, &token.keys, &token.token, fast).await;
+        if queueing.queues() && self.joined.is_none() {
+            self.joined = Some((sent_at, epoch));
+            self.token.leave = Some(self.spot.member.clone());
+        }
+        let token = &self.token;
+        let result = attempt(
+            self.inner,
+            &self.plan,
+            &token.keys,
+            &token.token,
+            fast,
+            queueing,
+        )
+        .await;
         match result {
             Ok(Attempt::Taken(_)) if !self.inner.epoch.unchanged(epoch) => {
                 // Sentinel: the master changed while this attempt was out (or
@@ -397,17 +519,18 @@ impl<'a> Acquisition<'a> {
                 Ok(None)
             }
             Ok(Attempt::Taken(fencing_token)) => {
-                self.token.armed = false;
-                if let Some(ticket) = self.ticket.take() {
-                    ticket.acquired();
-                }
                 let key = &self.plan.key;
                 tracing::debug!(key = %key, attempts = self.attempts, ?fencing_token, "lock acquired");
-                Ok(Some(self.guard(fencing_token, sent_at)))
+                Ok(Some(self.taken(fencing_token, sent_at, false)))
             }
             Ok(Attempt::Busy(pttl)) => {
-                self.token.armed = self.uncertain;
+                self.token.armed = self.uncertain || self.joined.is_some();
                 self.holder_ttl = pttl;
+                self.last_error = None;
+                Ok(None)
+            }
+            Ok(Attempt::Queued) => {
+                self.holder_ttl = None;
                 self.last_error = None;
                 Ok(None)
             }
@@ -435,37 +558,60 @@ impl<'a> Acquisition<'a> {
         }
     }
 
-    /// Waits for the next attempt per the schedule, or gives up with the
+    /// Waits for the next step per the schedule, or gives up with the
     /// error that ends the call.
-    async fn wait(&mut self, observed: &mut crate::metrics::Acquisition) -> Result<(), Error> {
-        let wait = match self.schedule.next(Instant::now(), self.holder_ttl) {
-            Next::Wait(wait) => wait,
-            Next::GiveUp => return Err(self.give_up()),
-        };
+    async fn wait(&mut self, observed: &mut crate::metrics::Acquisition) -> Result<Step, Error> {
         observed.waiting();
-        if !self.notify {
-            tokio::time::sleep(wait).await;
-            self.schedule.waited(false);
-            return Ok(());
-        }
-        if self.ticket.is_none() {
-            let mut ticket = self.inner.waiters.join(&self.token.keys);
-            let limit =
-                (self.inner.settings.command_timeout).min(self.schedule.left(Instant::now()));
-            let subscribed = ticket.subscribed(limit).await;
-            self.ticket = Some(ticket);
-            if subscribed {
-                // A release may have come before the subscription: check
-                // again at once.
+        if self.notify && self.ticket.is_none() {
+            // The first wait: subscribe, then queue at once (a release may
+            // have come meanwhile; the attempt takes a free lock).
+            if self.schedule.next(Instant::now(), None) == Next::GiveUp {
+                return Err(self.give_up());
+            }
+            if self.subscribe().await {
                 self.recheck = true;
-                return Ok(());
+                return Ok(Step::Join);
             }
         }
-        if let Some(ticket) = &self.ticket {
-            let woken = ticket.wait(wait).await;
-            self.schedule.waited(woken);
+        if !self.notify || self.joined.is_none() {
+            let wait = self.next_wait()?;
+            tokio::time::sleep(wait).await;
+            self.schedule.waited(false);
+            return Ok(if self.notify {
+                Step::Join
+            } else {
+                Step::Attempt
+            });
         }
-        Ok(())
+        loop {
+            let wait = self.next_wait()?;
+            let since = Instant::now();
+            let Some(ticket) = &self.ticket else {
+                return Ok(Step::Poll);
+            };
+            match ticket.wait_for(wait).await {
+                Wake::HandedOff => return Ok(Step::Claim),
+                Wake::Woken => return Ok(Step::Poll),
+                Wake::TimedOut => {
+                    self.schedule.waited(false);
+                    // One waiter per process polls, and only while no
+                    // hand-off reaches this process: hand-offs mean the
+                    // queue moves.
+                    if ticket.should_poll(since) {
+                        return Ok(Step::Poll);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long to wait before the next attempt, or the error that ends the
+    /// call.
+    fn next_wait(&mut self) -> Result<Duration, Error> {
+        match self.schedule.next(Instant::now(), self.holder_ttl) {
+            Next::Wait(wait) => Ok(wait),
+            Next::GiveUp => Err(self.give_up()),
+        }
     }
 
     /// The error of a call that ran out of time: the last transient error
@@ -480,21 +626,38 @@ impl<'a> Acquisition<'a> {
             })
     }
 
-    /// The guard of the lock just taken with this acquisition's token.
-    fn guard(&mut self, fencing_token: Option<u64>, sent_at: Instant) -> LockGuard {
+    /// The guard of the lock just taken with this acquisition's token; its
+    /// lease counts from `sent_at`. `handed_over`: taken without confirming,
+    /// valid for the claim TTL until the renewer extends it.
+    fn taken(
+        &mut self,
+        fencing_token: Option<u64>,
+        sent_at: Instant,
+        handed_over: bool,
+    ) -> LockGuard {
+        self.token.armed = false;
+        if let Some(ticket) = self.ticket.take() {
+            ticket.acquired();
+        }
         let keys = std::mem::take(&mut self.token.keys);
         let metrics = self.inner.settings.metrics.lock(&self.plan.key);
+        let ttl = Duration::from_millis(self.plan.ttl_ms);
         let lease = Arc::new(LeaseCore::new(
             std::mem::take(&mut self.plan.key),
             keys,
             std::mem::take(&mut self.token.token),
             fencing_token,
-            Duration::from_millis(self.plan.ttl_ms),
+            ttl,
             sent_at,
             self.plan.confirm,
             metrics,
         ));
-        if self.plan.auto_renew {
+        if handed_over {
+            lease.limit_validity(sent_at, queue::claim(ttl));
+            self.inner
+                .renewer
+                .track_at(&lease, queue::first_renewal(sent_at, ttl));
+        } else if self.plan.auto_renew {
             self.inner.renewer.track(&lease, sent_at);
         }
         LockGuard::new(Arc::clone(self.inner), lease, self.plan.auto_renew)

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use crate::channel::Mode;
 use crate::error::Error;
 use crate::keys::LockKeys;
-use crate::scripts::{self, Compared};
+use crate::scripts::{self, Compared, Releasing};
 
 /// The most releases sent in one script call.
 const MAX_BATCH: usize = 256;
@@ -41,6 +41,8 @@ pub(crate) type OnSent = Box<dyn FnOnce() + Send>;
 struct Waiting {
     keys: LockKeys,
     token: String,
+    /// A queue member to remove first (see `Batcher::release`).
+    leave: String,
     on_sent: Option<OnSent>,
     reply: oneshot::Sender<Result<Compared, Error>>,
 }
@@ -54,8 +56,6 @@ struct Gate {
 struct Shared {
     client: Client,
     timeout: Duration,
-    /// The mutex's id, sent with releases (see `release.lua`).
-    id: Arc<str>,
     /// Plain or sharded pub/sub for the release messages.
     mode: Arc<Mode>,
     gates: Mutex<HashMap<u16, Gate>>,
@@ -83,20 +83,22 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    pub(crate) fn new(client: Client, timeout: Duration, id: Arc<str>, mode: Arc<Mode>) -> Self {
+    pub(crate) fn new(client: Client, timeout: Duration, mode: Arc<Mode>) -> Self {
         Batcher {
             shared: Arc::new(Shared {
                 client,
                 timeout,
-                id,
                 mode,
                 gates: Mutex::default(),
             }),
         }
     }
 
-    /// Releases `keys` held with `token`. `on_sent` runs once the command
-    /// has been handed to the client.
+    /// Releases `keys` held with `token` (handing the lock to the next
+    /// queued waiter, if any). `leave`, when not empty, is a queue member
+    /// removed first: the entry of a waiter that gave up, whose token the
+    /// key may hold if the lock was just handed to it. `on_sent` runs once
+    /// the command has been handed to the client.
     ///
     /// Cancel-safe: a release dropped while queued is still sent with its
     /// batch (its answer is then dropped); a leader dropped mid-flight
@@ -105,6 +107,7 @@ impl Batcher {
         &self,
         keys: &LockKeys,
         token: &str,
+        leave: &str,
         on_sent: Option<OnSent>,
     ) -> Result<Compared, Error> {
         let gate = self.shared.gate_of(keys);
@@ -116,6 +119,7 @@ impl Batcher {
                 state.waiting.push(Waiting {
                     keys: keys.clone(),
                     token: token.to_owned(),
+                    leave: leave.to_owned(),
                     on_sent,
                     reply,
                 });
@@ -131,7 +135,8 @@ impl Batcher {
                     batcher: self.clone(),
                     gate,
                 };
-                let answers = send(&self.shared, &[(keys, token)], on_sent.into_iter()).await?;
+                let answers =
+                    send(&self.shared, &[(keys, token, leave)], on_sent.into_iter()).await?;
                 Ok(answers[0])
             }
             // Dropped unanswered (its batch's task was dropped): unknown.
@@ -164,8 +169,10 @@ impl Batcher {
             gate,
         };
         let on_sent: Vec<OnSent> = batch.iter_mut().filter_map(|w| w.on_sent.take()).collect();
-        let entries: Vec<(&LockKeys, &str)> =
-            batch.iter().map(|w| (&w.keys, w.token.as_str())).collect();
+        let entries: Vec<Releasing<'_>> = batch
+            .iter()
+            .map(|w| (&w.keys, w.token.as_str(), w.leave.as_str()))
+            .collect();
         let result = send(&self.shared, &entries, on_sent.into_iter()).await;
         drop(entries);
         match result {
@@ -189,11 +196,11 @@ impl Batcher {
 /// command is handed to the client.
 async fn send(
     shared: &Shared,
-    entries: &[(&LockKeys, &str)],
+    entries: &[Releasing<'_>],
     on_sent: impl Iterator<Item = OnSent> + Unpin,
 ) -> Result<Vec<Compared>, Error> {
     let sharded = shared.mode.sharded(&shared.client);
-    let call = scripts::release(&shared.client, entries, &shared.id, sharded, shared.timeout);
+    let call = scripts::release(&shared.client, entries, sharded, shared.timeout);
     OnFirstPoll {
         inner: Box::pin(call),
         then: Some(on_sent),

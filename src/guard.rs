@@ -218,7 +218,7 @@ impl LockGuard {
         // `self` stays alive across the await: if this future is dropped
         // mid-flight, `Drop` queues the release instead.
         let result = (self.inner.batcher)
-            .release(&self.lease.keys, &self.lease.token, None)
+            .release(&self.lease.keys, &self.lease.token, "", None)
             .await;
         let reason = match result {
             Ok(Compared::Held) => {

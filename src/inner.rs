@@ -61,7 +61,7 @@ impl Inner {
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let timeout = settings.command_timeout;
         let mode = Arc::new(Mode::default());
-        let batcher = Batcher::new(client.clone(), timeout, Arc::clone(&id), Arc::clone(&mode));
+        let batcher = Batcher::new(client.clone(), timeout, Arc::clone(&mode));
         let confirmer = Arc::new(Confirmer::new(client.clone()));
         let epoch = Arc::new(Epoch::default());
         let renewer = Renewer::new(

@@ -7,6 +7,8 @@
 //! | the lock | `P K` (holds the holder's token) | the lease |
 //! | the fencing counter | `P \xff {T}:fence:K` | never deleted |
 //! | the release channel | `P K:released`, or `P {T}:released:K` with sharded pub/sub (`channel.rs`) | (pub/sub) |
+//! | the wait queue | `P \xff {T}:queue:K` (a list of waiters, see `queue.rs`) | while waiters queue |
+//! | a process's handoff channel | `P {T}:handoff:<mutex id>:K` (`queue.rs`) | (pub/sub) |
 //!
 //! The lock key is the caller's key behind the prefix, unchanged, so other
 //! clients of the protocol (bsm/redislock, redis-py's `Lock`) exclude and are
@@ -138,6 +140,29 @@ impl LockKeys {
         let key = &self.lock[self.prefix_len..];
         self.derived("fence", key)
     }
+
+    /// The wait queue (a list of queued waiters, see `queue.rs`).
+    pub(crate) fn queue(&self) -> Vec<u8> {
+        let key = &self.lock[self.prefix_len..];
+        self.derived("queue", key)
+    }
+
+    /// The handoff channel of the mutex `id` for this lock, in the lock
+    /// key's slot, as the two parts around the id: `P {T}:handoff:` and
+    /// `:K` (the release script joins them with a waiter's mutex id).
+    pub(crate) fn handoff_channel_parts(&self) -> (String, String) {
+        let (prefix, key) = self.lock.split_at(self.prefix_len);
+        (
+            format!("{prefix}{{{}}}:handoff:", slot_tag(&self.lock)),
+            format!(":{key}"),
+        )
+    }
+
+    /// The handoff channel of the mutex `id`: `P {T}:handoff:<id>:K`.
+    pub(crate) fn handoff_channel(&self, id: &str) -> String {
+        let (head, tail) = self.handoff_channel_parts();
+        format!("{head}{id}{tail}")
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +200,14 @@ mod tests {
                     "{prefix:?} {key:?}"
                 );
                 assert!(k.shard_channel().starts_with(prefix));
+                assert_eq!(
+                    slot(k.handoff_channel("0123abcd").as_bytes()),
+                    slot(k.lock.as_bytes()),
+                    "{prefix:?} {key:?}"
+                );
+                assert!(k.handoff_channel("0123abcd").starts_with(prefix));
+                assert_eq!(slot(&k.queue()), slot(k.lock.as_bytes()));
+                assert!(k.queue().starts_with(prefix.as_bytes()));
                 let derived = k.fence();
                 assert_eq!(
                     slot(&derived),

@@ -166,6 +166,14 @@ impl LeaseCore {
         true
     }
 
+    /// For a lock handed over by a release (see `queue.rs`): the key holds
+    /// this token for `claim` from some moment after `since`, so the lease
+    /// is valid until then (its renewals then set the full TTL).
+    pub(crate) fn limit_validity(&self, since: Instant, claim: Duration) {
+        let mut state = self.state();
+        state.valid_until = state.valid_until.min(valid_until(since, claim));
+    }
+
     /// Starts a new renewal schedule; entries of older ones are dropped.
     pub(crate) fn reschedule(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::SeqCst) + 1

@@ -121,6 +121,7 @@ pub mod metrics;
 mod metrics;
 mod mutex;
 mod notify;
+mod queue;
 mod redlock;
 mod release;
 mod renew;
@@ -142,6 +143,7 @@ pub use limits::{
     MAX_TTL, MIN_TTL,
 };
 pub use mutex::DistributedMutex;
+pub use queue::CLAIM_TTL;
 pub use redlock::{
     Redlock, RedlockAcquire, RedlockBuilder, RedlockGuard, RedlockLease, DEFAULT_REDLOCK_TTL,
     DEFAULT_SERVER_TIMEOUT, MAX_REDLOCK_SERVERS,

@@ -218,7 +218,7 @@ impl DistributedMutex {
         }
         self.inner.ensure_background();
         let keys = crate::keys::LockKeys::new(&self.inner.settings.prefix, key);
-        let reason = match self.inner.batcher.release(&keys, token, None).await {
+        let reason = match self.inner.batcher.release(&keys, token, "", None).await {
             Ok(crate::scripts::Compared::Held) => return Ok(()),
             Ok(crate::scripts::Compared::Missing) => crate::lease::LostReason::Missing,
             Ok(crate::scripts::Compared::Replaced) => crate::lease::LostReason::Replaced,

@@ -1,17 +1,23 @@
-//! Notification-based waiting.
+//! Notification-based waiting: the local side of the wait queues.
 //!
-//! The release script publishes on the key's release channel (plain or
-//! sharded pub/sub, see `channel.rs`). Each mutex has one subscriber
-//! connection (one per node on a cluster), made on the first wait,
-//! subscribed to a key's channel while this process has waiters for that key (and resubscribed
-//! after a reconnect). Waiters of one key queue locally in FIFO order; a
-//! release message wakes only the head of the queue, so there is no
-//! thundering herd inside a process. A new acquisition of a key with local
-//! waiters queues behind them instead of barging.
+//! Each mutex has one subscriber connection (one per node on a cluster),
+//! made on the first wait, subscribed to a channel while this process has
+//! waiters on it (and resubscribed after a reconnect). Two kinds of channel:
 //!
-//! Nothing depends on a message arriving: every wait is also capped by the
-//! holder's remaining TTL and by the retry strategy's next delay, so a lost
-//! message, or a subscriber connection that is down, costs at most that.
+//! * a lock's **handoff channel** of this mutex (`P {T}:handoff:<id>:K`, see
+//!   `queue.rs`): exclusive-lock waiters queue in Redis, and the release
+//!   script hands the lock to the queue's head and publishes that waiter's
+//!   token on its mutex's handoff channel; the message wakes exactly that
+//!   waiter. A message for a token with no waiter here (the waiter gave up:
+//!   its leave, queued to the release worker, passes the lock on) is
+//!   dropped.
+//! * a lock's **release channel** (`channel.rs`), for waiters that do not
+//!   queue in Redis: a release with no one queued publishes there, and the
+//!   message wakes the head of the local FIFO of that channel.
+//!
+//! Nothing depends on a message arriving: every wait is also capped (see
+//! `acquire.rs`), and after the subscriber reconnects, or when messages were
+//! dropped, every waiter is woken to try once more.
 //!
 //! Sharded subscriptions follow slot moves. A node that gives a slot away
 //! (resharding, `CLUSTER SETSLOT ... NODE`) drops every shard channel
@@ -20,25 +26,23 @@
 //! slot move. So while a mutex has sharded subscriptions, its manager reads
 //! `CLUSTER SLOTS` every [`FOLLOW_CHECK`]; a channel whose slot is owned by
 //! another node than when it was subscribed is subscribed again (fred
-//! follows the `MOVED` to the new owner), and the key's head waiter tries
+//! follows the `MOVED` to the new owner), and the channel's waiters try
 //! once more at once, since a release may have come while no subscription
 //! was in place.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::background::Done;
 use crate::channel::{Mode, ReleaseChannel};
 use crate::keys::LockKeys;
-
-/// How long a mutex lets other processes try first after its own release.
-const YIELD_TO_OTHERS: Duration = Duration::from_millis(1);
 
 /// After a failed attempt to make the subscriber connection, waiters poll
 /// for this long before it is tried again.
@@ -49,31 +53,54 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// sent while it has none).
 pub(crate) const FOLLOW_CHECK: Duration = Duration::from_millis(500);
 
-/// The waiters of one key, in FIFO order, and the channel they listen on.
-struct KeyQueue {
+/// Where a channel's subscription stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subscription {
+    Pending,
+    InPlace,
+    Failed,
+}
+
+/// One waiter's wake-up.
+struct Slot {
+    notify: Notify,
+    /// Set (before the notify) when the lock was handed to this waiter.
+    handed: AtomicBool,
+}
+
+struct Waiter {
+    id: u64,
+    /// The waiter's token, on a handoff channel.
+    token: Option<String>,
+    slot: Arc<Slot>,
+}
+
+/// The waiters on one channel, in the order they joined.
+struct ChannelQueue {
     channel: ReleaseChannel,
-    waiters: VecDeque<(u64, Arc<Notify>)>,
+    /// A handoff channel (messages name a waiter's token), or a release
+    /// channel (messages wake the head).
+    handoff: bool,
+    waiters: VecDeque<Waiter>,
+    subscription: watch::Sender<Subscription>,
+    /// When a handoff message last arrived on this channel.
+    last_handoff: Option<Instant>,
 }
 
 #[derive(Default)]
 struct Queues {
-    /// By lock key.
-    keys: HashMap<String, KeyQueue>,
-    /// Lock key by channel name, for the messages.
-    channels: HashMap<String, String>,
+    /// By channel name.
+    channels: HashMap<String, ChannelQueue>,
     next_id: u64,
 }
 
 struct Shared {
     queues: Mutex<Queues>,
-    /// How many keys have waiters: lets an acquisition skip the lock in the
-    /// usual case of none.
-    keys_waited: std::sync::atomic::AtomicUsize,
+    /// How many channels have waiters: lets an acquisition skip the lock in
+    /// the usual case of none.
+    channels_waited: AtomicUsize,
     /// Marked when the manager has stopped for good (the mutex closed).
     stopped: Done,
-    /// The mutex's id: a release message carrying it was sent by this
-    /// mutex while other processes' waiters listened too.
-    id: Arc<str>,
 }
 
 impl Shared {
@@ -81,24 +108,48 @@ impl Shared {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes the head waiter of `key`, if any.
-    fn wake_head(&self, key: &str) {
-        let queues = self.queues();
-        if let Some((_, notify)) = queues.keys.get(key).and_then(|q| q.waiters.front()) {
-            notify.notify_one();
+    /// A message on `channel`: wakes the waiter it hands the lock to, or
+    /// the head waiter of a release channel.
+    fn on_message(&self, channel: &str, value: Option<&str>) {
+        let mut queues = self.queues();
+        let Some(queue) = queues.channels.get_mut(channel) else {
+            return;
+        };
+        if !queue.handoff {
+            if let Some(head) = queue.waiters.front() {
+                head.slot.notify.notify_one();
+            }
+            return;
+        }
+        queue.last_handoff = Some(Instant::now());
+        let to = queue
+            .waiters
+            .iter()
+            .find(|w| w.token.as_deref() == value && value.is_some());
+        if let Some(waiter) = to {
+            waiter.slot.handed.store(true, Ordering::SeqCst);
+            waiter.slot.notify.notify_one();
         }
     }
 
-    /// Wakes the head waiter of the key whose channel is `channel`.
-    fn wake_channel(&self, channel: &str) -> Option<String> {
-        let key = self.queues().channels.get(channel).cloned()?;
-        self.wake_head(&key);
-        Some(key)
+    /// Wakes every waiter of `channel` (all channels when `None`) to try
+    /// once more: messages may have been missed.
+    fn wake_all(&self, channel: Option<&str>) {
+        let queues = self.queues();
+        let woken = queues
+            .channels
+            .iter()
+            .filter(|(name, _)| channel.is_none_or(|c| c == name.as_str()));
+        for (_, queue) in woken {
+            for waiter in &queue.waiters {
+                waiter.slot.notify.notify_one();
+            }
+        }
     }
 }
 
 enum Op {
-    Subscribe(ReleaseChannel, oneshot::Sender<bool>),
+    Subscribe(ReleaseChannel, watch::Sender<Subscription>),
     Unsubscribe(ReleaseChannel),
     /// The master changed (Sentinel): reconnect the subscriber, which asks
     /// the sentinels for the master again and resubscribes.
@@ -117,6 +168,8 @@ pub(crate) struct Waiters {
     timeout: Duration,
     /// Plain or sharded pub/sub (decided once the server is known).
     mode: Arc<Mode>,
+    /// The mutex's id: names its handoff channels.
+    id: Arc<str>,
 }
 
 impl Waiters {
@@ -124,14 +177,14 @@ impl Waiters {
         Waiters {
             shared: Arc::new(Shared {
                 queues: Mutex::new(Queues::default()),
-                keys_waited: std::sync::atomic::AtomicUsize::new(0),
+                channels_waited: AtomicUsize::new(0),
                 stopped: Done::default(),
-                id,
             }),
             ops: Arc::new(Mutex::new(None)),
             client,
             timeout,
             mode,
+            id,
         }
     }
 
@@ -145,16 +198,29 @@ impl Waiters {
         }
     }
 
-    /// Starts the manager task on `home`. A manager started again (its old runtime stopped) subscribes at once to
-    /// every key that has waiters.
+    /// The mutex's id (names its handoff channels).
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether hand-offs and release messages use sharded pub/sub.
+    pub(crate) fn sharded(&self) -> bool {
+        self.mode.sharded(&self.client)
+    }
+
+    /// Starts the manager task on `home`. A manager started again (its old
+    /// runtime stopped) subscribes at once to every channel that has
+    /// waiters.
     pub(crate) fn start(&self, home: &Handle) {
         let (tx, rx) = mpsc::unbounded_channel();
         // Under the queue lock, so no join or leave slips between the list
-        // of keys and the new channel.
+        // of channels and the new sender.
         let queues = self.shared.queues();
-        for queue in queues.keys.values() {
-            let (ack, _) = oneshot::channel();
-            let _ = tx.send(Op::Subscribe(queue.channel.clone(), ack));
+        for queue in queues.channels.values() {
+            let _ = tx.send(Op::Subscribe(
+                queue.channel.clone(),
+                queue.subscription.clone(),
+            ));
         }
         *self.ops() = Some(tx);
         drop(queues);
@@ -184,54 +250,80 @@ impl Waiters {
         Reconnect(Arc::clone(&self.ops))
     }
 
-    /// `true` when this process has waiters queued for `key`.
-    pub(crate) fn has_waiters(&self, key: &str) -> bool {
-        self.shared
-            .keys_waited
-            .load(std::sync::atomic::Ordering::SeqCst)
-            > 0
-            && self.shared.queues().keys.contains_key(key)
+    /// `true` when this process has exclusive-lock waiters queued for the
+    /// lock `keys` (so a new acquisition joins the queue at once).
+    pub(crate) fn has_queue(&self, keys: &LockKeys) -> bool {
+        self.shared.channels_waited.load(Ordering::SeqCst) > 0
+            && self
+                .shared
+                .queues()
+                .channels
+                .contains_key(&keys.handoff_channel(&self.id))
     }
 
-    /// Joins the queue of the lock `keys`. The first waiter of a key asks
-    /// for the subscription; [`Ticket::subscribed`] waits for it.
+    /// Joins the local FIFO of the lock `keys`' release channel (waiters
+    /// that do not queue in Redis). The first waiter of a channel asks for
+    /// the subscription; [`Ticket::subscribed`] waits for it.
+    #[allow(dead_code)] // for waiters of the primitives that do not queue
     pub(crate) fn join(&self, keys: &LockKeys) -> Ticket<'_> {
-        let key = keys.lock.as_str();
-        let notify = Arc::new(Notify::new());
+        let channel = ReleaseChannel::of(keys, self.sharded());
+        self.join_channel(channel, false, None)
+    }
+
+    /// Joins the waiters of this mutex's handoff channel for the lock
+    /// `keys`, as the waiter whose token is `token`.
+    pub(crate) fn join_handoff(&self, keys: &LockKeys, token: &str) -> Ticket<'_> {
+        let channel = ReleaseChannel {
+            name: keys.handoff_channel(&self.id),
+            sharded: self.sharded(),
+        };
+        self.join_channel(channel, true, Some(token.to_owned()))
+    }
+
+    fn join_channel(
+        &self,
+        channel: ReleaseChannel,
+        handoff: bool,
+        token: Option<String>,
+    ) -> Ticket<'_> {
+        let slot = Arc::new(Slot {
+            notify: Notify::new(),
+            handed: AtomicBool::new(false),
+        });
         let mut queues = self.shared.queues();
         queues.next_id += 1;
         let id = queues.next_id;
-        let subscribed = if queues.keys.contains_key(key) {
-            None
-        } else {
-            let channel = ReleaseChannel::of(keys, self.mode.sharded(&self.client));
-            self.shared
-                .keys_waited
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            queues.channels.insert(channel.name.clone(), key.to_owned());
-            let (ack, rx) = oneshot::channel();
+        let name = channel.name.clone();
+        let asked = !queues.channels.contains_key(&name);
+        let queue = queues.channels.entry(name.clone()).or_insert_with(|| {
+            self.shared.channels_waited.fetch_add(1, Ordering::SeqCst);
+            let (subscription, _) = watch::channel(Subscription::Pending);
             // Sent under the queue lock: subscribe and unsubscribe requests
-            // of one key reach the manager in the order they were decided.
-            self.send(Op::Subscribe(channel.clone(), ack));
-            queues.keys.insert(
-                key.to_owned(),
-                KeyQueue {
-                    channel,
-                    waiters: VecDeque::new(),
-                },
-            );
-            Some(rx)
-        };
-        if let Some(queue) = queues.keys.get_mut(key) {
-            queue.waiters.push_back((id, Arc::clone(&notify)));
-        }
+            // of one channel reach the manager in the order they were
+            // decided.
+            self.send(Op::Subscribe(channel.clone(), subscription.clone()));
+            ChannelQueue {
+                channel,
+                handoff,
+                waiters: VecDeque::new(),
+                subscription,
+                last_handoff: None,
+            }
+        });
+        queue.waiters.push_back(Waiter {
+            id,
+            token,
+            slot: Arc::clone(&slot),
+        });
+        let subscription = queue.subscription.subscribe();
         drop(queues);
         Ticket {
             waiters: self,
-            key: key.to_owned(),
+            channel: name,
             id,
-            notify,
-            subscribed,
+            slot,
+            subscription,
+            asked,
             acquired: false,
         }
     }
@@ -250,34 +342,92 @@ impl Reconnect {
     }
 }
 
-/// A waiter's place in a key's local queue. Dropped, it leaves the queue;
-/// the last waiter of a key drops the subscription.
+/// How a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The lock was handed to this waiter (handoff channel).
+    HandedOff,
+    /// A release message, or a hint to try once more (messages may have
+    /// been missed).
+    Woken,
+    /// The cap passed.
+    TimedOut,
+}
+
+/// A waiter's place in a channel's local queue. Dropped, it leaves the
+/// queue; the last waiter of a channel drops the subscription.
 pub(crate) struct Ticket<'a> {
     waiters: &'a Waiters,
-    key: String,
+    channel: String,
     id: u64,
-    notify: Arc<Notify>,
-    subscribed: Option<oneshot::Receiver<bool>>,
+    slot: Arc<Slot>,
+    subscription: watch::Receiver<Subscription>,
+    /// This ticket's join asked for the subscription.
+    #[allow(dead_code)]
+    asked: bool,
     acquired: bool,
 }
 
 impl Ticket<'_> {
+    /// Waits (at most `limit`) until the channel's subscription is in place
+    /// or has failed; `true` when it is in place.
+    pub(crate) async fn ready(&mut self, limit: Duration) -> bool {
+        let settled = self.subscription.wait_for(|s| *s != Subscription::Pending);
+        matches!(
+            tokio::time::timeout(limit, settled).await,
+            Ok(Ok(s)) if *s == Subscription::InPlace
+        )
+    }
+
     /// For the waiter that asked for the subscription: waits (at most
     /// `limit`) until it is in place. `true` when it is: the caller must then
     /// try again at once, since a release may have come before it.
+    #[allow(dead_code)]
     pub(crate) async fn subscribed(&mut self, limit: Duration) -> bool {
-        match self.subscribed.take() {
-            Some(rx) => matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(true))),
-            None => false,
+        std::mem::take(&mut self.asked) && self.ready(limit).await
+    }
+
+    /// Waits until woken by a message (`true`) or for `cap` (`false`).
+    #[allow(dead_code)]
+    pub(crate) async fn wait(&self, cap: Duration) -> bool {
+        self.wait_for(cap).await != Wake::TimedOut
+    }
+
+    /// Waits until woken or for `cap`, and says how the wait ended.
+    pub(crate) async fn wait_for(&self, cap: Duration) -> Wake {
+        let woken = tokio::time::timeout(cap, self.slot.notify.notified())
+            .await
+            .is_ok();
+        if self.slot.handed.swap(false, Ordering::SeqCst) {
+            // A stored wake-up of the hand-off is spent with it.
+            Wake::HandedOff
+        } else if woken {
+            Wake::Woken
+        } else {
+            Wake::TimedOut
         }
     }
 
-    /// Waits until woken by a release message (`true`) or for `cap`
-    /// (`false`).
-    pub(crate) async fn wait(&self, cap: Duration) -> bool {
-        tokio::time::timeout(cap, self.notify.notified())
-            .await
-            .is_ok()
+    /// `true` when this waiter is the first of its channel's local queue
+    /// and no hand-off arrived on the channel since `since`: the process's
+    /// queue for this lock looks stalled, and this waiter polls for it.
+    pub(crate) fn should_poll(&self, since: Instant) -> bool {
+        let queues = self.waiters.shared.queues();
+        let Some(queue) = queues.channels.get(&self.channel) else {
+            return true;
+        };
+        queue.waiters.front().is_some_and(|w| w.id == self.id)
+            && queue.last_handoff.is_none_or(|at| at < since)
+    }
+
+    /// `true` when this waiter is the first of its channel's local queue.
+    pub(crate) fn is_first(&self) -> bool {
+        let queues = self.waiters.shared.queues();
+        queues
+            .channels
+            .get(&self.channel)
+            .and_then(|q| q.waiters.front())
+            .is_none_or(|w| w.id == self.id)
     }
 
     /// The lock was taken: leave the queue without passing a wake-up on
@@ -290,24 +440,23 @@ impl Ticket<'_> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         let mut queues = self.waiters.shared.queues();
-        let Some(queue) = queues.keys.get_mut(&self.key) else {
+        let Some(queue) = queues.channels.get_mut(&self.channel) else {
             return;
         };
-        let was_head = queue.waiters.front().is_some_and(|(id, _)| *id == self.id);
-        queue.waiters.retain(|(id, _)| *id != self.id);
+        let was_head = queue.waiters.front().is_some_and(|w| w.id == self.id);
+        queue.waiters.retain(|w| w.id != self.id);
         if queue.waiters.is_empty() {
-            if let Some(queue) = queues.keys.remove(&self.key) {
-                queues.channels.remove(&queue.channel.name);
+            if let Some(queue) = queues.channels.remove(&self.channel) {
                 self.waiters.send(Op::Unsubscribe(queue.channel));
             }
             self.waiters
                 .shared
-                .keys_waited
-                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        } else if was_head && !self.acquired {
+                .channels_waited
+                .fetch_sub(1, Ordering::SeqCst);
+        } else if was_head && !self.acquired && !queue.handoff {
             // We may have taken a wake-up meant for the head: pass it on.
-            if let Some((_, next)) = queue.waiters.front() {
-                next.notify_one();
+            if let Some(next) = queue.waiters.front() {
+                next.slot.notify.notify_one();
             }
         }
     }
@@ -324,6 +473,7 @@ async fn manager(
     let mut subscriber: Option<SubscriberClient> = None;
     let mut retry_at = Instant::now();
     let mut messages = None;
+    let mut reconnects = None;
     let mut followed = Followed::default();
     let mut follow_check = tokio::time::interval(FOLLOW_CHECK);
     follow_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -336,6 +486,7 @@ async fn manager(
                     match connect(&client, timeout).await {
                         Some(s) => {
                             messages = Some(s.message_rx());
+                            reconnects = Some(s.reconnect_rx());
                             subscriber = Some(s);
                         }
                         None => retry_at = Instant::now() + RECONNECT_PAUSE,
@@ -349,16 +500,24 @@ async fn manager(
                 }
             }
             message = recv(&mut messages), if messages.is_some() => match message {
-                Ok(message) => on_message(&shared, &message),
-                // Messages were dropped: wake every head (a spurious attempt
-                // costs one command; a missed wake-up costs a wait).
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    let keys: Vec<String> = shared.queues().keys.keys().cloned().collect();
-                    for key in keys {
-                        shared.wake_head(&key);
-                    }
+                Ok(message) => {
+                    let value = message.value.as_str();
+                    shared.on_message(&message.channel, value.as_deref());
                 }
+                // Messages were dropped: every waiter tries once more (a
+                // spurious attempt costs one command; a missed wake-up
+                // costs a wait).
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => shared.wake_all(None),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => messages = None,
+            },
+            // Reconnected (and resubscribed by fred): messages sent
+            // meanwhile were lost, and a hand-off to one of our waiters
+            // then skipped it; each tries (and queues) once more.
+            reconnected = recv(&mut reconnects), if reconnects.is_some() => match reconnected {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    shared.wake_all(None)
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => reconnects = None,
             },
         }
     }
@@ -368,29 +527,9 @@ async fn manager(
     shared.stopped.mark();
 }
 
-/// Wakes the head waiter of the released key; after our own release, with
-/// other processes waiting, only a moment later: the other processes get
-/// the first try, so that processes take turns instead of the releaser
-/// winning every race.
-fn on_message(shared: &Arc<Shared>, message: &fred::types::Message) {
-    let ours = message.value.as_str().is_some_and(|v| *v == *shared.id);
-    if !ours {
-        shared.wake_channel(&message.channel);
-        return;
-    }
-    let Some(key) = shared.queues().channels.get(&*message.channel).cloned() else {
-        return;
-    };
-    let shared = Arc::clone(shared);
-    tokio::spawn(async move {
-        tokio::time::sleep(YIELD_TO_OTHERS).await;
-        shared.wake_head(&key);
-    });
-}
-
-async fn recv(
-    rx: &mut Option<tokio::sync::broadcast::Receiver<fred::types::Message>>,
-) -> Result<fred::types::Message, tokio::sync::broadcast::error::RecvError> {
+async fn recv<T: Clone>(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<T>>,
+) -> Result<T, tokio::sync::broadcast::error::RecvError> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -404,7 +543,7 @@ async fn apply(
     followed: &mut Followed,
 ) {
     match op {
-        Op::Subscribe(channel, ack) => {
+        Op::Subscribe(channel, subscription) => {
             let ok = match subscriber {
                 // SSUBSCRIBE is answered by the node that owns the channel's
                 // slot, once it has subscribed. fred answers SUBSCRIBE once it
@@ -440,7 +579,11 @@ async fn apply(
                     followed.subscribed(s, &channel.name);
                 }
             }
-            let _ = ack.send(ok);
+            subscription.send_replace(if ok {
+                Subscription::InPlace
+            } else {
+                Subscription::Failed
+            });
         }
         Op::Reconnect => {
             if let Some(s) = subscriber {
@@ -556,7 +699,7 @@ async fn follow(
         if ok {
             followed.subscribed(subscriber, &channel);
         }
-        shared.wake_channel(&channel);
+        shared.wake_all(Some(&channel));
     }
 }
 

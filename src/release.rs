@@ -45,6 +45,9 @@ use crate::scripts::Compared;
 struct Job {
     keys: LockKeys,
     token: String,
+    /// The wait-queue member of a waiter that gave up, removed first ('' for
+    /// none; see `Batcher::release`).
+    leave: String,
 }
 
 #[derive(Default)]
@@ -174,7 +177,14 @@ impl ReleaseQueue {
     /// command this process sends next, such as taking the same key again,
     /// runs after it. Outside a runtime it waits on the worker's queue.
     pub(crate) fn queue(&self, keys: LockKeys, token: String) {
-        let job = Job { keys, token };
+        self.queue_leaving(keys, token, String::new());
+    }
+
+    /// [`queue`](Self::queue), removing the queue member `leave` of a waiter
+    /// that gave up first: if the lock was handed to it meanwhile, it goes
+    /// on to the next waiter.
+    pub(crate) fn queue_leaving(&self, keys: LockKeys, token: String, leave: String) {
+        let job = Job { keys, token, leave };
         self.shared.metrics.release_queued();
         self.shared.count(&job);
         let Ok(runtime) = Handle::try_current() else {
@@ -342,7 +352,7 @@ async fn release_one(shared: &Shared, job: &Job, on_sent: OnSent) {
     for attempt in 1..=TRIES {
         let release = shared
             .batcher
-            .release(&job.keys, &job.token, on_sent.take());
+            .release(&job.keys, &job.token, &job.leave, on_sent.take());
         match release.await {
             Ok(Compared::Held) => {
                 tracing::debug!(key = %key, "lock released");

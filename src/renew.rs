@@ -200,7 +200,11 @@ impl Renewer {
     /// period (of its current TTL) after `sent_at`. Tracking a lease again
     /// (after an `extend`) replaces its schedule.
     pub(crate) fn track(&self, lease: &Arc<LeaseCore>, sent_at: Instant) {
-        let due = sent_at + period(lease.ttl());
+        self.track_at(lease, sent_at + period(lease.ttl()));
+    }
+
+    /// Renews `lease` until it ends or is lost, the next renewal due at `due`.
+    pub(crate) fn track_at(&self, lease: &Arc<LeaseCore>, due: Instant) {
         let generation = lease.reschedule();
         self.shared.push(Arc::downgrade(lease), generation, due);
     }

@@ -37,6 +37,8 @@ pub(crate) enum Acquired {
     /// Someone else holds it; `pttl` is their remaining lease, `None` when
     /// the key has no expiry (set by something other than a lock client).
     No { pttl: Option<Duration> },
+    /// Someone else holds it, and the caller joined the queue.
+    Queued,
 }
 
 /// What a token-checked command (release, extend, renew) found for one key.
@@ -192,44 +194,132 @@ fn unexpected(key: &str, script: &str, reply: impl std::fmt::Debug) -> Error {
     }
 }
 
-/// `SET key token NX PX ttl`, idempotent for `token`; with fencing, also
-/// draws the next fencing token from the lock's counter.
+/// How an attempt relates to the lock's wait queue (see `queue.rs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Queueing<'a> {
+    /// Attempt only (`try_lock`, a waiter that polls without notifications).
+    No,
+    /// Attempt, and join the queue's tail when the lock is held. Sent once,
+    /// never re-sent after a reconnect (a re-send would queue twice). With
+    /// `holder_ttl`, the answer says how long the holder's lease has left
+    /// (one command more in the script).
+    Join {
+        spot: &'a QueueSpot,
+        holder_ttl: bool,
+    },
+    /// Attempt, and join the queue's tail unless already in it.
+    Poll(&'a QueueSpot),
+}
+
+/// A waiter's entry in a lock's wait queue, and where its handoff goes.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueSpot {
+    /// `<mutex id>|<claim ms>|<token>`.
+    pub(crate) member: String,
+    /// Hand-offs use sharded pub/sub.
+    pub(crate) sharded: bool,
+}
+
+impl Queueing<'_> {
+    fn mode(&self) -> &'static str {
+        match self {
+            Queueing::No => "a",
+            Queueing::Join {
+                holder_ttl: false, ..
+            } => "q",
+            Queueing::Join {
+                holder_ttl: true, ..
+            } => "j",
+            Queueing::Poll(_) => "p",
+        }
+    }
+
+    /// Whether the attempt may put the caller in the queue.
+    pub(crate) fn queues(&self) -> bool {
+        !matches!(self, Queueing::No)
+    }
+
+    fn spot(&self) -> Option<&QueueSpot> {
+        match self {
+            Queueing::No => None,
+            Queueing::Join { spot, .. } | Queueing::Poll(spot) => Some(spot),
+        }
+    }
+}
+
+/// The acquire script's keys and arguments.
+fn acquire_call(
+    keys: &LockKeys,
+    fencing: bool,
+    token: &str,
+    ttl_ms: u64,
+    queueing: Queueing<'_>,
+) -> (Vec<Key>, Vec<Value>) {
+    let (head, tail) = keys.handoff_channel_parts();
+    let spot = queueing.spot();
+    let script_keys = vec![
+        Key::from(keys.lock.as_str()),
+        binary_key(keys.fence()),
+        binary_key(keys.queue()),
+    ];
+    let args = vec![
+        Value::from(token),
+        Value::from(ttl_ms as i64),
+        Value::from(if fencing { "1" } else { "" }),
+        Value::from(queueing.mode()),
+        Value::from(spot.map_or("", |s| s.member.as_str())),
+        Value::from(head),
+        Value::from(tail),
+        Value::from(if spot.is_some_and(|s| s.sharded) {
+            "s"
+        } else {
+            "p"
+        }),
+    ];
+    (script_keys, args)
+}
+
+/// `SET key token NX PX ttl`, idempotent for `token`, in the lock's queue
+/// order (see `acquire.lua`); with fencing, also draws the next fencing
+/// token from the lock's counter.
 pub(crate) async fn acquire(
     client: &Client,
     keys: &LockKeys,
     fencing: bool,
     token: &str,
     ttl_ms: u64,
+    queueing: Queueing<'_>,
     timeout: Duration,
 ) -> Result<Acquired, Error> {
     let key = keys.lock.as_str();
-    let args = vec![Value::from(token), Value::from(ttl_ms as i64)];
-    let mut script_keys = vec![Key::from(key)];
-    if fencing {
-        script_keys.push(binary_key(keys.fence()));
-    }
-    let reply: Value = run(client, &ACQUIRE, key, script_keys, args, timeout).await?;
+    let (script_keys, args) = acquire_call(keys, fencing, token, ttl_ms, queueing);
+    let reply: Value = if matches!(queueing, Queueing::Join { .. }) {
+        let script_keys = script_keys.into_iter().map(Value::from).collect();
+        run_once(client, &ACQUIRE, key, script_keys, args, timeout).await?
+    } else {
+        run(client, &ACQUIRE, key, script_keys, args, timeout).await?
+    };
     let reply = checked(reply, token).ok_or_else(|| mismatched(key, "acquire"))?;
     parse_acquired(key, fencing, &reply)
 }
 
 /// The acquire script with its write confirmed by `WAIT` (see
-/// [`confirmed`]): the answer, and how many replicas acknowledged it.
+/// [`confirmed`], which sends it once): the answer, and how many replicas
+/// acknowledged it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn acquire_confirmed(
     client: &Client,
     keys: &LockKeys,
     fencing: bool,
     token: &str,
     ttl_ms: u64,
+    queueing: Queueing<'_>,
     wait: MinReplicas,
     timeout: Duration,
 ) -> Result<(Acquired, u32), Error> {
     let key = keys.lock.as_str();
-    let args = vec![Value::from(token), Value::from(ttl_ms as i64)];
-    let mut script_keys = vec![Value::from(key)];
-    if fencing {
-        script_keys.push(Value::from(binary_key(keys.fence())));
-    }
+    let (script_keys, args) = acquire_call(keys, fencing, token, ttl_ms, queueing);
+    let script_keys = script_keys.into_iter().map(Value::from).collect();
     let (reply, acked): (Value, u32) =
         confirmed(client, &ACQUIRE, key, script_keys, args, wait, timeout).await?;
     let reply = checked(reply, token).ok_or_else(|| mismatched(key, "acquire"))?;
@@ -251,6 +341,7 @@ fn parse_acquired(key: &str, fencing: bool, reply: &[i64]) -> Result<Acquired, E
         [0, -2] => Ok(Acquired::No {
             pttl: Some(Duration::ZERO),
         }),
+        [0, -3] => Ok(Acquired::Queued),
         [0, _] => Ok(Acquired::No { pttl: None }),
         other => Err(unexpected(key, "acquire", other)),
     }
@@ -266,18 +357,18 @@ fn parse_acquired(key: &str, fencing: bool, reply: &[i64]) -> Result<Acquired, E
 /// one's reply while it follows an `ASK` redirection, during resharding).
 pub(crate) async fn set_nx(
     client: &Client,
-    key: &str,
+    keys: &LockKeys,
     token: &str,
     ttl_ms: u64,
     timeout: Duration,
 ) -> Result<bool, Error> {
     use fred::interfaces::KeysInterface;
     if client.is_clustered() {
-        let keys = LockKeys::new("", key);
-        let acquired = acquire(client, &keys, false, token, ttl_ms, timeout).await?;
+        let acquired = acquire(client, keys, false, token, ttl_ms, Queueing::No, timeout).await?;
         return Ok(matches!(acquired, Acquired::Yes { .. }));
     }
     use fred::types::{Expiration, SetOptions};
+    let key = keys.lock.as_str();
     let set = client.set::<Option<String>, _, _>(
         key,
         token,
@@ -288,8 +379,12 @@ pub(crate) async fn set_nx(
     Ok(bounded(client, key, timeout, set).await?.is_some())
 }
 
-/// Compare-and-delete for a batch of `(keys, token)`, all in one cluster
-/// slot; one answer per entry, in order.
+/// One release: the lock, its token, and a queue member to remove first
+/// (a waiter that gave up; empty for none).
+pub(crate) type Releasing<'a> = (&'a LockKeys, &'a str, &'a str);
+
+/// Compare-and-delete (or hand to the next queued waiter) for a batch of
+/// releases, all in one cluster slot; one answer per entry, in order.
 ///
 /// Sent once: fred does not re-send it after a reconnect. A re-send could
 /// answer "gone" for a release that did delete the key (its reply lost), or
@@ -301,23 +396,70 @@ pub(crate) async fn set_nx(
 /// out (a transient error; the slot's move ends soon).
 pub(crate) async fn release(
     client: &Client,
-    entries: &[(&LockKeys, &str)],
-    releaser: &str,
+    entries: &[Releasing<'_>],
     sharded: bool,
     timeout: Duration,
 ) -> Result<Vec<Compared>, Error> {
+    let first = entries
+        .first()
+        .map_or("", |(keys, _, _)| keys.lock.as_str());
+    let mut script_keys = Vec::with_capacity(entries.len() * 2);
+    let mut args = Vec::with_capacity(2 + entries.len() * 5);
+    args.push(Value::from(if sharded { "s" } else { "p" }));
+    args.push(Value::from(
+        entries.first().map_or("", |(_, token, _)| *token),
+    ));
+    for (keys, token, leave) in entries {
+        script_keys.push(Value::from(keys.lock.as_str()));
+        script_keys.push(Value::from(binary_key(keys.queue())));
+        // Plain channels (`<key>:released`) are derived by the script
+        // itself; only shard channels, whose slot tag needs the client's
+        // table, are sent.
+        let channel = if sharded {
+            ReleaseChannel::of(keys, true).name
+        } else {
+            String::new()
+        };
+        let (head, tail) = keys.handoff_channel_parts();
+        args.extend([
+            Value::from(*token),
+            Value::from(channel),
+            Value::from(head),
+            Value::from(tail),
+            Value::from(*leave),
+        ]);
+    }
+    let reply = run_once(client, &RELEASE, first, script_keys, args, timeout).await?;
+    let echo = entries.first().map_or("", |(_, token, _)| *token);
+    let reply = checked(reply, echo).ok_or_else(|| mismatched(first, "release"))?;
+    if reply.len() != entries.len() {
+        return Err(unexpected(first, "release", reply));
+    }
+    Ok(reply.into_iter().map(Compared::from_reply).collect())
+}
+
+/// Runs one script call, sent once (never re-sent after a reconnect) yet
+/// following cluster redirections, bounded by `timeout`.
+///
+/// fred applies per-command options to commands sent through
+/// `ClientLike::custom`, but not to its Lua calls: EVALSHA is sent as one.
+/// With `fail_fast`, a command whose connection closes under it (or is
+/// down) is answered with the error, never written again, so every write
+/// after the first is to a node that redirected it (MOVED, ASK: nothing
+/// ran). It has one attempt more than the redirections it may follow: fred
+/// 10 ends the client's connection task when an ASK meets a command with no
+/// attempts left. On `NOSCRIPT` (nothing ran) the script is loaded and sent
+/// once more.
+async fn run_once(
+    client: &Client,
+    script: &Script,
+    first: &str,
+    keys: Vec<Value>,
+    args: Vec<Value>,
+    timeout: Duration,
+) -> Result<Value, Error> {
     use fred::types::config::Options;
     use fred::types::{ClusterHash, CustomCommand};
-    let first = entries.first().map_or("", |(keys, _)| keys.lock.as_str());
-    // fred applies per-command options to commands sent through
-    // `ClientLike::custom`, but not to its Lua calls: send EVALSHA as one.
-    // Sent once, yet following cluster redirections: with `fail_fast`, a
-    // command whose connection closes under it (or is down) is answered
-    // with the error, never written again, so every write after the first
-    // is to a node that redirected it (MOVED, ASK: nothing ran). It has one
-    // attempt more than the redirections it may follow: fred 10 ends the
-    // client's connection task when an ASK meets a command with no attempts
-    // left.
     let redirections = client.connection_config().max_redirections.max(1);
     let once = client.with_options(&Options {
         max_attempts: Some(redirections + 1),
@@ -326,51 +468,25 @@ pub(crate) async fn release(
         ..Options::default()
     });
     let slot = fred::util::redis_keyslot(first.as_bytes());
-    // Plain channels (`<key>:released`) are derived by the script itself;
-    // only shard channels, whose slot tag needs the client's table, are sent.
-    let channels: Vec<String> = if sharded {
-        entries
-            .iter()
-            .map(|(keys, _)| ReleaseChannel::of(keys, true).name)
-            .collect()
-    } else {
-        Vec::new()
-    };
     let send = || {
         let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
-        let mut args = Vec::with_capacity(4 + entries.len() * 3);
-        args.push(Value::from(RELEASE.sha1().clone()));
-        args.push(Value::from(entries.len() as i64));
-        args.extend(
-            entries
-                .iter()
-                .map(|(keys, _)| Value::from(keys.lock.as_str())),
-        );
-        args.push(Value::from(releaser));
-        args.push(Value::from(if sharded { "s" } else { "p" }));
-        for (i, (_, token)) in entries.iter().enumerate() {
-            args.push(Value::from(*token));
-            args.push(Value::from(channels.get(i).map_or("", String::as_str)));
-        }
-        once.custom::<Value, _>(command, args)
+        let mut call = Vec::with_capacity(2 + keys.len() + args.len());
+        call.push(Value::from(script.sha1().clone()));
+        call.push(Value::from(keys.len() as i64));
+        call.extend(keys.iter().cloned());
+        call.extend(args.iter().cloned());
+        once.custom::<Value, _>(command, call)
     };
     let call = async {
         match send().await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                // Nothing ran. Load the script and send once more.
-                RELEASE.load(client).await?;
+                script.load(client).await?;
                 send().await
             }
             other => other,
         }
     };
-    let reply = bounded(client, first, timeout, call).await?;
-    let echo = entries.first().map_or("", |(_, token)| *token);
-    let reply = checked(reply, echo).ok_or_else(|| mismatched(first, "release"))?;
-    if reply.len() != entries.len() {
-        return Err(unexpected(first, "release", reply));
-    }
-    Ok(reply.into_iter().map(Compared::from_reply).collect())
+    bounded(client, first, timeout, call).await
 }
 
 /// Compare-and-pexpire for a batch of `(key, token, ttl_ms)`, all in one

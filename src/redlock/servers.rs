@@ -84,13 +84,25 @@ impl Servers {
         let inner = self.inner(i);
         let (client, timeout) = (&inner.client, inner.settings.command_timeout);
         let call = async {
-            if scripts::set_nx(client, &keys.lock, token, ttl_ms, timeout).await? {
+            if scripts::set_nx(client, keys, token, ttl_ms, timeout).await? {
                 return Ok(Took::Taken);
             }
             Ok(
-                match scripts::acquire(client, keys, false, token, ttl_ms, timeout).await? {
+                match scripts::acquire(
+                    client,
+                    keys,
+                    false,
+                    token,
+                    ttl_ms,
+                    scripts::Queueing::No,
+                    timeout,
+                )
+                .await?
+                {
                     Acquired::Yes { .. } => Took::Taken,
                     Acquired::No { pttl } => Took::Busy(pttl),
+                    // Only an attempt that queues can be answered so.
+                    Acquired::Queued => Took::Busy(None),
                 },
             )
         };
@@ -128,7 +140,7 @@ impl Servers {
     ) -> Result<Compared, Error> {
         let inner = self.inner(i);
         inner.ensure_background();
-        match inner.batcher.release(keys, token, None).await {
+        match inner.batcher.release(keys, token, "", None).await {
             Ok(answer) => Ok(answer),
             Err(e) => Err(self.named(i, key, e)),
         }

@@ -1,22 +1,38 @@
--- Acquire (or re-confirm) a lock.
+-- Acquire (or re-confirm) a lock, and wait in its queue.
 -- KEYS[1]: the lock key
--- KEYS[2]: (optional) the lock's fencing counter, in the same cluster slot
+-- KEYS[2]: the lock's fencing counter, in the same cluster slot
+-- KEYS[3]: the lock's wait queue (a list of members, see below), same slot
 -- ARGV[1]: this acquisition's token
 -- ARGV[2]: the lease in milliseconds
+-- ARGV[3]: '1' to draw a fencing token from KEYS[2], else ''
+-- ARGV[4]: the mode:
+--   'a': attempt only;
+--   'q': attempt, and when the lock is held join the queue's tail (sent
+--        once: never re-sent after a reconnect, so it never queues twice);
+--   'j': as 'q', and answer the holder's remaining lease as well;
+--   'p': attempt, and when the lock is held join the queue's tail unless
+--        already in it (a waiter's poll).
+-- ARGV[5]: this waiter's queue member, `<mutex id>|<claim ms>|<token>`
+--   ('' in mode 'a')
+-- ARGV[6], ARGV[7]: the handoff channel around a mutex id (`P {T}:handoff:`
+--   and `:K`)
+-- ARGV[8]: 's' to hand off with sharded pub/sub (SPUBLISH), 'p' with PUBLISH
 --
--- Returns {1} (or {1, fencing_token} with KEYS[2]) when the caller holds the
--- lock, or {0, pttl} with the current holder's remaining lease (-1: the key
--- has no expiry) so a waiter never sleeps past the moment the lock can end;
--- each followed by ARGV[1] (see below).
+-- Returns {1} (or {1, fencing_token}) when the caller holds the lock;
+-- {0, pttl} with the holder's remaining lease (-1: no expiry), or
+-- {0, -3} in mode 'q' (the caller joined the queue); each followed by
+-- ARGV[1], which the caller checks: a reply its client matched to the wrong
+-- command (fred 10.1 can, while it follows an ASK redirection during
+-- resharding) is never taken for this one.
 --
--- Idempotent for its own token: fred re-sends in-flight commands after a
--- reconnect, and a plain `SET NX` would then answer nil while we hold the
--- lock. Here the retry sees its own token and refreshes the lease instead
--- (and returns the fencing token it already drew).
+-- The key already holding ARGV[1] is ours: a re-sent attempt, or a handoff
+-- from the release script (which sets the key to the head waiter's token
+-- with a short claim TTL): its lease is set to ARGV[2]. With fencing, a new
+-- fencing token is drawn each time the key is confirmed (still above every
+-- earlier holder's).
 --
--- Every reply ends with ARGV[1], this call's token: the caller checks it, so
--- a reply its client matched to the wrong command (fred 10.1 can, while it
--- follows an ASK redirection during resharding) is never taken for this one.
+-- A free key with waiters queued goes to the queue's head (the caller, when
+-- it is the head), not to the caller: a newcomer does not barge.
 
 -- Runs a Redis command; an error reply names the command, since Redis 7.0
 -- reports a command that the user's ACL denies inside a script without
@@ -29,17 +45,77 @@ local function call(command, ...)
   return reply
 end
 
-if call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  if KEYS[2] then
-    return {1, call('INCR', KEYS[2]), ARGV[1]}
+local token, ttl, mode, member = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
+local publish = ARGV[8] == 's' and 'SPUBLISH' or 'PUBLISH'
+
+local function taken()
+  if ARGV[3] == '1' then
+    return {1, call('INCR', KEYS[2]), token}
   end
-  return {1, ARGV[1]}
+  return {1, token}
 end
-if call('GET', KEYS[1]) == ARGV[1] then
-  call('PEXPIRE', KEYS[1], ARGV[2])
-  if KEYS[2] then
-    return {1, tonumber(call('GET', KEYS[2])), ARGV[1]}
+
+local function take()
+  call('SET', KEYS[1], token, 'PX', ttl)
+  return taken()
+end
+
+-- Pops queued waiters until one is alive (its mutex listens on its handoff
+-- channel) and hands it the key for its claim TTL. 'self' when the caller
+-- itself came up, true when another waiter has it, false when the queue
+-- ran out.
+local function hand_off()
+  while true do
+    local head = call('LPOP', KEYS[3])
+    if not head then
+      return false
+    end
+    local id, claim, waiter = string.match(head, '^([^|]*)|(%d+)|(.*)$')
+    if waiter == token then
+      return 'self'
+    end
+    if id then
+      call('SET', KEYS[1], waiter, 'PX', claim)
+      if call(publish, ARGV[6] .. id .. ARGV[7], waiter) > 0 then
+        return true
+      end
+    end
   end
-  return {1, ARGV[1]}
 end
-return {0, call('PTTL', KEYS[1]), ARGV[1]}
+
+local value = call('GET', KEYS[1])
+
+if value == token then
+  call('PEXPIRE', KEYS[1], ttl)
+  return taken()
+end
+
+if not value then
+  local head = call('LINDEX', KEYS[3], 0)
+  if not head then
+    return take()
+  end
+  if head == member then
+    call('LPOP', KEYS[3])
+    return take()
+  end
+  if hand_off() ~= true then
+    -- No live waiter before the caller (or the caller came up itself).
+    return take()
+  end
+  -- The head has it now: wait behind it.
+  if mode ~= 'a' and not call('LPOS', KEYS[3], member) then
+    call('RPUSH', KEYS[3], member)
+  end
+  return {0, call('PTTL', KEYS[1]), token}
+end
+
+if mode == 'q' or mode == 'j' then
+  call('RPUSH', KEYS[3], member)
+  if mode == 'q' then
+    return {0, -3, token}
+  end
+elseif mode == 'p' and not call('LPOS', KEYS[3], member) then
+  call('RPUSH', KEYS[3], member)
+end
+return {0, call('PTTL', KEYS[1]), token}

@@ -1,29 +1,35 @@
--- Release one or more locks: compare-and-delete per key, then tell waiters.
--- KEYS[i]: a lock key (all in one cluster slot)
--- ARGV[1]: the releasing mutex's id
--- ARGV[2]: 's' to announce with sharded pub/sub (SPUBLISH), 'p' with PUBLISH
--- ARGV[2i + 1]: the token KEYS[i] was acquired with
--- ARGV[2i + 2]: the release channel of KEYS[i] (in its slot when sharded);
---   empty for the plain channel `<key>:released`
+-- Release one or more locks: compare-and-delete per key, or hand the key to
+-- the next live waiter in its queue.
+-- KEYS[2i - 1]: a lock key; KEYS[2i]: its wait queue (all in one cluster slot)
+-- ARGV[1]: 's' to announce with sharded pub/sub (SPUBLISH), 'p' with PUBLISH
+-- ARGV[2]: echoed at the end of the reply (the caller checks it)
+-- For each key i, from n = 2 + 5 (i - 1):
+--   ARGV[n + 1]: the token the key was acquired with
+--   ARGV[n + 2]: the key's release channel (in its slot when sharded);
+--     empty for the plain channel `<key>:released`
+--   ARGV[n + 3], ARGV[n + 4]: the key's handoff channel around a mutex id
+--   ARGV[n + 5]: a queue member to remove first (a waiter that gave up), or ''
 --
--- Returns one number per key: 1 when the caller's lock was deleted, 0 when
--- the key is gone, -1 when it holds something else (another holder's token,
--- or a value of another type, which is left untouched); then ARGV[3], which
--- the caller checks: a reply its client matched to the wrong command (fred
--- 10.1 can, while it follows an ASK redirection during resharding) is never
--- taken for this one. Releases that arrive
--- while one is in flight are sent together in one call (group commit).
+-- Returns one number per key: 1 when the caller's lock was released (deleted
+-- or handed on), 0 when the key is gone, -1 when it holds something else
+-- (another holder's token, or a value of another type, which is left
+-- untouched); then ARGV[2], which the caller checks: a reply its client
+-- matched to the wrong command (fred 10.1 can, while it follows an ASK
+-- redirection during resharding) is never taken for this one. Releases that
+-- arrive while one is in flight are sent together in one call (group
+-- commit).
 --
--- On a release, publishes on the key's channel so that waiters subscribed to
--- it try at once instead of polling; nothing is published when no one
--- listens (PUBSUB NUMSUB, or SHARDNUMSUB on the node that owns the slot).
--- On Redis Cluster with Redis 7+, sharded pub/sub keeps the message on the
--- key's shard and the listener count right; plain PUBLISH elsewhere.
+-- Handoff: when waiters are queued, the key is not deleted but set to the
+-- head waiter's token for the claim TTL its member names, and that
+-- waiter's mutex is told on its own handoff channel. A waiter whose mutex
+-- no longer listens there (its process died, or its subscriber connection
+-- dropped) is skipped: PUBLISH reaches no one. So the key is never free
+-- while live waiters queue, and exactly one waiter is woken per release.
 --
--- When subscribers of more than one mutex (process) listen, the message
--- carries the releaser's id, and the releaser's own mutex wakes its waiter a
--- moment later: the lock passes to another process first, so processes take
--- turns instead of the releasing one winning every race.
+-- With no one queued, the key is deleted and, when anyone listens on the
+-- key's release channel (PUBSUB NUMSUB, or SHARDNUMSUB on the node that
+-- owns the slot: waiters that do not queue, such as multi-key ones), a
+-- release message is published there.
 
 -- Runs a Redis command; an error reply names the command, since Redis 7.0
 -- reports a command that the user's ACL denies inside a script without
@@ -45,23 +51,46 @@ local function get(key)
   return value
 end
 
-local sharded = ARGV[2] == 's'
+local sharded = ARGV[1] == 's'
 local publish = sharded and 'SPUBLISH' or 'PUBLISH'
 local numsub = sharded and 'SHARDNUMSUB' or 'NUMSUB'
-local out = {}
-for i, key in ipairs(KEYS) do
-  local value = get(key)
-  if value == ARGV[2 * i + 1] then
-    call('DEL', key)
-    local channel = ARGV[2 * i + 2]
-    if channel == '' then
-      channel = key .. ':released'
+
+-- Pops queued waiters until one is alive and hands it the key; false when
+-- the queue ran out (the key may then hold a dead waiter's token).
+local function hand_off(lock, queue, head, tail, releasing)
+  while true do
+    local member = call('LPOP', queue)
+    if not member then
+      return false
     end
-    local listening = call('PUBSUB', numsub, channel)[2]
-    if listening > 1 then
-      call(publish, channel, ARGV[1])
-    elseif listening == 1 then
-      call(publish, channel, '')
+    local id, claim, waiter = string.match(member, '^([^|]*)|(%d+)|(.*)$')
+    if id and waiter ~= releasing then
+      call('SET', lock, waiter, 'PX', claim)
+      if call(publish, head .. id .. tail, waiter) > 0 then
+        return true
+      end
+    end
+  end
+end
+
+local out = {}
+for i = 1, #KEYS / 2 do
+  local lock, queue = KEYS[2 * i - 1], KEYS[2 * i]
+  local n = 2 + 5 * (i - 1)
+  local token, channel = ARGV[n + 1], ARGV[n + 2]
+  if ARGV[n + 5] ~= '' then
+    call('LREM', queue, 0, ARGV[n + 5])
+  end
+  local value = get(lock)
+  if value == token then
+    if not hand_off(lock, queue, ARGV[n + 3], ARGV[n + 4], token) then
+      call('DEL', lock)
+      if channel == '' then
+        channel = lock .. ':released'
+      end
+      if call('PUBSUB', numsub, channel)[2] > 0 then
+        call(publish, channel, '')
+      end
     end
     out[i] = 1
   elseif value then
@@ -70,5 +99,5 @@ for i, key in ipairs(KEYS) do
     out[i] = 0
   end
 end
-out[#KEYS + 1] = ARGV[3]
+out[#out + 1] = ARGV[2]
 return out

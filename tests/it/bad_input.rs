@@ -837,12 +837,15 @@ async fn extend_after_release_is_not_held_and_never_brings_the_key_back() {
     let deleted: Vec<Value> = raw
         .eval(
             include_str!("../../src/scripts/release.lua"),
-            vec![key],
+            vec![key, "extend-after-release:queue"],
             vec![
-                "another-process",
                 "p",
                 guard.token(),
+                guard.token(),
                 "extend-after-release:released",
+                "{extend-after-release}:handoff:",
+                ":extend-after-release",
+                "",
             ],
         )
         .await

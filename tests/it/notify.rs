@@ -20,7 +20,9 @@ use crate::support::common::{command_calls, ms};
 use crate::support::RedisServer;
 
 const KEY: &str = "notify:key";
-const CHANNEL: &str = "notify:key:released";
+/// The handoff channels of `KEY`, one per mutex with waiters:
+/// `{notify:key}:handoff:<mutex id>:notify:key`.
+const CHANNEL: &str = "{notify:key}:handoff:*:notify:key";
 
 /// A mutex over its own connection (as a separate process would have),
 /// made from `DistributedMutex::connect`'s client (reconnect policy and
@@ -40,17 +42,29 @@ async fn mutex(
         .expect("valid settings")
 }
 
-/// `PUBSUB NUMSUB channel`: how many connections are subscribed to it.
-async fn numsub(client: &Client, channel: &str) -> i64 {
-    let reply: Vec<Value> = client.pubsub_numsub(channel).await.expect("PUBSUB NUMSUB");
-    match reply.get(1) {
-        Some(Value::Integer(n)) => *n,
-        _ => panic!("unexpected PUBSUB NUMSUB reply {reply:?}"),
+/// How many subscriptions there are to the channels matching `pattern`
+/// (`PUBSUB CHANNELS`, then `PUBSUB NUMSUB` of each).
+async fn numsub(client: &Client, pattern: &str) -> i64 {
+    let channels: Vec<String> = client
+        .pubsub_channels(pattern)
+        .await
+        .expect("PUBSUB CHANNELS");
+    let mut total = 0;
+    for channel in channels {
+        let reply: Vec<Value> = client
+            .pubsub_numsub(channel.as_str())
+            .await
+            .expect("PUBSUB NUMSUB");
+        match reply.get(1) {
+            Some(Value::Integer(n)) => total += *n,
+            _ => panic!("unexpected PUBSUB NUMSUB reply {reply:?}"),
+        }
     }
+    total
 }
 
-/// Polls `PUBSUB NUMSUB channel` until it equals `want`; `true` if it did
-/// within `limit`.
+/// Polls [`numsub`] until it equals `want`; `true` if it did within
+/// `limit`.
 async fn numsub_reaches(client: &Client, channel: &str, want: i64, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
