@@ -79,6 +79,23 @@
 //! BENCH_CLUSTER=1 cargo bench --bench contention
 //! ```
 //!
+//! `CONTENTION_FLEET=1` measures how waiting scales with the number of
+//! processes instead: strict handoff with notifications, for (workers, mutex
+//! instances) = (8, 1), (64, 1), (256, 1), (8, 2), (64, 4) and (256, 8), a 4 s window
+//! each (`CONTENTION_SECS` overrides), each instance its own
+//! `DistributedMutex::connect` as a separate process would have. Its table
+//! gives acquisitions/s, the waiter gap (release() returned → the next
+//! holder's lock() returned; 0 when the next holder had it first) p50/p99,
+//! the handoff (release() called → the next holder's lock() returned) p50, client commands per acquisition (every command the
+//! instances' clients sent, counted by fred's latency metrics, plus the
+//! subscriber connections' SUBSCRIBE/UNSUBSCRIBE/PING from `INFO
+//! commandstats`), Redis commands per acquisition (`INFO commandstats`,
+//! scripts' commands included), and the per-worker acquisitions min–max.
+//!
+//! ```text
+//! CONTENTION_FLEET=1 cargo bench --bench contention
+//! ```
+//!
 //! `CONTENTION_PROBE=1` adds a third subscriber (a plain fred subscriber,
 //! outside the library) that timestamps each release message, and splits
 //! each handoff at that moment: release sent → message delivered (Redis and
@@ -108,6 +125,12 @@ use tokio::sync::Notify;
 
 const WORKERS: usize = 8;
 const INSTANCES: usize = 2;
+/// `CONTENTION_FLEET=1`: strict handoff with notifications, as (workers,
+/// mutex instances), each instance its own connections as a process would
+/// have.
+const FLEET: [(usize, usize); 6] = [(8, 1), (64, 1), (256, 1), (8, 2), (64, 4), (256, 8)];
+/// The fleet rows' measurement window (unless `CONTENTION_SECS` is set).
+const FLEET_WINDOW: Duration = Duration::from_secs(4);
 const CRITICAL_SECTION: Duration = Duration::from_millis(1);
 const WARM_UP: Duration = Duration::from_millis(500);
 
@@ -276,6 +299,11 @@ struct Settings {
 /// [`analysis::analyse`]).
 struct Recorded {
     mode: Mode,
+    /// Workers, and the mutex instances they are spread over.
+    shape: (usize, usize),
+    /// Commands the instances' clients sent in the window (fred's latency
+    /// samples), not counting their subscriber connections.
+    client_commands: u64,
     notifications: bool,
     /// The master serving the key (0 on one server).
     master: usize,
@@ -296,6 +324,7 @@ struct Recorded {
     messages: Option<Vec<Instant>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     settings: &Settings,
     raw: &Client,
@@ -303,6 +332,7 @@ async fn run(
     notifications: bool,
     index: usize,
     master: usize,
+    (workers, instances): (usize, usize),
 ) -> Recorded {
     let Settings {
         ref url,
@@ -322,7 +352,7 @@ async fn run(
         None
     };
     let mut mutexes = Vec::new();
-    for _ in 0..INSTANCES {
+    for _ in 0..instances {
         let base = DistributedMutex::connect(url)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
@@ -347,21 +377,28 @@ async fn run(
         held: AtomicBool::new(false),
         violations: AtomicU64::new(0),
     });
-    let tasks: Vec<_> = (0..WORKERS)
+    let tasks: Vec<_> = (0..workers)
         .map(|id| {
             tokio::spawn(worker(
                 id,
-                mutexes[id % INSTANCES].clone(),
+                mutexes[id % instances].clone(),
                 Arc::clone(&shared),
             ))
         })
         .collect();
 
     tokio::time::sleep_until(window.0.into()).await;
+    for mutex in &mutexes {
+        mutex.client().take_latency_metrics();
+    }
     let before = command_stats(masters).await;
     let cpu_before = redis_cpu(masters).await;
     let connections_during = connections(masters).await;
     tokio::time::sleep_until(window.1.into()).await;
+    let client_commands = mutexes
+        .iter()
+        .map(|m| m.client().take_latency_metrics().samples as u64)
+        .sum();
     let redis_cpu = redis_cpu(masters).await - cpu_before;
     let after = command_stats(masters).await;
     shared.stop.store(true, Ordering::SeqCst);
@@ -384,6 +421,8 @@ async fn run(
     };
     Recorded {
         mode,
+        shape: (workers, instances),
+        client_commands,
         notifications,
         master,
         connections: (connections_before, connections_during),
@@ -558,6 +597,11 @@ fn main() {
         None => Duration::from_secs(3),
     };
     let mut probe = common::env_flag("CONTENTION_PROBE");
+    let fleet = common::env_flag("CONTENTION_FLEET");
+    let measure = match (fleet, common::env_str("CONTENTION_SECS")) {
+        (true, None) if !quick => FLEET_WINDOW,
+        _ => measure,
+    };
     let cs = match std::env::var("CONTENTION_CS").as_deref() {
         Ok("sleep") => CriticalSection::Sleep,
         Ok("thread") => CriticalSection::Thread,
@@ -615,15 +659,23 @@ fn main() {
             references.push(floor(&url, &raw, masters, master).await);
         }
         let mut rows = Vec::new();
-        let combos = [
-            (Mode::FreeForAll, true),
-            (Mode::FreeForAll, false),
-            (Mode::StrictHandoff, true),
-            (Mode::StrictHandoff, false),
-        ];
-        for (index, (mode, notifications)) in combos.into_iter().enumerate() {
+        let combos: Vec<(Mode, bool, (usize, usize))> = if fleet {
+            FLEET
+                .iter()
+                .map(|&shape| (Mode::StrictHandoff, true, shape))
+                .collect()
+        } else {
+            vec![
+                (Mode::FreeForAll, true, (WORKERS, INSTANCES)),
+                (Mode::FreeForAll, false, (WORKERS, INSTANCES)),
+                (Mode::StrictHandoff, true, (WORKERS, INSTANCES)),
+                (Mode::StrictHandoff, false, (WORKERS, INSTANCES)),
+            ]
+        };
+        for (index, (mode, notifications, shape)) in combos.into_iter().enumerate() {
             for master in 0..masters.len() {
-                let recorded = run(&settings, &raw, mode, notifications, index, master).await;
+                let recorded =
+                    run(&settings, &raw, mode, notifications, index, master, shape).await;
                 let row = analysis::analyse(&recorded);
                 eprintln!(
                     "{mode:?}, notifications {notifications}, master {master}: {} acquisitions, \
@@ -643,5 +695,9 @@ fn main() {
         let _ = raw.quit().await;
         (references, rows)
     });
-    report::print(&rows, probe, &references);
+    if fleet {
+        report::print_fleet(&rows);
+    } else {
+        report::print(&rows, probe, &references);
+    }
 }

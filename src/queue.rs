@@ -21,7 +21,7 @@
 //! guard renews itself, without fencing, replica confirmation or a master
 //! switch since), the guard is returned without another round trip, valid
 //! until `first join + claim TTL − drift`, and the renewer extends the key
-//! to the full TTL a third of the claim TTL after the join. Otherwise the
+//! to the full TTL half the claim TTL after the join. Otherwise the
 //! waiter confirms first (the acquire script: the key holds its token, so
 //! its lease is set; with fencing, a fencing token is drawn).
 //!
@@ -77,10 +77,11 @@ pub(crate) fn usable_without_confirming(
     (until.saturating_duration_since(now) >= claim / 2).then_some(until)
 }
 
-/// When the renewer first extends a lock taken without confirming: a
-/// third of the claim TTL after the join.
+/// When the renewer first extends a lock taken without confirming: half
+/// the claim TTL after the join (at least half of it is then left for the
+/// renewal's round trip), or at once when that has passed.
 pub(crate) fn first_renewal(joined: Instant, ttl: Duration) -> Instant {
-    joined + crate::renew::period(claim(ttl))
+    joined + claim(ttl) / 2
 }
 
 #[cfg(test)]

@@ -17,6 +17,10 @@ const SCRIPT_COMMANDS: &[&str] = &[
 /// One combination (workload x waiting), reduced.
 pub struct Row {
     pub mode: Mode,
+    /// Workers, and the mutex instances they are spread over.
+    pub shape: (usize, usize),
+    /// Commands the instances' clients sent in the window.
+    pub client_commands: u64,
     pub notifications: bool,
     /// The master serving the key (0 on one server).
     pub master: usize,
@@ -123,6 +127,16 @@ impl Row {
     pub fn all(&self) -> f64 {
         self.per_acq(|_| true)
     }
+
+    /// Client commands per acquisition: what the instances' clients sent,
+    /// plus their subscriber connections' commands.
+    pub fn client(&self) -> f64 {
+        let subscriber: u64 = ["subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "ping"]
+            .iter()
+            .map(|c| self.calls(c))
+            .sum();
+        (self.client_commands + subscriber) as f64 / self.acquisitions.max(1) as f64
+    }
 }
 
 /// Matches every acquisition with the release before it (by sequence
@@ -224,6 +238,8 @@ pub fn analyse(r: &Recorded) -> Row {
         .collect();
     Row {
         mode: r.mode,
+        shape: r.shape,
+        client_commands: r.client_commands,
         notifications: r.notifications,
         master: r.master,
         connections,

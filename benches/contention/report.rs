@@ -9,6 +9,50 @@ use crate::common::stats::{mean, median_duration, percentile, percentile_of};
 use crate::{Mode, Reference, INSTANCES, WORKERS};
 use crate::{TARGET_ACQ_PER_SEC, TARGET_CMDS, TARGET_P50, TARGET_P99, TARGET_SHARE};
 
+/// The fleet table (`CONTENTION_FLEET`): how waiting scales with the
+/// number of processes.
+pub fn print_fleet(rows: &[Row]) {
+    let right = |h| (h, Align::Right);
+    let mut table = Table::new(&[
+        right("workers"),
+        right("processes"),
+        right("acq/s"),
+        right("waiter gap p50 / p99 ms"),
+        right("release() called → next lock() p50 ms"),
+        right("client cmds per acquisition"),
+        right("Redis cmds per acquisition"),
+        right("per-worker acquisitions min–max"),
+        right("share min/max"),
+    ]);
+    for row in rows {
+        let min = row.counts.iter().min().copied().unwrap_or(0);
+        let max = row.counts.iter().max().copied().unwrap_or(0);
+        table.row([
+            row.shape.0.to_string(),
+            row.shape.1.to_string(),
+            format!("{:.0}", row.per_sec()),
+            format!(
+                "{} / {}",
+                ms(percentile(&row.handoffs, 50.0)),
+                ms(percentile(&row.handoffs, 99.0))
+            ),
+            ms(median_duration(&row.segments.to_next)),
+            format!("{:.2}", row.client()),
+            format!("{:.1}", row.all()),
+            format!("{min}–{max}"),
+            format!("{:.2}", row.share()),
+        ]);
+    }
+    println!();
+    print!("{}", table.markdown());
+    println!();
+    println!(
+        "strict handoff, 1 ms critical section, notifications on; each process a mutex instance \
+         with its own connections; window {:.1} s per row",
+        rows.first().map_or(0.0, |r| r.secs)
+    );
+}
+
 /// Every table, with the notes under them. `references` has one entry per
 /// master (one on one server).
 pub fn print(rows: &[Row], probe: bool, references: &[Reference]) {
