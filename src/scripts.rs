@@ -543,3 +543,70 @@ async fn confirmed<R: FromValue>(
         }),
     }
 }
+
+// ---- multi-key locks (`multi/`) ---------------------------------------------
+
+static ACQUIRE_ALL: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("scripts/acquire_all.lua")));
+
+/// What the acquire-all script answered for one group of keys (one slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcquiredAll {
+    /// Every key of the group holds the caller's token now.
+    Yes,
+    /// The key at this index (into the group) is held by someone else, with
+    /// this remaining lease (`None`: no expiry); nothing was written.
+    Busy {
+        index: usize,
+        pttl: Option<Duration>,
+    },
+    /// The key at this index holds a value of another type; nothing was
+    /// written.
+    WrongType { index: usize },
+}
+
+/// `SET key token PX ttl` for every key of `keys` (one cluster slot, no
+/// duplicates) when none is held by another token, else nothing: one
+/// atomic script call. Idempotent for `token`.
+pub(crate) async fn acquire_all(
+    client: &Client,
+    keys: &[&str],
+    token: &str,
+    ttl_ms: u64,
+    timeout: Duration,
+) -> Result<AcquiredAll, Error> {
+    let first = keys.first().copied().unwrap_or("");
+    let args = vec![Value::from(token), Value::from(ttl_ms as i64)];
+    let script_keys: Vec<&str> = keys.to_vec();
+    let reply: Value = run(client, &ACQUIRE_ALL, first, script_keys, args, timeout).await?;
+    let reply = checked(reply, token).ok_or_else(|| mismatched(first, "acquire-all"))?;
+    parse_acquired_all(first, keys.len(), &reply)
+}
+
+fn parse_acquired_all(first: &str, len: usize, reply: &[i64]) -> Result<AcquiredAll, Error> {
+    let index = |i: i64| {
+        usize::try_from(i)
+            .ok()
+            .filter(|&i| (1..=len).contains(&i))
+            .map(|i| i - 1)
+    };
+    match *reply {
+        [1] => Ok(AcquiredAll::Yes),
+        [0, i, pttl] if index(i).is_some() => {
+            let pttl = match pttl {
+                p if p >= 0 => Some(Duration::from_millis(p as u64)),
+                // Vanished between GET and PTTL: try again at once.
+                -2 => Some(Duration::ZERO),
+                _ => None,
+            };
+            Ok(AcquiredAll::Busy {
+                index: index(i).unwrap_or(0),
+                pttl,
+            })
+        }
+        [2, i] if index(i).is_some() => Ok(AcquiredAll::WrongType {
+            index: index(i).unwrap_or(0),
+        }),
+        _ => Err(unexpected(first, "acquire-all", reply)),
+    }
+}
