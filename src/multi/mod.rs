@@ -46,8 +46,13 @@ use crate::scripts::{self, AcquiredAll};
 /// Every key of a group travels in one script call, and every key is renewed
 /// and released on its own; a set larger than this is more likely a bug
 /// (keys built from unbounded input) than a lock. A larger set fails with
-/// [`Error::InvalidKeySet`] before anything is sent.
+/// [`Error::InvalidKeySet`] before anything is sent. So does an input of
+/// more than 2^20 items, duplicates included: the input is read only that
+/// far, so even an endless iterator ends in that error.
 pub const MAX_LOCK_ALL_KEYS: usize = 1024;
+
+/// The most items of input read, duplicates included.
+const MAX_INPUT: usize = 1 << 20;
 
 /// One multi-key acquisition with per-call options, made by
 /// [`DistributedMutex::acquire_all`](crate::DistributedMutex::acquire_all).
@@ -69,7 +74,8 @@ pub struct AcquireAll {
     inner: Arc<Inner>,
     /// The distinct keys, in the caller's order.
     keys: Vec<String>,
-    /// More distinct keys were given than [`MAX_LOCK_ALL_KEYS`].
+    /// More distinct keys were given than [`MAX_LOCK_ALL_KEYS`], or more
+    /// items than `MAX_INPUT`.
     too_many: bool,
     ttl: Option<Duration>,
     retry: Option<RetryStrategy>,
@@ -79,8 +85,8 @@ pub struct AcquireAll {
 
 impl AcquireAll {
     /// Collects the distinct keys of `keys`; stops reading once there are
-    /// more than [`MAX_LOCK_ALL_KEYS`] (so an endless iterator of distinct
-    /// keys ends in an error, not in an endless loop).
+    /// more than [`MAX_LOCK_ALL_KEYS`], or after `MAX_INPUT` items (so an
+    /// endless iterator ends in an error, not in an endless loop).
     pub(crate) fn new<I>(inner: Arc<Inner>, keys: I) -> Self
     where
         I: IntoIterator,
@@ -89,7 +95,11 @@ impl AcquireAll {
         let mut seen = HashSet::new();
         let mut distinct = Vec::new();
         let mut too_many = false;
-        for key in keys {
+        for (read, key) in keys.into_iter().enumerate() {
+            if read == MAX_INPUT {
+                too_many = true;
+                break;
+            }
             let key = key.as_ref();
             if seen.contains(key) {
                 continue;
@@ -192,10 +202,17 @@ impl Plan {
                 reason: "a multi-key lock needs at least one key",
             });
         }
+        if req.too_many && req.keys.len() == MAX_LOCK_ALL_KEYS {
+            return Err(Error::InvalidKeySet {
+                count: MAX_LOCK_ALL_KEYS + 1,
+                reason: "a multi-key lock takes at most 1024 distinct keys (MAX_LOCK_ALL_KEYS)",
+            });
+        }
         if req.too_many {
             return Err(Error::InvalidKeySet {
-                count: req.keys.len() + 1,
-                reason: "a multi-key lock takes at most 1024 distinct keys (MAX_LOCK_ALL_KEYS)",
+                count: req.keys.len(),
+                reason: "more than 2^20 keys were given (duplicates included); \
+                         a multi-key lock takes at most 1024 distinct keys",
             });
         }
         for key in &req.keys {
@@ -430,6 +447,11 @@ pub(crate) async fn run(req: AcquireAll) -> Result<MultiGuard, Error> {
         let wait = match schedule.next(Instant::now(), holder_ttl) {
             Next::Wait(wait) => wait,
             Next::GiveUp => {
+                tracing::debug!(
+                    key = %plan.members[blocker].key,
+                    attempts,
+                    "multi-key lock not obtained in time"
+                );
                 return Err(last_error.unwrap_or_else(|| Error::NotObtained {
                     key: plan.members[blocker].key.clone(),
                     attempts,

@@ -159,6 +159,10 @@ async fn bad_sets_are_typed_errors_and_the_largest_set_works() {
         mutex.lock_all(endless).await,
         Err(Error::InvalidKeySet { .. })
     ));
+    match mutex.lock_all(std::iter::repeat("same")).await {
+        Err(Error::InvalidKeySet { count: 1, .. }) => {}
+        other => panic!("endless duplicates: {:?}", other.map(|g| g.keys().len())),
+    }
     assert!(matches!(
         mutex.acquire_all(["a"]).ttl(Duration::ZERO).await,
         Err(Error::InvalidTtl { .. })
@@ -663,8 +667,10 @@ async fn cluster_partial_failure_leaves_no_key_on_any_master() {
 }
 
 /// The opposite-order run on a cluster, with the three keys on three
-/// masters: the canonical order (slot, then key) is what keeps it free of
-/// deadlock here.
+/// masters: three script calls per attempt, one per slot, taken in the
+/// canonical order (slot, then key) whatever the caller's order, and rolled
+/// back when a later one is busy. (On one server, one script call takes
+/// the whole set.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_opposite_orders_1000_rounds_never_deadlock_or_overlap() {
     let cluster = RedisCluster::start();
