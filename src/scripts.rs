@@ -610,3 +610,39 @@ fn parse_acquired_all(first: &str, len: usize, reply: &[i64]) -> Result<Acquired
         _ => Err(unexpected(first, "acquire-all", reply)),
     }
 }
+
+#[cfg(test)]
+mod acquire_all_tests {
+    use super::*;
+
+    #[test]
+    fn acquire_all_replies_are_parsed_or_refused() {
+        let parse = |reply: &[i64]| parse_acquired_all("k", 3, reply);
+        assert_eq!(parse(&[1]).unwrap(), AcquiredAll::Yes);
+        assert_eq!(
+            parse(&[0, 2, 150]).unwrap(),
+            AcquiredAll::Busy {
+                index: 1,
+                pttl: Some(Duration::from_millis(150))
+            }
+        );
+        assert_eq!(
+            parse(&[0, 3, -1]).unwrap(),
+            AcquiredAll::Busy {
+                index: 2,
+                pttl: None
+            }
+        );
+        assert_eq!(
+            parse(&[0, 1, -2]).unwrap(),
+            AcquiredAll::Busy {
+                index: 0,
+                pttl: Some(Duration::ZERO)
+            }
+        );
+        assert_eq!(parse(&[2, 3]).unwrap(), AcquiredAll::WrongType { index: 2 });
+        for bad in [&[][..], &[0, 0, 5], &[0, 4, 5], &[2, 0], &[1, 1], &[7]] {
+            assert!(matches!(parse(bad), Err(Error::Redis { .. })), "{bad:?}");
+        }
+    }
+}
