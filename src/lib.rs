@@ -56,7 +56,7 @@
 //!   `extend`, `release`; released on drop. [`Lease`]: a view of it.
 //! * Multi-key locks, all or none: `DistributedMutex::lock_all`,
 //!   `try_lock_all`, `acquire_all(keys)` (an [`AcquireAll`] with `.ttl`,
-//!   `.retry`, `.timeout`, `.auto_renew`), held by a [`MultiGuard`] (`keys`,
+//!   `.retry`, `.timeout`, `.auto_renew`, `.min_replicas`), held by a [`MultiGuard`] (`keys`,
 //!   `token`, `remaining`, `is_lost`, `lost_key`, `lost` giving a
 //!   [`LostKey`], `leases`, `extend`, `release`; released on drop).
 //! * [`RetryStrategy`]: `none`, `linear`, `exponential` (with jitter).

@@ -170,9 +170,10 @@ impl DistributedMutex {
     /// [`Error::NotObtained`] naming the key that blocked the last attempt,
     /// when the set was not free once in the whole wait;
     /// [`Error::WrongType`] naming a key that holds something that is not a
-    /// lock; [`Error::Config`] when the mutex confirms writes
-    /// ([`Builder::min_replicas`](crate::Builder::min_replicas), not
-    /// supported for multi-key locks); otherwise as [`lock`](Self::lock).
+    /// lock; [`Error::NotReplicated`] with
+    /// [`Builder::min_replicas`](crate::Builder::min_replicas) when too few
+    /// replicas acknowledged a group's write (every key is released again);
+    /// otherwise as [`lock`](Self::lock).
     ///
     /// # Cancel safety
     /// Dropping the future at any point leaves nothing locked: every key an
@@ -217,7 +218,7 @@ impl DistributedMutex {
     }
 
     /// A multi-key acquisition of `keys` with per-call options (`ttl`,
-    /// `retry`, `timeout`, `auto_renew`); `.await` it. See
+    /// `retry`, `timeout`, `auto_renew`, `min_replicas`); `.await` it. See
     /// [`lock_all`](Self::lock_all) for what it does.
     ///
     /// ```no_run

@@ -583,6 +583,33 @@ pub(crate) async fn acquire_all(
     parse_acquired_all(first, keys.len(), &reply)
 }
 
+/// [`acquire_all`] with its writes confirmed by `WAIT` (see [`confirmed`]):
+/// the answer, and how many replicas acknowledged it.
+pub(crate) async fn acquire_all_confirmed(
+    client: &Client,
+    keys: &[&str],
+    token: &str,
+    ttl_ms: u64,
+    wait: MinReplicas,
+    timeout: Duration,
+) -> Result<(AcquiredAll, u32), Error> {
+    let first = keys.first().copied().unwrap_or("");
+    let args = vec![Value::from(token), Value::from(ttl_ms as i64)];
+    let script_keys: Vec<Value> = keys.iter().map(|k| Value::from(*k)).collect();
+    let (reply, acked): (Value, u32) = confirmed(
+        client,
+        &ACQUIRE_ALL,
+        first,
+        script_keys,
+        args,
+        wait,
+        timeout,
+    )
+    .await?;
+    let reply = checked(reply, token).ok_or_else(|| mismatched(first, "acquire-all"))?;
+    Ok((parse_acquired_all(first, keys.len(), &reply)?, acked))
+}
+
 fn parse_acquired_all(first: &str, len: usize, reply: &[i64]) -> Result<AcquiredAll, Error> {
     let index = |i: i64| {
         usize::try_from(i)

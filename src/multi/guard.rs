@@ -208,7 +208,9 @@ impl MultiGuard {
     /// [`Error::InvalidTtl`] for a TTL out of range; [`Error::Unavailable`] or
     /// [`Error::Timeout`] when Redis could not be asked (some keys may have
     /// been extended; each key stays valid for at least what
-    /// [`remaining`](Self::remaining) says).
+    /// [`remaining`](Self::remaining) says); [`Error::NotReplicated`] when the
+    /// set was taken with `min_replicas` and too few replicas confirmed the
+    /// extension of some slot's keys in time (their leases are unchanged).
     ///
     /// # Cancel safety
     /// Cancel-safe: if dropped mid-flight some extensions may have reached
@@ -224,20 +226,44 @@ impl MultiGuard {
         }
         let sent_at = Instant::now();
         let timeout = self.inner.settings.command_timeout;
+        let mut unconfirmed = None;
         for group in &self.groups {
             let leases = &self.leases[group.clone()];
             let entries: Vec<(&str, &str, u64)> = leases
                 .iter()
                 .map(|lease| (lease.keys.lock.as_str(), lease.token.as_str(), ttl_ms))
                 .collect();
-            let answers = scripts::extend(&self.inner.client, &entries, timeout)
-                .await
-                .map_err(|mut e| {
-                    e.set_key(&leases[0].key);
-                    e
-                })?;
+            let rekey = |mut e: Error| {
+                e.set_key(&leases[0].key);
+                e
+            };
+            let (answers, granted) = match leases[0].confirm {
+                None => {
+                    let answers = scripts::extend(&self.inner.client, &entries, timeout).await;
+                    (answers.map_err(rekey)?, true)
+                }
+                Some(wait) => {
+                    let confirmer = &self.inner.confirmer;
+                    let client = confirmer.client(entries[0].0, timeout).await;
+                    let client = client.map_err(rekey)?;
+                    let confirmed = scripts::extend_confirmed(client, &entries, wait, timeout);
+                    let (answers, acked) = confirmed.await.map_err(rekey)?;
+                    if acked < wait.replicas {
+                        unconfirmed.get_or_insert(Error::NotReplicated {
+                            key: leases[0].key.clone(),
+                            acked,
+                            wanted: wait.replicas,
+                            after: wait.timeout(),
+                        });
+                    }
+                    (answers, acked >= wait.replicas)
+                }
+            };
             for (lease, answer) in leases.iter().zip(answers) {
                 match answer {
+                    // Not confirmed by enough replicas: not granted, the
+                    // lease stays as it was.
+                    Compared::Held if !granted => {}
                     Compared::Held if lease.confirm(sent_at, ttl) => {}
                     Compared::Held => lease.mark_lost(LostReason::Expired),
                     Compared::Replaced => lease.mark_lost(LostReason::Replaced),
@@ -247,6 +273,9 @@ impl MultiGuard {
         }
         if let Some(lost) = self.lost_key() {
             return Err(not_held(lost));
+        }
+        if let Some(e) = unconfirmed {
+            return Err(e);
         }
         if self.auto_renew {
             for lease in &self.leases {

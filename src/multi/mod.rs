@@ -31,6 +31,7 @@ pub use guard::{LostKey, MultiGuard};
 
 use fred::interfaces::ClientLike;
 
+use crate::confirm::MinReplicas;
 use crate::error::Error;
 use crate::inner::Inner;
 use crate::keys::LockKeys;
@@ -60,11 +61,9 @@ const MAX_INPUT: usize = 1 << 20;
 ///
 /// The returned future is `Send + 'static`, so it can be spawned.
 ///
-/// Options not offered here: fencing tokens (a multi-key lock has none: the
-/// mutex's [`Builder::fencing`](crate::Builder::fencing) setting applies to
-/// single-key locks only) and replica confirmation (a mutex built with
-/// [`Builder::min_replicas`](crate::Builder::min_replicas) refuses multi-key
-/// locks with [`Error::Config`] rather than take them unconfirmed).
+/// A multi-key lock has no fencing tokens: the mutex's
+/// [`Builder::fencing`](crate::Builder::fencing) setting applies to
+/// single-key locks only.
 ///
 /// # Cancel safety
 /// Dropping the future at any point leaves nothing locked: every key an
@@ -81,6 +80,7 @@ pub struct AcquireAll {
     retry: Option<RetryStrategy>,
     timeout: Option<Duration>,
     auto_renew: Option<bool>,
+    min_replicas: Option<(u32, Duration)>,
 }
 
 impl AcquireAll {
@@ -119,6 +119,7 @@ impl AcquireAll {
             retry: None,
             timeout: None,
             auto_renew: None,
+            min_replicas: None,
         }
     }
 
@@ -150,6 +151,18 @@ impl AcquireAll {
         self.auto_renew = Some(on);
         self
     }
+
+    /// Confirms the set's writes (the acquisition of each slot's group, every
+    /// renewal and extension) with `WAIT replicas timeout`, instead of the
+    /// mutex's setting; `replicas == 0` turns confirmation off. See
+    /// [`Acquire::min_replicas`](crate::Acquire::min_replicas): when a
+    /// group's write is not confirmed in time, the call fails with
+    /// [`Error::NotReplicated`] (at once, without trying again) and releases
+    /// of its token are queued for every key it may have set.
+    pub fn min_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.min_replicas = Some((replicas, timeout));
+        self
+    }
 }
 
 impl IntoFuture for AcquireAll {
@@ -169,6 +182,7 @@ impl fmt::Debug for AcquireAll {
             .field("retry", &self.retry)
             .field("timeout", &self.timeout)
             .field("auto_renew", &self.auto_renew)
+            .field("min_replicas", &self.min_replicas)
             .finish()
     }
 }
@@ -191,6 +205,8 @@ struct Plan {
     auto_renew: bool,
     retry: RetryStrategy,
     timeout: Option<Duration>,
+    /// Replica confirmation of the set's writes.
+    confirm: Option<MinReplicas>,
 }
 
 impl Plan {
@@ -221,14 +237,10 @@ impl Plan {
         let ttl_ms = ttl_millis(&req.keys[0], req.ttl.unwrap_or(settings.ttl))?;
         let retry = req.retry.unwrap_or(settings.retry);
         retry.validate()?;
-        if settings.min_replicas.is_some() {
-            return Err(Error::Config {
-                message: "multi-key locks (lock_all, acquire_all) do not support min_replicas; \
-                          use a mutex built without it for them"
-                    .into(),
-                source: None,
-            });
-        }
+        let confirm = match req.min_replicas {
+            Some((replicas, timeout)) => MinReplicas::check(replicas, timeout)?,
+            None => settings.min_replicas,
+        };
         let mut members: Vec<(u16, Member)> = req
             .keys
             .iter()
@@ -259,6 +271,7 @@ impl Plan {
             auto_renew: req.auto_renew.unwrap_or(settings.auto_renew),
             retry,
             timeout: req.timeout,
+            confirm,
         })
     }
 }
@@ -320,10 +333,31 @@ impl Drop for Round<'_> {
 }
 
 impl Round<'_> {
+    /// One group's script call (confirmed by `WAIT` with `min_replicas`).
+    async fn attempt(&self, keys: &[&str]) -> Result<AcquiredAll, Error> {
+        let inner = self.inner;
+        let (token, ttl_ms) = (self.token.as_str(), self.plan.ttl_ms);
+        let timeout = inner.settings.command_timeout;
+        let Some(wait) = self.plan.confirm else {
+            return scripts::acquire_all(&inner.client, keys, token, ttl_ms, timeout).await;
+        };
+        let first = keys.first().copied().unwrap_or("");
+        let client = inner.confirmer.client(first, timeout).await?;
+        let confirmed = scripts::acquire_all_confirmed(client, keys, token, ttl_ms, wait, timeout);
+        match confirmed.await? {
+            (AcquiredAll::Yes, acked) if acked < wait.replicas => Err(Error::NotReplicated {
+                key: first.to_owned(),
+                acked,
+                wanted: wait.replicas,
+                after: wait.timeout(),
+            }),
+            (answer, _) => Ok(answer),
+        }
+    }
+
     async fn run(mut self) -> Result<Attempt, Error> {
         let inner = self.inner;
         let plan = self.plan;
-        let timeout = inner.settings.command_timeout;
         let epoch = inner.epoch.read();
         let sent_at = Instant::now();
         for group in &plan.groups {
@@ -331,8 +365,7 @@ impl Round<'_> {
             let keys: Vec<&str> = members.iter().map(|m| m.keys.lock.as_str()).collect();
             // Sent: these keys may hold the token from now on.
             self.touched = group.end;
-            let answer =
-                scripts::acquire_all(&inner.client, &keys, &self.token, plan.ttl_ms, timeout).await;
+            let answer = self.attempt(&keys).await;
             match answer {
                 Ok(AcquiredAll::Yes) => {}
                 Ok(AcquiredAll::Busy { index, pttl }) => {
@@ -355,8 +388,9 @@ impl Round<'_> {
                     });
                 }
                 Err(mut e) => {
+                    // The group's keys stay `touched`: they are released.
                     e.set_key(&members[0].key);
-                    if e.is_transient() {
+                    if e.is_transient() && !matches!(e, Error::NotReplicated { .. }) {
                         return Ok(Attempt::Transient(e));
                     }
                     return Err(e);
@@ -501,7 +535,7 @@ fn guard(inner: &Arc<Inner>, plan: Plan, token: String, sent_at: Instant) -> Mul
                 None,
                 ttl,
                 sent_at,
-                None,
+                plan.confirm,
                 metrics,
             ));
             if plan.auto_renew {

@@ -189,21 +189,37 @@ async fn bad_sets_are_typed_errors_and_the_largest_set_works() {
     assert_eq!(raw_dbsize(&raw).await, 0);
 }
 
-/// A mutex that confirms writes with `WAIT` refuses multi-key locks (which
-/// it could not confirm) instead of taking them unconfirmed; a shut-down
-/// mutex refuses them too.
+/// On a server without replicas, a mutex that confirms writes with `WAIT`
+/// gets `NotReplicated` for a set (at once: no second attempt) and leaves
+/// none of its keys behind; `min_replicas(0, ..)` on the call turns it
+/// off. A shut-down mutex refuses sets.
 #[tokio::test]
-async fn min_replicas_and_shutdown_refuse_multi_key_locks() {
+async fn unconfirmed_sets_and_shutdown_leave_nothing() {
     let Fixture { server, raw, mutex } = Fixture::start().await;
     let confirming = builder_for(&server)
         .await
         .min_replicas(1, ms(100))
         .build()
         .unwrap();
-    assert!(matches!(
-        confirming.lock_all(["conf:a", "conf:b"]).await,
-        Err(Error::Config { .. })
-    ));
+    let keys = ["conf:a", "conf:b", "conf:c"];
+    match confirming.acquire_all(keys).retry(patient()).await {
+        Err(Error::NotReplicated {
+            key, acked, wanted, ..
+        }) => {
+            assert!(keys.contains(&key.as_str()), "{key}");
+            assert_eq!((acked, wanted), (0, 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_all_gone(&raw, &keys, Duration::from_secs(5)).await;
+    let unconfirmed = confirming
+        .acquire_all(keys)
+        .min_replicas(0, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_held(&raw, &unconfirmed, Duration::from_secs(60)).await;
+    unconfirmed.release().await.unwrap();
+
     mutex.shutdown().await;
     match mutex.lock_all(["down:a", "down:b"]).await {
         Err(Error::Shutdown { key }) => assert!(key.starts_with("down:")),
@@ -704,4 +720,66 @@ async fn the_key_prefix_applies_to_every_key() {
     assert!(!raw_exists(&raw, "p1").await);
     guard.release().await.unwrap();
     assert_eq!(raw_dbsize(&raw).await, 0);
+}
+
+/// `GET key` on a cluster replica (after `READONLY` on the same connection).
+fn get_on_replica(cluster: &RedisCluster, master: usize, key: &str) -> String {
+    let out = cluster
+        .replica(master)
+        .cli_session(&format!("READONLY\nGET {key}\n"));
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("OK"), "READONLY: {out:?}");
+    lines.next().unwrap_or("").to_owned()
+}
+
+/// With `min_replicas(1, ..)` (each master has one replica), a set with a
+/// key on every master is on every replica when `lock_all` returns, its
+/// renewals and extension are confirmed; `min_replicas(2, ..)` (more than
+/// a shard has) fails with `NotReplicated` and leaves nothing on any
+/// master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_min_replicas_confirms_every_group() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let raw = cluster.client().await;
+    let mutex = builder_at(&url)
+        .await
+        .min_replicas(1, Duration::from_secs(1))
+        .ttl(ms(900))
+        .build()
+        .unwrap();
+    let keys: Vec<String> = (0..MASTERS)
+        .map(|i| cluster.key_on_master(i, "mr:"))
+        .collect();
+    let guard = mutex.lock_all(&keys).await.unwrap();
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(get_on_replica(&cluster, i, key), guard.token(), "{key}");
+    }
+    tokio::time::sleep(ms(1500)).await;
+    assert!(
+        !guard.is_lost(),
+        "confirmed renewals: {:?}",
+        guard.lost_key()
+    );
+    guard.extend(ms(5000)).await.unwrap();
+    assert!(guard.remaining() > ms(2500), "{:?}", guard.remaining());
+    guard.release().await.unwrap();
+
+    let more: Vec<String> = (0..MASTERS)
+        .map(|i| cluster.key_on_master(i, "mr-two:"))
+        .collect();
+    match mutex.acquire_all(&more).min_replicas(2, ms(300)).await {
+        Err(Error::NotReplicated {
+            acked: 1,
+            wanted: 2,
+            key,
+            ..
+        }) => {
+            assert_eq!(key, more[0], "the first group (lowest slot) fails");
+        }
+        other => panic!("{other:?}"),
+    }
+    let refs: Vec<&str> = more.iter().map(String::as_str).collect();
+    assert_all_gone(&raw, &refs, Duration::from_secs(5)).await;
+    mutex.shutdown().await;
 }
