@@ -427,14 +427,6 @@ pub(crate) async fn run(req: AcquireAll) -> Result<MultiGuard, Error> {
     inner.ensure_background();
     let started = Instant::now();
     let command_timeout = inner.settings.command_timeout;
-    // Releases of these keys this mutex queued (guards dropped just before)
-    // go out first, so they do not stand in our own way.
-    for member in &plan.members {
-        inner
-            .releases
-            .sent(&member.keys.lock, command_timeout)
-            .await;
-    }
     let mut schedule = Schedule::new(started, plan.retry, plan.timeout);
     let notify = inner.settings.notifications && schedule.may_wait(started);
     // The wait queue of the key that blocked the last attempt.
@@ -449,6 +441,18 @@ pub(crate) async fn run(req: AcquireAll) -> Result<MultiGuard, Error> {
         if !std::mem::take(&mut recheck) {
             attempts += 1;
         }
+        // Releases of these keys this mutex queued (guards dropped just
+        // before, or the rollback of our own last attempt) go out first, so
+        // they do not stand in our way. (Each attempt has a token of its
+        // own, so a late rollback never deletes what a later one took.)
+        // One command timeout at most for them all.
+        let sent = async {
+            for member in &plan.members {
+                let lock = &member.keys.lock;
+                inner.releases.sent(lock, command_timeout).await;
+            }
+        };
+        let _ = tokio::time::timeout(command_timeout, sent).await;
         let round = Round {
             inner,
             plan: &plan,
