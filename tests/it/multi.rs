@@ -282,6 +282,39 @@ async fn a_busy_or_foreign_key_leaves_no_key_of_the_set_behind() {
     }
 }
 
+/// Attempts sent to a paused server time out: the call fails with a
+/// transient error (never `NotObtained`), and once the server runs again
+/// the attempts' scripts (which then run) are rolled back: no key is left,
+/// and the set can be taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_attempts_are_rolled_back_once_the_server_answers() {
+    let Fixture { server, raw, .. } = Fixture::start().await;
+    let mutex = builder_for(&server)
+        .await
+        .command_timeout(ms(300))
+        .build()
+        .unwrap();
+    let keys = ["paused:a", "paused:b", "paused:c"];
+    // Scripts loaded, so the paused attempts are the calls that set keys.
+    mutex.lock_all(keys).await.unwrap().release().await.unwrap();
+
+    server.pause();
+    let result = mutex
+        .acquire_all(keys)
+        .retry(RetryStrategy::linear(ms(100), 3))
+        .await;
+    server.resume();
+    match result {
+        Err(e) => assert!(e.is_transient(), "{e:?}"),
+        Ok(guard) => panic!("taken on a paused server: {guard:?}"),
+    }
+    mutex.shutdown().await;
+    assert_all_gone(&raw, &keys, Duration::from_secs(5)).await;
+    let again = mutex_for(&server).await;
+    let guard = again.try_lock_all(keys).await.unwrap().expect("free again");
+    assert_held(&raw, &guard, Duration::from_secs(60)).await;
+}
+
 /// A waiter blocked by one key is woken by that key's release message: it
 /// takes the set long before its next poll (10 s away) would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
