@@ -14,8 +14,16 @@
 //! deadlock; the canonical order makes them contend on the same first key,
 //! so the loser seldom takes (and gives back) anything.
 //!
-//! Each key gets a [`LeaseCore`] of its own (same token), renewed by the
-//! renewer like a single lock's; the guard is lost when any of them is.
+//! Each attempt has a token of its own: a rollback that reaches Redis late
+//! (its release retried in the background) can never delete what a later
+//! attempt took. With `min_replicas`, each group's script call is followed
+//! by `WAIT` on the confirming connection, like the acquire script's.
+//!
+//! The winning attempt's token becomes the guard's: each key gets a
+//! [`LeaseCore`] of its own (same token), renewed by the renewer like a
+//! single lock's; the guard is lost when any of them is. Multi-key waiters
+//! wait in the local queue of the key that blocked them (`notify.rs`), like
+//! single-key waiters, but take no place in any queue kept in Redis.
 
 mod guard;
 
