@@ -74,6 +74,19 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The set of keys given to a multi-key lock
+    /// ([`DistributedMutex::lock_all`](crate::DistributedMutex::lock_all))
+    /// cannot be used: it is empty, or has more than
+    /// [`MAX_LOCK_ALL_KEYS`](crate::MAX_LOCK_ALL_KEYS) distinct keys. (A bad
+    /// key in it is [`Error::InvalidKey`], naming that key.)
+    #[error("invalid set of {count} lock key(s): {reason}")]
+    InvalidKeySet {
+        /// How many distinct keys the set had.
+        count: usize,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
     /// The lease duration cannot be used.
     #[error("invalid lock TTL {ttl:?} for `{key}`: {reason}")]
     InvalidTtl {
@@ -246,7 +259,7 @@ impl Error {
             | Error::NoPermission { key, .. }
             | Error::Shutdown { key } => Some(key),
             Error::InvalidTtl { key, .. } => (!key.is_empty()).then_some(key.as_str()),
-            Error::Config { .. } => None,
+            Error::Config { .. } | Error::InvalidKeySet { .. } => None,
         }
     }
 
@@ -265,7 +278,7 @@ impl Error {
             | Error::Redis { key, .. }
             | Error::NoPermission { key, .. }
             | Error::Shutdown { key } => new.clone_into(key),
-            Error::Config { .. } => {}
+            Error::Config { .. } | Error::InvalidKeySet { .. } => {}
         }
     }
 

@@ -54,6 +54,11 @@
 //!   lives).
 //! * [`LockGuard`]: `key`, `token`, `fencing_token`, `remaining`, `lost`,
 //!   `extend`, `release`; released on drop. [`Lease`]: a view of it.
+//! * Multi-key locks, all or none: `DistributedMutex::lock_all`,
+//!   `try_lock_all`, `acquire_all(keys)` (an [`AcquireAll`] with `.ttl`,
+//!   `.retry`, `.timeout`, `.auto_renew`, `.min_replicas`), held by a [`MultiGuard`] (`keys`,
+//!   `token`, `remaining`, `is_lost`, `lost_key`, `lost` giving a
+//!   [`LostKey`], `leases`, `extend`, `release`; released on drop).
 //! * [`RetryStrategy`]: `none`, `linear`, `exponential` (with jitter).
 //! * [`Error`]: every failure, typed.
 //! * [`Adapter`], [`RedisAdapter`], [`provide_adapter`]: the Go package's
@@ -80,6 +85,7 @@
 //! | `scripts.rs`, `scripts/*.lua` | the commands sent to Redis (and `WAIT` after them, with `min_replicas`) |
 //! | `confirm.rs` | `min_replicas`: its bounds, and the connection that confirmed writes go through |
 //! | `guard.rs`, `lease.rs` | a held lock, its validity and loss |
+//! | `multi/` | multi-key locks: [`AcquireAll`] and its all-or-nothing attempt loop (`mod.rs`), [`MultiGuard`] (`guard.rs`); `scripts/acquire_all.lua` |
 //! | `release.rs` | task: releases handed over by `Drop` |
 //! | `batch.rs` | group commit: releases that arrive while one is in flight go out as one call |
 //! | `renew.rs` | task: batched lease renewal |
@@ -119,6 +125,7 @@ mod limits;
 pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
+mod multi;
 mod mutex;
 mod notify;
 mod queue;
@@ -142,6 +149,7 @@ pub use limits::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_COMMAND_TIMEOUT, MAX_KEY_LEN, MAX_PREFIX_LEN,
     MAX_TTL, MIN_TTL,
 };
+pub use multi::{AcquireAll, LostKey, MultiGuard, MAX_LOCK_ALL_KEYS};
 pub use mutex::DistributedMutex;
 pub use queue::CLAIM_TTL;
 pub use redlock::{

@@ -378,6 +378,7 @@ mod on {
             Error::NotHeld { .. } => "not_held",
             Error::Lost { .. } => "lost",
             Error::InvalidKey { .. } => "invalid_key",
+            Error::InvalidKeySet { .. } => "invalid_key_set",
             Error::InvalidTtl { .. } => "invalid_ttl",
             Error::Timeout { .. } => "timeout",
             Error::Unavailable { .. } => "unavailable",

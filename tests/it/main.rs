@@ -14,6 +14,7 @@
 //! | `property`  | random interleavings keep mutual exclusion (proptest)                 |
 //! | `audit`     | mutual exclusion and fencing under load and injected faults           |
 //! | `hardening` | runtimes that stop, the retry budget as a wall-clock bound, extreme durations, closed clients |
+//! | `multi`     | multi-key locks (`lock_all`): all or none, opposite orders, renewal and loss, on one server and a cluster |
 //! | `cluster`   | a private 3-master Redis Cluster: the single-server checks on every master, a stalled master, notifications |
 //! | `failover`  | a master SIGKILLed under held locks; `min_replicas` (WAIT) on a cluster and one server; survival counts (ignored) |
 //! | `tls`       | `rediss://` (feature `tls`): trust, mutual TLS, refusals          |
@@ -44,6 +45,7 @@ mod hardening;
 mod harness;
 mod interop;
 mod lock;
+mod multi;
 mod notify;
 mod property;
 mod redlock;

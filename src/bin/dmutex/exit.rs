@@ -111,7 +111,7 @@ pub fn code_of(e: &Error) -> u8 {
         Error::Unavailable { .. } | Error::Timeout { .. } | Error::Redis { .. } => UNAVAILABLE,
         Error::NoPermission { .. } => NOPERM,
         Error::WrongType { .. } => DATAERR,
-        Error::InvalidKey { .. } | Error::InvalidTtl { .. } => USAGE,
+        Error::InvalidKey { .. } | Error::InvalidKeySet { .. } | Error::InvalidTtl { .. } => USAGE,
         Error::Config {
             source: Some(source),
             ..
