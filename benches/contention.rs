@@ -397,7 +397,7 @@ async fn run(
     tokio::time::sleep_until(window.1.into()).await;
     let client_commands = mutexes
         .iter()
-        .map(|m| m.client().take_latency_metrics().samples as u64)
+        .map(|m| m.client().take_latency_metrics().samples)
         .sum();
     let redis_cpu = redis_cpu(masters).await - cpu_before;
     let after = command_stats(masters).await;

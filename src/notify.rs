@@ -264,7 +264,6 @@ impl Waiters {
     /// Joins the local FIFO of the lock `keys`' release channel (waiters
     /// that do not queue in Redis). The first waiter of a channel asks for
     /// the subscription; [`Ticket::subscribed`] waits for it.
-    #[allow(dead_code)] // for waiters of the primitives that do not queue
     pub(crate) fn join(&self, keys: &LockKeys) -> Ticket<'_> {
         let channel = ReleaseChannel::of(keys, self.sharded());
         self.join_channel(channel, false, None)
@@ -363,7 +362,6 @@ pub(crate) struct Ticket<'a> {
     slot: Arc<Slot>,
     subscription: watch::Receiver<Subscription>,
     /// This ticket's join asked for the subscription.
-    #[allow(dead_code)]
     asked: bool,
     acquired: bool,
 }
@@ -382,13 +380,11 @@ impl Ticket<'_> {
     /// For the waiter that asked for the subscription: waits (at most
     /// `limit`) until it is in place. `true` when it is: the caller must then
     /// try again at once, since a release may have come before it.
-    #[allow(dead_code)]
     pub(crate) async fn subscribed(&mut self, limit: Duration) -> bool {
         std::mem::take(&mut self.asked) && self.ready(limit).await
     }
 
     /// Waits until woken by a message (`true`) or for `cap` (`false`).
-    #[allow(dead_code)]
     pub(crate) async fn wait(&self, cap: Duration) -> bool {
         self.wait_for(cap).await != Wake::TimedOut
     }

@@ -131,10 +131,16 @@ impl Row {
     /// Client commands per acquisition: what the instances' clients sent,
     /// plus their subscriber connections' commands.
     pub fn client(&self) -> f64 {
-        let subscriber: u64 = ["subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "ping"]
-            .iter()
-            .map(|c| self.calls(c))
-            .sum();
+        let subscriber: u64 = [
+            "subscribe",
+            "unsubscribe",
+            "ssubscribe",
+            "sunsubscribe",
+            "ping",
+        ]
+        .iter()
+        .map(|c| self.calls(c))
+        .sum();
         (self.client_commands + subscriber) as f64 / self.acquisitions.max(1) as f64
     }
 }

@@ -319,7 +319,7 @@ impl MultiGuard {
             .leases
             .iter()
             .map(|lease| {
-                Box::pin(inner.batcher.release(&lease.keys, &lease.token, None))
+                Box::pin(inner.batcher.release(&lease.keys, &lease.token, "", None))
                     as Boxed<'_, Result<Compared, Error>>
             })
             .collect();
