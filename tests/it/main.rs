@@ -6,6 +6,7 @@
 //! | `lock`      | lock / try_lock / release / extend / drop / shutdown on a healthy server |
 //! | `renewal`   | automatic renewal, loss detection, `with_lock`, fencing tokens        |
 //! | `notify`    | waiting through release notifications (pub/sub)                       |
+//! | `queue`     | the wait queue in Redis: order across instances, killed and frozen heads, waiters that give up, exclusion with kills (proptest) |
 //! | `cancel`    | acquisitions dropped at any point leave no lock behind                |
 //! | `faults`    | cut / slow / black-holed connections, restart, pause, SIGKILL, refusals |
 //! | `bad_input` | invalid keys, TTLs, settings and URLs; keys of another type           |
@@ -48,6 +49,7 @@ mod lock;
 mod multi;
 mod notify;
 mod property;
+mod queue;
 mod redlock;
 mod renewal;
 mod reshard;
