@@ -54,6 +54,12 @@
 //!   lives).
 //! * [`LockGuard`]: `key`, `token`, `fencing_token`, `remaining`, `lost`,
 //!   `extend`, `release`; released on drop. [`Lease`]: a view of it.
+//! * [`Semaphore`] (`DistributedMutex::semaphore(name, permits)`):
+//!   `acquire`, `try_acquire`, `acquire_with` (an [`AcquirePermit`]), held
+//!   by a [`Permit`].
+//! * [`RwLock`] (`DistributedMutex::rw(name)`): `read`, `write`,
+//!   `try_read`, `try_write`, `read_with`, `write_with` ([`AcquireRead`],
+//!   [`AcquireWrite`]), held by a [`ReadGuard`] or a [`WriteGuard`].
 //! * [`RetryStrategy`]: `none`, `linear`, `exponential` (with jitter).
 //! * [`Error`]: every failure, typed.
 //! * [`Adapter`], [`RedisAdapter`], [`provide_adapter`]: the Go package's
@@ -87,6 +93,9 @@
 //! | `channel.rs` | where release messages go: plain or sharded pub/sub |
 //! | `sentinel.rs` | Sentinel: watching `+switch-master`, following the new master, re-checking held leases |
 //! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
+//! | `semaphore.rs` | the public [`Semaphore`], [`AcquirePermit`], [`Permit`] |
+//! | `rwlock.rs` | the public [`RwLock`], its builders and guards |
+//! | `primitive/` | what both share: places in sorted sets, their attempt loop, guard, background release and scripts (its `mod.rs` lists its files) |
 //! | `adapter.rs` | the Go-compatible shim |
 //! | `redlock/` | [`Redlock`]: one [`DistributedMutex`] per server, majority counting, renewal per guard (its `mod.rs` lists its files) |
 //! | `metrics.rs` | what is recorded through the `metrics` facade (feature `metrics`; inline no-ops without it) |
@@ -121,12 +130,15 @@ pub mod metrics;
 mod metrics;
 mod mutex;
 mod notify;
+mod primitive;
 mod redlock;
 mod release;
 mod renew;
 mod retry;
+mod rwlock;
 mod schedule;
 mod scripts;
+mod semaphore;
 mod sentinel;
 #[cfg(feature = "tls")]
 mod tls;
@@ -142,11 +154,14 @@ pub use limits::{
     MAX_TTL, MIN_TTL,
 };
 pub use mutex::DistributedMutex;
+pub use primitive::MAX_PERMITS;
 pub use redlock::{
     Redlock, RedlockAcquire, RedlockBuilder, RedlockGuard, RedlockLease, DEFAULT_REDLOCK_TTL,
     DEFAULT_SERVER_TIMEOUT, MAX_REDLOCK_SERVERS,
 };
 pub use retry::RetryStrategy;
+pub use rwlock::{AcquireRead, AcquireWrite, ReadGuard, RwLock, WriteGuard};
+pub use semaphore::{AcquirePermit, Permit, Semaphore};
 #[cfg(feature = "tls")]
 pub use tls::Tls;
 

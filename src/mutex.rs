@@ -12,6 +12,8 @@ use crate::guard::LockGuard;
 use crate::inner::Inner;
 use crate::lease::Lease;
 use crate::retry::RetryStrategy;
+use crate::rwlock::RwLock;
+use crate::semaphore::Semaphore;
 
 /// A lock service over one Redis connection: many keys, many tasks, many
 /// processes.
@@ -126,6 +128,33 @@ impl DistributedMutex {
     /// ```
     pub fn acquire(&self, key: impl AsRef<str>) -> Acquire {
         Acquire::new(Arc::clone(&self.inner), key.as_ref().to_owned())
+    }
+
+    /// A counting semaphore named `name` with `permits` holders at most
+    /// (see [`Semaphore`]). Nothing is sent until a permit is asked for; a
+    /// `permits` of 0 (or above [`MAX_PERMITS`](crate::MAX_PERMITS)) and an
+    /// empty name are refused then, with [`Error::Config`] and
+    /// [`Error::InvalidKey`].
+    ///
+    /// ```no_run
+    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+    /// let permit = mutex.semaphore("encoder", 3).acquire().await?;
+    /// # drop(permit); Ok(()) }
+    /// ```
+    pub fn semaphore(&self, name: impl AsRef<str>, permits: u32) -> Semaphore {
+        Semaphore::new(Arc::clone(&self.inner), name.as_ref().to_owned(), permits)
+    }
+
+    /// A writer-preferring read-write lock named `name` (see [`RwLock`]).
+    /// Nothing is sent until a guard is asked for.
+    ///
+    /// ```no_run
+    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+    /// let guard = mutex.rw("price-list").read().await?;
+    /// # drop(guard); Ok(()) }
+    /// ```
+    pub fn rw(&self, name: impl AsRef<str>) -> RwLock {
+        RwLock::new(Arc::clone(&self.inner), name.as_ref().to_owned())
     }
 
     /// Runs `work` while holding the lock on `key`, and releases it after.
