@@ -102,7 +102,8 @@ impl Semaphore {
     ///
     /// ```no_run
     /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
-    ///     /// let permit = mutex
+    /// use std::time::Duration;
+    /// let permit = mutex
     ///     .semaphore("gpu", 2)
     ///     .acquire_with()
     ///     .ttl(Duration::from_secs(30))

@@ -6,8 +6,8 @@
 //!
 //! Time bounds are generous (the machine is loaded).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::future::IntoFuture;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -7,8 +7,8 @@
 //! Time bounds are generous (the machine is loaded): each is built so that
 //! the behaviour it names being broken moves the measured time far past it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::future::IntoFuture;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -201,7 +201,10 @@ async fn a_cancelled_acquisition_leaves_no_permit_taken() {
         .await
         .expect("permit");
     for timeout in [ms(0), ms(5), ms(300)] {
-        let waiting = other.semaphore("sem:cancel", 1).acquire_with().into_future();
+        let waiting = other
+            .semaphore("sem:cancel", 1)
+            .acquire_with()
+            .into_future();
         assert!(tokio::time::timeout(timeout, waiting).await.is_err());
     }
     drop(holder);
