@@ -289,6 +289,9 @@ impl DistributedMutex {
     pub async fn shutdown(&self) {
         self.inner.shut_down();
         self.inner.releases.flush().await;
+        // Semaphore permits and read-write lock guards dropped before.
+        let limit = self.inner.settings.command_timeout * 3;
+        self.inner.member_releases.flush(limit).await;
         self.inner.wait_closed().await;
     }
 }

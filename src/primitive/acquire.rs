@@ -75,7 +75,7 @@ struct Armed<'a> {
 impl Drop for Armed<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.inner.member_releases.queue(self.job.clone());
+            self.inner.member_releases.queue(self.job.clone(), None);
         }
     }
 }

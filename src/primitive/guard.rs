@@ -92,13 +92,25 @@ impl Held {
     }
 }
 
+/// Counts as a live guard of the mutex until dropped: a dropped guard's
+/// release holds one until it has finished, so a shut-down mutex does not
+/// close its connections under it.
+struct Alive(Arc<Inner>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.guard_dropped();
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         self.lease.end();
-        if self.armed && !self.lease.known_gone() {
-            self.inner.member_releases.queue(self.job.clone());
-        }
         self.inner.ensure_background();
-        self.inner.guard_dropped();
+        let alive = Alive(Arc::clone(&self.inner));
+        if self.armed && !self.lease.known_gone() {
+            let job = self.job.clone();
+            self.inner.member_releases.queue(job, Some(Box::new(alive)));
+        }
     }
 }

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 use std::time::Duration;
@@ -39,14 +39,22 @@ pub(crate) struct Job {
     pub(crate) wakes: Vec<crate::keys::LockKeys>,
 }
 
+/// Kept alive until a release finishes (a dropped guard's hold on the
+/// mutex's connections: see `guard.rs`).
+pub(crate) type KeepAlive = Option<Box<dyn Send>>;
+
 struct Shared {
-    queue: Mutex<VecDeque<Job>>,
+    queue: Mutex<VecDeque<(Job, KeepAlive)>>,
     work: Notify,
     client: Client,
     timeout: Duration,
     mode: Mode,
     /// Set when the mutex is gone: the worker stops.
     closed: AtomicBool,
+    /// Releases queued and not finished.
+    outstanding: AtomicUsize,
+    /// Wakes `flush` when a release finishes.
+    progress: Notify,
 }
 
 /// The release queue of one mutex's semaphores and read-write locks.
@@ -64,6 +72,8 @@ impl Releases {
                 timeout,
                 mode: Mode::default(),
                 closed: AtomicBool::new(false),
+                outstanding: AtomicUsize::new(0),
+                progress: Notify::new(),
             }),
         }
     }
@@ -75,19 +85,36 @@ impl Releases {
     }
 
     /// Releases `job` in the background. Synchronous, never blocks.
-    pub(crate) fn queue(&self, job: Job) {
+    /// `keep` is dropped when the release has finished.
+    pub(crate) fn queue(&self, job: Job, keep: KeepAlive) {
+        self.shared.outstanding.fetch_add(1, Ordering::SeqCst);
         let Ok(runtime) = Handle::try_current() else {
             let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.push_back(job);
+            queue.push_back((job, keep));
             drop(queue);
             self.shared.work.notify_one();
             return;
         };
-        let mut task = Box::pin(retried(Arc::clone(&self.shared), job));
+        let mut task = Box::pin(retried(Arc::clone(&self.shared), job, keep));
         let mut cx = Context::from_waker(Waker::noop());
         if task.as_mut().poll(&mut cx).is_pending() {
             runtime.spawn(task);
         }
+    }
+
+    /// Waits (at most `limit`) until every release queued so far has
+    /// finished (or been given up). Cancel-safe.
+    pub(crate) async fn flush(&self, limit: Duration) {
+        let wait = async {
+            loop {
+                let progress = self.shared.progress.notified();
+                if self.shared.outstanding.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                progress.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
     }
 
     /// Releases `job` now, once: whether the token still held its place.
@@ -121,7 +148,18 @@ async fn send(shared: &Shared, job: &Job) -> Result<Compared, Error> {
     call.await
 }
 
-async fn retried(shared: Arc<Shared>, job: Job) {
+async fn retried(shared: Arc<Shared>, job: Job, keep: KeepAlive) {
+    /// Counts the release as finished however the task ends (also when its
+    /// runtime drops it).
+    struct Finished<'a>(&'a Shared);
+    impl Drop for Finished<'_> {
+        fn drop(&mut self) {
+            self.0.outstanding.fetch_sub(1, Ordering::SeqCst);
+            self.0.progress.notify_waiters();
+        }
+    }
+    let _finished = Finished(&shared);
+    let _keep = keep;
     for attempt in 1..=TRIES {
         match send(&shared, &job).await {
             Ok(_) => return,
@@ -142,11 +180,12 @@ async fn worker(shared: Arc<Shared>) {
         let work = shared.work.notified();
         tokio::pin!(work);
         work.as_mut().enable();
-        let jobs: Vec<Job> = (shared.queue.lock().unwrap_or_else(|e| e.into_inner()))
+        let jobs: Vec<(Job, KeepAlive)> = (shared.queue.lock())
+            .unwrap_or_else(|e| e.into_inner())
             .drain(..)
             .collect();
-        for job in jobs {
-            tokio::spawn(retried(Arc::clone(&shared), job));
+        for (job, keep) in jobs {
+            tokio::spawn(retried(Arc::clone(&shared), job, keep));
         }
         if shared.closed.load(Ordering::SeqCst) {
             return;

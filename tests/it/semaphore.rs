@@ -219,6 +219,38 @@ async fn a_cancelled_acquisition_leaves_no_permit_taken() {
 }
 
 #[tokio::test]
+async fn shutdown_waits_for_the_releases_of_dropped_permits() {
+    let Fixture {
+        server: _server,
+        raw,
+        mutex,
+    } = Fixture::start().await;
+    let permits: Vec<_> = futures_permits(&mutex, 3).await;
+    drop(permits);
+    mutex.shutdown().await;
+    assert_eq!(
+        zcard(&raw, permit_set("sem:shutdown")).await,
+        0,
+        "released before shutdown returned"
+    );
+    let err = mutex
+        .semaphore("sem:shutdown", 3)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Shutdown { .. }), "{err}");
+}
+
+async fn futures_permits(mutex: &DistributedMutex, n: u32) -> Vec<distributed_mutex::Permit> {
+    let sem = mutex.semaphore("sem:shutdown", n);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(sem.acquire().await.expect("permit"));
+    }
+    out
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_before_anything_is_sent() {
     let Fixture {
         server: _server,
