@@ -225,7 +225,7 @@ async fn shutdown_waits_for_the_releases_of_dropped_permits() {
         raw,
         mutex,
     } = Fixture::start().await;
-    let permits: Vec<_> = futures_permits(&mutex, 3).await;
+    let permits: Vec<_> = take_permits(&mutex, 3).await;
     drop(permits);
     mutex.shutdown().await;
     assert_eq!(
@@ -241,7 +241,8 @@ async fn shutdown_waits_for_the_releases_of_dropped_permits() {
     assert!(matches!(err, Error::Shutdown { .. }), "{err}");
 }
 
-async fn futures_permits(mutex: &DistributedMutex, n: u32) -> Vec<distributed_mutex::Permit> {
+/// Takes all `n` permits of `sem:shutdown`.
+async fn take_permits(mutex: &DistributedMutex, n: u32) -> Vec<distributed_mutex::Permit> {
     let sem = mutex.semaphore("sem:shutdown", n);
     let mut out = Vec::new();
     for _ in 0..n {
