@@ -13,6 +13,7 @@ use crate::batch::Batcher;
 use crate::channel::Mode;
 use crate::confirm::{Confirmer, MinReplicas};
 use crate::notify::Waiters;
+use crate::primitive::release::Releases as MemberReleases;
 use crate::release::ReleaseQueue;
 use crate::renew::Renewer;
 use crate::retry::RetryStrategy;
@@ -41,6 +42,8 @@ pub(crate) struct Inner {
     /// Sends releases, grouped while one is in flight.
     pub(crate) batcher: Batcher,
     pub(crate) releases: ReleaseQueue,
+    /// Releases of semaphore permits and read-write lock guards.
+    pub(crate) member_releases: MemberReleases,
     pub(crate) renewer: Renewer,
     /// The connection of replica-confirmed writes (made on first use).
     pub(crate) confirmer: Arc<Confirmer>,
@@ -87,6 +90,7 @@ impl Inner {
                 batcher.clone(),
                 settings.metrics.clone(),
             ),
+            member_releases: MemberReleases::new(client.clone(), timeout),
             batcher,
             renewer,
             confirmer,
@@ -108,6 +112,7 @@ impl Inner {
     pub(crate) fn ensure_background(&self) {
         self.home.ensure(|home| {
             self.releases.start(home);
+            self.member_releases.start(home);
             self.renewer.start(home);
             if self.settings.notifications {
                 self.waiters.start(home);

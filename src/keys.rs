@@ -163,6 +163,25 @@ impl LockKeys {
         let (head, tail) = self.handoff_channel_parts();
         format!("{head}{id}{tail}")
     }
+
+    /// A derived key of the semaphore or read-write lock named by this
+    /// lock key: `P \xff {T}:<what>:K` (see `primitive/`).
+    pub(crate) fn member_set(&self, what: &str) -> Vec<u8> {
+        let key = &self.lock[self.prefix_len..];
+        self.derived(what, key)
+    }
+
+    /// The names a semaphore's or read-write lock's waiters of one `role`
+    /// queue and listen under: the lock key `P {T}\0<role>:K`, whose tag
+    /// `{T}` is this key's slot tag, so its channels share the slot of
+    /// [`member_set`](Self::member_set)'s keys. (No user's lock key is
+    /// likely to look like it; if one did, its waiters would only see extra
+    /// wake-ups.)
+    pub(crate) fn waiting(&self, role: &str) -> LockKeys {
+        let (prefix, key) = self.lock.split_at(self.prefix_len);
+        let name = format!("{{{}}}\0{role}:{key}", slot_tag(&self.lock));
+        LockKeys::new(prefix, &name)
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +236,22 @@ mod tests {
                 assert!(derived.starts_with(prefix.as_bytes()));
                 assert_ne!(derived, k.lock.as_bytes());
                 assert!(std::str::from_utf8(&derived).is_err(), "never a lock key");
+            }
+        }
+    }
+
+    #[test]
+    fn a_primitives_keys_and_channels_share_one_slot() {
+        for prefix in ["", "locks:", "{app}:"] {
+            for key in ["plain", "{tag}rest", "x}y", "a{b"] {
+                let base = LockKeys::new(prefix, key);
+                let slot_of = slot(&base.member_set("sem"));
+                for role in ["sem", "rw-read", "rw-write"] {
+                    let waiting = base.waiting(role);
+                    assert_eq!(slot(waiting.shard_channel().as_bytes()), slot_of);
+                    assert_eq!(slot(waiting.lock.as_bytes()), slot_of);
+                }
+                assert_eq!(slot(&base.member_set("rw-readers")), slot_of);
             }
         }
     }

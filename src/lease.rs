@@ -56,6 +56,10 @@ pub(crate) struct LeaseCore {
     generation: AtomicU64,
     /// Held gauge, hold time and loss (feature `metrics`).
     pub(crate) metrics: crate::metrics::Lock,
+    /// `None` for a plain lock (the token is the value of `keys.lock`);
+    /// for a semaphore permit or a read-write lock guard, the sorted set
+    /// its token holds a place in (renewed by `member_renew.lua`).
+    pub(crate) member_set: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +102,15 @@ impl LeaseCore {
             changed: Notify::new(),
             generation: AtomicU64::new(0),
             metrics,
+            member_set: None,
         }
+    }
+
+    /// The lease of a place in the sorted set `set` (a semaphore permit, a
+    /// read-write lock guard) rather than of a plain lock key.
+    pub(crate) fn in_set(mut self, set: Vec<u8>) -> Self {
+        self.member_set = Some(set);
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -59,6 +59,12 @@
 //!   `.retry`, `.timeout`, `.auto_renew`, `.min_replicas`), held by a [`MultiGuard`] (`keys`,
 //!   `token`, `remaining`, `is_lost`, `lost_key`, `lost` giving a
 //!   [`LostKey`], `leases`, `extend`, `release`; released on drop).
+//! * [`Semaphore`] (`DistributedMutex::semaphore(name, permits)`):
+//!   `acquire`, `try_acquire`, `acquire_with` (an [`AcquirePermit`]), held
+//!   by a [`Permit`].
+//! * [`RwLock`] (`DistributedMutex::rw(name)`): `read`, `write`,
+//!   `try_read`, `try_write`, `read_with`, `write_with` ([`AcquireRead`],
+//!   [`AcquireWrite`]), held by a [`ReadGuard`] or a [`WriteGuard`].
 //! * [`RetryStrategy`]: `none`, `linear`, `exponential` (with jitter).
 //! * [`Error`]: every failure, typed.
 //! * [`Adapter`], [`RedisAdapter`], [`provide_adapter`]: the Go package's
@@ -93,6 +99,9 @@
 //! | `channel.rs` | where release messages go: plain or sharded pub/sub |
 //! | `sentinel.rs` | Sentinel: watching `+switch-master`, following the new master, re-checking held leases |
 //! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
+//! | `semaphore.rs` | the public [`Semaphore`], [`AcquirePermit`], [`Permit`] |
+//! | `rwlock.rs` | the public [`RwLock`], its builders and guards |
+//! | `primitive/` | what both share: places in sorted sets, their attempt loop, guard, background release and scripts (its `mod.rs` lists its files) |
 //! | `adapter.rs` | the Go-compatible shim |
 //! | `redlock/` | [`Redlock`]: one [`DistributedMutex`] per server, majority counting, renewal per guard (its `mod.rs` lists its files) |
 //! | `metrics.rs` | what is recorded through the `metrics` facade (feature `metrics`; inline no-ops without it) |
@@ -128,13 +137,16 @@ mod metrics;
 mod multi;
 mod mutex;
 mod notify;
+mod primitive;
 mod queue;
 mod redlock;
 mod release;
 mod renew;
 mod retry;
+mod rwlock;
 mod schedule;
 mod scripts;
+mod semaphore;
 mod sentinel;
 #[cfg(feature = "tls")]
 mod tls;
@@ -151,12 +163,15 @@ pub use limits::{
 };
 pub use multi::{AcquireAll, LostKey, MultiGuard, MAX_LOCK_ALL_KEYS};
 pub use mutex::DistributedMutex;
+pub use primitive::MAX_PERMITS;
 pub use queue::CLAIM_TTL;
 pub use redlock::{
     Redlock, RedlockAcquire, RedlockBuilder, RedlockGuard, RedlockLease, DEFAULT_REDLOCK_TTL,
     DEFAULT_SERVER_TIMEOUT, MAX_REDLOCK_SERVERS,
 };
 pub use retry::RetryStrategy;
+pub use rwlock::{AcquireRead, AcquireWrite, ReadGuard, RwLock, WriteGuard};
+pub use semaphore::{AcquirePermit, Permit, Semaphore};
 #[cfg(feature = "tls")]
 pub use tls::Tls;
 

@@ -13,6 +13,8 @@ use crate::inner::Inner;
 use crate::lease::Lease;
 use crate::multi::{AcquireAll, MultiGuard};
 use crate::retry::RetryStrategy;
+use crate::rwlock::RwLock;
+use crate::semaphore::Semaphore;
 
 /// A lock service over one Redis connection: many keys, many tasks, many
 /// processes.
@@ -242,6 +244,33 @@ impl DistributedMutex {
         AcquireAll::new(Arc::clone(&self.inner), keys)
     }
 
+    /// A counting semaphore named `name` with `permits` holders at most
+    /// (see [`Semaphore`]). Nothing is sent until a permit is asked for; a
+    /// `permits` of 0 (or above [`MAX_PERMITS`](crate::MAX_PERMITS)) and an
+    /// empty name are refused then, with [`Error::Config`] and
+    /// [`Error::InvalidKey`].
+    ///
+    /// ```no_run
+    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+    /// let permit = mutex.semaphore("encoder", 3).acquire().await?;
+    /// # drop(permit); Ok(()) }
+    /// ```
+    pub fn semaphore(&self, name: impl AsRef<str>, permits: u32) -> Semaphore {
+        Semaphore::new(Arc::clone(&self.inner), name.as_ref().to_owned(), permits)
+    }
+
+    /// A writer-preferring read-write lock named `name` (see [`RwLock`]).
+    /// Nothing is sent until a guard is asked for.
+    ///
+    /// ```no_run
+    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+    /// let guard = mutex.rw("price-list").read().await?;
+    /// # drop(guard); Ok(()) }
+    /// ```
+    pub fn rw(&self, name: impl AsRef<str>) -> RwLock {
+        RwLock::new(Arc::clone(&self.inner), name.as_ref().to_owned())
+    }
+
     /// Runs `work` while holding the lock on `key`, and releases it after.
     ///
     /// The lock is taken as by [`lock`](Self::lock) (renewed while the work
@@ -374,6 +403,9 @@ impl DistributedMutex {
     pub async fn shutdown(&self) {
         self.inner.shut_down();
         self.inner.releases.flush().await;
+        // Semaphore permits and read-write lock guards dropped before.
+        let limit = self.inner.settings.command_timeout * 3;
+        self.inner.member_releases.flush(limit).await;
         self.inner.wait_closed().await;
     }
 }

@@ -261,6 +261,17 @@ impl Waiters {
                 .contains_key(&keys.handoff_channel(&self.id))
     }
 
+    /// `true` when this process has waiters on the lock `keys`' release
+    /// channel (waiters that do not queue in Redis).
+    pub(crate) fn has_waiters(&self, keys: &LockKeys) -> bool {
+        self.shared.channels_waited.load(Ordering::SeqCst) > 0
+            && self
+                .shared
+                .queues()
+                .channels
+                .contains_key(&ReleaseChannel::of(keys, self.sharded()).name)
+    }
+
     /// Joins the local FIFO of the lock `keys`' release channel (waiters
     /// that do not queue in Redis). The first waiter of a channel asks for
     /// the subscription; [`Ticket::subscribed`] waits for it.

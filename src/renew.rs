@@ -315,16 +315,21 @@ fn renew(
     timeout: Duration,
 ) {
     let client = &clients.client;
-    type Group = (u16, Option<MinReplicas>);
+    // Plain locks and places in sorted sets (semaphores, read-write locks)
+    // are renewed by different scripts: they never share a chunk.
+    type Group = (u16, Option<MinReplicas>, bool);
     let mut groups: HashMap<Group, Vec<(Arc<LeaseCore>, u64)>> = HashMap::new();
     for entry in batch {
+        let lease = &entry.0;
         let slot = if client.is_clustered() {
-            fred::util::redis_keyslot(entry.0.keys.lock.as_bytes())
+            let key = lease.member_set.as_deref();
+            fred::util::redis_keyslot(key.unwrap_or(lease.keys.lock.as_bytes()))
         } else {
             0
         };
+        let member = lease.member_set.is_some();
         groups
-            .entry((slot, entry.0.confirm))
+            .entry((slot, lease.confirm, member))
             .or_default()
             .push(entry);
     }
@@ -336,7 +341,7 @@ fn renew(
     let permits = if client.is_clustered() { MAX_CALLS } else { 1 };
     let calls = Arc::new(tokio::sync::Semaphore::new(permits));
     let confirmed_calls = Arc::new(tokio::sync::Semaphore::new(permits));
-    for ((_, confirm), group) in groups {
+    for ((_, confirm, _), group) in groups {
         let calls = if confirm.is_some() {
             &confirmed_calls
         } else {
@@ -395,7 +400,12 @@ async fn renew_chunk(
     let first = entries.first().map_or("", |e| e.0);
     // `Some(acked)` when the chunk's writes were confirmed by too few
     // replicas.
+    let members = chunk.first().is_some_and(|(l, _)| l.member_set.is_some());
     let (result, unconfirmed) = match confirm {
+        None if members => (
+            crate::primitive::scripts::renew(&clients.client, chunk, &ttls, timeout).await,
+            None,
+        ),
         None => (
             scripts::extend(&clients.client, &entries, timeout).await,
             None,

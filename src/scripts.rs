@@ -54,7 +54,7 @@ pub(crate) enum Compared {
 }
 
 impl Compared {
-    fn from_reply(n: i64) -> Self {
+    pub(crate) fn from_reply(n: i64) -> Self {
         match n {
             1 => Compared::Held,
             0 => Compared::Missing,
@@ -126,7 +126,7 @@ async fn bounded<R>(
 }
 
 /// Runs one script call, bounded by `timeout`.
-async fn run<R: FromValue>(
+pub(crate) async fn run<R: FromValue>(
     client: &Client,
     script: &Script,
     key: &str,
@@ -143,7 +143,7 @@ async fn run<R: FromValue>(
     .await
 }
 
-fn binary_key(bytes: Vec<u8>) -> Key {
+pub(crate) fn binary_key(bytes: Vec<u8>) -> Key {
     Key::from(bytes.into_boxed_slice())
 }
 
@@ -151,7 +151,7 @@ fn binary_key(bytes: Vec<u8>) -> Key {
 /// every reply with the call's token); `None` for anything else: a reply
 /// to another command, which fred 10.1 can hand over while it follows an
 /// `ASK` redirection with other commands in flight to the same node.
-fn checked(reply: Value, echo: &str) -> Option<Vec<i64>> {
+pub(crate) fn checked(reply: Value, echo: &str) -> Option<Vec<i64>> {
     let Value::Array(mut items) = reply else {
         return None;
     };
@@ -170,7 +170,7 @@ fn checked(reply: Value, echo: &str) -> Option<Vec<i64>> {
 
 /// The reply was not this command's (see [`checked`]): what the command did
 /// is unknown, as after a lost reply.
-fn mismatched(key: &str, script: &str) -> Error {
+pub(crate) fn mismatched(key: &str, script: &str) -> Error {
     Error::Unavailable {
         key: key.to_owned(),
         source: fred::error::Error::new(
@@ -184,7 +184,7 @@ fn mismatched(key: &str, script: &str) -> Error {
     }
 }
 
-fn unexpected(key: &str, script: &str, reply: impl std::fmt::Debug) -> Error {
+pub(crate) fn unexpected(key: &str, script: &str, reply: impl std::fmt::Debug) -> Error {
     Error::Redis {
         key: key.to_owned(),
         source: fred::error::Error::new(

@@ -23,6 +23,8 @@
 //! | `sentinel`  | Redis Sentinel: 1 master, 2 replicas, 3 sentinels; failovers under lock traffic |
 //! | `reshard`   | slots moved between masters under lock traffic (ASK, MOVED, TRYAGAIN) |
 //! | `redlock`   | `Redlock` on 5 independent servers: 2 and 3 down, paused minority and majority, restarts without data (with and without the delay), cancellation, bad input, exclusion under random kills (proptest) |
+//! | `semaphore` | the counting semaphore: the permit count across processes (proptest), crashed holders, wake-ups, renewal, loss, cancellation, bad input, a cluster |
+//! | `rwlock`    | the read-write lock: writers alone, readers share, writer preference and intent expiry, renewal, loss (proptest), a cluster |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -53,6 +55,8 @@ mod queue;
 mod redlock;
 mod renewal;
 mod reshard;
+mod rwlock;
+mod semaphore;
 mod sentinel;
 #[cfg(feature = "tls")]
 mod tls;

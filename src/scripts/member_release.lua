@@ -1,0 +1,41 @@
+-- Give up a place in a semaphore or read-write lock, and tell waiters.
+-- KEYS[1]: the sorted set the token holds its place in; KEYS[2..]: other
+--   sets to clear it from (a writer's intent)
+-- ARGV[1]: the token; ARGV[2]: 's' to announce with SPUBLISH, 'p' PUBLISH;
+-- ARGV[3..]: the channels to announce on (in the keys' slot when sharded)
+--
+-- Returns {1, token} when the token held an unexpired place in KEYS[1],
+-- {0, token} when it did not (expired, or never there). Whenever the token
+-- was removed from any set, waiters listening on the channels are told.
+
+local function call(command, ...)
+  local reply = redis.pcall(command, ...)
+  if type(reply) == 'table' and reply.err then
+    error({err = reply.err .. ' [' .. command .. ']'})
+  end
+  return reply
+end
+
+local time = call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local token = ARGV[1]
+local score = call('ZSCORE', KEYS[1], token)
+local held = 0
+if score and tonumber(score) > now then
+  held = 1
+end
+local removed = 0
+for _, set in ipairs(KEYS) do
+  removed = removed + call('ZREM', set, token)
+end
+if removed > 0 then
+  local sharded = ARGV[2] == 's'
+  local publish = sharded and 'SPUBLISH' or 'PUBLISH'
+  local numsub = sharded and 'SHARDNUMSUB' or 'NUMSUB'
+  for i = 3, #ARGV do
+    if call('PUBSUB', numsub, ARGV[i])[2] > 0 then
+      call(publish, ARGV[i], '')
+    end
+  end
+end
+return {held, token}
