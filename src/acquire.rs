@@ -372,6 +372,7 @@ impl<'a> Acquisition<'a> {
             inner.waiters.id(),
             Duration::from_millis(plan.ttl_ms),
             &token,
+            plan.fencing,
             inner.waiters.sharded(),
         );
         Acquisition {

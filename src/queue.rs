@@ -2,7 +2,7 @@
 //!
 //! A waiter that finds the lock held joins the lock's queue, a Redis list
 //! `P \xff {T}:queue:K` in the lock key's slot (see `keys.rs`), as the member
-//! `<mutex id>|<claim ms>|<token>`. Its mutex listens on its own handoff
+//! `<mutex id>|<claim ms>|<f or ->|<token>` (`f`: a fencing lock). Its mutex listens on its own handoff
 //! channel for the lock, `P {T}:handoff:<mutex id>:K` (one subscription
 //! per mutex and lock, on the mutex's one subscriber connection).
 //!
@@ -23,7 +23,8 @@
 //! until `first join + claim TTL − drift`, and the renewer extends the key
 //! to the full TTL half the claim TTL after the join. Otherwise the
 //! waiter confirms first (the acquire script: the key holds its token, so
-//! its lease is set; with fencing, a fencing token is drawn).
+//! its lease is set; with fencing, the fencing token the release drew for
+//! it is returned).
 //!
 //! What a stall costs:
 //! * a waiter that gives up (deadline, cancelled future) leaves the queue
@@ -56,9 +57,10 @@ pub(crate) fn claim(ttl: Duration) -> Duration {
 
 impl QueueSpot {
     /// The queue member of the waiter `token` of the mutex `id`.
-    pub(crate) fn new(id: &str, ttl: Duration, token: &str, sharded: bool) -> Self {
+    pub(crate) fn new(id: &str, ttl: Duration, token: &str, fencing: bool, sharded: bool) -> Self {
+        let fenced = if fencing { 'f' } else { '-' };
         QueueSpot {
-            member: format!("{id}|{}|{token}", claim(ttl).as_millis().max(1)),
+            member: format!("{id}|{}|{fenced}|{token}", claim(ttl).as_millis().max(1)),
             sharded,
         }
     }
@@ -97,8 +99,12 @@ mod tests {
         assert_eq!(claim(ms(500)), ms(500));
         assert_eq!(claim(Duration::from_secs(30)), CLAIM_TTL);
         assert_eq!(
-            QueueSpot::new("abc", ms(300), "t-1", false).member,
-            "abc|300|t-1"
+            QueueSpot::new("abc", ms(300), "t-1", false, false).member,
+            "abc|300|-|t-1"
+        );
+        assert_eq!(
+            QueueSpot::new("abc", ms(30_000), "t-2", true, true).member,
+            "abc|2000|f|t-2"
         );
     }
 

@@ -214,7 +214,8 @@ pub(crate) enum Queueing<'a> {
 /// A waiter's entry in a lock's wait queue, and where its handoff goes.
 #[derive(Debug, Clone)]
 pub(crate) struct QueueSpot {
-    /// `<mutex id>|<claim ms>|<token>`.
+    /// `<mutex id>|<claim ms>|<f or ->|<token>` (`f`: the release draws the
+    /// waiter's fencing token when it hands the lock over).
     pub(crate) member: String,
     /// Hand-offs use sharded pub/sub.
     pub(crate) sharded: bool,
@@ -403,7 +404,7 @@ pub(crate) async fn release(
     let first = entries
         .first()
         .map_or("", |(keys, _, _)| keys.lock.as_str());
-    let mut script_keys = Vec::with_capacity(entries.len() * 2);
+    let mut script_keys = Vec::with_capacity(entries.len() * 3);
     let mut args = Vec::with_capacity(2 + entries.len() * 5);
     args.push(Value::from(if sharded { "s" } else { "p" }));
     args.push(Value::from(
@@ -412,6 +413,7 @@ pub(crate) async fn release(
     for (keys, token, leave) in entries {
         script_keys.push(Value::from(keys.lock.as_str()));
         script_keys.push(Value::from(binary_key(keys.queue())));
+        script_keys.push(Value::from(binary_key(keys.fence())));
         // Plain channels (`<key>:released`) are derived by the script
         // itself; only shard channels, whose slot tag needs the client's
         // table, are sent.

@@ -12,8 +12,8 @@
 --   'j': as 'q', and answer the holder's remaining lease as well;
 --   'p': attempt, and when the lock is held join the queue's tail unless
 --        already in it (a waiter's poll).
--- ARGV[5]: this waiter's queue member, `<mutex id>|<claim ms>|<token>`
---   ('' in mode 'a')
+-- ARGV[5]: this waiter's queue member, `<mutex id>|<claim ms>|<f or ->|<token>`
+--   ('' in mode 'a'; `f`: the waiter takes the lock with a fencing token)
 -- ARGV[6], ARGV[7]: the handoff channel around a mutex id (`P {T}:handoff:`
 --   and `:K`)
 -- ARGV[8]: 's' to hand off with sharded pub/sub (SPUBLISH), 'p' with PUBLISH
@@ -27,9 +27,9 @@
 --
 -- The key already holding ARGV[1] is ours: a re-sent attempt, or a handoff
 -- from the release script (which sets the key to the head waiter's token
--- with a short claim TTL): its lease is set to ARGV[2]. With fencing, a new
--- fencing token is drawn each time the key is confirmed (still above every
--- earlier holder's).
+-- with a short claim TTL, and draws its fencing token when its member says
+-- so): its lease is set to ARGV[2], and the fencing token already drawn for
+-- it is returned, so one acquisition draws exactly one.
 --
 -- A free key with waiters queued goes to the queue's head (the caller, when
 -- it is the head), not to the caller: a newcomer does not barge.
@@ -48,16 +48,12 @@ end
 local token, ttl, mode, member = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
 local publish = ARGV[8] == 's' and 'SPUBLISH' or 'PUBLISH'
 
-local function taken()
+local function take()
+  call('SET', KEYS[1], token, 'PX', ttl)
   if ARGV[3] == '1' then
     return {1, call('INCR', KEYS[2]), token}
   end
   return {1, token}
-end
-
-local function take()
-  call('SET', KEYS[1], token, 'PX', ttl)
-  return taken()
 end
 
 -- Pops queued waiters until one is alive (its mutex listens on its handoff
@@ -70,12 +66,15 @@ local function hand_off()
     if not head then
       return false
     end
-    local id, claim, waiter = string.match(head, '^([^|]*)|(%d+)|(.*)$')
+    local id, claim, fenced, waiter = string.match(head, '^([^|]*)|(%d+)|([f-])|(.*)$')
     if waiter == token then
       return 'self'
     end
     if id then
       call('SET', KEYS[1], waiter, 'PX', claim)
+      if fenced == 'f' then
+        call('INCR', KEYS[2])
+      end
       if call(publish, ARGV[6] .. id .. ARGV[7], waiter) > 0 then
         return true
       end
@@ -87,7 +86,10 @@ local value = call('GET', KEYS[1])
 
 if value == token then
   call('PEXPIRE', KEYS[1], ttl)
-  return taken()
+  if ARGV[3] == '1' then
+    return {1, tonumber(call('GET', KEYS[2])), token}
+  end
+  return {1, token}
 end
 
 if not value then

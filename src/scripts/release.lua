@@ -1,6 +1,7 @@
 -- Release one or more locks: compare-and-delete per key, or hand the key to
 -- the next live waiter in its queue.
--- KEYS[2i - 1]: a lock key; KEYS[2i]: its wait queue (all in one cluster slot)
+-- KEYS[3i - 2]: a lock key; KEYS[3i - 1]: its wait queue; KEYS[3i]: its
+--   fencing counter (all in one cluster slot)
 -- ARGV[1]: 's' to announce with sharded pub/sub (SPUBLISH), 'p' with PUBLISH
 -- ARGV[2]: echoed at the end of the reply (the caller checks it)
 -- For each key i, from n = 2 + 5 (i - 1):
@@ -20,8 +21,9 @@
 -- commit).
 --
 -- Handoff: when waiters are queued, the key is not deleted but set to the
--- head waiter's token for the claim TTL its member names, and that
--- waiter's mutex is told on its own handoff channel. A waiter whose mutex
+-- head waiter's token for the claim TTL its member names (with its fencing
+-- token drawn when the member says so), and that waiter's mutex is told on
+-- its own handoff channel. A waiter whose mutex
 -- no longer listens there (its process died, or its subscriber connection
 -- dropped) is skipped: PUBLISH reaches no one. So the key is never free
 -- while live waiters queue, and exactly one waiter is woken per release.
@@ -57,15 +59,18 @@ local numsub = sharded and 'SHARDNUMSUB' or 'NUMSUB'
 
 -- Pops queued waiters until one is alive and hands it the key; false when
 -- the queue ran out (the key may then hold a dead waiter's token).
-local function hand_off(lock, queue, head, tail, releasing)
+local function hand_off(lock, queue, fence, head, tail, releasing)
   while true do
     local member = call('LPOP', queue)
     if not member then
       return false
     end
-    local id, claim, waiter = string.match(member, '^([^|]*)|(%d+)|(.*)$')
+    local id, claim, fenced, waiter = string.match(member, '^([^|]*)|(%d+)|([f-])|(.*)$')
     if id and waiter ~= releasing then
       call('SET', lock, waiter, 'PX', claim)
+      if fenced == 'f' then
+        call('INCR', fence)
+      end
       if call(publish, head .. id .. tail, waiter) > 0 then
         return true
       end
@@ -74,8 +79,8 @@ local function hand_off(lock, queue, head, tail, releasing)
 end
 
 local out = {}
-for i = 1, #KEYS / 2 do
-  local lock, queue = KEYS[2 * i - 1], KEYS[2 * i]
+for i = 1, #KEYS / 3 do
+  local lock, queue, fence = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local n = 2 + 5 * (i - 1)
   local token, channel = ARGV[n + 1], ARGV[n + 2]
   if ARGV[n + 5] ~= '' then
@@ -83,7 +88,7 @@ for i = 1, #KEYS / 2 do
   end
   local value = get(lock)
   if value == token then
-    if not hand_off(lock, queue, ARGV[n + 3], ARGV[n + 4], token) then
+    if not hand_off(lock, queue, fence, ARGV[n + 3], ARGV[n + 4], token) then
       call('DEL', lock)
       if channel == '' then
         channel = lock .. ':released'

@@ -837,7 +837,11 @@ async fn extend_after_release_is_not_held_and_never_brings_the_key_back() {
     let deleted: Vec<Value> = raw
         .eval(
             include_str!("../../src/scripts/release.lua"),
-            vec![key, "extend-after-release:queue"],
+            vec![
+                key,
+                "extend-after-release:queue",
+                "extend-after-release:fence",
+            ],
             vec![
                 "p",
                 guard.token(),

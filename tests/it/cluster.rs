@@ -72,18 +72,26 @@ fn keys_on_masters(cluster: &RedisCluster, pattern: &str) -> Vec<String> {
     keys
 }
 
-/// Subscribers of a shard channel, summed over every node.
-fn shard_numsub_anywhere(cluster: &RedisCluster, channel: &str) -> i64 {
+/// Subscribers of the shard channels matching `pattern` (`PUBSUB
+/// SHARDCHANNELS`, then `SHARDNUMSUB` of each), summed over every node.
+fn shard_numsub_anywhere(cluster: &RedisCluster, pattern: &str) -> i64 {
     cluster
         .nodes()
         .iter()
         .map(|n| {
-            let reply = n.cli(&["PUBSUB", "SHARDNUMSUB", channel]);
-            reply
+            let channels = n.cli(&["PUBSUB", "SHARDCHANNELS", pattern]);
+            channels
                 .lines()
-                .nth(1)
-                .and_then(|l| l.trim().parse::<i64>().ok())
-                .unwrap_or_else(|| panic!("PUBSUB SHARDNUMSUB on {}: {reply:?}", n.port()))
+                .filter(|c| !c.trim().is_empty())
+                .map(|channel| {
+                    let reply = n.cli(&["PUBSUB", "SHARDNUMSUB", channel.trim()]);
+                    reply
+                        .lines()
+                        .nth(1)
+                        .and_then(|l| l.trim().parse::<i64>().ok())
+                        .unwrap_or_else(|| panic!("PUBSUB SHARDNUMSUB on {}: {reply:?}", n.port()))
+                })
+                .sum::<i64>()
         })
         .sum()
 }
@@ -409,8 +417,9 @@ async fn a_waiter_is_woken_by_the_release_on_every_master() {
     let mut handoffs = Vec::new();
     for i in 0..MASTERS {
         let key = cluster.key_on_master(i, "cluster:notify:");
-        // Sharded pub/sub (Redis 7): the channel is in the key's slot.
-        let channel = format!("{{{key}}}:released:{key}");
+        // Sharded pub/sub (Redis 7): the waiter's mutex's handoff channel,
+        // in the key's slot.
+        let channel = format!("{{{key}}}:handoff:*:{key}");
         handoffs.push(handoff(&cluster, &holder, &waiter, &key, &channel).await);
     }
     eprintln!("notify: waiter acquired after the release, per master: {handoffs:?}");

@@ -525,7 +525,14 @@ async fn a_black_hole_while_waiting_ends_in_the_lock_once_traffic_passes() {
         "the waiter finished while Redis was unreachable: {:?}",
         task.await
     );
-    assert_eq!(raw_get(&raw, key).await, None, "nothing got through");
+    // The release handed the key to the queued waiter (its subscription
+    // looks alive to Redis), which cannot hear it: the key is claimed for
+    // it for the claim TTL at most, or already free again.
+    let pttl: i64 = raw.pttl(key).await.unwrap();
+    assert!(
+        pttl <= distributed_mutex::CLAIM_TTL.as_millis() as i64,
+        "the key's PTTL is {pttl} ms: longer than a claim, something got through"
+    );
 
     proxy.set_mode(Mode::Pass);
     let guard = tokio::time::timeout(ms(3000), task)
@@ -1323,7 +1330,9 @@ async fn script_flush_between_calls_reloads_for_renewal_fencing_and_waiting() {
         "woken by its 3 s poll, not by the release message"
     );
     guard.release().await.unwrap();
-    assert_eq!(exists(&server)[..2], ["1", "1"]);
+    // The release script was loaded again (the acquire script too, unless
+    // the woken waiter used the handed-over lock without confirming it).
+    assert_eq!(exists(&server)[1], "1");
     let keys = redis_keys(&server, "*flush*");
     assert_eq!(
         keys,

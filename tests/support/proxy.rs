@@ -63,8 +63,8 @@ pub enum Point {
     Release,
     /// The extend script: `guard.extend` and automatic renewal.
     Extend,
-    /// `SUBSCRIBE` to a `<key>:released` channel: a waiter starting to wait
-    /// for release messages.
+    /// `SUBSCRIBE` to a handoff channel (`{T}:handoff:<id>:<key>`) or a
+    /// `<key>:released` channel: a waiter starting to wait for messages.
     Subscribe,
 }
 
@@ -572,7 +572,11 @@ fn classify(args: &[Vec<u8>]) -> Option<Point> {
             SHAS.iter().find(|(s, _)| *s == sha).map(|(_, p)| *p)
         }
         "SET" if args[1..].iter().any(|a| a.eq_ignore_ascii_case(b"NX")) => Some(Point::Acquire),
-        "SUBSCRIBE" | "SSUBSCRIBE" if args[1..].iter().any(|c| c.ends_with(b":released")) => {
+        "SUBSCRIBE" | "SSUBSCRIBE"
+            if args[1..]
+                .iter()
+                .any(|c| c.ends_with(b":released") || c.windows(9).any(|w| w == b":handoff:")) =>
+        {
             Some(Point::Subscribe)
         }
         _ => None,

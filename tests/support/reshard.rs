@@ -323,15 +323,24 @@ impl Resharder {
         (!out.is_empty() && !out.starts_with("MOVED") && !out.starts_with("ASK")).then_some(out)
     }
 
-    /// `PUBSUB SHARDNUMSUB channel` on the `i`-th master: its subscribers
-    /// there.
-    pub fn shard_numsub_on(&self, i: usize, channel: &str) -> i64 {
-        let out = cli_text(self.masters[i].port, &["PUBSUB", "SHARDNUMSUB", channel])
-            .unwrap_or_else(|e| panic!("{e}"));
-        out.lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or_else(|| panic!("PUBSUB SHARDNUMSUB on master {i}: {out:?}"))
+    /// The subscribers on the `i`-th master of the shard channels matching
+    /// `pattern` (`PUBSUB SHARDCHANNELS`, then `SHARDNUMSUB` of each).
+    pub fn shard_numsub_on(&self, i: usize, pattern: &str) -> i64 {
+        let port = self.masters[i].port;
+        let channels =
+            cli_text(port, &["PUBSUB", "SHARDCHANNELS", pattern]).unwrap_or_else(|e| panic!("{e}"));
+        channels
+            .lines()
+            .filter(|c| !c.trim().is_empty())
+            .map(|channel| {
+                let out = cli_text(port, &["PUBSUB", "SHARDNUMSUB", channel.trim()])
+                    .unwrap_or_else(|e| panic!("{e}"));
+                out.lines()
+                    .nth(1)
+                    .and_then(|l| l.trim().parse::<i64>().ok())
+                    .unwrap_or_else(|| panic!("PUBSUB SHARDNUMSUB on master {i}: {out:?}"))
+            })
+            .sum()
     }
 }
 
