@@ -189,9 +189,17 @@ async fn floor_cycle(env: &Env, key: &str) {
 async fn floor_scripts_cycle(env: &Env, key: &str) {
     let token = uuid::Uuid::new_v4().to_string();
     // `{1, token}`: the script names its call's token at the end.
+    // The lock, its fencing counter and its wait queue (in the key's slot),
+    // then: token, TTL, no fencing, attempt only (see the script).
+    let keys = vec![
+        key.to_owned(),
+        format!("{{{key}}}:fence"),
+        format!("{{{key}}}:queue"),
+    ];
+    let args = vec![token.clone(), "60000".into(), String::new(), "a".into()];
     let reply: Vec<fred::types::Value> = env
         .acquire
-        .evalsha_with_reload(&env.client, key, vec![token.clone(), "60000".into()])
+        .evalsha_with_reload(&env.client, keys, args)
         .await
         .expect("floor_scripts EVALSHA acquire");
     let taken = reply.first().and_then(fred::types::Value::as_i64);

@@ -404,8 +404,8 @@ pub(crate) async fn release(
     let first = entries
         .first()
         .map_or("", |(keys, _, _)| keys.lock.as_str());
-    let mut script_keys = Vec::with_capacity(entries.len() * 3);
-    let mut args = Vec::with_capacity(2 + entries.len() * 5);
+    let mut script_keys = Vec::with_capacity(entries.len() * 2);
+    let mut args = Vec::with_capacity(2 + entries.len() * 3);
     args.push(Value::from(if sharded { "s" } else { "p" }));
     args.push(Value::from(
         entries.first().map_or("", |(_, token, _)| *token),
@@ -413,7 +413,6 @@ pub(crate) async fn release(
     for (keys, token, leave) in entries {
         script_keys.push(Value::from(keys.lock.as_str()));
         script_keys.push(Value::from(binary_key(keys.queue())));
-        script_keys.push(Value::from(binary_key(keys.fence())));
         // Plain channels (`<key>:released`) are derived by the script
         // itself; only shard channels, whose slot tag needs the client's
         // table, are sent.
@@ -422,12 +421,9 @@ pub(crate) async fn release(
         } else {
             String::new()
         };
-        let (head, tail) = keys.handoff_channel_parts();
         args.extend([
             Value::from(*token),
             Value::from(channel),
-            Value::from(head),
-            Value::from(tail),
             Value::from(*leave),
         ]);
     }

@@ -1,15 +1,14 @@
 -- Release one or more locks: compare-and-delete per key, or hand the key to
 -- the next live waiter in its queue.
--- KEYS[3i - 2]: a lock key; KEYS[3i - 1]: its wait queue; KEYS[3i]: its
---   fencing counter (all in one cluster slot)
+-- KEYS[2i - 1]: a lock key `P K`; KEYS[2i]: its wait queue `P \xff {T}:queue:K`
+--   (all in one cluster slot)
 -- ARGV[1]: 's' to announce with sharded pub/sub (SPUBLISH), 'p' with PUBLISH
 -- ARGV[2]: echoed at the end of the reply (the caller checks it)
--- For each key i, from n = 2 + 5 (i - 1):
+-- For each key i, from n = 2 + 3 (i - 1):
 --   ARGV[n + 1]: the token the key was acquired with
 --   ARGV[n + 2]: the key's release channel (in its slot when sharded);
 --     empty for the plain channel `<key>:released`
---   ARGV[n + 3], ARGV[n + 4]: the key's handoff channel around a mutex id
---   ARGV[n + 5]: a queue member to remove first (a waiter that gave up), or ''
+--   ARGV[n + 3]: a queue member to remove first (a waiter that gave up), or ''
 --
 -- Returns one number per key: 1 when the caller's lock was released (deleted
 -- or handed on), 0 when the key is gone, -1 when it holds something else
@@ -23,10 +22,17 @@
 -- Handoff: when waiters are queued, the key is not deleted but set to the
 -- head waiter's token for the claim TTL its member names (with its fencing
 -- token drawn when the member says so), and that waiter's mutex is told on
--- its own handoff channel. A waiter whose mutex
+-- its own handoff channel `P {T}:handoff:<mutex id>:K`. A waiter whose mutex
 -- no longer listens there (its process died, or its subscriber connection
 -- dropped) is skipped: PUBLISH reaches no one. So the key is never free
 -- while live waiters queue, and exactly one waiter is woken per release.
+--
+-- The handoff channel and the fencing counter `P \xff {T}:fence:K` are
+-- derived from the lock and queue names here rather than sent, which keeps
+-- a batch of releases small: `P` ends where the queue's 0xFF byte is (no
+-- prefix or lock key contains it), and `{T}:` sits between it and `queue:K`.
+-- The fencing counter (in the same slot) is touched only when the lock is
+-- handed to a waiter that takes it with fencing.
 --
 -- With no one queued, the key is deleted and, when anyone listens on the
 -- key's release channel (PUBSUB NUMSUB, or SHARDNUMSUB on the node that
@@ -57,9 +63,19 @@ local sharded = ARGV[1] == 's'
 local publish = sharded and 'SPUBLISH' or 'PUBLISH'
 local numsub = sharded and 'SHARDNUMSUB' or 'NUMSUB'
 
+-- The names derived from a lock `P K` and its queue `P \xff {T}:queue:K`:
+-- the handoff channel around a mutex id, and the fencing counter.
+local function derived(lock, queue)
+  local p = string.find(queue, '\255', 1, true)
+  local prefix, key = string.sub(queue, 1, p - 1), string.sub(lock, p)
+  local tag = string.sub(queue, p + 1, #queue - #key - #'queue:')
+  return prefix .. tag .. 'handoff:', ':' .. key, prefix .. '\255' .. tag .. 'fence:' .. key
+end
+
 -- Pops queued waiters until one is alive and hands it the key; false when
 -- the queue ran out (the key may then hold a dead waiter's token).
-local function hand_off(lock, queue, fence, head, tail, releasing)
+local function hand_off(lock, queue, releasing)
+  local head, tail, fence
   while true do
     local member = call('LPOP', queue)
     if not member then
@@ -67,6 +83,9 @@ local function hand_off(lock, queue, fence, head, tail, releasing)
     end
     local id, claim, fenced, waiter = string.match(member, '^([^|]*)|(%d+)|([f-])|(.*)$')
     if id and waiter ~= releasing then
+      if not head then
+        head, tail, fence = derived(lock, queue)
+      end
       call('SET', lock, waiter, 'PX', claim)
       if fenced == 'f' then
         call('INCR', fence)
@@ -79,16 +98,16 @@ local function hand_off(lock, queue, fence, head, tail, releasing)
 end
 
 local out = {}
-for i = 1, #KEYS / 3 do
-  local lock, queue, fence = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local n = 2 + 5 * (i - 1)
+for i = 1, #KEYS / 2 do
+  local lock, queue = KEYS[2 * i - 1], KEYS[2 * i]
+  local n = 2 + 3 * (i - 1)
   local token, channel = ARGV[n + 1], ARGV[n + 2]
-  if ARGV[n + 5] ~= '' then
-    call('LREM', queue, 0, ARGV[n + 5])
+  if ARGV[n + 3] ~= '' then
+    call('LREM', queue, 0, ARGV[n + 3])
   end
   local value = get(lock)
   if value == token then
-    if not hand_off(lock, queue, fence, ARGV[n + 3], ARGV[n + 4], token) then
+    if not hand_off(lock, queue, token) then
       call('DEL', lock)
       if channel == '' then
         channel = lock .. ':released'
