@@ -28,8 +28,10 @@ use crate::scripts::{self, Acquired, QueueSpot, Queueing};
 /// The returned future is `Send + 'static`, so it can be spawned.
 ///
 /// # Cancel safety
-/// Dropping the future at any point leaves nothing locked: if an attempt may
-/// have set the lock, a release of this acquisition's token is queued.
+/// Dropping the future at any point leaves nothing locked and no place in the
+/// wait queue: if an attempt may have set the lock, or queued the
+/// acquisition, a release of its token is queued, which also takes it out of
+/// the queue and passes the lock on if it was just handed to it.
 #[must_use = "an acquisition does nothing until it is awaited"]
 pub struct Acquire {
     inner: Arc<Inner>,

@@ -177,13 +177,17 @@ impl Builder {
         Ok(Builder::new(client, true))
     }
 
-    /// Whether waiters are woken by release messages (default `true`).
+    /// Whether waiters queue in Redis and are handed the lock (default
+    /// `true`).
     ///
-    /// On: the release script publishes on `<key>:released`; the mutex keeps
+    /// On: a waiter joins the key's wait queue in Redis, and a release hands
+    /// the key to the first live waiter in it, whatever its process, and
+    /// tells that waiter's mutex on its own handoff channel; the mutex keeps
     /// one extra connection (made on the first wait) subscribed to the
-    /// channels of keys it has waiters for, and wakes its waiters of a key
-    /// one at a time, in FIFO order. Off: waiters poll at the retry
-    /// strategy's delays. Either way a wait never outlasts the holder's TTL.
+    /// channels of keys it has waiters for (see the README's "How waiting
+    /// works" and [`CLAIM_TTL`](crate::CLAIM_TTL)). Off: waiters do not
+    /// queue; they poll at the retry strategy's delays (never past the
+    /// holder's TTL) and take a free key only when no one is queued.
     pub fn notifications(mut self, on: bool) -> Self {
         self.settings.notifications = on;
         self

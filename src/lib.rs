@@ -66,6 +66,9 @@
 //!   `try_read`, `try_write`, `read_with`, `write_with` ([`AcquireRead`],
 //!   [`AcquireWrite`]), held by a [`ReadGuard`] or a [`WriteGuard`].
 //! * [`RetryStrategy`]: `none`, `linear`, `exponential` (with jitter).
+//!   Waiters of a lock queue in Redis and are served in order, one per
+//!   release across every process; [`CLAIM_TTL`] bounds the stall when a
+//!   waiter freezes just as the lock is handed to it.
 //! * [`Error`]: every failure, typed.
 //! * [`Adapter`], [`RedisAdapter`], [`provide_adapter`]: the Go package's
 //!   fire-and-forget API.
@@ -87,7 +90,7 @@
 //! | `inner.rs` | what all handles share; starts the background tasks |
 //! | `acquire.rs` | [`Acquire`] and the attempt loop |
 //! | `schedule.rs` | when to try again and when to give up (pure) |
-//! | `keys.rs` | every Redis name a lock uses (lock, fencing counter, release marker, channel) |
+//! | `keys.rs` | every Redis name a lock uses (lock, fencing counter, wait queue, channels) |
 //! | `scripts.rs`, `scripts/*.lua` | the commands sent to Redis (and `WAIT` after them, with `min_replicas`) |
 //! | `confirm.rs` | `min_replicas`: its bounds, and the connection that confirmed writes go through |
 //! | `guard.rs`, `lease.rs` | a held lock, its validity and loss |
@@ -95,7 +98,8 @@
 //! | `release.rs` | task: releases handed over by `Drop` |
 //! | `batch.rs` | group commit: releases that arrive while one is in flight go out as one call |
 //! | `renew.rs` | task: batched lease renewal |
-//! | `notify.rs` | task: the subscriber connection and local wait queues |
+//! | `queue.rs` | the wait queue in Redis and direct handoff: the claim TTL, when a handed-over lock is used without confirming |
+//! | `notify.rs` | task: the subscriber connection; handoff and release channels and their local waiters |
 //! | `channel.rs` | where release messages go: plain or sharded pub/sub |
 //! | `sentinel.rs` | Sentinel: watching `+switch-master`, following the new master, re-checking held leases |
 //! | `background.rs` | which runtime the tasks run on; restarting them when it stops |

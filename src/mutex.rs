@@ -80,8 +80,10 @@ impl DistributedMutex {
     /// [`Error::Shutdown`] after [`shutdown`](Self::shutdown).
     ///
     /// # Cancel safety
-    /// Dropping the future at any point leaves nothing locked: if an attempt
-    /// may have set the lock, a release of this acquisition's token is queued.
+    /// Dropping the future at any point leaves nothing locked and no place in
+    /// the wait queue: if an attempt may have set the lock, or queued the
+    /// acquisition, a release of its token is queued, which also takes it
+    /// out of the queue and passes the lock on if it was just handed to it.
     pub async fn lock(&self, key: impl AsRef<str>) -> Result<LockGuard, Error> {
         // The acquisition future itself, not the boxed one `IntoFuture` gives.
         crate::acquire::run(self.acquire(key)).await
