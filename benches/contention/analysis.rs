@@ -7,13 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::{Mode, Recorded, INSTANCES};
 
-/// Commands the library's Lua scripts run (Redis counts them in
-/// commandstats too). `set` is also sent top-level (the first attempt's
-/// plain `SET NX`): see [`Row::top_level_sets`].
-const SCRIPT_COMMANDS: &[&str] = &[
-    "set", "get", "del", "publish", "spublish", "pexpire", "pttl", "incr",
-];
-
 /// One combination (workload x waiting), reduced.
 pub struct Row {
     pub mode: Mode,
@@ -106,23 +99,6 @@ impl Row {
     /// Redis CPU (all masters) per acquisition, in µs.
     pub fn redis_us(&self) -> f64 {
         self.redis_cpu * 1e6 / self.acquisitions.max(1) as f64
-    }
-    /// The `SET`s sent by clients (not by a script), derived from the
-    /// scripts' shapes (no fencing): every release (and extend) script call
-    /// runs one `GET`; an acquire script call runs one `SET` and, when that
-    /// fails, one `GET` followed by one `PTTL` or `PEXPIRE`. So release
-    /// calls = get − pttl − pexpire, acquire script calls = evalsha − release
-    /// calls, and top-level SETs = set − acquire script calls.
-    pub fn top_level_sets(&self) -> u64 {
-        let releases = self
-            .calls("get")
-            .saturating_sub(self.calls("pttl") + self.calls("pexpire"));
-        let acquire_scripts = self.calls("evalsha").saturating_sub(releases);
-        self.calls("set").saturating_sub(acquire_scripts)
-    }
-    pub fn top_level(&self) -> f64 {
-        self.per_acq(|c| !SCRIPT_COMMANDS.contains(&c))
-            + self.top_level_sets() as f64 / self.acquisitions.max(1) as f64
     }
     pub fn all(&self) -> f64 {
         self.per_acq(|_| true)

@@ -145,7 +145,7 @@ fn targets(row: &Row, p50: Duration, p99: Duration) -> String {
     if p99 > TARGET_P99 {
         misses.push("p99");
     }
-    if row.top_level() > TARGET_CMDS {
+    if row.client() > TARGET_CMDS {
         misses.push("cmds");
     }
     if row.share() < TARGET_SHARE {
@@ -193,7 +193,7 @@ fn main_table(rows: &[Row], cluster: bool) -> String {
             ms(percentile(&row.lock_calls, 50.0)),
             format!("{:.2}", row.share()),
             format!("{:.2}", row.evalsha()),
-            format!("{:.2}", row.top_level()),
+            format!("{:.2}", row.client()),
             format!("{:.2}", row.all()),
             targets(row, p50, p99),
         ]);
@@ -241,7 +241,7 @@ fn master_table(rows: &[Row], references: &[Reference]) -> String {
             ms(percentile_of(&reference.pings, 50.0)),
             ms(percentile_of(&reference.deliveries, 50.0)),
             format!("{:.2}", strict.publishes()),
-            format!("{:.2}", strict.top_level()),
+            format!("{:.2}", strict.client()),
             format!("{:.1}", strict.redis_us()),
             format!(
                 "{:.1} ({:.1}) [{}]",
