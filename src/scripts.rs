@@ -22,12 +22,20 @@ use crate::confirm::MinReplicas;
 use crate::error::Error;
 use crate::keys::LockKeys;
 
-static ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::from_lua(include_str!("scripts/acquire.lua")));
-static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::from_lua(include_str!("scripts/release.lua")));
-static EXTEND: LazyLock<Script> =
-    LazyLock::new(|| Script::from_lua(include_str!("scripts/extend.lua")));
+/// The text of `src/scripts/<name>.lua`, with `call.lua` (the `call`
+/// helper every script uses) put before it.
+macro_rules! lua {
+    ($name:literal) => {
+        concat!(
+            include_str!("scripts/call.lua"),
+            include_str!(concat!("scripts/", $name, ".lua"))
+        )
+    };
+}
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(lua!("acquire")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(lua!("release")));
+static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(lua!("extend")));
 
 /// What the acquire script answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -660,8 +668,7 @@ async fn confirmed<R: FromValue>(
 
 // ---- multi-key locks (`multi/`) ---------------------------------------------
 
-static ACQUIRE_ALL: LazyLock<Script> =
-    LazyLock::new(|| Script::from_lua(include_str!("scripts/acquire_all.lua")));
+static ACQUIRE_ALL: LazyLock<Script> = LazyLock::new(|| Script::from_lua(lua!("acquire_all")));
 
 /// What the acquire-all script answered for one group of keys (one slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,16 +34,8 @@
 -- A free key with waiters queued goes to the queue's head (the caller, when
 -- it is the head), not to the caller: a newcomer does not barge.
 
--- Runs a Redis command; an error reply names the command, since Redis 7.0
--- reports a command that the user's ACL denies inside a script without
--- saying which one ("can't run this command or subcommand").
-local function call(command, ...)
-  local reply = redis.pcall(command, ...)
-  if type(reply) == 'table' and reply.err then
-    error({err = reply.err .. ' [' .. command .. ']'})
-  end
-  return reply
-end
+-- `call` (a Redis command whose error names it) comes from call.lua, which
+-- scripts.rs puts before every script.
 
 local token, ttl, mode, member = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
 local publish = ARGV[8] == 's' and 'SPUBLISH' or 'PUBLISH'

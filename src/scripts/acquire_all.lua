@@ -18,16 +18,8 @@
 -- matched to the wrong command (fred 10.1 can, while it follows an ASK
 -- redirection during resharding) is never taken for this one.
 
--- Runs a Redis command; an error reply names the command, since Redis 7.0
--- reports a command that the user's ACL denies inside a script without
--- saying which one ("can't run this command or subcommand").
-local function call(command, ...)
-  local reply = redis.pcall(command, ...)
-  if type(reply) == 'table' and reply.err then
-    error({err = reply.err .. ' [' .. command .. ']'})
-  end
-  return reply
-end
+-- `call` (a Redis command whose error names it) comes from call.lua, which
+-- scripts.rs puts before every script.
 
 for i, key in ipairs(KEYS) do
   local value = redis.pcall('GET', key)

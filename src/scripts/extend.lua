@@ -11,16 +11,8 @@
 -- The renewer batches every lease that falls due together into one call
 -- (grouped by cluster slot), so 10,000 held locks cost a few calls a second.
 
--- Runs a Redis command; an error reply names the command, since Redis 7.0
--- reports a command that the user's ACL denies inside a script without
--- saying which one ("can't run this command or subcommand").
-local function call(command, ...)
-  local reply = redis.pcall(command, ...)
-  if type(reply) == 'table' and reply.err then
-    error({err = reply.err .. ' [' .. command .. ']'})
-  end
-  return reply
-end
+-- `call` (a Redis command whose error names it) comes from call.lua, which
+-- scripts.rs puts before every script.
 
 local out = {}
 for i, key in ipairs(KEYS) do

@@ -8,13 +8,8 @@
 -- {0, token} when it did not (expired, or never there). Whenever the token
 -- was removed from any set, waiters listening on the channels are told.
 
-local function call(command, ...)
-  local reply = redis.pcall(command, ...)
-  if type(reply) == 'table' and reply.err then
-    error({err = reply.err .. ' [' .. command .. ']'})
-  end
-  return reply
-end
+-- `call` (a Redis command whose error names it) comes from call.lua, which
+-- scripts.rs puts before every script.
 
 local time = call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)

@@ -39,16 +39,8 @@
 -- owns the slot: waiters that do not queue, such as multi-key ones), a
 -- release message is published there.
 
--- Runs a Redis command; an error reply names the command, since Redis 7.0
--- reports a command that the user's ACL denies inside a script without
--- saying which one ("can't run this command or subcommand").
-local function call(command, ...)
-  local reply = redis.pcall(command, ...)
-  if type(reply) == 'table' and reply.err then
-    error({err = reply.err .. ' [' .. command .. ']'})
-  end
-  return reply
-end
+-- `call` (a Redis command whose error names it) comes from call.lua, which
+-- scripts.rs puts before every script.
 
 -- GET, except that a value of another type reads as itself (a table).
 local function get(key)

@@ -12,13 +12,8 @@
 -- Returns {1, 0, token} when taken; {0, wait, token} when not, `wait` the
 -- milliseconds until the writer's lease, or the last reader's, expires.
 
-local function call(command, ...)
-  local reply = redis.pcall(command, ...)
-  if type(reply) == 'table' and reply.err then
-    error({err = reply.err .. ' [' .. command .. ']'})
-  end
-  return reply
-end
+-- `call` (a Redis command whose error names it) comes from call.lua, which
+-- scripts.rs puts before every script.
 
 local time = call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)

@@ -836,7 +836,7 @@ async fn extend_after_release_is_not_held_and_never_brings_the_key_back() {
     let guard = mutex.acquire(key).auto_renew(false).await.unwrap();
     let deleted: Vec<Value> = raw
         .eval(
-            include_str!("../../src/scripts/release.lua"),
+            crate::support::common::RELEASE_LUA,
             vec![
                 key,
                 "extend-after-release:queue",

@@ -667,7 +667,7 @@ async fn the_acquire_script_is_idempotent_for_its_own_token() {
         raw,
         mutex,
     } = Fixture::start().await;
-    let script = include_str!("../../src/scripts/acquire.lua");
+    let script = crate::support::common::ACQUIRE_LUA;
 
     let guard = mutex
         .acquire("idem")

@@ -259,12 +259,23 @@ pub fn info_field(server: &RedisServer, section: &str, field: &str) -> String {
 
 // ---- the library's scripts ------------------------------------------------------
 
+/// The text of the library's script `src/scripts/<name>.lua` as it sends
+/// it: with `call.lua` put before it.
+macro_rules! library_script {
+    ($name:literal) => {
+        concat!(
+            include_str!("../../src/scripts/call.lua"),
+            include_str!(concat!("../../src/scripts/", $name, ".lua"))
+        )
+    };
+}
+
+pub const ACQUIRE_LUA: &str = library_script!("acquire");
+pub const RELEASE_LUA: &str = library_script!("release");
+pub const EXTEND_LUA: &str = library_script!("extend");
+
 /// The library's Lua scripts: acquire, release, extend.
-pub const SCRIPTS: [&str; 3] = [
-    include_str!("../../src/scripts/acquire.lua"),
-    include_str!("../../src/scripts/release.lua"),
-    include_str!("../../src/scripts/extend.lua"),
-];
+pub const SCRIPTS: [&str; 3] = [ACQUIRE_LUA, RELEASE_LUA, EXTEND_LUA];
 
 /// Loads the library's scripts, so that a fault aimed at a script call hits
 /// the call that runs it, not a first `EVALSHA` answered with NOSCRIPT.

@@ -95,18 +95,9 @@ static SHAS: LazyLock<[(String, Point); 3]> = LazyLock::new(|| {
     use fred::types::scripts::Script;
     let sha = |lua: &str| Script::from_lua(lua.to_owned()).sha1().to_string();
     [
-        (
-            sha(include_str!("../../src/scripts/acquire.lua")),
-            Point::AcquireScript,
-        ),
-        (
-            sha(include_str!("../../src/scripts/release.lua")),
-            Point::Release,
-        ),
-        (
-            sha(include_str!("../../src/scripts/extend.lua")),
-            Point::Extend,
-        ),
+        (sha(super::common::ACQUIRE_LUA), Point::AcquireScript),
+        (sha(super::common::RELEASE_LUA), Point::Release),
+        (sha(super::common::EXTEND_LUA), Point::Extend),
     ]
 });
 
