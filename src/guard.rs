@@ -161,7 +161,7 @@ impl LockGuard {
         )];
         let timeout = self.inner.settings.command_timeout;
         let answer = match self.lease.confirm {
-            None => scripts::extend(&self.inner.client, &entry, timeout).await,
+            None => scripts::extend(&self.inner.client, &entry, false, timeout).await,
             Some(wait) => self.extend_confirmed(&entry, wait, timeout).await,
         }
         .map_err(|e| self.rekey(e))?;
@@ -247,7 +247,8 @@ impl LockGuard {
     ) -> Result<Vec<Compared>, Error> {
         let key = &self.lease.keys.lock;
         let client = self.inner.confirmer.client(key, timeout).await?;
-        let (answer, acked) = scripts::extend_confirmed(client, entry, wait, timeout).await?;
+        let (answer, acked) =
+            scripts::extend_confirmed(client, entry, false, wait, timeout).await?;
         if answer.first() == Some(&Compared::Held) && acked < wait.replicas {
             return Err(Error::NotReplicated {
                 key: key.clone(),

@@ -407,12 +407,14 @@ async fn renew_chunk(
             None,
         ),
         None => (
-            scripts::extend(&clients.client, &entries, timeout).await,
+            scripts::extend(&clients.client, &entries, true, timeout).await,
             None,
         ),
         Some(wait) => {
             let confirmed = match clients.confirmer.client(first, timeout).await {
-                Ok(client) => scripts::extend_confirmed(client, &entries, wait, timeout).await,
+                Ok(client) => {
+                    scripts::extend_confirmed(client, &entries, true, wait, timeout).await
+                }
                 Err(e) => Err(e),
             };
             match confirmed {

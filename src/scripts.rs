@@ -496,15 +496,18 @@ async fn run_once(
 }
 
 /// Compare-and-pexpire for a batch of `(key, token, ttl_ms)`, all in one
-/// cluster slot; one answer per entry, in order.
+/// cluster slot; one answer per entry, in order. A `renewal` never shortens
+/// a lease (see `extend.lua`).
 pub(crate) async fn extend(
     client: &Client,
     entries: &[(&str, &str, u64)],
+    renewal: bool,
     timeout: Duration,
 ) -> Result<Vec<Compared>, Error> {
     let first = entries.first().map_or("", |e| e.0);
     let keys: Vec<&str> = entries.iter().map(|e| e.0).collect();
-    let reply: Value = run(client, &EXTEND, first, keys, extend_args(entries), timeout).await?;
+    let args = extend_args(entries, renewal);
+    let reply: Value = run(client, &EXTEND, first, keys, args, timeout).await?;
     parse_extended(first, entries, reply)
 }
 
@@ -513,22 +516,26 @@ pub(crate) async fn extend(
 pub(crate) async fn extend_confirmed(
     client: &Client,
     entries: &[(&str, &str, u64)],
+    renewal: bool,
     wait: MinReplicas,
     timeout: Duration,
 ) -> Result<(Vec<Compared>, u32), Error> {
     let first = entries.first().map_or("", |e| e.0);
     let keys: Vec<Value> = entries.iter().map(|e| Value::from(e.0)).collect();
-    let args = extend_args(entries);
+    let args = extend_args(entries, renewal);
     let (reply, acked): (Value, u32) =
         confirmed(client, &EXTEND, first, keys, args, wait, timeout).await?;
     Ok((parse_extended(first, entries, reply)?, acked))
 }
 
-fn extend_args(entries: &[(&str, &str, u64)]) -> Vec<Value> {
-    let mut args = Vec::with_capacity(entries.len() * 2);
+fn extend_args(entries: &[(&str, &str, u64)], renewal: bool) -> Vec<Value> {
+    let mut args = Vec::with_capacity(entries.len() * 2 + 1);
     for (_, token, ttl_ms) in entries {
         args.push(Value::from(*token));
         args.push(Value::from(*ttl_ms as i64));
+    }
+    if renewal {
+        args.push(Value::from("r"));
     }
     args
 }

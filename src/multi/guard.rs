@@ -239,14 +239,16 @@ impl MultiGuard {
             };
             let (answers, granted) = match leases[0].confirm {
                 None => {
-                    let answers = scripts::extend(&self.inner.client, &entries, timeout).await;
+                    let answers =
+                        scripts::extend(&self.inner.client, &entries, false, timeout).await;
                     (answers.map_err(rekey)?, true)
                 }
                 Some(wait) => {
                     let confirmer = &self.inner.confirmer;
                     let client = confirmer.client(entries[0].0, timeout).await;
                     let client = client.map_err(rekey)?;
-                    let confirmed = scripts::extend_confirmed(client, &entries, wait, timeout);
+                    let confirmed =
+                        scripts::extend_confirmed(client, &entries, false, wait, timeout);
                     let (answers, acked) = confirmed.await.map_err(rekey)?;
                     if acked < wait.replicas {
                         unconfirmed.get_or_insert(Error::NotReplicated {

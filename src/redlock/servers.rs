@@ -123,7 +123,8 @@ impl Servers {
     ) -> Result<Compared, Error> {
         let inner = self.inner(i);
         let entry = [(keys.lock.as_str(), token, ttl_ms)];
-        let answer = scripts::extend(&inner.client, &entry, inner.settings.command_timeout).await;
+        let answer =
+            scripts::extend(&inner.client, &entry, false, inner.settings.command_timeout).await;
         match answer {
             Ok(answers) => Ok(answers.first().copied().unwrap_or(Compared::Missing)),
             Err(e) => Err(self.named(i, key, e)),

@@ -2,6 +2,10 @@
 -- KEYS[i]: a lock key
 -- ARGV[2i-1]: the token KEYS[i] was acquired with
 -- ARGV[2i]: its new lease in milliseconds, counted from now
+-- ARGV[2n + 1] (n keys): 'r' for a renewal, which never shortens a lease:
+--   a renewal sent before a longer `extend` but run after it leaves the
+--   longer lease (the guard counts from the newer command; Redis must not
+--   hold less)
 --
 -- Returns one number per key: 1 extended, 0 the key is gone, -1 the key
 -- holds something else (another token, or a value of another type); then
@@ -14,6 +18,7 @@
 -- `call` (a Redis command whose error names it) comes from call.lua, which
 -- scripts.rs puts before every script.
 
+local renewal = ARGV[2 * #KEYS + 1] == 'r'
 local out = {}
 for i, key in ipairs(KEYS) do
   local value = redis.pcall('GET', key)
@@ -25,7 +30,9 @@ for i, key in ipairs(KEYS) do
     end
     out[i] = -1
   elseif value == ARGV[2 * i - 1] then
-    call('PEXPIRE', key, ARGV[2 * i])
+    if not renewal or call('PTTL', key) < tonumber(ARGV[2 * i]) then
+      call('PEXPIRE', key, ARGV[2 * i])
+    end
     out[i] = 1
   elseif value then
     out[i] = -1
