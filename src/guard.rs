@@ -153,6 +153,7 @@ impl LockGuard {
         if let Some(reason) = self.lease.lost_reason() {
             return Err(self.not_held(reason));
         }
+        self.lease.extending_to(ttl);
         let sent_at = Instant::now();
         let entry = [(
             self.lease.keys.lock.as_str(),

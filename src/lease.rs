@@ -178,6 +178,15 @@ impl LeaseCore {
         true
     }
 
+    /// An `extend` to `ttl` is about to be sent: renewals sent from now on
+    /// ask for `ttl` too, so that one running in Redis after the extend
+    /// does not leave less than the extend asked for (renewals never
+    /// shorten a lease, see `extend.lua`). The validity changes only when
+    /// Redis confirms.
+    pub(crate) fn extending_to(&self, ttl: Duration) {
+        self.state().ttl = ttl;
+    }
+
     /// For a lock handed over by a release (see `queue.rs`): the key holds
     /// this token for `claim` from some moment after `since`, so the lease
     /// is valid until then (its renewals then set the full TTL).

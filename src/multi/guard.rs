@@ -224,6 +224,9 @@ impl MultiGuard {
         if let Some(lost) = self.lost_key() {
             return Err(not_held(lost));
         }
+        for lease in &self.leases {
+            lease.extending_to(ttl);
+        }
         let sent_at = Instant::now();
         let timeout = self.inner.settings.command_timeout;
         let mut unconfirmed = None;
