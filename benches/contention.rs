@@ -84,8 +84,9 @@
 //! `DistributedMutex::connect` as a separate process would have. Its table
 //! gives acquisitions/s, the waiter gap (release() returned → the next
 //! holder's lock() returned; 0 when the next holder had it first) p50/p99,
-//! the handoff (release() called → the next holder's lock() returned) p50, client commands per acquisition (every command the
-//! instances' clients sent, counted by fred's latency metrics, plus the
+//! the handoff (release() called → the next holder's lock() returned) p50,
+//! client commands per acquisition (every command the instances' clients
+//! sent, counted by fred's latency metrics, plus the
 //! subscriber connections' SUBSCRIBE/UNSUBSCRIBE/PING from `INFO
 //! commandstats`), Redis commands per acquisition (`INFO commandstats`,
 //! scripts' commands included), and the per-worker acquisitions min–max.
@@ -677,8 +678,13 @@ fn main() {
                 let row = analysis::analyse(&recorded);
                 eprintln!(
                     "{mode:?}, notifications {notifications}, master {master}: {} acquisitions, \
-                     per worker {:?}, commands {:?} (client commands: {})",
-                    row.acquisitions, row.counts, row.commands, row.client_commands
+                     per worker {:?}, commands {:?} (client commands: {}), Redis CPU {:.1} µs \
+                     per acquisition",
+                    row.acquisitions,
+                    row.counts,
+                    row.commands,
+                    row.client_commands,
+                    row.redis_us()
                 );
                 assert_eq!(
                     row.violations, 0,
