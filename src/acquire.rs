@@ -199,10 +199,10 @@ struct ArmedToken<'a> {
     /// The lock's Redis names (moved to the guard on success).
     keys: LockKeys,
     token: String,
-    /// The acquisition's member in the lock's queue, once it may be there:
-    /// removed by the release, which also passes the lock on if it was
-    /// handed to this token.
-    leave: Option<String>,
+    /// The acquisition's place in the lock's queue, made by its first attempt
+    /// that may queue it: its member is removed by the release, which also
+    /// passes the lock on if it was handed to this token.
+    spot: Option<QueueSpot>,
     armed: bool,
 }
 
@@ -211,7 +211,7 @@ impl Drop for ArmedToken<'_> {
         if self.armed {
             let keys = std::mem::take(&mut self.keys);
             let token = std::mem::take(&mut self.token);
-            let leave = self.leave.take().unwrap_or_default();
+            let leave = self.spot.take().map(|s| s.member).unwrap_or_default();
             self.inner.releases.queue_leaving(keys, token, leave);
         }
     }
@@ -350,8 +350,6 @@ struct Acquisition<'a> {
     token: ArmedToken<'a>,
     /// The place among this mutex's waiters of the lock, once it waits.
     ticket: Option<Ticket<'a>>,
-    /// The place in the lock's queue in Redis.
-    spot: QueueSpot,
     /// When (and in which Sentinel epoch) this acquisition first sent a
     /// command that may queue it: any hand-off to it comes later.
     joined: Option<(Instant, u64)>,
@@ -370,13 +368,6 @@ impl<'a> Acquisition<'a> {
     fn new(inner: &'a Arc<Inner>, plan: Plan, keys: LockKeys, started: Instant) -> Self {
         let schedule = Schedule::new(started, plan.retry, plan.timeout);
         let token = uuid::Uuid::new_v4().to_string();
-        let spot = QueueSpot::new(
-            inner.waiters.id(),
-            Duration::from_millis(plan.ttl_ms),
-            &token,
-            plan.fencing,
-            inner.waiters.sharded(),
-        );
         Acquisition {
             notify: inner.settings.notifications && schedule.may_wait(started),
             inner,
@@ -387,11 +378,10 @@ impl<'a> Acquisition<'a> {
                 inner,
                 keys,
                 token,
-                leave: None,
+                spot: None,
                 armed: false,
             },
             ticket: None,
-            spot,
             joined: None,
             attempts: 0,
             recheck: false,
@@ -476,22 +466,30 @@ impl<'a> Acquisition<'a> {
         self.token.armed = true;
         let sent_at = Instant::now();
         let fast = step == Step::Attempt && self.attempts == 1;
-        let queueing = match step {
-            Step::Attempt => Queueing::No,
-            // The first of this mutex's waiters learns the holder's lease,
-            // and polls when it may have ended.
-            Step::Join => Queueing::Join {
-                spot: &self.spot,
-                holder_ttl: self.ticket.as_ref().is_none_or(|t| t.is_first()),
-            },
-            Step::Poll | Step::Claim => Queueing::Poll(&self.spot),
-        };
         let epoch = self.inner.epoch.read();
-        if queueing.queues() && self.joined.is_none() {
+        if step != Step::Attempt && self.joined.is_none() {
+            // The first attempt that may queue this acquisition.
             self.joined = Some((sent_at, epoch));
-            self.token.leave = Some(self.spot.member.clone());
+            let inner = self.inner;
+            self.token.spot = Some(QueueSpot::new(
+                inner.waiters.id(),
+                Duration::from_millis(self.plan.ttl_ms),
+                &self.token.token,
+                self.plan.fencing,
+                inner.waiters.sharded(),
+            ));
         }
         let token = &self.token;
+        let queueing = match (step, &token.spot) {
+            (Step::Attempt, _) | (_, None) => Queueing::No,
+            // The first of this mutex's waiters learns the holder's lease,
+            // and polls when it may have ended.
+            (Step::Join, Some(spot)) => Queueing::Join {
+                spot,
+                holder_ttl: self.ticket.as_ref().is_none_or(|t| t.is_first()),
+            },
+            (Step::Poll | Step::Claim, Some(spot)) => Queueing::Poll(spot),
+        };
         let result = attempt(
             self.inner,
             &self.plan,
@@ -568,23 +566,19 @@ impl<'a> Acquisition<'a> {
         if self.notify && self.ticket.is_none() {
             // The first wait: subscribe, then queue at once (a release may
             // have come meanwhile; the attempt takes a free lock).
-            if self.schedule.next(Instant::now(), None) == Next::GiveUp {
-                return Err(self.give_up());
-            }
+            self.next_wait()?;
             if self.subscribe().await {
                 self.recheck = true;
                 return Ok(Step::Join);
             }
         }
-        if !self.notify || self.joined.is_none() {
+        if !self.notify {
+            // No queueing (notifications off, or the subscription failed):
+            // poll.
             let wait = self.next_wait()?;
             tokio::time::sleep(wait).await;
             self.schedule.waited(false);
-            return Ok(if self.notify {
-                Step::Join
-            } else {
-                Step::Attempt
-            });
+            return Ok(Step::Attempt);
         }
         loop {
             let wait = self.next_wait()?;

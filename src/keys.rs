@@ -148,20 +148,11 @@ impl LockKeys {
     }
 
     /// The handoff channel of the mutex `id` for this lock, in the lock
-    /// key's slot, as the two parts around the id: `P {T}:handoff:` and
-    /// `:K` (the release script joins them with a waiter's mutex id).
-    pub(crate) fn handoff_channel_parts(&self) -> (String, String) {
-        let (prefix, key) = self.lock.split_at(self.prefix_len);
-        (
-            format!("{prefix}{{{}}}:handoff:", slot_tag(&self.lock)),
-            format!(":{key}"),
-        )
-    }
-
-    /// The handoff channel of the mutex `id`: `P {T}:handoff:<id>:K`.
+    /// key's slot: `P {T}:handoff:<id>:K` (the scripts derive it from the
+    /// lock and queue names, see `common.lua`).
     pub(crate) fn handoff_channel(&self, id: &str) -> String {
-        let (head, tail) = self.handoff_channel_parts();
-        format!("{head}{id}{tail}")
+        let (prefix, key) = self.lock.split_at(self.prefix_len);
+        format!("{prefix}{{{}}}:handoff:{id}:{key}", slot_tag(&self.lock))
     }
 
     /// A derived key of the semaphore or read-write lock named by this

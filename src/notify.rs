@@ -87,6 +87,13 @@ struct ChannelQueue {
     last_handoff: Option<Instant>,
 }
 
+impl ChannelQueue {
+    /// Whether the waiter `id` is the first of this queue.
+    fn led_by(&self, id: u64) -> bool {
+        self.waiters.front().is_some_and(|w| w.id == id)
+    }
+}
+
 #[derive(Default)]
 struct Queues {
     /// By channel name.
@@ -122,10 +129,12 @@ impl Shared {
             return;
         }
         queue.last_handoff = Some(Instant::now());
-        let to = queue
-            .waiters
-            .iter()
-            .find(|w| w.token.as_deref() == value && value.is_some());
+        let to = value.and_then(|token| {
+            queue
+                .waiters
+                .iter()
+                .find(|w| w.token.as_deref() == Some(token))
+        });
         if let Some(waiter) = to {
             waiter.slot.handed.store(true, Ordering::SeqCst);
             waiter.slot.notify.notify_one();
@@ -419,22 +428,20 @@ impl Ticket<'_> {
     /// and no hand-off arrived on the channel since `since`: the process's
     /// queue for this lock looks stalled, and this waiter polls for it.
     pub(crate) fn should_poll(&self, since: Instant) -> bool {
-        let queues = self.waiters.shared.queues();
-        let Some(queue) = queues.channels.get(&self.channel) else {
-            return true;
-        };
-        queue.waiters.front().is_some_and(|w| w.id == self.id)
-            && queue.last_handoff.is_none_or(|at| at < since)
+        self.with_queue(|queue| {
+            queue.led_by(self.id) && queue.last_handoff.is_none_or(|at| at < since)
+        })
     }
 
     /// `true` when this waiter is the first of its channel's local queue.
     pub(crate) fn is_first(&self) -> bool {
+        self.with_queue(|queue| queue.led_by(self.id))
+    }
+
+    /// `check` on this ticket's channel queue (`true` if it is gone).
+    fn with_queue(&self, check: impl FnOnce(&ChannelQueue) -> bool) -> bool {
         let queues = self.waiters.shared.queues();
-        queues
-            .channels
-            .get(&self.channel)
-            .and_then(|q| q.waiters.front())
-            .is_none_or(|w| w.id == self.id)
+        queues.channels.get(&self.channel).is_none_or(check)
     }
 
     /// The lock was taken: leave the queue without passing a wake-up on
@@ -450,7 +457,7 @@ impl Drop for Ticket<'_> {
         let Some(queue) = queues.channels.get_mut(&self.channel) else {
             return;
         };
-        let was_head = queue.waiters.front().is_some_and(|w| w.id == self.id);
+        let was_head = queue.led_by(self.id);
         queue.waiters.retain(|w| w.id != self.id);
         if queue.waiters.is_empty() {
             if let Some(queue) = queues.channels.remove(&self.channel) {

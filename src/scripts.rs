@@ -22,12 +22,12 @@ use crate::confirm::MinReplicas;
 use crate::error::Error;
 use crate::keys::LockKeys;
 
-/// The text of `src/scripts/<name>.lua`, with `call.lua` (the `call`
+/// The text of `src/scripts/<name>.lua`, with `common.lua` (the helpers
 /// helper every script uses) put before it.
 macro_rules! lua {
     ($name:literal) => {
         concat!(
-            include_str!("scripts/call.lua"),
+            include_str!("scripts/common.lua"),
             include_str!(concat!("scripts/", $name, ".lua"))
         )
     };
@@ -243,11 +243,6 @@ impl Queueing<'_> {
         }
     }
 
-    /// Whether the attempt may put the caller in the queue.
-    pub(crate) fn queues(&self) -> bool {
-        !matches!(self, Queueing::No)
-    }
-
     fn spot(&self) -> Option<&QueueSpot> {
         match self {
             Queueing::No => None,
@@ -264,7 +259,6 @@ fn acquire_call(
     ttl_ms: u64,
     queueing: Queueing<'_>,
 ) -> (Vec<Key>, Vec<Value>) {
-    let (head, tail) = keys.handoff_channel_parts();
     let spot = queueing.spot();
     let script_keys = vec![
         Key::from(keys.lock.as_str()),
@@ -277,8 +271,6 @@ fn acquire_call(
         Value::from(if fencing { "1" } else { "" }),
         Value::from(queueing.mode()),
         Value::from(spot.map_or("", |s| s.member.as_str())),
-        Value::from(head),
-        Value::from(tail),
         Value::from(if spot.is_some_and(|s| s.sharded) {
             "s"
         } else {

@@ -16,31 +16,31 @@ use crate::scripts::{binary_key, checked, mismatched, run, unexpected, Compared}
 
 static SEMAPHORE_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(concat!(
-        include_str!("../scripts/call.lua"),
+        include_str!("../scripts/common.lua"),
         include_str!("../scripts/semaphore_acquire.lua")
     ))
 });
 static RW_READ: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(concat!(
-        include_str!("../scripts/call.lua"),
+        include_str!("../scripts/common.lua"),
         include_str!("../scripts/rw_read.lua")
     ))
 });
 static RW_WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(concat!(
-        include_str!("../scripts/call.lua"),
+        include_str!("../scripts/common.lua"),
         include_str!("../scripts/rw_write.lua")
     ))
 });
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(concat!(
-        include_str!("../scripts/call.lua"),
+        include_str!("../scripts/common.lua"),
         include_str!("../scripts/member_release.lua")
     ))
 });
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(concat!(
-        include_str!("../scripts/call.lua"),
+        include_str!("../scripts/common.lua"),
         include_str!("../scripts/member_renew.lua")
     ))
 });

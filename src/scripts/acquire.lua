@@ -14,9 +14,7 @@
 --        already in it (a waiter's poll).
 -- ARGV[5]: this waiter's queue member, `<mutex id>|<claim ms>|<f or ->|<token>`
 --   ('' in mode 'a'; `f`: the waiter takes the lock with a fencing token)
--- ARGV[6], ARGV[7]: the handoff channel around a mutex id (`P {T}:handoff:`
---   and `:K`)
--- ARGV[8]: 's' to hand off with sharded pub/sub (SPUBLISH), 'p' with PUBLISH
+-- ARGV[6]: 's' to hand off with sharded pub/sub (SPUBLISH), 'p' with PUBLISH
 --
 -- Returns {1} (or {1, fencing_token}) when the caller holds the lock;
 -- {0, pttl} with the holder's remaining lease (-1: no expiry), or
@@ -34,11 +32,11 @@
 -- A free key with waiters queued goes to the queue's head (the caller, when
 -- it is the head), not to the caller: a newcomer does not barge.
 
--- `call` (a Redis command whose error names it) comes from call.lua, which
--- scripts.rs puts before every script.
+-- `call` and `hand_off` come from common.lua, which scripts.rs puts before
+-- every script.
 
 local token, ttl, mode, member = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
-local publish = ARGV[8] == 's' and 'SPUBLISH' or 'PUBLISH'
+local publish = ARGV[6] == 's' and 'SPUBLISH' or 'PUBLISH'
 
 local function take()
   call('SET', KEYS[1], token, 'PX', ttl)
@@ -46,32 +44,6 @@ local function take()
     return {1, call('INCR', KEYS[2]), token}
   end
   return {1, token}
-end
-
--- Pops queued waiters until one is alive (its mutex listens on its handoff
--- channel) and hands it the key for its claim TTL. 'self' when the caller
--- itself came up, true when another waiter has it, false when the queue
--- ran out.
-local function hand_off()
-  while true do
-    local head = call('LPOP', KEYS[3])
-    if not head then
-      return false
-    end
-    local id, claim, fenced, waiter = string.match(head, '^([^|]*)|(%d+)|([f-])|(.*)$')
-    if waiter == token then
-      return 'self'
-    end
-    if id then
-      call('SET', KEYS[1], waiter, 'PX', claim)
-      if fenced == 'f' then
-        call('INCR', KEYS[2])
-      end
-      if call(publish, ARGV[6] .. id .. ARGV[7], waiter) > 0 then
-        return true
-      end
-    end
-  end
 end
 
 local value = call('GET', KEYS[1])
@@ -93,7 +65,7 @@ if not value then
     call('LPOP', KEYS[3])
     return take()
   end
-  if hand_off() ~= true then
+  if hand_off(KEYS[1], KEYS[3], publish, token) ~= true then
     -- No live waiter before the caller (or the caller came up itself).
     return take()
   end

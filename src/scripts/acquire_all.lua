@@ -18,7 +18,7 @@
 -- matched to the wrong command (fred 10.1 can, while it follows an ASK
 -- redirection during resharding) is never taken for this one.
 
--- `call` (a Redis command whose error names it) comes from call.lua, which
+-- `call` (a Redis command whose error names it) comes from common.lua, which
 -- scripts.rs puts before every script.
 
 for i, key in ipairs(KEYS) do

@@ -15,7 +15,7 @@
 -- The renewer batches every lease that falls due together into one call
 -- (grouped by cluster slot), so 10,000 held locks cost a few calls a second.
 
--- `call` (a Redis command whose error names it) comes from call.lua, which
+-- `call` (a Redis command whose error names it) comes from common.lua, which
 -- scripts.rs puts before every script.
 
 local renewal = ARGV[2 * #KEYS + 1] == 'r'

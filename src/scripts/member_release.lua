@@ -8,7 +8,7 @@
 -- {0, token} when it did not (expired, or never there). Whenever the token
 -- was removed from any set, waiters listening on the channels are told.
 
--- `call` (a Redis command whose error names it) comes from call.lua, which
+-- `call` (a Redis command whose error names it) comes from common.lua, which
 -- scripts.rs puts before every script.
 
 local time = call('TIME')

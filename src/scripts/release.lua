@@ -28,19 +28,18 @@
 -- while live waiters queue, and exactly one waiter is woken per release.
 --
 -- The handoff channel and the fencing counter `P \xff {T}:fence:K` are
--- derived from the lock and queue names here rather than sent, which keeps
--- a batch of releases small: `P` ends where the queue's 0xFF byte is (no
--- prefix or lock key contains it), and `{T}:` sits between it and `queue:K`.
--- The fencing counter (in the same slot) is touched only when the lock is
--- handed to a waiter that takes it with fencing.
+-- derived from the lock and queue names (common.lua) rather than sent, which
+-- keeps a batch of releases small. The fencing counter (in the same slot) is
+-- touched only when the lock is handed to a waiter that takes it with
+-- fencing.
 --
 -- With no one queued, the key is deleted and, when anyone listens on the
 -- key's release channel (PUBSUB NUMSUB, or SHARDNUMSUB on the node that
 -- owns the slot: waiters that do not queue, such as multi-key ones), a
 -- release message is published there.
 
--- `call` (a Redis command whose error names it) comes from call.lua, which
--- scripts.rs puts before every script.
+-- `call` and `hand_off` come from common.lua, which scripts.rs puts before
+-- every script.
 
 -- GET, except that a value of another type reads as itself (a table).
 local function get(key)
@@ -55,40 +54,6 @@ local sharded = ARGV[1] == 's'
 local publish = sharded and 'SPUBLISH' or 'PUBLISH'
 local numsub = sharded and 'SHARDNUMSUB' or 'NUMSUB'
 
--- The names derived from a lock `P K` and its queue `P \xff {T}:queue:K`:
--- the handoff channel around a mutex id, and the fencing counter.
-local function derived(lock, queue)
-  local p = string.find(queue, '\255', 1, true)
-  local prefix, key = string.sub(queue, 1, p - 1), string.sub(lock, p)
-  local tag = string.sub(queue, p + 1, #queue - #key - #'queue:')
-  return prefix .. tag .. 'handoff:', ':' .. key, prefix .. '\255' .. tag .. 'fence:' .. key
-end
-
--- Pops queued waiters until one is alive and hands it the key; false when
--- the queue ran out (the key may then hold a dead waiter's token).
-local function hand_off(lock, queue, releasing)
-  local head, tail, fence
-  while true do
-    local member = call('LPOP', queue)
-    if not member then
-      return false
-    end
-    local id, claim, fenced, waiter = string.match(member, '^([^|]*)|(%d+)|([f-])|(.*)$')
-    if id and waiter ~= releasing then
-      if not head then
-        head, tail, fence = derived(lock, queue)
-      end
-      call('SET', lock, waiter, 'PX', claim)
-      if fenced == 'f' then
-        call('INCR', fence)
-      end
-      if call(publish, head .. id .. tail, waiter) > 0 then
-        return true
-      end
-    end
-  end
-end
-
 local out = {}
 for i = 1, #KEYS / 2 do
   local lock, queue = KEYS[2 * i - 1], KEYS[2 * i]
@@ -99,7 +64,12 @@ for i = 1, #KEYS / 2 do
   end
   local value = get(lock)
   if value == token then
-    if not hand_off(lock, queue, token) then
+    -- The releaser's own entry (it cannot be waiting any more) is dropped.
+    local handed
+    repeat
+      handed = hand_off(lock, queue, publish, token)
+    until handed ~= 'own'
+    if not handed then
       call('DEL', lock)
       if channel == '' then
         channel = lock .. ':released'

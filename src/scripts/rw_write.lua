@@ -12,7 +12,7 @@
 -- Returns {1, 0, token} when taken; {0, wait, token} when not, `wait` the
 -- milliseconds until the writer's lease, or the last reader's, expires.
 
--- `call` (a Redis command whose error names it) comes from call.lua, which
+-- `call` (a Redis command whose error names it) comes from common.lua, which
 -- scripts.rs puts before every script.
 
 local time = call('TIME')

@@ -12,7 +12,7 @@
 -- Returns {1, 0, token} when the permit is taken; {0, wait, token} when all
 -- are held, `wait` the milliseconds until the first held permit expires.
 
--- `call` (a Redis command whose error names it) comes from call.lua, which
+-- `call` (a Redis command whose error names it) comes from common.lua, which
 -- scripts.rs puts before every script.
 
 local time = call('TIME')

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use distributed_mutex::{DistributedMutex, LockGuard, LostReason, RetryStrategy};
 use fred::util::redis_keyslot;
 
-use crate::support::cluster::{RedisCluster, MASTERS};
+use crate::support::cluster::{shard_subscribers, RedisCluster, MASTERS};
 
 mod adapter;
 mod cancel;
@@ -72,27 +72,13 @@ fn keys_on_masters(cluster: &RedisCluster, pattern: &str) -> Vec<String> {
     keys
 }
 
-/// Subscribers of the shard channels matching `pattern` (`PUBSUB
-/// SHARDCHANNELS`, then `SHARDNUMSUB` of each), summed over every node.
+/// Subscribers of the shard channels matching `pattern`, summed over
+/// every node.
 fn shard_numsub_anywhere(cluster: &RedisCluster, pattern: &str) -> i64 {
     cluster
         .nodes()
         .iter()
-        .map(|n| {
-            let channels = n.cli(&["PUBSUB", "SHARDCHANNELS", pattern]);
-            channels
-                .lines()
-                .filter(|c| !c.trim().is_empty())
-                .map(|channel| {
-                    let reply = n.cli(&["PUBSUB", "SHARDNUMSUB", channel.trim()]);
-                    reply
-                        .lines()
-                        .nth(1)
-                        .and_then(|l| l.trim().parse::<i64>().ok())
-                        .unwrap_or_else(|| panic!("PUBSUB SHARDNUMSUB on {}: {reply:?}", n.port()))
-                })
-                .sum::<i64>()
-        })
+        .map(|n| shard_subscribers(|args| n.cli(args), pattern))
         .sum()
 }
 

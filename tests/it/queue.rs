@@ -318,47 +318,60 @@ async fn waiters_that_give_up_leave_no_queue_entries() {
     assert_eq!(exists, 0, "the release left the key: no one is queued");
 }
 
-/// A waiter cancelled just as the lock is handed to it passes the lock on:
-/// the other waiters still get it, in order, within a second each.
+/// A waiter cancelled just as the lock is handed to it passes the lock on.
+/// Its process is behind a proxy that delays every byte by 300 ms, so the
+/// hand-off message is still on its way when the waiter is cancelled: the
+/// waiter never gets the lock, and its leave (through the same proxy)
+/// hands the lock to the next waiter well before the claim TTL runs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_cancelled_as_the_lock_reaches_it_passes_it_on() {
     let server = RedisServer::start();
     let raw = server.client().await;
     let key = "q:cancel-at-handoff";
+    let proxy = Proxy::start(server.port());
     let holder = process(&server.url(), RetryStrategy::none()).await;
-    let instances = [
-        process(&server.url(), slow_polls()).await,
-        process(&server.url(), slow_polls()).await,
-    ];
-    for round in 0..5 {
+    let slow = mutex_via(&proxy, |b| b.retry(slow_polls())).await;
+    let next = process(&server.url(), slow_polls()).await;
+    for round in 0..3 {
+        proxy.set_mode(Mode::Pass);
         let guard = holder.lock(key).await.expect("holder locks");
         let first = {
-            let mutex = instances[round % 2].clone();
-            tokio::spawn(async move { mutex.lock(key).await })
+            let slow = slow.clone();
+            tokio::spawn(async move { slow.lock(key).await })
         };
         queue_reaches(&raw, key, 1, Duration::from_secs(5)).await;
         let second = {
-            let mutex = instances[(round + 1) % 2].clone();
-            tokio::spawn(async move { mutex.lock(key).await })
+            let next = next.clone();
+            tokio::spawn(async move {
+                let outcome = next.lock(key).await;
+                (Instant::now(), outcome)
+            })
         };
         queue_reaches(&raw, key, 2, Duration::from_secs(5)).await;
-        // Release and cancel the head together, a little apart each round.
-        let release = tokio::spawn(async move { guard.release().await });
-        tokio::time::sleep(Duration::from_micros(200 * round as u64)).await;
+
+        proxy.set_mode(Mode::Latency(ms(300)));
+        let released = Instant::now();
+        guard.release().await.expect("holder releases");
+        // Handed to the first waiter, whose message is still delayed.
+        queue_reaches(&raw, key, 1, Duration::from_secs(1)).await;
+        tokio::time::sleep(ms(50)).await;
         first.abort();
-        release.await.expect("task").expect("holder releases");
-        match first.await {
-            // The head got the lock before the cancel: the second waiter
-            // waits for its release, which dropping the guard here does.
-            Ok(Ok(guard)) => drop(guard),
-            Ok(Err(e)) => panic!("the first waiter failed: {e}"),
-            Err(e) => assert!(e.is_cancelled(), "{e}"),
-        }
-        let got = tokio::time::timeout(Duration::from_secs(5), second)
+        let cancelled = first.await;
+        assert!(
+            matches!(&cancelled, Err(e) if e.is_cancelled()),
+            "round {round}: the first waiter was not cancelled before its hand-off: {cancelled:?}"
+        );
+        let (acquired, outcome) = tokio::time::timeout(Duration::from_secs(5), second)
             .await
             .expect("the second waiter got the lock: the cancelled one passed it on")
-            .expect("task")
-            .expect("second waiter locks");
+            .expect("task");
+        let got = outcome.expect("second waiter locks");
+        let took = acquired.saturating_duration_since(released);
+        assert!(
+            took < CLAIM_TTL,
+            "round {round}: the second waiter got the lock {took:?} after the release: the \
+             claim ran out instead of being passed on"
+        );
         got.release().await.expect("release");
         queue_reaches(&raw, key, 0, Duration::from_secs(2)).await;
     }
@@ -616,4 +629,74 @@ fn handoffs_cancellations_and_killed_processes_keep_mutual_exclusion() {
         sections >= 60,
         "only {sections} critical sections were entered"
     );
+}
+
+// ---- names ---------------------------------------------------------------------
+
+/// The scripts derive a waiter's handoff channel from the lock and queue
+/// names (`common.lua`), the mutex subscribes to the one `keys.rs` names:
+/// with key prefixes and keys of every hash-tag shape, a release still
+/// reaches the waiter at once (its polls are 10 s apart and the holder's
+/// lease is 60 s, so nothing else could hand it the lock in time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoffs_reach_the_waiter_whatever_the_prefix_and_key() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let cases = [
+        ("app:", "plain"),
+        ("{app}:", "x}y"),
+        ("", "{tag}rest"),
+        ("p}", "a{b}c"),
+        ("pre:", "ключ"),
+    ];
+    for (prefix, key) in cases {
+        let configure = |retry| {
+            let url = server.url();
+            async move {
+                builder_at(&url)
+                    .await
+                    .key_prefix(prefix)
+                    .ttl(Duration::from_secs(60))
+                    .retry(retry)
+                    .build()
+                    .expect("valid settings")
+            }
+        };
+        let holder = configure(RetryStrategy::none()).await;
+        let waiter = configure(slow_polls()).await;
+        let guard = holder.lock(key).await.expect("holder locks");
+        let task = tokio::spawn(async move {
+            let outcome = waiter.lock(key).await;
+            (Instant::now(), outcome)
+        });
+        // Subscribed to its handoff channel, then queued.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let channels: Vec<String> = raw.pubsub_channels("*:handoff:*").await.unwrap();
+            if !channels.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{prefix:?} {key:?}: never subscribed"
+            );
+            tokio::time::sleep(ms(5)).await;
+        }
+        tokio::time::sleep(ms(200)).await;
+        assert!(!task.is_finished(), "{prefix:?} {key:?}: got a held lock");
+        let released = Instant::now();
+        guard.release().await.expect("holder releases");
+        let (acquired, outcome) = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap_or_else(|_| panic!("{prefix:?} {key:?}: the hand-off never reached the waiter"))
+            .expect("waiter task");
+        let got = outcome.expect("the waiter gets the lock");
+        let took = acquired.saturating_duration_since(released);
+        assert!(
+            took < ms(1000),
+            "{prefix:?} {key:?}: the waiter got the lock {took:?} after the release"
+        );
+        got.release().await.expect("release");
+        holder.shutdown().await;
+    }
 }

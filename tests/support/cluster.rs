@@ -494,3 +494,22 @@ fn port_with_free_bus_port() -> u16 {
     }
     panic!("no free port with a free cluster bus port in 1000 tries");
 }
+
+/// The subscribers, on one node, of the shard channels matching `pattern`
+/// (`PUBSUB SHARDCHANNELS`, then `PUBSUB SHARDNUMSUB` of each); `cli` runs
+/// a command on that node and returns its text.
+pub fn shard_subscribers(cli: impl Fn(&[&str]) -> String, pattern: &str) -> i64 {
+    cli(&["PUBSUB", "SHARDCHANNELS", pattern])
+        .lines()
+        .map(str::trim)
+        .filter(|channel| !channel.is_empty())
+        .map(|channel| {
+            let reply = cli(&["PUBSUB", "SHARDNUMSUB", channel]);
+            reply
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse::<i64>().ok())
+                .unwrap_or_else(|| panic!("PUBSUB SHARDNUMSUB {channel}: {reply:?}"))
+        })
+        .sum()
+}

@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::cluster::RedisCluster;
+use super::cluster::{shard_subscribers, RedisCluster};
 use super::redis_cli_bin;
 
 /// How long one `redis-cli` run may take.
@@ -327,20 +327,10 @@ impl Resharder {
     /// `pattern` (`PUBSUB SHARDCHANNELS`, then `SHARDNUMSUB` of each).
     pub fn shard_numsub_on(&self, i: usize, pattern: &str) -> i64 {
         let port = self.masters[i].port;
-        let channels =
-            cli_text(port, &["PUBSUB", "SHARDCHANNELS", pattern]).unwrap_or_else(|e| panic!("{e}"));
-        channels
-            .lines()
-            .filter(|c| !c.trim().is_empty())
-            .map(|channel| {
-                let out = cli_text(port, &["PUBSUB", "SHARDNUMSUB", channel.trim()])
-                    .unwrap_or_else(|e| panic!("{e}"));
-                out.lines()
-                    .nth(1)
-                    .and_then(|l| l.trim().parse::<i64>().ok())
-                    .unwrap_or_else(|| panic!("PUBSUB SHARDNUMSUB on master {i}: {out:?}"))
-            })
-            .sum()
+        shard_subscribers(
+            |args| cli_text(port, args).unwrap_or_else(|e| panic!("{e}")),
+            pattern,
+        )
     }
 }
 
