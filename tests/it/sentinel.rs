@@ -370,13 +370,17 @@ async fn failover_under_traffic(trigger: Trigger, min_replicas: u32) -> bool {
     true
 }
 
+/// Runs [`failover_under_traffic`] until a run sees exactly one failover
+/// (sentinels on a loaded machine sometimes fail over a second time, which
+/// the run cannot measure), three runs at most.
 async fn failover_under_traffic_twice_at_most(trigger: Trigger, min_replicas: u32) {
-    for _ in 0..2 {
+    const RUNS: usize = 3;
+    for _ in 0..RUNS {
         if failover_under_traffic(trigger, min_replicas).await {
             return;
         }
     }
-    panic!("two runs in a row saw a second failover");
+    panic!("{RUNS} runs in a row saw a second failover");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
