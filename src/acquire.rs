@@ -19,7 +19,7 @@ use crate::notify::{Ticket, Wake};
 use crate::queue;
 use crate::retry::RetryStrategy;
 use crate::schedule::{Next, Schedule};
-use crate::scripts::{self, Acquired, QueueSpot, Queueing};
+use crate::scripts::{self, Acquired, Ask, QueueSpot, Queueing};
 
 /// One acquisition with per-call options, made by
 /// [`DistributedMutex::acquire`](crate::DistributedMutex::acquire). `.await`
@@ -237,18 +237,16 @@ async fn attempt(
     queueing: Queueing<'_>,
 ) -> Result<Attempt, Error> {
     let timeout = inner.settings.command_timeout;
+    let ask = Ask {
+        token,
+        ttl_ms: plan.ttl_ms,
+        fencing: plan.fencing,
+        queueing,
+        pubsub: inner.waiters.pubsub(),
+    };
     if let Some(wait) = plan.confirm {
         let client = inner.confirmer.client(&keys.lock, timeout).await?;
-        let confirmed = scripts::acquire_confirmed(
-            client,
-            keys,
-            plan.fencing,
-            token,
-            plan.ttl_ms,
-            queueing,
-            wait,
-            timeout,
-        );
+        let confirmed = scripts::acquire_confirmed(client, keys, ask, wait, timeout);
         return match confirmed.await? {
             (Acquired::Yes { fencing_token }, acked) if acked >= wait.replicas => {
                 Ok(Attempt::Taken(fencing_token))
@@ -264,19 +262,10 @@ async fn attempt(
         };
     }
     let client = &inner.client;
-    if fast && !plan.fencing && scripts::set_nx(client, keys, token, plan.ttl_ms, timeout).await? {
+    if fast && !plan.fencing && scripts::set_nx(client, keys, ask, timeout).await? {
         return Ok(Attempt::Taken(None));
     }
-    let answer = scripts::acquire(
-        client,
-        keys,
-        plan.fencing,
-        token,
-        plan.ttl_ms,
-        queueing,
-        timeout,
-    );
-    Ok(match answer.await? {
+    Ok(match scripts::acquire(client, keys, ask, timeout).await? {
         Acquired::Yes { fencing_token } => Attempt::Taken(fencing_token),
         Acquired::No { pttl } => Attempt::Busy(pttl),
         Acquired::Queued => Attempt::Queued,
@@ -317,6 +306,8 @@ async fn acquire(
     }
     inner.ensure_background();
     let started = Instant::now();
+    // How hand-offs travel (a cluster asks its servers once).
+    inner.waiters.settle().await;
     // A release of this key that this mutex queued (a guard dropped just
     // before) is sent first, so it does not stand in our own way.
     let command_timeout = inner.settings.command_timeout;
@@ -435,7 +426,8 @@ impl<'a> Acquisition<'a> {
     }
 
     /// A lock handed to this waiter, used without a round trip when the
-    /// claim leaves enough validity (see `queue.rs`).
+    /// script that handed it over counted this waiter's subscription (see
+    /// `channel.rs`) and the claim leaves enough validity (see `queue.rs`).
     fn claim_without_confirming(&mut self) -> Option<LockGuard> {
         let (joined, epoch) = self.joined?;
         let plan = &self.plan;
@@ -443,6 +435,7 @@ impl<'a> Acquisition<'a> {
             || plan.fencing
             || plan.confirm.is_some()
             || !self.inner.epoch.unchanged(epoch)
+            || !self.ticket.as_ref().is_some_and(|t| t.counted())
         {
             return None;
         }
@@ -476,7 +469,6 @@ impl<'a> Acquisition<'a> {
                 Duration::from_millis(self.plan.ttl_ms),
                 &self.token.token,
                 self.plan.fencing,
-                inner.waiters.sharded(),
             ));
         }
         let token = &self.token;
@@ -528,11 +520,13 @@ impl<'a> Acquisition<'a> {
                 self.token.armed = self.uncertain || self.joined.is_some();
                 self.holder_ttl = pttl;
                 self.last_error = None;
+                self.refreshed(step, sent_at);
                 Ok(None)
             }
             Ok(Attempt::Queued) => {
                 self.holder_ttl = None;
                 self.last_error = None;
+                self.refreshed(step, sent_at);
                 Ok(None)
             }
             Err(mut e @ Error::NotReplicated { .. }) => {
@@ -559,6 +553,16 @@ impl<'a> Acquisition<'a> {
         }
     }
 
+    /// An attempt sent at `at` that queues (`step` other than `Attempt`)
+    /// was answered: the lock's queue in Redis lives on from then.
+    fn refreshed(&self, step: Step, at: Instant) {
+        if step != Step::Attempt {
+            if let Some(ticket) = &self.ticket {
+                ticket.refreshed(at);
+            }
+        }
+    }
+
     /// Waits for the next step per the schedule, or gives up with the
     /// error that ends the call.
     async fn wait(&mut self, observed: &mut crate::metrics::Acquisition) -> Result<Step, Error> {
@@ -581,7 +585,10 @@ impl<'a> Acquisition<'a> {
             return Ok(Step::Attempt);
         }
         loop {
-            let wait = self.next_wait()?;
+            // Queued: at least every QUEUE_REFRESH, the process's first
+            // waiter polls and so keeps the queue alive.
+            let due = self.next_wait()?;
+            let wait = due.min(queue::QUEUE_REFRESH);
             let since = Instant::now();
             let Some(ticket) = &self.ticket else {
                 return Ok(Step::Poll);
@@ -590,11 +597,13 @@ impl<'a> Acquisition<'a> {
                 Wake::HandedOff => return Ok(Step::Claim),
                 Wake::Woken => return Ok(Step::Poll),
                 Wake::TimedOut => {
-                    self.schedule.waited(false);
+                    if wait == due {
+                        self.schedule.waited(false);
+                    }
                     // One waiter per process polls, and only while no
                     // hand-off reaches this process: hand-offs mean the
                     // queue moves.
-                    if ticket.should_poll(since) {
+                    if ticket.should_poll(since, queue::QUEUE_REFRESH) {
                         return Ok(Step::Poll);
                     }
                 }

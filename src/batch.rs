@@ -199,8 +199,8 @@ async fn send(
     entries: &[Releasing<'_>],
     on_sent: impl Iterator<Item = OnSent> + Unpin,
 ) -> Result<Vec<Compared>, Error> {
-    let sharded = shared.mode.sharded(&shared.client);
-    let call = scripts::release(&shared.client, entries, sharded, shared.timeout);
+    let pubsub = shared.mode.get(&shared.client);
+    let call = scripts::release(&shared.client, entries, pubsub, shared.timeout);
     OnFirstPoll {
         inner: Box::pin(call),
         then: Some(on_sent),

@@ -73,7 +73,7 @@ impl Inner {
             Arc::clone(&epoch),
             timeout,
         );
-        let waiters = Waiters::new(client.clone(), timeout, id, mode);
+        let waiters = Waiters::new(client.clone(), timeout, id, Arc::clone(&mode));
         let watch = Watch::new(Followers {
             client: client.clone(),
             confirmer: Arc::clone(&confirmer),
@@ -90,7 +90,7 @@ impl Inner {
                 batcher.clone(),
                 settings.metrics.clone(),
             ),
-            member_releases: MemberReleases::new(client.clone(), timeout),
+            member_releases: MemberReleases::new(client.clone(), timeout, Arc::clone(&mode)),
             batcher,
             renewer,
             confirmer,

@@ -41,7 +41,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::background::Done;
-use crate::channel::{Mode, ReleaseChannel};
+use crate::channel::{Mode, PubSub, ReleaseChannel};
 use crate::keys::LockKeys;
 
 /// After a failed attempt to make the subscriber connection, waiters poll
@@ -85,6 +85,13 @@ struct ChannelQueue {
     subscription: watch::Sender<Subscription>,
     /// When a handoff message last arrived on this channel.
     last_handoff: Option<Instant>,
+    /// When a waiter of this channel last joined or polled the lock's
+    /// queue in Redis (which keeps the queue alive: see `queue.rs`).
+    last_refresh: Option<Instant>,
+    /// Whether hand-offs on this channel were counted by the script that
+    /// made them (see [`PubSub::counts_receivers`]), as the subscription
+    /// was made.
+    counted: bool,
 }
 
 impl ChannelQueue {
@@ -217,6 +224,17 @@ impl Waiters {
         self.mode.sharded(&self.client)
     }
 
+    /// How hand-offs and release messages travel (see [`PubSub`]).
+    pub(crate) fn pubsub(&self) -> PubSub {
+        self.mode.get(&self.client)
+    }
+
+    /// Decides the pub/sub mode from what the servers support, if not yet
+    /// done (one command, once per mutex on a cluster).
+    pub(crate) async fn settle(&self) {
+        self.mode.settle(&self.client, self.timeout).await;
+    }
+
     /// Starts the manager task on `home`. A manager started again (its old
     /// runtime stopped) subscribes at once to every channel that has
     /// waiters.
@@ -285,23 +303,26 @@ impl Waiters {
     /// that do not queue in Redis). The first waiter of a channel asks for
     /// the subscription; [`Ticket::subscribed`] waits for it.
     pub(crate) fn join(&self, keys: &LockKeys) -> Ticket<'_> {
-        let channel = ReleaseChannel::of(keys, self.sharded());
-        self.join_channel(channel, false, None)
+        let pubsub = self.pubsub();
+        let channel = ReleaseChannel::of(keys, pubsub.sharded());
+        self.join_channel(channel, pubsub, false, None)
     }
 
     /// Joins the waiters of this mutex's handoff channel for the lock
     /// `keys`, as the waiter whose token is `token`.
     pub(crate) fn join_handoff(&self, keys: &LockKeys, token: &str) -> Ticket<'_> {
+        let pubsub = self.pubsub();
         let channel = ReleaseChannel {
             name: keys.handoff_channel(&self.id),
-            sharded: self.sharded(),
+            sharded: pubsub.sharded(),
         };
-        self.join_channel(channel, true, Some(token.to_owned()))
+        self.join_channel(channel, pubsub, true, Some(token.to_owned()))
     }
 
     fn join_channel(
         &self,
         channel: ReleaseChannel,
+        pubsub: PubSub,
         handoff: bool,
         token: Option<String>,
     ) -> Ticket<'_> {
@@ -327,6 +348,8 @@ impl Waiters {
                 waiters: VecDeque::new(),
                 subscription,
                 last_handoff: None,
+                last_refresh: None,
+                counted: pubsub.counts_receivers(),
             }
         });
         queue.waiters.push_back(Waiter {
@@ -425,12 +448,32 @@ impl Ticket<'_> {
     }
 
     /// `true` when this waiter is the first of its channel's local queue
-    /// and no hand-off arrived on the channel since `since`: the process's
-    /// queue for this lock looks stalled, and this waiter polls for it.
-    pub(crate) fn should_poll(&self, since: Instant) -> bool {
+    /// and either no hand-off arrived on the channel since `since` (the
+    /// process's queue for this lock looks stalled) or no waiter of the
+    /// channel joined or polled the Redis queue for `refresh` (it must be
+    /// kept alive): this waiter polls for the process.
+    pub(crate) fn should_poll(&self, since: Instant, refresh: Duration) -> bool {
+        let now = Instant::now();
         self.with_queue(|queue| {
-            queue.led_by(self.id) && queue.last_handoff.is_none_or(|at| at < since)
+            queue.led_by(self.id)
+                && (queue.last_handoff.is_none_or(|at| at < since)
+                    || queue.last_refresh.is_none_or(|at| at + refresh <= now))
         })
+    }
+
+    /// A waiter of this channel joined or polled the lock's queue in Redis
+    /// with a command sent at `at`.
+    pub(crate) fn refreshed(&self, at: Instant) {
+        let mut queues = self.waiters.shared.queues();
+        if let Some(queue) = queues.channels.get_mut(&self.channel) {
+            queue.last_refresh = Some(queue.last_refresh.map_or(at, |last| last.max(at)));
+        }
+    }
+
+    /// Whether a hand-off that reached this waiter was counted by the script
+    /// that made it, so it may be used without confirming.
+    pub(crate) fn counted(&self) -> bool {
+        !self.with_queue(|queue| !queue.counted)
     }
 
     /// `true` when this waiter is the first of its channel's local queue.

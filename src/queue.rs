@@ -55,13 +55,23 @@ pub(crate) fn claim(ttl: Duration) -> Duration {
     ttl.min(CLAIM_TTL)
 }
 
+/// How long a wait queue lives after a waiter last joined or polled it
+/// (`QUEUE_TTL` in `common.lua`): the entries of waiters that died go with
+/// it once no live waiter is left to keep it.
+pub(crate) const QUEUE_TTL: Duration = Duration::from_secs(10);
+
+/// How often a process with waiters queued on a lock polls it, at the
+/// least, keeping the queue alive: a third of [`QUEUE_TTL`], so one lost
+/// poll costs nothing.
+pub(crate) const QUEUE_REFRESH: Duration = Duration::from_millis(QUEUE_TTL.as_millis() as u64 / 3);
+
 impl QueueSpot {
-    /// The queue member of the waiter `token` of the mutex `id`.
-    pub(crate) fn new(id: &str, ttl: Duration, token: &str, fencing: bool, sharded: bool) -> Self {
+    /// The queue member of the waiter `token` of the mutex `id`: version 1
+    /// of the format, `1|<mutex id>|<claim ms>|<f or ->|<token>`.
+    pub(crate) fn new(id: &str, ttl: Duration, token: &str, fencing: bool) -> Self {
         let fenced = if fencing { 'f' } else { '-' };
         QueueSpot {
-            member: format!("{id}|{}|{fenced}|{token}", claim(ttl).as_millis().max(1)),
-            sharded,
+            member: format!("1|{id}|{}|{fenced}|{token}", claim(ttl).as_millis().max(1)),
         }
     }
 }
@@ -99,13 +109,21 @@ mod tests {
         assert_eq!(claim(ms(500)), ms(500));
         assert_eq!(claim(Duration::from_secs(30)), CLAIM_TTL);
         assert_eq!(
-            QueueSpot::new("abc", ms(300), "t-1", false, false).member,
-            "abc|300|-|t-1"
+            QueueSpot::new("abc", ms(300), "t-1", false).member,
+            "1|abc|300|-|t-1"
         );
         assert_eq!(
-            QueueSpot::new("abc", ms(30_000), "t-2", true, true).member,
-            "abc|2000|f|t-2"
+            QueueSpot::new("abc", ms(30_000), "t-2", true).member,
+            "1|abc|2000|f|t-2"
         );
+    }
+
+    #[test]
+    fn the_queue_ttl_is_the_scripts_and_outlives_three_refreshes() {
+        let lua = include_str!("scripts/common.lua");
+        let line = format!("local QUEUE_TTL = {}", QUEUE_TTL.as_millis());
+        assert!(lua.contains(&line), "common.lua must say {line}");
+        assert!(QUEUE_REFRESH * 3 < QUEUE_TTL);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use fred::types::scripts::Script;
 use fred::types::{ClientState, FromValue, Key, MultipleKeys, Value};
 
 use crate::background::{revive_client, router_gone};
-use crate::channel::ReleaseChannel;
+use crate::channel::{PubSub, ReleaseChannel};
 use crate::confirm::MinReplicas;
 use crate::error::Error;
 use crate::keys::LockKeys;
@@ -215,18 +215,19 @@ pub(crate) enum Queueing<'a> {
         spot: &'a QueueSpot,
         holder_ttl: bool,
     },
-    /// Attempt, and join the queue's tail unless already in it.
+    /// Attempt, and join the queue's tail unless already in it. Sent once
+    /// too: a poll re-sent after the acquisition ended (taken by hand-off
+    /// and released meanwhile) could take the key with a token no one
+    /// releases.
     Poll(&'a QueueSpot),
 }
 
-/// A waiter's entry in a lock's wait queue, and where its handoff goes.
+/// A waiter's entry in a lock's wait queue.
 #[derive(Debug, Clone)]
 pub(crate) struct QueueSpot {
-    /// `<mutex id>|<claim ms>|<f or ->|<token>` (`f`: the release draws the
+    /// `1|<mutex id>|<claim ms>|<f or ->|<token>` (`f`: the release draws the
     /// waiter's fencing token when it hands the lock over).
     pub(crate) member: String,
-    /// Hand-offs use sharded pub/sub.
-    pub(crate) sharded: bool,
 }
 
 impl Queueing<'_> {
@@ -251,14 +252,26 @@ impl Queueing<'_> {
     }
 }
 
+/// What an attempt asks for, beyond its lock: its token, lease, fencing,
+/// queueing, and the pub/sub mode of the hand-offs it may make.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ask<'a> {
+    pub(crate) token: &'a str,
+    pub(crate) ttl_ms: u64,
+    pub(crate) fencing: bool,
+    pub(crate) queueing: Queueing<'a>,
+    pub(crate) pubsub: PubSub,
+}
+
 /// The acquire script's keys and arguments.
-fn acquire_call(
-    keys: &LockKeys,
-    fencing: bool,
-    token: &str,
-    ttl_ms: u64,
-    queueing: Queueing<'_>,
-) -> (Vec<Key>, Vec<Value>) {
+fn acquire_call(keys: &LockKeys, ask: Ask<'_>) -> (Vec<Key>, Vec<Value>) {
+    let Ask {
+        token,
+        ttl_ms,
+        fencing,
+        queueing,
+        pubsub,
+    } = ask;
     let spot = queueing.spot();
     let script_keys = vec![
         Key::from(keys.lock.as_str()),
@@ -271,11 +284,7 @@ fn acquire_call(
         Value::from(if fencing { "1" } else { "" }),
         Value::from(queueing.mode()),
         Value::from(spot.map_or("", |s| s.member.as_str())),
-        Value::from(if spot.is_some_and(|s| s.sharded) {
-            "s"
-        } else {
-            "p"
-        }),
+        Value::from(pubsub.arg()),
     ];
     (script_keys, args)
 }
@@ -286,15 +295,13 @@ fn acquire_call(
 pub(crate) async fn acquire(
     client: &Client,
     keys: &LockKeys,
-    fencing: bool,
-    token: &str,
-    ttl_ms: u64,
-    queueing: Queueing<'_>,
+    ask: Ask<'_>,
     timeout: Duration,
 ) -> Result<Acquired, Error> {
     let key = keys.lock.as_str();
-    let (script_keys, args) = acquire_call(keys, fencing, token, ttl_ms, queueing);
-    let reply: Value = if matches!(queueing, Queueing::Join { .. }) {
+    let Ask { token, fencing, .. } = ask;
+    let (script_keys, args) = acquire_call(keys, ask);
+    let reply: Value = if !matches!(ask.queueing, Queueing::No) {
         let script_keys = script_keys.into_iter().map(Value::from).collect();
         run_once(client, &ACQUIRE, key, script_keys, args, timeout).await?
     } else {
@@ -307,19 +314,16 @@ pub(crate) async fn acquire(
 /// The acquire script with its write confirmed by `WAIT` (see
 /// [`confirmed`], which sends it once): the answer, and how many replicas
 /// acknowledged it.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn acquire_confirmed(
     client: &Client,
     keys: &LockKeys,
-    fencing: bool,
-    token: &str,
-    ttl_ms: u64,
-    queueing: Queueing<'_>,
+    ask: Ask<'_>,
     wait: MinReplicas,
     timeout: Duration,
 ) -> Result<(Acquired, u32), Error> {
     let key = keys.lock.as_str();
-    let (script_keys, args) = acquire_call(keys, fencing, token, ttl_ms, queueing);
+    let Ask { token, fencing, .. } = ask;
+    let (script_keys, args) = acquire_call(keys, ask);
     let script_keys = script_keys.into_iter().map(Value::from).collect();
     let (reply, acked): (Value, u32) =
         confirmed(client, &ACQUIRE, key, script_keys, args, wait, timeout).await?;
@@ -359,13 +363,13 @@ fn parse_acquired(key: &str, fencing: bool, reply: &[i64]) -> Result<Acquired, E
 pub(crate) async fn set_nx(
     client: &Client,
     keys: &LockKeys,
-    token: &str,
-    ttl_ms: u64,
+    ask: Ask<'_>,
     timeout: Duration,
 ) -> Result<bool, Error> {
     use fred::interfaces::KeysInterface;
+    let Ask { token, ttl_ms, .. } = ask;
     if client.is_clustered() {
-        let acquired = acquire(client, keys, false, token, ttl_ms, Queueing::No, timeout).await?;
+        let acquired = acquire(client, keys, ask, timeout).await?;
         return Ok(matches!(acquired, Acquired::Yes { .. }));
     }
     use fred::types::{Expiration, SetOptions};
@@ -398,15 +402,16 @@ pub(crate) type Releasing<'a> = (&'a LockKeys, &'a str, &'a str);
 pub(crate) async fn release(
     client: &Client,
     entries: &[Releasing<'_>],
-    sharded: bool,
+    pubsub: PubSub,
     timeout: Duration,
 ) -> Result<Vec<Compared>, Error> {
+    let sharded = pubsub.sharded();
     let first = entries
         .first()
         .map_or("", |(keys, _, _)| keys.lock.as_str());
     let mut script_keys = Vec::with_capacity(entries.len() * 2);
     let mut args = Vec::with_capacity(2 + entries.len() * 3);
-    args.push(Value::from(if sharded { "s" } else { "p" }));
+    args.push(Value::from(pubsub.arg()));
     args.push(Value::from(
         entries.first().map_or("", |(_, token, _)| *token),
     ));

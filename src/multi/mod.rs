@@ -433,6 +433,7 @@ pub(crate) async fn run(req: AcquireAll) -> Result<MultiGuard, Error> {
         return Err(Error::Shutdown { key: first() });
     }
     inner.ensure_background();
+    inner.waiters.settle().await;
     let started = Instant::now();
     let command_timeout = inner.settings.command_timeout;
     let mut schedule = Schedule::new(started, plan.retry, plan.timeout);

@@ -48,7 +48,7 @@ struct Shared {
     work: Notify,
     client: Client,
     timeout: Duration,
-    mode: Mode,
+    mode: Arc<Mode>,
     /// Set when the mutex is gone: the worker stops.
     closed: AtomicBool,
     /// Releases queued and not finished.
@@ -63,14 +63,14 @@ pub(crate) struct Releases {
 }
 
 impl Releases {
-    pub(crate) fn new(client: Client, timeout: Duration) -> Self {
+    pub(crate) fn new(client: Client, timeout: Duration, mode: Arc<Mode>) -> Self {
         Releases {
             shared: Arc::new(Shared {
                 queue: Mutex::default(),
                 work: Notify::new(),
                 client,
                 timeout,
-                mode: Mode::default(),
+                mode,
                 closed: AtomicBool::new(false),
                 outstanding: AtomicUsize::new(0),
                 progress: Notify::new(),
@@ -132,9 +132,9 @@ impl Drop for Releases {
 }
 
 async fn send(shared: &Shared, job: &Job) -> Result<Compared, Error> {
-    let sharded = shared.mode.sharded(&shared.client);
+    let pubsub = shared.mode.get(&shared.client);
     let channels: Vec<String> = (job.wakes.iter())
-        .map(|keys| ReleaseChannel::of(keys, sharded).name)
+        .map(|keys| ReleaseChannel::of(keys, pubsub.sharded()).name)
         .collect();
     let call = super::scripts::release(
         &shared.client,
@@ -142,7 +142,7 @@ async fn send(shared: &Shared, job: &Job) -> Result<Compared, Error> {
         &job.sets,
         &job.token,
         &channels,
-        sharded,
+        pubsub,
         shared.timeout,
     );
     call.await

@@ -10,6 +10,7 @@ use fred::clients::Client;
 use fred::types::scripts::Script;
 use fred::types::{Key, Value};
 
+use crate::channel::PubSub;
 use crate::error::Error;
 use crate::lease::LeaseCore;
 use crate::scripts::{binary_key, checked, mismatched, run, unexpected, Compared};
@@ -111,12 +112,12 @@ pub(crate) async fn release(
     sets: &[Vec<u8>],
     token: &str,
     channels: &[String],
-    sharded: bool,
+    pubsub: PubSub,
     timeout: Duration,
 ) -> Result<Compared, Error> {
     let mut args = Vec::with_capacity(2 + channels.len());
     args.push(Value::from(token));
-    args.push(Value::from(if sharded { "s" } else { "p" }));
+    args.push(Value::from(pubsub.arg()));
     args.extend(channels.iter().map(|c| Value::from(c.as_str())));
     let reply: Value = run(client, &RELEASE, label, keys_of(sets), args, timeout).await?;
     let reply = checked(reply, token).ok_or_else(|| mismatched(label, "release"))?;

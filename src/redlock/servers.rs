@@ -83,28 +83,23 @@ impl Servers {
     ) -> Took {
         let inner = self.inner(i);
         let (client, timeout) = (&inner.client, inner.settings.command_timeout);
+        let ask = scripts::Ask {
+            token,
+            ttl_ms,
+            fencing: false,
+            queueing: scripts::Queueing::No,
+            pubsub: inner.waiters.pubsub(),
+        };
         let call = async {
-            if scripts::set_nx(client, keys, token, ttl_ms, timeout).await? {
+            if scripts::set_nx(client, keys, ask, timeout).await? {
                 return Ok(Took::Taken);
             }
-            Ok(
-                match scripts::acquire(
-                    client,
-                    keys,
-                    false,
-                    token,
-                    ttl_ms,
-                    scripts::Queueing::No,
-                    timeout,
-                )
-                .await?
-                {
-                    Acquired::Yes { .. } => Took::Taken,
-                    Acquired::No { pttl } => Took::Busy(pttl),
-                    // Only an attempt that queues can be answered so.
-                    Acquired::Queued => Took::Busy(None),
-                },
-            )
+            Ok(match scripts::acquire(client, keys, ask, timeout).await? {
+                Acquired::Yes { .. } => Took::Taken,
+                Acquired::No { pttl } => Took::Busy(pttl),
+                // Only an attempt that queues can be answered so.
+                Acquired::Queued => Took::Busy(None),
+            })
         };
         match call.await {
             Ok(took) => took,

@@ -12,9 +12,15 @@
 --   'j': as 'q', and answer the holder's remaining lease as well;
 --   'p': attempt, and when the lock is held join the queue's tail unless
 --        already in it (a waiter's poll).
--- ARGV[5]: this waiter's queue member, `<mutex id>|<claim ms>|<f or ->|<token>`
+-- ARGV[5]: this waiter's queue member, `1|<mutex id>|<claim ms>|<f or ->|<token>`
 --   ('' in mode 'a'; `f`: the waiter takes the lock with a fencing token)
--- ARGV[6]: 's' to hand off with sharded pub/sub (SPUBLISH), 'p' with PUBLISH
+-- ARGV[6]: the pub/sub mode of hand-offs to others: 's' sharded, 'p' plain
+--   (one server, Sentinel), 'c' plain on a cluster (see common.lua); sent in
+--   every mode, since a free key with waiters queued is handed to them
+--
+-- Every join and every poll of a waiter in the queue gives the queue a
+-- lifetime of QUEUE_TTL (common.lua): live waiters keep it, and the entries
+-- of waiters that died go with it once no live one is left.
 --
 -- Returns {1} (or {1, fencing_token}) when the caller holds the lock;
 -- {0, pttl} with the holder's remaining lease (-1: no expiry), or
@@ -36,7 +42,16 @@
 -- every script.
 
 local token, ttl, mode, member = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
-local publish = ARGV[6] == 's' and 'SPUBLISH' or 'PUBLISH'
+local pubsub = ARGV[6]
+
+-- Joins the queue's tail (unless `unless_there` and already in it), and
+-- keeps the queue for QUEUE_TTL from now.
+local function join(unless_there)
+  if not (unless_there and call('LPOS', KEYS[3], member)) then
+    call('RPUSH', KEYS[3], member)
+  end
+  call('PEXPIRE', KEYS[3], QUEUE_TTL)
+end
 
 local function take()
   call('SET', KEYS[1], token, 'PX', ttl)
@@ -65,23 +80,23 @@ if not value then
     call('LPOP', KEYS[3])
     return take()
   end
-  if hand_off(KEYS[1], KEYS[3], publish, token) ~= true then
+  if hand_off(KEYS[1], KEYS[3], pubsub, token) ~= true then
     -- No live waiter before the caller (or the caller came up itself).
     return take()
   end
   -- The head has it now: wait behind it.
-  if mode ~= 'a' and not call('LPOS', KEYS[3], member) then
-    call('RPUSH', KEYS[3], member)
+  if mode ~= 'a' then
+    join(true)
   end
   return {0, call('PTTL', KEYS[1]), token}
 end
 
 if mode == 'q' or mode == 'j' then
-  call('RPUSH', KEYS[3], member)
+  join(false)
   if mode == 'q' then
     return {0, -3, token}
   end
-elseif mode == 'p' and not call('LPOS', KEYS[3], member) then
-  call('RPUSH', KEYS[3], member)
+elseif mode == 'p' then
+  join(true)
 end
 return {0, call('PTTL', KEYS[1]), token}

@@ -24,22 +24,65 @@ local function derived(lock, queue)
   return prefix .. tag .. 'handoff:', ':' .. key, prefix .. '\255' .. tag .. 'fence:' .. key
 end
 
--- Direct handoff (see queue.rs): pops the lock's queued waiters, members
--- `<mutex id>|<claim ms>|<f or ->|<token>`, until one is alive (its mutex
--- listens on its handoff channel: the publish reaches someone), sets the
--- lock to its token for its claim TTL, draws its fencing token when its
--- member says so, and tells it. Returns true when a waiter has the lock,
--- 'own' when the member with the token `own` came up (the caller decides),
--- false when the queue ran out (the lock may then hold a dead waiter's
--- token). `publish` is PUBLISH or SPUBLISH.
-local function hand_off(lock, queue, publish, own)
+-- Pub/sub by mode (see channel.rs): 's' sharded (SPUBLISH, counted with
+-- SHARDNUMSUB), 'p' plain on one server or Sentinel (PUBLISH, counted with
+-- NUMSUB, which leaves pattern subscribers out), 'c' plain on a cluster,
+-- where no count on one node says who will receive a message.
+local function publisher(mode)
+  return mode == 's' and 'SPUBLISH' or 'PUBLISH'
+end
+
+-- Whether `channel` has a subscriber on this node (always true in mode 'c',
+-- where that cannot be known: the message is then sent regardless).
+local function listened(mode, channel)
+  if mode == 'c' then
+    return true
+  end
+  local numsub = mode == 's' and 'SHARDNUMSUB' or 'NUMSUB'
+  return call('PUBSUB', numsub, channel)[2] > 0
+end
+
+-- Tells whoever listens on a release channel (a wake-up, nothing more).
+local function announce(mode, channel)
+  if listened(mode, channel) then
+    call(publisher(mode), channel, '')
+  end
+end
+
+-- How long a wait queue lives after a waiter last joined it or polled it
+-- (queue.rs: QUEUE_TTL): the entries of waiters that died go with it.
+local QUEUE_TTL = 10000
+
+-- A queue member `1|<mutex id>|<claim ms>|<f or ->|<token>`, or the
+-- unversioned form of earlier releases `<mutex id>|<claim ms>|<f or ->|<token>`:
+-- its mutex id, claim, fencing flag and token; nil for another format.
+local function parse_member(member)
+  local id, claim, fenced, waiter = string.match(member, '^1|([^|]*)|(%d+)|([f-])|(.*)$')
+  if id then
+    return id, claim, fenced, waiter
+  end
+  return string.match(member, '^([^|]*)|(%d+)|([f-])|(.*)$')
+end
+
+-- Direct handoff (see queue.rs): pops the lock's queued waiters until one
+-- is alive, sets the lock to its token for its claim TTL, draws its fencing
+-- token when its member says so, and tells it on its handoff channel.
+-- Alive: where counts are exact (modes 's' and 'p'), its mutex subscribes
+-- to its handoff channel on this node, and only then is the message sent,
+-- so no waiter ever hears of a hand-off this script moved past (through a
+-- replica, a demoted master or the cluster bus). In mode 'c' the head is
+-- taken as alive and the message always sent; its waiter confirms before
+-- it uses the lock. Returns true when a waiter has the lock, 'own' when
+-- the member with the token `own` came up (the caller decides), false when
+-- the queue ran out.
+local function hand_off(lock, queue, mode, own)
   local head, tail, fence
   while true do
     local member = call('LPOP', queue)
     if not member then
       return false
     end
-    local id, claim, fenced, waiter = string.match(member, '^([^|]*)|(%d+)|([f-])|(.*)$')
+    local id, claim, fenced, waiter = parse_member(member)
     if waiter == own then
       return 'own'
     end
@@ -47,14 +90,15 @@ local function hand_off(lock, queue, publish, own)
       if not head then
         head, tail, fence = derived(lock, queue)
       end
-      call('SET', lock, waiter, 'PX', claim)
-      if fenced == 'f' then
-        call('INCR', fence)
-      end
-      if call(publish, head .. id .. tail, waiter) > 0 then
+      local channel = head .. id .. tail
+      if listened(mode, channel) then
+        call('SET', lock, waiter, 'PX', claim)
+        if fenced == 'f' then
+          call('INCR', fence)
+        end
+        call(publisher(mode), channel, waiter)
         return true
       end
     end
   end
 end
-

@@ -1,7 +1,8 @@
 -- Give up a place in a semaphore or read-write lock, and tell waiters.
 -- KEYS[1]: the sorted set the token holds its place in; KEYS[2..]: other
 --   sets to clear it from (a writer's intent)
--- ARGV[1]: the token; ARGV[2]: 's' to announce with SPUBLISH, 'p' PUBLISH;
+-- ARGV[1]: the token; ARGV[2]: the pub/sub mode ('s', 'p' or 'c': see
+--   common.lua);
 -- ARGV[3..]: the channels to announce on (in the keys' slot when sharded)
 --
 -- Returns {1, token} when the token held an unexpired place in KEYS[1],
@@ -24,13 +25,8 @@ for _, set in ipairs(KEYS) do
   removed = removed + call('ZREM', set, token)
 end
 if removed > 0 then
-  local sharded = ARGV[2] == 's'
-  local publish = sharded and 'SPUBLISH' or 'PUBLISH'
-  local numsub = sharded and 'SHARDNUMSUB' or 'NUMSUB'
   for i = 3, #ARGV do
-    if call('PUBSUB', numsub, ARGV[i])[2] > 0 then
-      call(publish, ARGV[i], '')
-    end
+    announce(ARGV[2], ARGV[i])
   end
 end
 return {held, token}

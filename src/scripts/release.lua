@@ -2,7 +2,8 @@
 -- the next live waiter in its queue.
 -- KEYS[2i - 1]: a lock key `P K`; KEYS[2i]: its wait queue `P \xff {T}:queue:K`
 --   (all in one cluster slot)
--- ARGV[1]: 's' to announce with sharded pub/sub (SPUBLISH), 'p' with PUBLISH
+-- ARGV[1]: the pub/sub mode: 's' sharded, 'p' plain (one server, Sentinel),
+--   'c' plain on a cluster (see common.lua and channel.rs)
 -- ARGV[2]: echoed at the end of the reply (the caller checks it)
 -- For each key i, from n = 2 + 3 (i - 1):
 --   ARGV[n + 1]: the token the key was acquired with
@@ -24,8 +25,9 @@
 -- token drawn when the member says so), and that waiter's mutex is told on
 -- its own handoff channel `P {T}:handoff:<mutex id>:K`. A waiter whose mutex
 -- no longer listens there (its process died, or its subscriber connection
--- dropped) is skipped: PUBLISH reaches no one. So the key is never free
--- while live waiters queue, and exactly one waiter is woken per release.
+-- dropped) is skipped, and told nothing (see hand_off in common.lua). So the
+-- key is never free while live waiters queue, and exactly one waiter is
+-- woken per release.
 --
 -- The handoff channel and the fencing counter `P \xff {T}:fence:K` are
 -- derived from the lock and queue names (common.lua) rather than sent, which
@@ -35,11 +37,11 @@
 --
 -- With no one queued, the key is deleted and, when anyone listens on the
 -- key's release channel (PUBSUB NUMSUB, or SHARDNUMSUB on the node that
--- owns the slot: waiters that do not queue, such as multi-key ones), a
--- release message is published there.
+-- owns the slot; always in mode 'c': waiters that do not queue, such as
+-- multi-key ones), a release message is published there.
 
--- `call` and `hand_off` come from common.lua, which scripts.rs puts before
--- every script.
+-- `call`, `hand_off` and `announce` come from common.lua, which scripts.rs
+-- puts before every script.
 
 -- GET, except that a value of another type reads as itself (a table).
 local function get(key)
@@ -50,9 +52,7 @@ local function get(key)
   return value
 end
 
-local sharded = ARGV[1] == 's'
-local publish = sharded and 'SPUBLISH' or 'PUBLISH'
-local numsub = sharded and 'SHARDNUMSUB' or 'NUMSUB'
+local mode = ARGV[1]
 
 local out = {}
 for i = 1, #KEYS / 2 do
@@ -67,16 +67,14 @@ for i = 1, #KEYS / 2 do
     -- The releaser's own entry (it cannot be waiting any more) is dropped.
     local handed
     repeat
-      handed = hand_off(lock, queue, publish, token)
+      handed = hand_off(lock, queue, mode, token)
     until handed ~= 'own'
     if not handed then
       call('DEL', lock)
       if channel == '' then
         channel = lock .. ':released'
       end
-      if call('PUBSUB', numsub, channel)[2] > 0 then
-        call(publish, channel, '')
-      end
+      announce(mode, channel)
     end
     out[i] = 1
   elseif value then
