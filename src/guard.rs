@@ -133,6 +133,11 @@ impl LockGuard {
     /// and too few replicas confirmed the extension in time (the lease is
     /// then unchanged: check [`remaining`](LockGuard::remaining)).
     ///
+    /// Until the answer is in (and when it never comes: a timeout, a lost
+    /// reply, a dropped future), the guard counts the shorter of its lease
+    /// and `ttl` from the moment the extension was sent, since Redis may
+    /// have run it; renewals ask for `ttl` from then on.
+    ///
     /// # Cancel safety
     /// Cancel-safe: if dropped mid-flight the extension may or may not have
     /// reached Redis; either way the guard stays valid for at least what
@@ -153,8 +158,14 @@ impl LockGuard {
         if let Some(reason) = self.lease.lost_reason() {
             return Err(self.not_held(reason));
         }
-        self.lease.extending_to(ttl);
+        let shorter = ttl < self.lease.ttl();
         let sent_at = Instant::now();
+        // Until the answer is in, the lease counts the shorter of the two.
+        let asked = self.lease.extending_to(ttl, sent_at);
+        if self.auto_renew && shorter {
+            // The next renewal fits the shorter lease, answer or not.
+            self.inner.renewer.track(&self.lease, sent_at);
+        }
         let entry = [(
             self.lease.keys.lock.as_str(),
             self.lease.token.as_str(),
@@ -167,7 +178,7 @@ impl LockGuard {
         }
         .map_err(|e| self.rekey(e))?;
         let reason = match answer.first() {
-            Some(Compared::Held) if self.lease.confirm(sent_at, ttl) => {
+            Some(Compared::Held) if self.lease.confirm(sent_at, asked) => {
                 if self.auto_renew {
                     // The next renewal is due a period of the new TTL from now.
                     self.inner.renewer.track(&self.lease, sent_at);

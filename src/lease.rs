@@ -72,6 +72,18 @@ struct State {
     confirmed_at: Instant,
     /// Released or dropped: renewal stops.
     ended: bool,
+    /// How many extensions were sent: a reply to a command that asked for
+    /// its TTL before the latest extension was sent never raises the
+    /// validity (Redis may run that extension after it).
+    extends_sent: u64,
+}
+
+/// What a renewal or extension asks Redis for: the TTL, and the number of
+/// extensions sent when it was read (see [`LeaseCore::confirm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Asked {
+    pub(crate) ttl: Duration,
+    extends_sent: u64,
 }
 
 impl LeaseCore {
@@ -98,6 +110,7 @@ impl LeaseCore {
                 lost: None,
                 confirmed_at: sent_at,
                 ended: false,
+                extends_sent: 0,
             }),
             changed: Notify::new(),
             generation: AtomicU64::new(0),
@@ -155,10 +168,24 @@ impl LeaseCore {
         }
     }
 
-    /// Records a confirmed extension sent at `sent_at` for `ttl`. Refused
-    /// (and the lease marked lost) when the local validity had already
-    /// passed: a lease reported lost is never reported held again.
-    pub(crate) fn confirm(&self, sent_at: Instant, ttl: Duration) -> bool {
+    /// What a renewal sent now asks for: the TTL of the latest extension
+    /// sent (confirmed or not), else of the acquisition.
+    pub(crate) fn asked(&self) -> Asked {
+        let state = self.state();
+        Asked {
+            ttl: state.ttl,
+            extends_sent: state.extends_sent,
+        }
+    }
+
+    /// Records a confirmed renewal or extension sent at `sent_at` asking
+    /// for `asked`. Refused (and the lease marked lost) when the local
+    /// validity had already passed: a lease reported lost is never reported
+    /// held again. The validity is raised only by the reply to a command
+    /// that asked after the latest extension was sent (an earlier one may
+    /// have run in Redis before that extension, which then set its own TTL)
+    /// and sent after the last one that counted.
+    pub(crate) fn confirm(&self, sent_at: Instant, asked: Asked) -> bool {
         let mut state = self.state();
         if state.lost.is_some() {
             return false;
@@ -170,21 +197,30 @@ impl LeaseCore {
             self.changed.notify_waiters();
             return false;
         }
-        if sent_at >= state.confirmed_at {
-            state.ttl = ttl;
-            state.valid_until = valid_until(sent_at, ttl);
+        if asked.extends_sent == state.extends_sent && sent_at >= state.confirmed_at {
+            state.valid_until = valid_until(sent_at, asked.ttl);
             state.confirmed_at = sent_at;
         }
         true
     }
 
-    /// An `extend` to `ttl` is about to be sent: renewals sent from now on
-    /// ask for `ttl` too, so that one running in Redis after the extend
-    /// does not leave less than the extend asked for (renewals never
-    /// shorten a lease, see `extend.lua`). The validity changes only when
-    /// Redis confirms.
-    pub(crate) fn extending_to(&self, ttl: Duration) {
-        self.state().ttl = ttl;
+    /// An `extend` to `ttl` is sent at `sent_at`. Until its outcome is
+    /// known, the lease counts the shorter of what it had and `ttl` from
+    /// `sent_at` (an extension to a shorter TTL may have run in Redis even
+    /// if its reply never comes), and renewals sent from now on ask for
+    /// `ttl` too, so that one running in Redis after the extend does not
+    /// leave less than the extend asked for (renewals never shorten a
+    /// lease, see `extend.lua`). Returns what the extension asks for, to
+    /// [`confirm`](Self::confirm) with its reply.
+    pub(crate) fn extending_to(&self, ttl: Duration, sent_at: Instant) -> Asked {
+        let mut state = self.state();
+        state.ttl = ttl;
+        state.extends_sent += 1;
+        state.valid_until = state.valid_until.min(valid_until(sent_at, ttl));
+        Asked {
+            ttl,
+            extends_sent: state.extends_sent,
+        }
     }
 
     /// For a lock handed over by a release (see `queue.rs`): the key holds

@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use tokio::runtime::Handle;
 
 use crate::confirm::{Confirmer, MinReplicas};
-use crate::lease::{LeaseCore, LostReason};
+use crate::lease::{Asked, LeaseCore, LostReason};
 use crate::scripts::{self, Compared};
 use crate::sentinel::Epoch;
 
@@ -381,7 +381,8 @@ async fn renew_chunk(
     confirm: Option<MinReplicas>,
     timeout: Duration,
 ) -> Vec<(Weak<LeaseCore>, u64, Instant)> {
-    let ttls: Vec<Duration> = chunk.iter().map(|(l, _)| l.ttl()).collect();
+    let asks: Vec<Asked> = chunk.iter().map(|(l, _)| l.asked()).collect();
+    let ttls: Vec<Duration> = asks.iter().map(|a| a.ttl).collect();
     let entries: Vec<(&str, &str, u64)> = chunk
         .iter()
         .zip(&ttls)
@@ -433,21 +434,19 @@ async fn renew_chunk(
     }
     let locks = chunk.iter().map(|(lease, _)| &lease.metrics);
     crate::metrics::renewals(locks, &result, unconfirmed, sent_at);
-    let retry_at = |ttl: Duration| {
-        Instant::now() + (period(ttl) / 3).clamp(Duration::from_millis(1), Duration::from_secs(1))
-    };
     let mut next = Vec::with_capacity(chunk.len());
     match result {
         Ok(answers) => {
-            for (((lease, generation), ttl), answer) in chunk.iter().zip(ttls).zip(answers) {
+            for (((lease, generation), asked), answer) in chunk.iter().zip(asks).zip(answers) {
+                let ttl = asked.ttl;
                 match answer {
                     Compared::Held if unconfirmed.is_some() || !clients.epoch.unchanged(epoch) => {
                         if lease.lost_reason().is_none() {
-                            next.push((Arc::downgrade(lease), *generation, retry_at(ttl)));
+                            next.push((Arc::downgrade(lease), *generation, retry_at(lease, ttl)));
                         }
                     }
                     Compared::Held => {
-                        if lease.confirm(sent_at, ttl) && !lease.is_ended() {
+                        if lease.confirm(sent_at, asked) && !lease.is_ended() {
                             let due = sent_at + period(ttl);
                             next.push((Arc::downgrade(lease), *generation, due));
                         }
@@ -463,12 +462,24 @@ async fn renew_chunk(
             tracing::debug!(error = %e, keys = chunk.len(), "lease renewal failed; retrying");
             for ((lease, generation), ttl) in chunk.iter().zip(ttls) {
                 if lease.lost_reason().is_none() {
-                    next.push((Arc::downgrade(lease), *generation, retry_at(ttl)));
+                    next.push((Arc::downgrade(lease), *generation, retry_at(lease, ttl)));
                 }
             }
         }
     }
     next
+}
+
+/// When to try again after a renewal that did not count: a ninth of the
+/// TTL (between 1 ms and 1 s) from now, and sooner when the lease's local
+/// validity would end first, so that at least one more try fits in what is
+/// left (half of it), whatever the TTL. A lease handed over by a release is
+/// valid for the claim TTL only until its first renewal: with a long TTL a
+/// ninth of it would come after the end.
+fn retry_at(lease: &LeaseCore, ttl: Duration) -> Instant {
+    let pause = (period(ttl) / 3).clamp(Duration::from_millis(1), Duration::from_secs(1));
+    let left = lease.remaining();
+    Instant::now() + pause.min(left / 2).max(Duration::from_millis(1))
 }
 
 fn lost(lease: &LeaseCore, reason: LostReason) {

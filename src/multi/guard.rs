@@ -224,10 +224,18 @@ impl MultiGuard {
         if let Some(lost) = self.lost_key() {
             return Err(not_held(lost));
         }
-        for lease in &self.leases {
-            lease.extending_to(ttl);
-        }
         let sent_at = Instant::now();
+        // Until the answers are in, each lease counts the shorter of the two.
+        let asked: Vec<_> = (self.leases.iter())
+            .map(|lease| {
+                let shorter = ttl < lease.ttl();
+                let asked = lease.extending_to(ttl, sent_at);
+                if self.auto_renew && shorter {
+                    self.inner.renewer.track(lease, sent_at);
+                }
+                asked
+            })
+            .collect();
         let timeout = self.inner.settings.command_timeout;
         let mut unconfirmed = None;
         for group in &self.groups {
@@ -264,12 +272,13 @@ impl MultiGuard {
                     (answers, acked >= wait.replicas)
                 }
             };
-            for (lease, answer) in leases.iter().zip(answers) {
+            let asked = &asked[group.clone()];
+            for ((lease, answer), asked) in leases.iter().zip(answers).zip(asked) {
                 match answer {
                     // Not confirmed by enough replicas: not granted, the
                     // lease stays as it was.
                     Compared::Held if !granted => {}
-                    Compared::Held if lease.confirm(sent_at, ttl) => {}
+                    Compared::Held if lease.confirm(sent_at, *asked) => {}
                     Compared::Held => lease.mark_lost(LostReason::Expired),
                     Compared::Replaced => lease.mark_lost(LostReason::Replaced),
                     Compared::Missing => lease.mark_lost(LostReason::Missing),

@@ -138,8 +138,15 @@ impl RedlockGuard {
             return Err(self.not_held(reason));
         }
         let sent_at = Instant::now();
+        // Until a majority answers, the lease counts the shorter of the two,
+        // and the next renewal fits it.
+        let shorter = ttl < self.lease.ttl();
+        let asked = self.lease.extending_to(ttl, sent_at);
+        if let Some(wake) = self.wake.as_ref().filter(|_| shorter) {
+            wake.notify_one();
+        }
         match extend_all(&self.servers, &self.lease, ttl, "the extension").await {
-            Ok(()) if self.lease.confirm(sent_at, ttl) => {
+            Ok(()) if self.lease.confirm(sent_at, asked) => {
                 if let Some(wake) = &self.wake {
                     wake.notify_one();
                 }

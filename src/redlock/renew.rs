@@ -73,11 +73,12 @@ async fn run(servers: Arc<Servers>, lease: Arc<LeaseCore>, wake: Arc<Notify>, mu
             }
             _ = tokio::time::sleep_until(due.into()) => {}
         }
-        let ttl = lease.ttl();
+        let asked = lease.asked();
+        let ttl = asked.ttl;
         let sent_at = Instant::now();
         match extend_all(&servers, &lease, ttl, "the renewal").await {
             Ok(()) => {
-                if !lease.confirm(sent_at, ttl) {
+                if !lease.confirm(sent_at, asked) {
                     return;
                 }
                 due = sent_at + period(ttl);
