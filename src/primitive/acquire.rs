@@ -91,6 +91,7 @@ pub(crate) async fn run(
         return Err(Error::Shutdown { key: target.name });
     }
     inner.ensure_background();
+    inner.waiters.settle().await;
     let started = Instant::now();
     let schedule = Schedule::new(started, retry, options.timeout);
     let may_wait = schedule.may_wait(started);
@@ -181,6 +182,7 @@ impl<'a> Run<'a> {
         }
         self.token.armed = true;
         let sent_at = Instant::now();
+        let epoch = self.inner.epoch.read();
         let result = scripts::acquire(
             &self.inner.client,
             name,
@@ -192,6 +194,23 @@ impl<'a> Run<'a> {
         )
         .await;
         match result {
+            Ok(Taken::Yes) if !self.inner.epoch.unchanged(epoch) => {
+                // Sentinel: the master changed while this attempt was out:
+                // the place may have been written on the old master. It
+                // does not count; the next attempt (same token) goes to the
+                // new master, and giving up releases the token.
+                self.uncertain = true;
+                tracing::debug!(name = %name, "place taken while the master changed; trying again on the new master");
+                self.holder_ttl = None;
+                self.last_error = Some(Error::Unavailable {
+                    key: name.clone(),
+                    source: fred::error::Error::new(
+                        fred::error::ErrorKind::Sentinel,
+                        "the master changed (Sentinel failover) while the place was being taken",
+                    ),
+                });
+                Ok(None)
+            }
             Ok(Taken::Yes) => {
                 self.token.armed = false;
                 if let Some(ticket) = self.ticket.take() {
