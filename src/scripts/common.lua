@@ -86,7 +86,13 @@ local function hand_off(lock, queue, mode, own)
     if waiter == own then
       return 'own'
     end
-    if id then
+    if not id then
+      -- Not a format this release knows (a newer release's waiter, during
+      -- a rolling upgrade): it cannot be served, and is said so in the
+      -- server's log rather than dropped silently.
+      redis.log(redis.LOG_WARNING, 'distributed-mutex: skipped a wait queue member of an unknown format in '
+        .. queue .. ' (a waiter of a newer release?); it will poll: ' .. member)
+    else
       if not head then
         head, tail, fence = derived(lock, queue)
       end

@@ -700,3 +700,83 @@ async fn handoffs_reach_the_waiter_whatever_the_prefix_and_key() {
         holder.shutdown().await;
     }
 }
+
+/// Waits until `server` (a replica) reports its link to its master up.
+async fn replica_linked(server: &RedisServer, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while crate::support::common::info_field(server, "replication", "master_link_status") != "up" {
+        assert!(
+            Instant::now() < deadline,
+            "the replica on port {} did not sync within {limit:?}",
+            server.port()
+        );
+        tokio::time::sleep(ms(20)).await;
+    }
+}
+
+/// The path a Sentinel failover opens, made deterministic: a waiter's
+/// subscriber connection is left on a master that was demoted to a replica
+/// of the new one, where its queue entry was replicated. A release on the
+/// new master counts no subscriber of that waiter's handoff channel there,
+/// moves past it and deletes the key; it must not publish the hand-off,
+/// which replication would carry to the waiter, which would then hold a
+/// lock the new master does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_left_on_a_demoted_master_never_hears_of_a_handoff_it_was_skipped_for() {
+    let old = RedisServer::start();
+    let new = RedisServer::start_with(&["--replicaof", "127.0.0.1", &old.port().to_string()]);
+    replica_linked(&new, Duration::from_secs(10)).await;
+    let (raw_old, raw_new) = (old.client().await, new.client().await);
+    let key = "demoted-handoff";
+
+    let holder = process(&old.url(), RetryStrategy::none()).await;
+    let held = holder.lock(key).await.expect("free key");
+    let token = held.token().to_owned();
+    let waiter = process(&old.url(), slow_polls()).await;
+    let waiting = tokio::spawn(async move { waiter.lock(key).await });
+    queue_reaches(&raw_old, key, 1, Duration::from_secs(5)).await;
+    queue_reaches(&raw_new, key, 1, Duration::from_secs(5)).await;
+
+    // The switch: the replica becomes the master, the old master its replica.
+    let _: Value = raw_new
+        .custom(fred::cmd!("REPLICAOF"), vec!["NO", "ONE"])
+        .await
+        .expect("REPLICAOF NO ONE");
+    let _: Value = raw_old
+        .custom(
+            fred::cmd!("REPLICAOF"),
+            vec!["127.0.0.1".to_owned(), new.port().to_string()],
+        )
+        .await
+        .expect("REPLICAOF");
+    replica_linked(&old, Duration::from_secs(10)).await;
+
+    // The holder's release runs on the new master (another process).
+    let releaser = process(&new.url(), RetryStrategy::none()).await;
+    releaser
+        .release_token(key, &token)
+        .await
+        .expect("the holder's token is on the new master");
+    let on_new: Option<String> = raw_new.get(key).await.expect("GET");
+    assert_eq!(on_new, None, "no live waiter was counted on the new master");
+
+    tokio::time::sleep(ms(800)).await;
+    if waiting.is_finished() {
+        match waiting.await.expect("the waiter's task") {
+            Ok(guard) => {
+                let on_new: Option<String> = raw_new.get(key).await.expect("GET");
+                assert!(
+                    guard.is_lost() || on_new.as_deref() == Some(guard.token()),
+                    "the waiter holds a lock the new master does not have \
+                     (remaining {:?}, key on the new master: {on_new:?})",
+                    guard.remaining()
+                );
+            }
+            // Its polls reach a read-only replica now: no lock, which is right.
+            Err(_) => {}
+        }
+    } else {
+        waiting.abort();
+    }
+    drop(held);
+}
