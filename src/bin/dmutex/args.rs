@@ -32,7 +32,7 @@ pub struct Cli {
 /// Options every subcommand takes (before or after its name).
 #[derive(Debug, Args)]
 pub struct Global {
-    /// The Redis server: redis://[user:password@]host:port[/db]
+    /// The Redis server: redis://host:port/db (user:password@ before the host when needed)
     #[arg(
         long,
         global = true,
