@@ -7,20 +7,27 @@
 //! 3. on a cluster, a `try_lock` of a free key does not wipe the live queue;
 //! 4. a dead waiter's queue entry expires;
 //! 5. a `PSUBSCRIBE *` subscriber does not make a dead head look alive;
-//! 6. a handed-over lock survives one slow first renewal.
+//! 6. a handed-over lock survives one slow first renewal;
+//!
+//! and the mutual-exclusion property test (`support::exclusion`) in two of
+//! those settings: a cluster in plain pub/sub mode, one server with a
+//! pattern subscriber.
 //!
 //! The queue of lock `P K` is the list `P \xff {P K}:queue:K` (keys here
 //! have no braces; see `src/keys.rs`).
 
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use distributed_mutex::{Builder, DistributedMutex, LockGuard, RetryStrategy, CLAIM_TTL};
 use fred::prelude::*;
 use fred::types::Key;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 
 use crate::support::cluster::{RedisCluster, MASTERS};
 use crate::support::common::{builder_at, ms, raw_get, raw_pttl};
+use crate::support::exclusion::{run_case_as, scenario, Setup, Totals, MAX_KEYS};
 use crate::support::RedisServer;
 
 /// The queue of the lock `key` under `prefix` (no braces in either).
@@ -600,4 +607,104 @@ async fn a_handed_over_lock_survives_a_slow_first_renewal() {
     got.release().await.expect("release");
     holder.shutdown().await;
     next.shutdown().await;
+}
+
+// ---- mutual exclusion in these modes (proptest) -------------------------------------
+
+/// Runs `cases` generated cases of the shared property test
+/// (`support::exclusion`) with `setup`, over `pool`, and checks that locks
+/// were actually taken.
+fn check_exclusion(
+    runtime: &tokio::runtime::Runtime,
+    setup: &Setup<'_>,
+    prefix: &str,
+    pool: &[String],
+    cases: u32,
+) {
+    let totals = Totals::default();
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        max_shrink_iters: 16,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&scenario(), |scenario| {
+        runtime.block_on(run_case_as(setup, prefix, pool, scenario, &totals))
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let sections = totals.sections.load(Ordering::Relaxed);
+    eprintln!("{cases} cases: {sections} critical sections");
+    assert!(
+        sections >= cases as usize,
+        "only {sections} critical sections were entered"
+    );
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The mutual-exclusion property test on the 3-master cluster in plain
+/// pub/sub mode (the user of the first test: the README's rights less
+/// `+info` and the sharded pub/sub rights), keys on every master.
+#[test]
+fn plain_pubsub_on_a_cluster_keeps_mutual_exclusion() {
+    let cluster = RedisCluster::start();
+    create_plain_only_user(&cluster, "plainonly");
+    let url = cluster_url_as(&cluster, "plainonly");
+    let runtime = runtime();
+    let raw = runtime.block_on(cluster.client());
+    let prefix = "prop:plain:";
+    // Key `k` is served by master `k % 3` (with the key prefix in front).
+    let pool: Vec<String> = (0..MAX_KEYS)
+        .map(|k| {
+            (0u64..)
+                .map(|n| format!("{prefix}{k}:{n}"))
+                .find(|key| cluster.master_for_key(&format!("{ACL_PREFIX}{key}")) == k % MASTERS)
+                .expect("a key on every master")
+        })
+        .collect();
+    let setup = Setup {
+        url: &url,
+        key_prefix: ACL_PREFIX,
+        raw: Some(&raw),
+    };
+    check_exclusion(&runtime, &setup, prefix, &pool, 8);
+}
+
+/// The mutual-exclusion property test on one server with a raw
+/// `PSUBSCRIBE *` connection open throughout.
+#[test]
+fn a_pattern_subscriber_keeps_mutual_exclusion() {
+    let server = RedisServer::start();
+    let runtime = runtime();
+    let raw = runtime.block_on(server.client());
+    let watcher = runtime.block_on(server.client());
+    runtime
+        .block_on(watcher.psubscribe("*"))
+        .expect("PSUBSCRIBE *");
+    assert_eq!(
+        server.cli(&["PUBSUB", "NUMPAT"]),
+        "1",
+        "the pattern subscriber"
+    );
+    let prefix = "prop:pattern:";
+    let pool: Vec<String> = (0..MAX_KEYS).map(|k| format!("{prefix}{k}")).collect();
+    let setup = Setup {
+        url: &server.url(),
+        key_prefix: "",
+        raw: Some(&raw),
+    };
+    check_exclusion(&runtime, &setup, prefix, &pool, 12);
+    assert_eq!(
+        server.cli(&["PUBSUB", "NUMPAT"]),
+        "1",
+        "the pattern subscriber stayed throughout"
+    );
 }
