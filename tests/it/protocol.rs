@@ -407,8 +407,30 @@ async fn child_waits() {
     panic!("the child was not stopped in time: it got {guard:?}");
 }
 
+/// A child process, SIGKILLed and reaped when dropped (also when the test
+/// fails before it meant to kill it).
+struct ChildProcess(Child);
+
+impl ChildProcess {
+    /// SIGKILLs the child and reaps it.
+    fn sigkill(mut self) {
+        self.kill_and_reap();
+    }
+
+    fn kill_and_reap(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
 /// Starts [`child_waits`] and waits until the queue has `then` entries.
-async fn child_queued(url: &str, raw: &Client, key: &str, then: i64) -> Child {
+async fn child_queued(url: &str, raw: &Client, key: &str, then: i64) -> ChildProcess {
     let child = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
@@ -422,21 +444,20 @@ async fn child_queued(url: &str, raw: &Client, key: &str, then: i64) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the child process");
+    let child = ChildProcess(child);
     queue_reaches(raw, "", key, then, Duration::from_secs(20)).await;
     child
 }
 
-fn sigkill(mut child: Child) {
-    child.kill().expect("SIGKILL the child");
-    child.wait().expect("reap the child");
-}
-
 // ---- 4. a dead waiter's queue entry --------------------------------------------------
+
+/// How long a dead waiter's queue entry may outlive it.
+const DEAD_ENTRY_BOUND: Duration = Duration::from_secs(15);
 
 /// Issue 20, defect 4. A waiter queues behind a foreign holder (raw `SET
 /// NX PX`), its process is SIGKILLed, then the foreign holder deletes the
 /// key; nobody uses the key again. The queue list has a TTL (not -1) and is
-/// gone within 15 s.
+/// gone within [`DEAD_ENTRY_BOUND`] of the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_waiters_queue_entry_expires() {
     let server = RedisServer::start();
@@ -444,9 +465,9 @@ async fn a_dead_waiters_queue_entry_expires() {
     let key = "p:dead-entry";
     assert!(foreign_set_nx(&raw, key, 30_000).await, "foreign SET NX");
     let child = child_queued(&server.url(), &raw, key, 1).await;
-    sigkill(child);
-    let _: i64 = raw.del(key).await.expect("foreign DEL");
+    child.sigkill();
     let killed = Instant::now();
+    let _: i64 = raw.del(key).await.expect("foreign DEL");
 
     let queue = queue_key("", key);
     let pttl: i64 = raw.pttl(queue.clone()).await.expect("PTTL");
@@ -455,7 +476,7 @@ async fn a_dead_waiters_queue_entry_expires() {
         pttl > 0 || pttl == -2,
         "the queue list of {key} has no TTL (PTTL {pttl}): a dead waiter's entry stays forever"
     );
-    let deadline = killed + Duration::from_secs(15);
+    let deadline = killed + DEAD_ENTRY_BOUND;
     loop {
         let len = queue_len(&raw, "", key).await;
         if len == 0 {
@@ -463,8 +484,8 @@ async fn a_dead_waiters_queue_entry_expires() {
         }
         assert!(
             Instant::now() < deadline,
-            "the dead waiter's queue entry is still there 15 s after its process was killed \
-             ({len} entries, PTTL {})",
+            "the dead waiter's queue entry is still there {DEAD_ENTRY_BOUND:?} after its process \
+             was killed ({len} entries, PTTL {})",
             raw.pttl::<i64, _>(queue.clone()).await.expect("PTTL")
         );
         tokio::time::sleep(ms(100)).await;
@@ -503,7 +524,7 @@ async fn a_pattern_subscriber_does_not_make_a_dead_head_look_alive() {
     };
     queue_reaches(&raw, "", key, 2, Duration::from_secs(5)).await;
 
-    sigkill(child);
+    child.sigkill();
     tokio::time::sleep(ms(100)).await;
     let released = Instant::now();
     guard.release().await.expect("holder releases");
