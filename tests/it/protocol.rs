@@ -105,20 +105,15 @@ const PLAIN_ONLY_WITHOUT: &[&str] = &[
 ];
 
 /// Creates on every node of `cluster` the user `name` with the README's
-/// rules less [`PLAIN_ONLY_WITHOUT`].
-fn create_plain_only_user(cluster: &RedisCluster, name: &str) {
+/// rules less the rules in `without`.
+fn create_user(cluster: &RedisCluster, name: &str, without: &[&str]) {
     let line = README
         .lines()
         .find(|l| l.starts_with("ACL SETUSER locker "))
         .expect("the README gives an `ACL SETUSER locker ...` line");
     let words: Vec<&str> = line.split_whitespace().collect();
     let mut args = vec!["ACL", "SETUSER", name];
-    args.extend(
-        words[3..]
-            .iter()
-            .copied()
-            .filter(|w| !PLAIN_ONLY_WITHOUT.contains(w)),
-    );
+    args.extend(words[3..].iter().copied().filter(|w| !without.contains(w)));
     for node in cluster.nodes() {
         assert_eq!(node.cli(&args), "OK", "port {}: {args:?}", node.port());
     }
@@ -150,7 +145,7 @@ async fn queue_settles(raw: &Client, key: &str, want: i64) -> i64 {
 async fn acl_process(url: &str) -> DistributedMutex {
     Builder::connect(url)
         .await
-        .unwrap_or_else(|e| panic!("connect as the plain-only user: {e}"))
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
         .key_prefix(ACL_PREFIX)
         .ttl(Duration::from_secs(10))
         .retry(RetryStrategy::linear(ms(250), 200))
@@ -162,19 +157,33 @@ async fn acl_process(url: &str) -> DistributedMutex {
 /// rights less `+info` and the sharded pub/sub rights (so the client uses
 /// plain pub/sub): a holder releases with two waiters of two other
 /// processes queued. 300 ms later at most one of them claims the lock, and
-/// the one that does is the one whose token the key holds. 8 rounds, the
-/// key on each master in turn.
+/// the one that does is the one whose token the key holds (and in most
+/// rounds one does). 8 rounds, the key on each master in turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_pubsub_on_a_cluster_never_gives_two_holders() {
+    two_waiters_at_a_release(PLAIN_ONLY_WITHOUT).await;
+}
+
+/// The same rounds with the README's user as written (sharded pub/sub on
+/// Redis 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_pubsub_on_a_cluster_never_gives_two_holders() {
+    two_waiters_at_a_release(&[]).await;
+}
+
+/// The rounds of the two tests above, as a user with the README's rights
+/// less `without`.
+async fn two_waiters_at_a_release(without: &[&str]) {
     let cluster = RedisCluster::start();
-    create_plain_only_user(&cluster, "plainonly");
-    let url = cluster_url_as(&cluster, "plainonly");
+    create_user(&cluster, "locker", without);
+    let url = cluster_url_as(&cluster, "locker");
     let raw = cluster.client().await;
     let holder = acl_process(&url).await;
     let first = acl_process(&url).await;
     let second = acl_process(&url).await;
 
     let mut violations = Vec::new();
+    let mut served = 0;
     for round in 0..8 {
         let key = cluster.key_on_master(round % MASTERS, &format!("two:{round}:"));
         let full = format!("{ACL_PREFIX}{key}");
@@ -212,6 +221,9 @@ async fn plain_pubsub_on_a_cluster_never_gives_two_holders() {
             .filter(|(_, g)| claims(g))
             .map(|(name, g)| format!("{name} ({:?} left)", g.remaining()))
             .collect();
+        if !claiming.is_empty() {
+            served += 1;
+        }
         if claiming.len() > 1 {
             violations.push(format!(
                 "round {round} ({full}): {} claim the lock at once; GET = {value:?}",
@@ -244,6 +256,12 @@ async fn plain_pubsub_on_a_cluster_never_gives_two_holders() {
         "two holders (or a holder the key does not name) in {} of 8 rounds:\n{}",
         violations.len(),
         violations.join("\n")
+    );
+    // Not vacuous: the release reached a waiter within 300 ms in most rounds.
+    eprintln!("a waiter held the lock 300 ms after the release in {served} of 8 rounds");
+    assert!(
+        served >= 4,
+        "a waiter held the lock 300 ms after the release in only {served} of 8 rounds"
     );
     for mutex in [&holder, &first, &second] {
         mutex.shutdown().await;
@@ -677,8 +695,8 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn plain_pubsub_on_a_cluster_keeps_mutual_exclusion() {
     let cluster = RedisCluster::start();
-    create_plain_only_user(&cluster, "plainonly");
-    let url = cluster_url_as(&cluster, "plainonly");
+    create_user(&cluster, "locker", PLAIN_ONLY_WITHOUT);
+    let url = cluster_url_as(&cluster, "locker");
     let runtime = runtime();
     let raw = runtime.block_on(cluster.client());
     let prefix = "prop:plain:";
