@@ -148,7 +148,7 @@ async fn acl_process(url: &str) -> DistributedMutex {
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
         .key_prefix(ACL_PREFIX)
         .ttl(Duration::from_secs(10))
-        .retry(RetryStrategy::linear(ms(250), 200))
+        .retry(RetryStrategy::linear(ms(100), 500))
         .build()
         .expect("valid settings")
 }
