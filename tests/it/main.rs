@@ -25,6 +25,7 @@
 //! | `redlock`   | `Redlock` on 5 independent servers: 2 and 3 down, paused minority and majority, restarts without data (with and without the delay), cancellation, bad input, exclusion under random kills (proptest) |
 //! | `semaphore` | the counting semaphore: the permit count across processes (proptest), crashed holders, wake-ups, renewal, loss, cancellation, bad input, a cluster |
 //! | `rwlock`    | the read-write lock: writers alone, readers share, writer preference and intent expiry, renewal, loss (proptest), a cluster |
+//! | `protocol`  | the lock protocol's defects of issue 20: plain (and, as a control, sharded) pub/sub on a cluster, an extend whose reply is lost, a `try_lock` that wipes a cluster's queue (one server as a control), queue entries that leak, a pattern subscriber, a slow first renewal of a handed-over lock; exclusion (proptest) on a cluster in plain pub/sub mode and with a pattern subscriber |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -51,6 +52,7 @@ mod lock;
 mod multi;
 mod notify;
 mod property;
+mod protocol;
 mod queue;
 mod redlock;
 mod renewal;

@@ -155,10 +155,12 @@ async fn leave(shared: &Shared, redis: &Client, section: &Section) -> TaskResult
 async fn run_task(
     shared: Arc<Shared>,
     mutex: DistributedMutex,
+    redis: Option<Client>,
     keys: Vec<String>,
     ops: Vec<Op>,
 ) -> TaskResult {
-    let redis = mutex.client().clone();
+    // The counters: through the task's own mutex's client unless told.
+    let redis = redis.unwrap_or_else(|| mutex.client().clone());
     let mut held: Option<Section> = None;
     for op in ops {
         match op {
@@ -233,6 +235,18 @@ pub async fn run_case(
     run_case_on(url, prefix, &pool, scenario, totals).await
 }
 
+/// How the mutexes of a case connect and how the case reads Redis, for
+/// [`run_case_as`].
+pub struct Setup<'a> {
+    /// The URL both mutexes connect to (it may name an ACL user).
+    pub url: &'a str,
+    /// The mutexes' key prefix (`""` for none).
+    pub key_prefix: &'a str,
+    /// The client that keeps the counters and looks for keys left behind
+    /// (with every right); `None`: the first mutex's own client.
+    pub raw: Option<&'a Client>,
+}
+
 /// [`run_case`] with the case's lock keys taken from `pool` (at least
 /// [`MAX_KEYS`] keys, each starting with `prefix`): on a cluster, keys
 /// chosen so that every master serves some.
@@ -243,18 +257,39 @@ pub async fn run_case_on(
     scenario: Scenario,
     totals: &Totals,
 ) -> Result<(), TestCaseError> {
+    let setup = Setup {
+        url,
+        key_prefix: "",
+        raw: None,
+    };
+    run_case_as(&setup, prefix, pool, scenario, totals).await
+}
+
+/// [`run_case_on`] with the mutexes connected and keyed as `setup` says;
+/// the lock keys in Redis are `setup.key_prefix` followed by the pool's.
+pub async fn run_case_as(
+    setup: &Setup<'_>,
+    prefix: &str,
+    pool: &[String],
+    scenario: Scenario,
+    totals: &Totals,
+) -> Result<(), TestCaseError> {
     assert!(pool.len() >= scenario.keys, "a pool of {} keys", pool.len());
     assert!(pool.iter().all(|k| k.starts_with(prefix)), "{pool:?}");
     let connect = |url| async move {
         builder_at(url)
             .await
+            .key_prefix(setup.key_prefix)
             .ttl(TTL)
             .build()
             .expect("valid settings")
     };
-    let processes = [connect(url).await, connect(url).await];
+    let processes = [connect(setup.url).await, connect(setup.url).await];
     let keys: Vec<String> = pool[..scenario.keys].to_vec();
-    let redis = processes[0].client().clone();
+    let redis = match setup.raw {
+        Some(raw) => raw.clone(),
+        None => processes[0].client().clone(),
+    };
     for key in &keys {
         let _: i64 = redis.del(counter_key(key)).await.unwrap();
     }
@@ -269,6 +304,7 @@ pub async fn run_case_on(
         tasks.spawn(run_task(
             Arc::clone(&shared),
             processes[i % 2].clone(),
+            setup.raw.cloned(),
             keys.clone(),
             ops,
         ));
@@ -290,7 +326,7 @@ pub async fn run_case_on(
     for mutex in &processes {
         mutex.shutdown().await;
     }
-    let left = keys_matching(&redis, &format!("{prefix}*")).await;
+    let left = keys_matching(&redis, &format!("{}{prefix}*", setup.key_prefix)).await;
     prop_assert!(
         left.is_empty(),
         "lock keys left after every task finished and both mutexes shut down: {left:?}"
