@@ -288,7 +288,10 @@ async fn an_extend_to_a_shorter_ttl_whose_reply_is_lost_is_counted_short() {
         .build()
         .expect("valid settings");
     let rival = process(&server.url(), RetryStrategy::none()).await;
-    let guard = mutex.lock(key).await.expect("lock");
+    // Renewal off: only the extend sets the key's TTL (with renewal on,
+    // renewals at the new TTL keep the key, as they should: see
+    // `a_renewed_lock_extended_to_a_shorter_ttl_never_claims_more_than_redis_holds`).
+    let guard = mutex.acquire(key).auto_renew(false).await.expect("lock");
     // Loads the extend script, so the one sent during the pause runs when
     // the pause ends (not `NOSCRIPT`).
     guard
@@ -344,6 +347,50 @@ async fn an_extend_to_a_shorter_ttl_whose_reply_is_lost_is_counted_short() {
     other.release().await.expect("release");
     mutex.shutdown().await;
     rival.shutdown().await;
+}
+
+/// The same with renewal on: after an extend to a shorter TTL whose reply
+/// is lost, renewals ask for the new TTL; at every check the guard claims
+/// no more than Redis holds for its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_lock_extended_to_a_shorter_ttl_never_claims_more_than_redis_holds() {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let key = "p:short-extend-renewed";
+    let mutex = builder_at(&server.url())
+        .await
+        .command_timeout(ms(100))
+        .ttl(Duration::from_secs(30))
+        .build()
+        .expect("valid settings");
+    let guard = mutex.lock(key).await.expect("lock");
+    guard
+        .extend(Duration::from_secs(30))
+        .await
+        .expect("extend before the pause");
+    assert_eq!(server.cli(&["CLIENT", "PAUSE", "300", "WRITE"]), "OK");
+    let sent = Instant::now();
+    assert!(guard.extend(ms(500)).await.is_err(), "the extend times out");
+    let mut checks = 0;
+    while sent.elapsed() < ms(2_500) {
+        // Redis first: what the guard claims afterwards must fit in it.
+        let (value, pttl, _) = crate::support::common::raw_get_and_pttl(&raw, key).await;
+        let claimed = guard.remaining();
+        if !claimed.is_zero() {
+            checks += 1;
+            assert_eq!(value.as_deref(), Some(guard.token()), "the guard claims {claimed:?}");
+            assert!(
+                pttl >= 0 && Duration::from_millis(pttl as u64) + ms(2) >= claimed,
+                "the guard claims {claimed:?} but Redis holds its token for {pttl} ms"
+            );
+            assert!(claimed <= ms(500), "the guard claims {claimed:?} after a 500 ms extend");
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+    assert!(!guard.is_lost(), "renewals at the new TTL keep the lock");
+    assert!(checks > 10, "the guard held the lock through the checks ({checks})");
+    guard.release().await.expect("release");
+    mutex.shutdown().await;
 }
 
 // ---- 3. a try_lock on a free key on a cluster -------------------------------------
