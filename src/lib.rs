@@ -118,6 +118,7 @@
 //! or on a cluster, where its reply names its token) and one to release (in the background after a drop); renewal is
 //! one script call per batch of due leases.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod acquire;
@@ -135,6 +136,7 @@ mod keys;
 mod lease;
 mod limits;
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
@@ -177,6 +179,7 @@ pub use retry::RetryStrategy;
 pub use rwlock::{AcquireRead, AcquireWrite, ReadGuard, RwLock, WriteGuard};
 pub use semaphore::{AcquirePermit, Permit, Semaphore};
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::Tls;
 
 /// The fred client type the mutex is built on, re-exported for convenience.
