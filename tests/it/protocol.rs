@@ -378,17 +378,27 @@ async fn a_renewed_lock_extended_to_a_shorter_ttl_never_claims_more_than_redis_h
         let claimed = guard.remaining();
         if !claimed.is_zero() {
             checks += 1;
-            assert_eq!(value.as_deref(), Some(guard.token()), "the guard claims {claimed:?}");
+            assert_eq!(
+                value.as_deref(),
+                Some(guard.token()),
+                "the guard claims {claimed:?}"
+            );
             assert!(
                 pttl >= 0 && Duration::from_millis(pttl as u64) + ms(2) >= claimed,
                 "the guard claims {claimed:?} but Redis holds its token for {pttl} ms"
             );
-            assert!(claimed <= ms(500), "the guard claims {claimed:?} after a 500 ms extend");
+            assert!(
+                claimed <= ms(500),
+                "the guard claims {claimed:?} after a 500 ms extend"
+            );
         }
         tokio::time::sleep(ms(50)).await;
     }
     assert!(!guard.is_lost(), "renewals at the new TTL keep the lock");
-    assert!(checks > 10, "the guard held the lock through the checks ({checks})");
+    assert!(
+        checks > 10,
+        "the guard held the lock through the checks ({checks})"
+    );
     guard.release().await.expect("release");
     mutex.shutdown().await;
 }
