@@ -22,50 +22,13 @@ use std::time::{Duration, Instant};
 
 use distributed_mutex::{Builder, DistributedMutex, LockGuard, RetryStrategy, CLAIM_TTL};
 use fred::prelude::*;
-use fred::types::Key;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 
 use crate::support::cluster::{RedisCluster, MASTERS};
 use crate::support::common::{builder_at, ms, raw_get, raw_pttl};
 use crate::support::exclusion::{run_case_as, scenario, Setup, Totals, MAX_KEYS};
+use crate::support::queue::{process, queue_key, queue_len, queue_reaches};
 use crate::support::RedisServer;
-
-/// The queue of the lock `key` under `prefix` (no braces in either).
-fn queue_key(prefix: &str, key: &str) -> Key {
-    let mut name = prefix.as_bytes().to_vec();
-    name.push(0xff);
-    name.extend_from_slice(format!("{{{prefix}{key}}}:queue:{key}").as_bytes());
-    Key::from(name.into_boxed_slice())
-}
-
-async fn queue_len(raw: &Client, prefix: &str, key: &str) -> i64 {
-    raw.llen(queue_key(prefix, key)).await.expect("LLEN")
-}
-
-/// Polls the queue's length until it is `want`; panics after `limit`.
-async fn queue_reaches(raw: &Client, prefix: &str, key: &str, want: i64, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let len = queue_len(raw, prefix, key).await;
-        if len == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the queue of {prefix}{key} has {len} entries, not {want}, after {limit:?}"
-        );
-        tokio::time::sleep(ms(5)).await;
-    }
-}
-
-/// A mutex ("process") of its own on `url` with `retry`.
-async fn process(url: &str, retry: RetryStrategy) -> DistributedMutex {
-    builder_at(url)
-        .await
-        .retry(retry)
-        .build()
-        .expect("valid settings")
-}
 
 /// Whether `guard` claims the lock: not lost, with a lease left.
 fn claims(guard: &LockGuard) -> bool {
@@ -270,6 +233,34 @@ async fn two_waiters_at_a_release(without: &[&str]) {
 
 // ---- 2. an extend to a shorter TTL whose reply is lost ----------------------------
 
+/// A private server, a raw client, a mutex with a 100 ms command timeout and
+/// 30 s leases, and its guard of `key` (renewed or not), the extend script
+/// already loaded: an extend sent while writes are paused runs when the
+/// pause ends (not `NOSCRIPT`).
+async fn thirty_second_lock(
+    key: &str,
+    auto_renew: bool,
+) -> (RedisServer, Client, DistributedMutex, LockGuard) {
+    let server = RedisServer::start();
+    let raw = server.client().await;
+    let mutex = builder_at(&server.url())
+        .await
+        .command_timeout(ms(100))
+        .ttl(Duration::from_secs(30))
+        .build()
+        .expect("valid settings");
+    let guard = mutex
+        .acquire(key)
+        .auto_renew(auto_renew)
+        .await
+        .expect("lock");
+    guard
+        .extend(Duration::from_secs(30))
+        .await
+        .expect("extend before the pause");
+    (server, raw, mutex, guard)
+}
+
 /// Issue 20, defect 2. A 30 s lock is extended to 500 ms while writes are
 /// paused for 300 ms, with a 100 ms command timeout: the extend fails with
 /// a timeout, but Redis runs it when the pause ends. From then on the
@@ -278,27 +269,12 @@ async fn two_waiters_at_a_release(without: &[&str]) {
 /// mutex takes the key the first guard still does not claim it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extend_to_a_shorter_ttl_whose_reply_is_lost_is_counted_short() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
     let key = "p:short-extend";
-    let mutex = builder_at(&server.url())
-        .await
-        .command_timeout(ms(100))
-        .ttl(Duration::from_secs(30))
-        .build()
-        .expect("valid settings");
-    let rival = process(&server.url(), RetryStrategy::none()).await;
     // Renewal off: only the extend sets the key's TTL (with renewal on,
     // renewals at the new TTL keep the key, as they should: see
     // `a_renewed_lock_extended_to_a_shorter_ttl_never_claims_more_than_redis_holds`).
-    let guard = mutex.acquire(key).auto_renew(false).await.expect("lock");
-    // Loads the extend script, so the one sent during the pause runs when
-    // the pause ends (not `NOSCRIPT`).
-    guard
-        .extend(Duration::from_secs(30))
-        .await
-        .expect("extend before the pause");
-
+    let (server, raw, mutex, guard) = thirty_second_lock(key, false).await;
+    let rival = process(&server.url(), RetryStrategy::none()).await;
     assert_eq!(server.cli(&["CLIENT", "PAUSE", "300", "WRITE"]), "OK");
     let sent = Instant::now();
     let outcome = guard.extend(ms(500)).await;
@@ -354,20 +330,8 @@ async fn an_extend_to_a_shorter_ttl_whose_reply_is_lost_is_counted_short() {
 /// no more than Redis holds for its token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_lock_extended_to_a_shorter_ttl_never_claims_more_than_redis_holds() {
-    let server = RedisServer::start();
-    let raw = server.client().await;
     let key = "p:short-extend-renewed";
-    let mutex = builder_at(&server.url())
-        .await
-        .command_timeout(ms(100))
-        .ttl(Duration::from_secs(30))
-        .build()
-        .expect("valid settings");
-    let guard = mutex.lock(key).await.expect("lock");
-    guard
-        .extend(Duration::from_secs(30))
-        .await
-        .expect("extend before the pause");
+    let (server, raw, mutex, guard) = thirty_second_lock(key, true).await;
     assert_eq!(server.cli(&["CLIENT", "PAUSE", "300", "WRITE"]), "OK");
     let sent = Instant::now();
     assert!(guard.extend(ms(500)).await.is_err(), "the extend times out");

@@ -18,51 +18,14 @@ use std::time::{Duration, Instant};
 
 use distributed_mutex::{DistributedMutex, Error, Lease, RetryStrategy, CLAIM_TTL};
 use fred::prelude::*;
-use fred::types::Key;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 
 use crate::support::cluster::{RedisCluster, MASTERS};
 use crate::support::common::{builder_at, ms, mutex_via};
 use crate::support::proxy::{Mode, Proxy};
+use crate::support::queue::{process, queue_len, queue_reaches};
 use crate::support::RedisServer;
-
-/// The wait queue of the lock `key` (no prefix, no braces in `key`).
-fn queue_key(key: &str) -> Key {
-    let mut name = vec![0xff];
-    name.extend_from_slice(format!("{{{key}}}:queue:{key}").as_bytes());
-    Key::from(name.into_boxed_slice())
-}
-
-async fn queue_len(raw: &Client, key: &str) -> i64 {
-    raw.llen(queue_key(key)).await.expect("LLEN")
-}
-
-/// Polls the queue's length until it is `want`; panics after `limit`.
-async fn queue_reaches(raw: &Client, key: &str, want: i64, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let len = queue_len(raw, key).await;
-        if len == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the queue of {key} has {len} entries, not {want}, after {limit:?}"
-        );
-        tokio::time::sleep(ms(5)).await;
-    }
-}
-
-/// A mutex ("process") of its own, with polls far apart (only hand-offs
-/// move the queue) unless said otherwise.
-async fn process(url: &str, retry: RetryStrategy) -> DistributedMutex {
-    builder_at(url)
-        .await
-        .retry(retry)
-        .build()
-        .expect("valid settings")
-}
 
 fn slow_polls() -> RetryStrategy {
     RetryStrategy::linear(Duration::from_secs(10), 6)
@@ -90,7 +53,7 @@ async fn serve_in_order(url: &str, raw: &Client, key: &str, sequence: &[usize]) 
             tokio::time::sleep(ms(5)).await;
             guard.release().await.expect("waiter releases");
         }));
-        queue_reaches(raw, key, i as i64 + 1, Duration::from_secs(5)).await;
+        queue_reaches(raw, "", key, i as i64 + 1, Duration::from_secs(5)).await;
     }
     guard.release().await.expect("holder releases");
     for task in tasks {
@@ -99,7 +62,7 @@ async fn serve_in_order(url: &str, raw: &Client, key: &str, sequence: &[usize]) 
             .expect("the queue drained within 10 s: hand-offs move it, not 10 s polls")
             .expect("waiter task");
     }
-    queue_reaches(raw, key, 0, Duration::from_secs(2)).await;
+    queue_reaches(raw, "", key, 0, Duration::from_secs(2)).await;
     let exists: i64 = raw.exists(key).await.expect("EXISTS");
     assert_eq!(exists, 0, "{key} is still held after every waiter released");
     for mutex in instances.iter().chain([&holder]) {
@@ -167,7 +130,7 @@ async fn child_at_the_head(url: &str, raw: &Client, key: &str) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the child process");
-    queue_reaches(raw, key, 1, Duration::from_secs(20)).await;
+    queue_reaches(raw, "", key, 1, Duration::from_secs(20)).await;
     child
 }
 
@@ -187,7 +150,7 @@ async fn waiter_behind(
             .expect("the waiter gets the lock");
         (Instant::now(), guard)
     });
-    queue_reaches(raw, key, 2, Duration::from_secs(5)).await;
+    queue_reaches(raw, "", key, 2, Duration::from_secs(5)).await;
     task
 }
 
@@ -220,7 +183,7 @@ async fn a_sigkilled_process_at_the_head_is_skipped_at_once() {
          not skipped"
     );
     got.release().await.expect("release");
-    queue_reaches(&raw, key, 0, Duration::from_secs(2)).await;
+    queue_reaches(&raw, "", key, 0, Duration::from_secs(2)).await;
 }
 
 /// The process at the head is frozen (SIGSTOP) when the lock is handed to
@@ -245,7 +208,7 @@ async fn a_head_killed_after_the_handoff_costs_the_claim_ttl_plus_one_poll() {
     let released = Instant::now();
     guard.release().await.expect("holder releases");
     // Handed to the frozen child: the key holds its claim.
-    queue_reaches(&raw, key, 1, Duration::from_secs(2)).await;
+    queue_reaches(&raw, "", key, 1, Duration::from_secs(2)).await;
     let claim: i64 = raw.pttl(key).await.expect("PTTL");
     assert!(
         claim > 0 && claim <= CLAIM_TTL.as_millis() as i64,
@@ -300,7 +263,7 @@ async fn waiters_that_give_up_leave_no_queue_entries() {
                 mutex.acquire(key).timeout(ms(800)).await
             }));
         }
-        queue_reaches(&raw, key, i as i64 + 1, Duration::from_secs(5)).await;
+        queue_reaches(&raw, "", key, i as i64 + 1, Duration::from_secs(5)).await;
     }
     for task in &cancelled {
         task.abort();
@@ -312,7 +275,7 @@ async fn waiters_that_give_up_leave_no_queue_entries() {
             "expected NotObtained, got {outcome:?}"
         );
     }
-    queue_reaches(&raw, key, 0, Duration::from_secs(5)).await;
+    queue_reaches(&raw, "", key, 0, Duration::from_secs(5)).await;
     guard.release().await.expect("holder releases");
     let exists: i64 = raw.exists(key).await.expect("EXISTS");
     assert_eq!(exists, 0, "the release left the key: no one is queued");
@@ -339,7 +302,7 @@ async fn a_waiter_cancelled_as_the_lock_reaches_it_passes_it_on() {
             let slow = slow.clone();
             tokio::spawn(async move { slow.lock(key).await })
         };
-        queue_reaches(&raw, key, 1, Duration::from_secs(5)).await;
+        queue_reaches(&raw, "", key, 1, Duration::from_secs(5)).await;
         let second = {
             let next = next.clone();
             tokio::spawn(async move {
@@ -347,13 +310,13 @@ async fn a_waiter_cancelled_as_the_lock_reaches_it_passes_it_on() {
                 (Instant::now(), outcome)
             })
         };
-        queue_reaches(&raw, key, 2, Duration::from_secs(5)).await;
+        queue_reaches(&raw, "", key, 2, Duration::from_secs(5)).await;
 
         proxy.set_mode(Mode::Latency(ms(300)));
         let released = Instant::now();
         guard.release().await.expect("holder releases");
         // Handed to the first waiter, whose message is still delayed.
-        queue_reaches(&raw, key, 1, Duration::from_secs(1)).await;
+        queue_reaches(&raw, "", key, 1, Duration::from_secs(1)).await;
         tokio::time::sleep(ms(50)).await;
         first.abort();
         let cancelled = first.await;
@@ -373,7 +336,7 @@ async fn a_waiter_cancelled_as_the_lock_reaches_it_passes_it_on() {
              claim ran out instead of being passed on"
         );
         got.release().await.expect("release");
-        queue_reaches(&raw, key, 0, Duration::from_secs(2)).await;
+        queue_reaches(&raw, "", key, 0, Duration::from_secs(2)).await;
     }
 }
 
@@ -606,7 +569,7 @@ fn handoffs_cancellations_and_killed_processes_keep_mutual_exclusion() {
                 let mut left = Vec::new();
                 for key in keys.iter() {
                     let held: i64 = raw.exists(key.as_str()).await.unwrap();
-                    let queued = queue_len(&raw, key).await;
+                    let queued = queue_len(&raw, "", key).await;
                     if held + queued > 0 {
                         left.push(format!("{key}: held {held}, queued {queued}"));
                     }
@@ -734,8 +697,8 @@ async fn a_waiter_left_on_a_demoted_master_never_hears_of_a_handoff_it_was_skipp
     let token = held.token().to_owned();
     let waiter = process(&old.url(), slow_polls()).await;
     let waiting = tokio::spawn(async move { waiter.lock(key).await });
-    queue_reaches(&raw_old, key, 1, Duration::from_secs(5)).await;
-    queue_reaches(&raw_new, key, 1, Duration::from_secs(5)).await;
+    queue_reaches(&raw_old, "", key, 1, Duration::from_secs(5)).await;
+    queue_reaches(&raw_new, "", key, 1, Duration::from_secs(5)).await;
 
     // The switch: the replica becomes the master, the old master its replica.
     let _: Value = raw_new

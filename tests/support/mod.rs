@@ -16,6 +16,7 @@
 //!   builders over a server or URL, raw reads, the server's counters, the
 //!   library's scripts, shared assertions;
 //! * [`proxy`]: a fault-injecting loopback TCP proxy;
+//! * [`queue`]: the wait queue's name and length, and a mutex per waiter;
 //! * [`logs`]: capturing the library's `tracing` events in a test;
 //! * [`exclusion`]: the mutual-exclusion property test (local and container);
 //! * [`audit`]: the rig and fault injector of the mutual-exclusion audit;
@@ -31,6 +32,7 @@ pub mod common;
 pub mod exclusion;
 pub mod logs;
 pub mod proxy;
+pub mod queue;
 pub mod redlock;
 pub mod reshard;
 pub mod sentinel;
