@@ -128,6 +128,7 @@ mod builder;
 mod channel;
 mod confirm;
 mod connect;
+mod election;
 mod error;
 mod guard;
 mod inner;
@@ -158,6 +159,10 @@ mod tls;
 pub use acquire::Acquire;
 pub use adapter::{provide_adapter, Adapter, AdapterFuture, RedisAdapter};
 pub use builder::Builder;
+pub use election::{
+    Election, Leader, Leadership, DEFAULT_ELECTION_RETRY_PERIOD, MAX_ELECTION_NAME_LEN,
+    MAX_ELECTION_VALUE_LEN, OBSERVE_POLL,
+};
 pub use error::Error;
 pub use guard::LockGuard;
 pub use lease::{Lease, LostReason};

@@ -25,6 +25,7 @@
 //! | `redlock`   | `Redlock` on 5 independent servers: 2 and 3 down, paused minority and majority, restarts without data (with and without the delay), cancellation, bad input, exclusion under random kills (proptest) |
 //! | `semaphore` | the counting semaphore: the permit count across processes (proptest), crashed holders, wake-ups, renewal, loss, cancellation, bad input, a cluster |
 //! | `rwlock`    | the read-write lock: writers alone, readers share, writer preference and intent expiry, renewal, loss (proptest), a cluster |
+//! | `election`  | leader election: handover on resign, drop and SIGKILL, terms, `leader()` and `observe()`, exclusion under faults (proptest), a cluster |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -42,6 +43,7 @@ mod audit;
 mod bad_input;
 mod cancel;
 mod cluster;
+mod election;
 mod failover;
 mod faults;
 mod hardening;
