@@ -7,17 +7,24 @@
 //! Time bounds are generous (the machine is loaded); the handover times are
 //! printed (`--nocapture`) for the notes.
 
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use distributed_mutex::{
-    Election, Error, Leader, Leadership, MAX_ELECTION_NAME_LEN, MAX_ELECTION_VALUE_LEN,
+    DistributedMutex, Election, Error, Leader, Leadership, Lease, MAX_ELECTION_NAME_LEN,
+    MAX_ELECTION_VALUE_LEN,
 };
 use fred::prelude::*;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::support::common::{ms, mutex_for, Fixture};
+use crate::support::cluster::{RedisCluster, MASTERS};
+use crate::support::common::{ms, mutex_for, mutex_via, Fixture};
+use crate::support::proxy::{Mode, Proxy};
+use crate::support::RedisServer;
 
 /// A campaign of `value` in its own task.
 fn campaign(election: &Election, value: &str) -> JoinHandle<(Instant, Leadership)> {
@@ -330,4 +337,382 @@ async fn bad_names_and_values_are_refused_before_anything_is_sent() {
         zero_ttl.campaign("v").await,
         Err(Error::InvalidTtl { .. })
     ));
+}
+
+// ---- a SIGKILLed leader ---------------------------------------------------------
+
+/// Not a test on its own: the child process of the SIGKILL test, run as
+/// `<this binary> --exact election::child_leads --ignored` with the server's
+/// URL and the election's name in its environment. It leads, and waits to
+/// be killed.
+#[tokio::test]
+#[ignore = "the child process of the election tests; they run it"]
+async fn child_leads() {
+    let url = std::env::var("DMUTEX_CHILD_URL").expect("run by the election tests only");
+    let name = std::env::var("DMUTEX_CHILD_ELECTION").expect("run by the election tests only");
+    let mutex = DistributedMutex::connect(&url).await.unwrap();
+    let leadership = mutex
+        .election(&name)
+        .ttl(ms(2000))
+        .campaign("child")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    panic!("the child was not killed in time: {leadership:?}");
+}
+
+fn child_leading(url: &str, name: &str) -> Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "election::child_leads",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env("DMUTEX_CHILD_URL", url)
+        .env("DMUTEX_CHILD_ELECTION", name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the child process")
+}
+
+/// A leader process SIGKILLed: the next campaigner leads within the TTL
+/// (2 s) plus one retry, not before the killed leader's lease ran out, and
+/// observers see "no leader" and then the new leader as quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_leader_is_replaced_within_its_ttl() {
+    let Fixture {
+        server,
+        raw: _raw,
+        mutex,
+    } = Fixture::start().await;
+    let name = "e:killed";
+    let election = mutex.election(name).ttl(ms(2000)).retry_period(ms(100));
+    let mut child = child_leading(&server.url(), name);
+    leader_becomes(&election, Duration::from_secs(20), |l| {
+        l.is_some_and(|l| l.value == "child")
+    })
+    .await;
+    let log = record(election.observe().unwrap());
+    observed(&log, Some(("child", 1)), Duration::from_secs(5)).await;
+    let other = mutex_for(&server).await;
+    let waiting = campaign(
+        &other.election(name).ttl(ms(2000)).retry_period(ms(100)),
+        "b",
+    );
+    tokio::time::sleep(ms(300)).await;
+    assert!(!waiting.is_finished(), "b led while the child did");
+
+    let left = election.leader().await.unwrap().expect("child").lease_left;
+    child.kill().expect("SIGKILL the child");
+    let killed = Instant::now();
+    child.wait().expect("reap the child");
+    let (led, b) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("b leads within 10 s")
+        .unwrap();
+    let handover = led - killed;
+    println!("election handover after SIGKILL (TTL 2 s, {left:?} left): {handover:?}");
+    assert!(
+        handover + ms(50) >= left,
+        "b led before the child's lease ended: {handover:?} < {left:?}"
+    );
+    assert!(handover < ms(2000 + 1500), "{handover:?}");
+    assert_eq!(b.term(), 2);
+    let seen_b = observed(&log, Some(("b", 2)), Duration::from_secs(5)).await;
+    let states: Vec<_> = log.lock().unwrap().clone();
+    // From the child's leadership on (the first state may be the "none" the
+    // receiver started with).
+    let from_child: Vec<_> = states.iter().skip_while(|(_, s)| s.is_none()).collect();
+    let none_at = from_child
+        .iter()
+        .find(|(_, s)| s.is_none())
+        .map(|(at, _)| *at);
+    println!(
+        "observer after SIGKILL: no leader at {:?}, b at {:?}",
+        none_at.map(|at| at.saturating_duration_since(killed)),
+        seen_b.saturating_duration_since(killed)
+    );
+    assert!(seen_b.saturating_duration_since(led) < ms(1000));
+    let child = Some(("child".to_owned(), 1));
+    let b_state = Some(("b".to_owned(), 2));
+    let order: Vec<_> = from_child.iter().map(|(_, s)| s.clone()).collect();
+    assert!(
+        order == [child.clone(), None, b_state.clone()] || order == [child, b_state],
+        "{order:?}"
+    );
+    b.resign().await.unwrap();
+}
+
+// ---- exclusion under faults (proptest) --------------------------------------------
+
+/// Who leads, as the campaigners report it: a new leader must find every
+/// other one's lease lost, and a term no greater than one seen before only
+/// with its own lease already lost (a late return).
+#[derive(Default)]
+struct Ledger {
+    inside: Vec<(usize, Lease)>,
+    max_term: u64,
+    entered: usize,
+    /// Leaderships that ended lost (a fault took them).
+    lost: usize,
+    violations: Vec<String>,
+}
+
+impl Ledger {
+    fn enter(&mut self, who: usize, lease: Lease) {
+        let term = lease.fencing_token().expect("a term");
+        for (other, theirs) in &self.inside {
+            if !theirs.is_lost() {
+                self.violations.push(format!(
+                    "c{who} (term {term}) leads while c{other} (term {:?}) still does for {:?}",
+                    theirs.fencing_token(),
+                    theirs.remaining()
+                ));
+            }
+        }
+        if term <= self.max_term && !lease.is_lost() {
+            self.violations
+                .push(format!("c{who}: term {term} after {}", self.max_term));
+        }
+        self.max_term = self.max_term.max(term);
+        self.entered += 1;
+        self.inside.push((who, lease));
+    }
+
+    fn exit(&mut self, who: usize) {
+        self.inside.retain(|(w, _)| *w != who);
+    }
+}
+
+/// One turn of a campaigner: lead for `hold` ms, then resign (or drop).
+#[derive(Debug, Clone)]
+struct Turn {
+    hold: u64,
+    resign: bool,
+}
+
+/// A fault, `at` ms into the case.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// Cut the connections of campaigner `n`'s proxy.
+    Cut(usize),
+    /// Hold campaigner `n`'s traffic for `ms`.
+    Partition(usize, u64),
+    /// SIGSTOP the server for `ms`.
+    Pause(u64),
+}
+
+const CAMPAIGNERS: usize = 3;
+
+fn turns() -> impl Strategy<Value = Vec<Turn>> {
+    proptest::collection::vec(
+        (50u64..600, any::<bool>()).prop_map(|(hold, resign)| Turn { hold, resign }),
+        1..4,
+    )
+}
+
+fn faults(pause_max: u64) -> impl Strategy<Value = Vec<(u64, Fault)>> {
+    let fault = prop_oneof![
+        (0..CAMPAIGNERS).prop_map(Fault::Cut),
+        (0..CAMPAIGNERS, 100u64..900).prop_map(|(n, ms)| Fault::Partition(n, ms)),
+        (50u64..pause_max).prop_map(Fault::Pause),
+    ];
+    proptest::collection::vec((0u64..1200, fault), 1..6)
+}
+
+/// Campaigns and leads per `turns`, each campaign given 3 s.
+async fn campaigner(who: usize, election: Election, turns: Vec<Turn>, ledger: Arc<Mutex<Ledger>>) {
+    for turn in turns {
+        let Ok(Ok(leadership)) =
+            tokio::time::timeout(Duration::from_secs(3), election.campaign(format!("c{who}")))
+                .await
+        else {
+            continue;
+        };
+        ledger.lock().unwrap().enter(who, leadership.lease());
+        let _ = tokio::time::timeout(ms(turn.hold), leadership.lost()).await;
+        {
+            let mut entries = ledger.lock().unwrap();
+            entries.exit(who);
+            entries.lost += usize::from(leadership.is_lost());
+        }
+        if turn.resign {
+            let _ = leadership.resign().await;
+        } else {
+            drop(leadership);
+        }
+    }
+}
+
+/// Runs the campaigners of one case and injects `faults` with `inject`.
+async fn exclusion_case<F, Fut>(
+    elections: Vec<Election>,
+    plans: Vec<Vec<Turn>>,
+    faults: Vec<(u64, Fault)>,
+    ledger: &Arc<Mutex<Ledger>>,
+    inject: F,
+) where
+    F: Fn(Fault) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    // A fresh election per case: its terms start again.
+    ledger.lock().unwrap().max_term = 0;
+    let mut tasks = Vec::new();
+    for (who, (election, turns)) in elections.into_iter().zip(plans).enumerate() {
+        tasks.push(tokio::spawn(campaigner(
+            who,
+            election,
+            turns,
+            Arc::clone(ledger),
+        )));
+    }
+    let started = Instant::now();
+    let mut faults = faults;
+    faults.sort_by_key(|(at, _)| *at);
+    for (at, fault) in faults {
+        tokio::time::sleep_until((started + ms(at)).into()).await;
+        inject(fault).await;
+    }
+    for task in tasks {
+        task.await.expect("a campaigner panicked");
+    }
+}
+
+fn check_ledger(ledger: &Mutex<Ledger>, cases: u32) {
+    let ledger = ledger.lock().unwrap();
+    eprintln!(
+        "{cases} cases: {} leaderships, {} lost to faults",
+        ledger.entered, ledger.lost
+    );
+    assert!(ledger.violations.is_empty(), "{:#?}", ledger.violations);
+    assert!(
+        ledger.entered >= cases as usize,
+        "only {} leaderships",
+        ledger.entered
+    );
+}
+
+fn runner(cases: u32) -> TestRunner {
+    TestRunner::new(ProptestConfig {
+        cases,
+        max_shrink_iters: 8,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Never two leaders with valid leases, with connection cuts, partitions
+/// and a paused server, on one server (each campaigner through its own
+/// fault proxy).
+#[test]
+fn never_two_leaders_with_faults_on_one_server() {
+    const CASES: u32 = 8;
+    let server = RedisServer::start();
+    let runtime = runtime();
+    let proxies: Vec<Proxy> = runtime.block_on(async {
+        (0..CAMPAIGNERS)
+            .map(|_| Proxy::start(server.port()))
+            .collect()
+    });
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let round = std::sync::atomic::AtomicUsize::new(0);
+    let strategy = (proptest::collection::vec(turns(), CAMPAIGNERS), faults(600));
+    let result = runner(CASES).run(&strategy, |(plans, faults)| {
+        let n = round.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("e:prop:{n}");
+        runtime.block_on(async {
+            let mut elections = Vec::new();
+            for proxy in &proxies {
+                let mutex = mutex_via(proxy, |b| b.command_timeout(ms(500))).await;
+                elections.push(mutex.election(&name).ttl(ms(400)).retry_period(ms(50)));
+            }
+            let proxies = &proxies;
+            let server = &server;
+            exclusion_case(elections, plans, faults, &ledger, |fault| async move {
+                match fault {
+                    Fault::Cut(n) => proxies[n].cut_all().await,
+                    Fault::Partition(n, t) => {
+                        proxies[n].set_mode(Mode::BlackHole);
+                        tokio::time::sleep(ms(t)).await;
+                        proxies[n].set_mode(Mode::Pass);
+                    }
+                    Fault::Pause(t) => {
+                        server.pause();
+                        tokio::time::sleep(ms(t)).await;
+                        server.resume();
+                    }
+                }
+            })
+            .await;
+        });
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    check_ledger(&ledger, CASES);
+}
+
+/// The same on the cluster (elections on every master), with the election's
+/// master paused (shorter than the failover timeout).
+#[test]
+fn never_two_leaders_with_faults_on_the_cluster() {
+    const CASES: u32 = 6;
+    let cluster = RedisCluster::start();
+    let runtime = runtime();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let round = std::sync::atomic::AtomicUsize::new(0);
+    let strategy = (proptest::collection::vec(turns(), CAMPAIGNERS), faults(500));
+    let result = runner(CASES).run(&strategy, |(plans, faults)| {
+        let n = round.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let master = n % MASTERS;
+        let name = cluster.key_on_master(master, &format!("e:prop:{n}:"));
+        let name = format!("{{{name}}}");
+        runtime.block_on(async {
+            let mut elections = Vec::new();
+            let mut mutexes = Vec::new();
+            for _ in 0..CAMPAIGNERS {
+                let mutex = DistributedMutex::builder(cluster.client().await)
+                    .command_timeout(ms(500))
+                    .build()
+                    .unwrap();
+                elections.push(mutex.election(&name).ttl(ms(400)).retry_period(ms(50)));
+                mutexes.push(mutex);
+            }
+            exclusion_case(elections, plans, faults, &ledger, |fault| {
+                let mutexes = &mutexes;
+                let cluster = &cluster;
+                async move {
+                    match fault {
+                        // No proxy on a cluster: a cut is the campaigner's
+                        // subscriber and commands reconnecting.
+                        Fault::Cut(n) | Fault::Partition(n, _) => {
+                            let _ = mutexes[n].client().force_reconnection().await;
+                        }
+                        Fault::Pause(t) => {
+                            cluster.pause_master(master);
+                            tokio::time::sleep(ms(t)).await;
+                            cluster.resume_master(master);
+                        }
+                    }
+                }
+            })
+            .await;
+        });
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    check_ledger(&ledger, CASES);
 }
