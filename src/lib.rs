@@ -65,6 +65,11 @@
 //! * [`RwLock`] (`DistributedMutex::rw(name)`): `read`, `write`,
 //!   `try_read`, `try_write`, `read_with`, `write_with` ([`AcquireRead`],
 //!   [`AcquireWrite`]), held by a [`ReadGuard`] or a [`WriteGuard`].
+//! * [`Election`] (`DistributedMutex::election(name)`): `ttl`,
+//!   `retry_period`, `campaign(value)` giving a [`Leadership`] (`term`,
+//!   `value`, `proclaim`, `resign`, `lost`, `is_lost`, `remaining`, `lease`;
+//!   resigned on drop), `leader()` giving a [`Leader`], `observe()` giving a
+//!   `tokio::sync::watch::Receiver<Option<Leader>>`.
 //! * [`RetryStrategy`]: `none`, `linear`, `exponential` (with jitter).
 //!   Waiters of a lock queue in Redis and are served in order, one per
 //!   release across every process; [`CLAIM_TTL`] bounds the stall when a
@@ -105,6 +110,7 @@
 //! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
 //! | `semaphore.rs` | the public [`Semaphore`], [`AcquirePermit`], [`Permit`] |
 //! | `rwlock.rs` | the public [`RwLock`], its builders and guards |
+//! | `election/` | [`Election`], [`Leadership`], [`Leader`]: a fenced lock per election, the leader's value beside it, the observer task (its `mod.rs` lists its files) |
 //! | `primitive/` | what both share: places in sorted sets, their attempt loop, guard, background release and scripts (its `mod.rs` lists its files) |
 //! | `adapter.rs` | the Go-compatible shim |
 //! | `redlock/` | [`Redlock`]: one [`DistributedMutex`] per server, majority counting, renewal per guard (its `mod.rs` lists its files) |
