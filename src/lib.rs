@@ -48,7 +48,7 @@
 //! # The public API
 //! * [`DistributedMutex`]: `connect`, `new`, `builder`, `lock`, `try_lock`,
 //!   `acquire(key)` (an [`Acquire`] with `.ttl`, `.retry`, `.timeout`,
-//!   `.fencing`, `.auto_renew`, `.min_replicas`), `with_lock`, `shutdown`;
+//!   `.fencing`, `.auto_renew`, `.min_replicas`, `.holder`), `with_lock`, `shutdown`;
 //!   for operators, `release_token(key, token)` (a token-checked release by
 //!   another process) and `fencing_counter_key(key)` (where the counter
 //!   lives).
@@ -70,6 +70,8 @@
 //!   `value`, `proclaim`, `resign`, `lost`, `is_lost`, `remaining`, `lease`;
 //!   resigned on drop), `leader()` giving a [`Leader`], `observe()` giving a
 //!   `tokio::sync::watch::Receiver<Option<Leader>>`.
+//! * [`Holder`]: the holder label (`Builder::holder`, `Acquire::holder`)
+//!   read back from a token (`Holder::from_token`).
 //! * [`RetryStrategy`]: `none`, `linear`, `exponential` (with jitter).
 //!   Waiters of a lock queue in Redis and are served in order, one per
 //!   release across every process; [`CLAIM_TTL`] bounds the stall when a
@@ -94,6 +96,7 @@
 //! | `tls.rs` | `rediss://`: trusted roots, client certificate, server name (feature `tls`) |
 //! | `inner.rs` | what all handles share; starts the background tasks |
 //! | `acquire.rs` | [`Acquire`] and the attempt loop |
+//! | `holder.rs` | holder labels: the token format `<uuid>:<unix ms>:<label>`, [`Holder`] |
 //! | `schedule.rs` | when to try again and when to give up (pure) |
 //! | `keys.rs` | every Redis name a lock uses (lock, fencing counter, wait queue, channels) |
 //! | `scripts.rs`, `scripts/*.lua` | the commands sent to Redis (and `WAIT` after them, with `min_replicas`) |
@@ -137,6 +140,7 @@ mod connect;
 mod election;
 mod error;
 mod guard;
+mod holder;
 mod inner;
 mod keys;
 mod lease;
@@ -171,6 +175,7 @@ pub use election::{
 };
 pub use error::Error;
 pub use guard::LockGuard;
+pub use holder::{Holder, MAX_HOLDER_LEN};
 pub use lease::{Lease, LostReason};
 pub use limits::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_COMMAND_TIMEOUT, MAX_KEY_LEN, MAX_PREFIX_LEN,

@@ -26,6 +26,7 @@
 //! | `semaphore` | the counting semaphore: the permit count across processes (proptest), crashed holders, wake-ups, renewal, loss, cancellation, bad input, a cluster |
 //! | `rwlock`    | the read-write lock: writers alone, readers share, writer preference and intent expiry, renewal, loss (proptest), a cluster |
 //! | `election`  | leader election: handover on resign, drop and SIGKILL, terms, `leader()` and `observe()`, exclusion under faults (proptest), a cluster |
+//! | `holder`    | holder labels in lock tokens: stored, read back, handed over through the queue, plain to other clients, bad labels |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -48,6 +49,7 @@ mod failover;
 mod faults;
 mod hardening;
 mod harness;
+mod holder;
 mod interop;
 mod lock;
 mod multi;
