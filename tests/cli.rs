@@ -525,7 +525,9 @@ fn the_fencing_token_is_in_the_environment_and_increases_between_runs() {
             scratch.read(&held).trim(),
             "DMUTEX_TOKEN is the lock's value"
         );
-        support::common::assert_uuid_v4(fields[1]);
+        // `<uuid>:<unix ms>:<host>:<pid>`: the default holder label.
+        support::common::assert_uuid_v4(&fields[1][..36]);
+        assert!(fields[1][36..].starts_with(':'), "{env:?}");
         fields[2].parse::<u64>().expect("a fencing token")
     };
     let first = seen(1);
@@ -769,4 +771,159 @@ fn overhead_of_run_over_the_bare_command() {
         bin.display(),
         locked.saturating_sub(bare),
     );
+}
+
+// ---- dmutex elect ---------------------------------------------------------------
+
+/// `dmutex elect NAME -- sh -c SCRIPT` with `--value VALUE`.
+fn elect(server: &RedisServer, value: &str, extra: &[&str], script: &str) -> Command {
+    let mut command = dmutex(&server.url());
+    command.args(["elect", "--value", value]);
+    command.args(extra);
+    command.args(["sched", "--", "sh", "-c", script]);
+    command
+}
+
+#[test]
+fn elect_runs_the_command_only_while_leading_and_hands_over_on_exit() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let first = elect(
+        &server,
+        "a",
+        &[],
+        &format!(
+            "echo $DMUTEX_FENCING_TOKEN > {term}; {hold}",
+            term = scratch.p("term-a"),
+            hold = hold_until_go(&scratch, "started-a", "a"),
+        ),
+    );
+    let first = Running::start(first, &scratch, "a");
+    assert!(eventually(LIMIT, || scratch.exists("started-a")));
+    let second = elect(
+        &server,
+        "b",
+        &[],
+        &format!(
+            "echo $DMUTEX_FENCING_TOKEN > {term}; echo b >> {log}; exit 3",
+            term = scratch.p("term-b"),
+            log = scratch.p("log"),
+        ),
+    );
+    let mut second = Running::start(second, &scratch, "b");
+    thread::sleep(Duration::from_millis(700));
+    assert!(second.is_running(), "b waits while a leads");
+    assert!(!scratch.exists("term-b"), "b's command did not run");
+    scratch.touch("go");
+    let first = first.finish();
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let second = second.finish();
+    assert_eq!(second.code, 3, "the command's code: {}", second.stderr);
+    assert!(
+        second.stderr.contains("waiting to lead `sched`"),
+        "{}",
+        second.stderr
+    );
+    assert!(second.stderr.contains("\"a\" leads"), "{}", second.stderr);
+    assert_eq!(scratch.read("log"), "a\nb\n", "one after the other");
+    let term_a: u64 = scratch.read("term-a").trim().parse().unwrap();
+    let term_b: u64 = scratch.read("term-b").trim().parse().unwrap();
+    assert!(term_b > term_a, "{term_a} then {term_b}");
+}
+
+#[test]
+fn elect_on_loss_sigterms_the_command_and_exits_79() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let leader = elect(
+        &server,
+        "a",
+        &["--ttl", "1500ms"],
+        &format!(
+            "trap 'echo term > {got}; exit 0' TERM; touch {started}; while :; do sleep 0.02; done",
+            got = scratch.p("got"),
+            started = scratch.p("started"),
+        ),
+    );
+    let leader = Running::start(leader, &scratch, "leader");
+    assert!(eventually(LIMIT, || scratch.exists("started")));
+    assert_eq!(server.cli(&["FLUSHALL"]), "OK");
+    let leader = leader.finish();
+    assert_eq!(leader.code, 79, "{}", leader.stderr);
+    assert_eq!(scratch.read("got"), "term\n", "the command got SIGTERM");
+}
+
+#[test]
+fn elect_gives_up_at_its_wait_and_on_sigterm_while_waiting() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let leader = elect(&server, "a", &[], &hold_until_go(&scratch, "started", "a"));
+    let leader = Running::start(leader, &scratch, "leader");
+    assert!(eventually(LIMIT, || scratch.exists("started")));
+
+    let bounded = elect(&server, "b", &["--wait", "600ms"], "echo ran > never");
+    let bounded = finish(bounded, &scratch, "bounded");
+    assert_eq!(bounded.code, 75, "{}", bounded.stderr);
+    assert!(
+        bounded.took >= Duration::from_millis(500),
+        "{:?}",
+        bounded.took
+    );
+
+    let waiting = elect(&server, "c", &[], "echo ran > never");
+    let waiting = Running::start(waiting, &scratch, "waiting");
+    thread::sleep(Duration::from_millis(500));
+    send_signal(waiting.pid(), rustix::process::Signal::TERM);
+    let waiting = waiting.finish();
+    assert_eq!(waiting.code, 128 + 15, "{}", waiting.stderr);
+
+    scratch.touch("go");
+    assert_eq!(leader.finish().code, 0);
+}
+
+#[test]
+fn status_shows_the_holder_label_and_since() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let status = |json: bool| {
+        let mut command = dmutex(&server.url());
+        command.args(["status", "job"]);
+        if json {
+            command.arg("--json");
+        }
+        let out = command.stderr(Stdio::inherit()).output().expect("status");
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    for (label, shown) in [(Some("web-3"), "web-3".to_owned()), (None, String::new())] {
+        let mut holder = dmutex(&server.url());
+        holder.arg("run");
+        if let Some(label) = label {
+            holder.args(["--holder", label]);
+        }
+        holder.args(["job", "--", "sh", "-c"]);
+        holder.arg(hold_until_go(&scratch, "started", "a"));
+        let running = Running::start(holder, &scratch, "holder");
+        assert!(eventually(LIMIT, || scratch.exists("started")));
+        let pid = running.pid();
+        // Without --holder: the host and dmutex's pid.
+        let shown = if label.is_some() {
+            shown
+        } else {
+            format!(":{pid}")
+        };
+        let text = status(false);
+        let holder_line = text
+            .lines()
+            .find(|l| l.starts_with("holder:"))
+            .unwrap_or("");
+        assert!(holder_line.ends_with(&shown), "{text}");
+        assert!(text.contains("since:    20"), "{text}");
+        let json = status(true);
+        assert!(json.contains(",\"holder\":\""), "{json}");
+        assert!(json.contains(",\"since_ms\":"), "{json}");
+        scratch.touch("go");
+        assert_eq!(running.finish().code, 0);
+        fs::remove_file(scratch.path("go")).unwrap();
+        fs::remove_file(scratch.path("started")).unwrap();
+    }
 }

@@ -1,4 +1,4 @@
-//! The command line: `dmutex [--url URL] [--key-prefix P] [-q] run|status|release ...`.
+//! The command line: `dmutex [--url URL] [--key-prefix P] [-q] run|status|release|elect|ls ...`.
 //!
 //! Every mistake is a clear message and exit 64 (EX_USAGE), never a panic;
 //! `--help` and `--version` print to stdout and exit 0.
@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use distributed_mutex::{MAX_KEY_LEN, MAX_TTL, MIN_TTL};
+use distributed_mutex::{
+    MAX_ELECTION_NAME_LEN, MAX_ELECTION_VALUE_LEN, MAX_HOLDER_LEN, MAX_KEY_LEN, MAX_TTL, MIN_TTL,
+};
 
 use crate::duration;
 use crate::exit;
@@ -66,6 +68,62 @@ pub enum Command {
     /// Release the lock on KEY if it holds TOKEN (never an unconditional
     /// delete; exit 0 released, 1 not)
     Release(ReleaseArgs),
+    /// Wait to lead the election NAME, run COMMAND while leading, resign
+    /// when it exits (the exit codes, signals and loss handling of `run`)
+    #[command(after_help = elect_after_help())]
+    Elect(ElectArgs),
+}
+
+const ELECT_AFTER_HELP: &str = "\
+COMMAND runs with DMUTEX_KEY (the election's name), DMUTEX_TOKEN and
+DMUTEX_FENCING_TOKEN (the leadership's term, strictly increasing across
+leaders) in its environment. The lease is renewed while it runs; a
+resignation (COMMAND exits) hands the lead to the next campaigner at once,
+a crashed dmutex's lead passes on after --ttl. On loss, COMMAND gets what
+--on-lost says and dmutex exits 79, as `dmutex run` does.
+
+Example: dmutex elect --value \"$(hostname)\" scheduler -- /usr/local/bin/scheduler
+
+";
+
+fn elect_after_help() -> String {
+    format!("{ELECT_AFTER_HELP}{}", exit::TABLE)
+}
+
+#[derive(Debug, Args)]
+pub struct ElectArgs {
+    /// The leader's lease: how long the lead outlives a dmutex that stops
+    /// renewing it (a crash), so how long a failover can take
+    #[arg(long, default_value = "15s", value_parser = parse_ttl, value_name = "DURATION")]
+    pub ttl: Duration,
+
+    /// Wait at most this long to lead, then exit 75 [default: as long as it
+    /// takes]
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+    pub wait: Option<Duration>,
+
+    /// The value published while leading (`dmutex ls` shows it; library
+    /// callers read it with Election::leader) [default: HOST:PID]
+    #[arg(long, value_parser = parse_value, value_name = "VALUE")]
+    pub value: Option<String>,
+
+    /// What to do to COMMAND when the lead is lost (dmutex exits 79)
+    #[arg(long, value_enum, default_value_t = OnLost::Term, value_name = "ACTION")]
+    pub on_lost: OnLost,
+
+    /// How long COMMAND may take to exit after SIGTERM on loss before it gets
+    /// SIGKILL
+    #[arg(long, default_value = "10s", value_parser = duration::parse, value_name = "DURATION")]
+    pub grace: Duration,
+
+    /// The election's name
+    #[arg(value_parser = parse_election)]
+    pub name: String,
+
+    /// The command and its arguments (put `--` before it when it starts with
+    /// `-`)
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -115,6 +173,11 @@ pub struct RunArgs {
     /// SIGKILL
     #[arg(long, default_value = "10s", value_parser = duration::parse, value_name = "DURATION")]
     pub grace: Duration,
+
+    /// The holder label stored with the lock (in its token), shown by
+    /// `dmutex status` and `dmutex ls` [default: HOST:PID]
+    #[arg(long, value_parser = parse_holder, value_name = "LABEL")]
+    pub holder: Option<String>,
 
     /// The lock's key
     #[arg(value_parser = parse_key)]
@@ -195,6 +258,33 @@ fn parse_key(text: &str) -> Result<String, String> {
 fn parse_token(text: &str) -> Result<String, String> {
     if text.is_empty() {
         return Err("the token must not be empty".into());
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_election(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > MAX_ELECTION_NAME_LEN {
+        return Err(format!(
+            "an election name must be 1 to {MAX_ELECTION_NAME_LEN} bytes long"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_value(text: &str) -> Result<String, String> {
+    if text.len() > MAX_ELECTION_VALUE_LEN {
+        return Err(format!(
+            "an election value must be at most {MAX_ELECTION_VALUE_LEN} bytes long"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_holder(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > MAX_HOLDER_LEN || text.chars().any(char::is_control) {
+        return Err(format!(
+            "a holder label must be 1 to {MAX_HOLDER_LEN} bytes without control characters"
+        ));
     }
     Ok(text.to_owned())
 }
@@ -284,6 +374,10 @@ mod tests {
             &["run", "--wait", "soon", "k", "--", "true"][..],
             &["run", "--wait", "1s", "--no-wait", "k", "--", "true"][..],
             &["run", "--on-lost", "explode", "k", "--", "true"][..],
+            &["run", "--holder", "", "k", "--", "true"][..],
+            &["elect", "", "--", "true"][..],
+            &["elect", "e"][..],
+            &["elect", "--ttl", "0s", "e", "--", "true"][..],
             &["status"][..],
             &["status", ""][..],
             &["release", "k"][..],
