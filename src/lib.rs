@@ -118,7 +118,7 @@
 //! | `adapter.rs` | the Go-compatible shim |
 //! | `redlock/` | [`Redlock`]: one [`DistributedMutex`] per server, majority counting, renewal per guard (its `mod.rs` lists its files) |
 //! | `metrics.rs` | what is recorded through the `metrics` facade (feature `metrics`; inline no-ops without it) |
-//! | `bin/dmutex/` | the `dmutex` command (feature `cli`): run, status, release |
+//! | `bin/dmutex/` | the `dmutex` command (feature `cli`): run, status, release, elect, ls |
 //!
 //! Three tasks per mutex run on its "home" runtime (the first one that used
 //! it, or the caller's when that one has stopped): the release worker, the

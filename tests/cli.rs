@@ -927,3 +927,241 @@ fn status_shows_the_holder_label_and_since() {
         fs::remove_file(scratch.path("started")).unwrap();
     }
 }
+
+// ---- dmutex ls -------------------------------------------------------------------
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `dmutex [--key-prefix app:] ls ARGS`: its exit code and stdout.
+fn ls(url: &str, prefix: Option<&str>, args: &[&str]) -> (i32, String) {
+    let mut command = dmutex(url);
+    if let Some(prefix) = prefix {
+        command.args(["--key-prefix", prefix]);
+    }
+    command.arg("ls").args(args);
+    let out = command.stderr(Stdio::inherit()).output().expect("ls");
+    (
+        out.status.code().expect("an exit code"),
+        String::from_utf8(out.stdout).expect("UTF-8"),
+    )
+}
+
+#[test]
+fn ls_lists_locks_semaphores_rwlocks_and_elections_with_holders_and_waiters() {
+    use distributed_mutex::{Builder, RetryStrategy};
+    let server = RedisServer::start();
+    let url = server.url();
+    let rt = runtime();
+    let held = rt.block_on(async {
+        let mutex = |label: &'static str| {
+            let url = url.clone();
+            async move {
+                Builder::connect(&url)
+                    .await
+                    .unwrap()
+                    .key_prefix("app:")
+                    .holder(label)
+                    .build()
+                    .unwrap()
+            }
+        };
+        let (a, b) = (mutex("web-3").await, mutex("web-4").await);
+        let lock = a.lock("job").await.unwrap();
+        let waiter = tokio::spawn(async move {
+            b.acquire("job")
+                .retry(RetryStrategy::linear(Duration::from_secs(5), 10))
+                .await
+        });
+        let permits = (
+            a.semaphore("downloads", 3).acquire().await.unwrap(),
+            a.semaphore("downloads", 3).acquire().await.unwrap(),
+        );
+        let read = a.rw("config").read().await.unwrap();
+        let leader = a
+            .election("scheduler")
+            .campaign("10.0.0.7:8080")
+            .await
+            .unwrap();
+        let outside = Builder::connect(&url).await.unwrap().build().unwrap();
+        let other = outside.lock("not-under-the-prefix").await.unwrap();
+        (lock, waiter, permits, read, leader, other, a, outside)
+    });
+    // The waiter queues in Redis: one waiting on `job`.
+    assert!(eventually(LIMIT, || ls(&url, Some("app:"), &["--json"])
+        .1
+        .contains(r#""name":"job","holder":"web-3""#)
+        && ls(&url, Some("app:"), &["--json"])
+            .1
+            .contains(r#""waiting":1"#)));
+    let (code, json) = ls(&url, Some("app:"), &["--json"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = json.lines().collect();
+    assert_eq!(lines.len(), 4, "{json}");
+    assert!(
+        lines[0].starts_with(r#"{"kind":"lock","name":"job","holder":"web-3","token":""#),
+        "{json}"
+    );
+    assert!(lines[0].ends_with(r#","waiting":1}"#), "{json}");
+    assert!(
+        lines[1].starts_with(r#"{"kind":"semaphore","name":"downloads""#),
+        "{json}"
+    );
+    assert!(lines[1].ends_with(r#","permits_held":2}"#), "{json}");
+    assert!(
+        lines[2].starts_with(r#"{"kind":"rwlock","name":"config""#),
+        "{json}"
+    );
+    assert!(
+        lines[2].ends_with(r#","readers":1,"writer":false,"waiting_writers":0}"#),
+        "{json}"
+    );
+    assert!(
+        lines[3].starts_with(r#"{"kind":"election","name":"scheduler","holder":"10.0.0.7:8080""#),
+        "{json}"
+    );
+    assert!(lines[3].ends_with(r#","waiting":0,"term":1}"#), "{json}");
+    assert!(!json.contains("not-under-the-prefix"));
+
+    let (code, text) = ls(&url, Some("app:"), &[]);
+    assert_eq!(code, 0);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["KIND", "NAME", "HOLDER", "AGE", "TTL", "WAITING", "DETAIL"],
+        "{text}"
+    );
+    assert_eq!(&rows[1][..3], ["lock", "job", "web-3"], "{text}");
+    assert_eq!(rows[1][5], "1", "{text}");
+    assert_eq!(
+        &rows[4][..3],
+        ["election", "scheduler", "10.0.0.7:8080"],
+        "{text}"
+    );
+    assert_eq!(&rows[4][6..], ["term", "1"], "{text}");
+
+    // A pattern on the names.
+    let (_, only) = ls(&url, Some("app:"), &["sched*", "--json"]);
+    assert_eq!(only.lines().count(), 1, "{only}");
+    assert!(only.contains(r#""kind":"election""#));
+    // Without the prefix, unprefixed locks (and every string key with an
+    // expiry) are listed too.
+    let (_, all) = ls(&url, None, &["--json"]);
+    assert!(all.contains(r#""name":"not-under-the-prefix""#), "{all}");
+
+    rt.block_on(async move {
+        let (lock, waiter, permits, read, leader, other, a, outside) = held;
+        drop((permits, read, leader, other));
+        lock.release().await.unwrap();
+        drop(waiter.await.unwrap().unwrap());
+        a.shutdown().await;
+        outside.shutdown().await;
+    });
+    let (code, empty) = ls(&url, Some("app:"), &[]);
+    assert_eq!(code, 0);
+    assert_eq!(empty.lines().count(), 1, "only the header: {empty}");
+}
+
+#[test]
+fn ls_reads_every_master_of_a_cluster() {
+    use support::cluster::{RedisCluster, MASTERS};
+    let cluster = RedisCluster::start();
+    let rt = runtime();
+    let keys: Vec<String> = (0..MASTERS)
+        .map(|i| cluster.key_on_master(i, "ls:"))
+        .collect();
+    let held = rt.block_on(async {
+        let mutex = distributed_mutex::Builder::connect(&cluster.url())
+            .await
+            .unwrap()
+            .holder("node-a")
+            .build()
+            .unwrap();
+        let mut guards = Vec::new();
+        for key in &keys {
+            guards.push(mutex.lock(key).await.unwrap());
+        }
+        let leader = mutex
+            .election("cluster-leader")
+            .campaign("v")
+            .await
+            .unwrap();
+        (guards, leader, mutex)
+    });
+    let (code, json) = ls(&cluster.url(), None, &["--json"]);
+    assert_eq!(code, 0, "{json}");
+    for key in &keys {
+        assert!(
+            json.contains(&format!(
+                r#""kind":"lock","name":"{key}","holder":"node-a""#
+            )),
+            "{key}: {json}"
+        );
+    }
+    assert!(
+        json.contains(r#""kind":"election","name":"cluster-leader","holder":"v""#),
+        "{json}"
+    );
+    rt.block_on(async move {
+        let (guards, leader, mutex) = held;
+        drop((guards, leader));
+        mutex.shutdown().await;
+    });
+}
+
+/// `dmutex ls`, `status` and `elect` as the README's least-privilege ACL
+/// user (its `ACL SETUSER locker ...` line, run as written for the prefix
+/// `app:`): everything works and the server logs no denial.
+#[test]
+fn ls_status_and_elect_work_as_the_readme_acl_user() {
+    let readme = include_str!("../README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER locker "))
+        .expect("the README's ACL line");
+    let server = RedisServer::start();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let words: Vec<&str> = words
+        .iter()
+        .map(|w| if *w == ">CHANGE-ME" { ">pw" } else { w })
+        .collect();
+    assert_eq!(server.cli(&words), "OK");
+    let url = format!("redis://locker:pw@127.0.0.1:{}", server.port());
+    let scratch = Scratch::new();
+    let mut leader = dmutex(&url);
+    leader.args([
+        "--key-prefix",
+        "app:",
+        "elect",
+        "--value",
+        "v",
+        "sched",
+        "--",
+        "sh",
+        "-c",
+    ]);
+    leader.arg(hold_until_go(&scratch, "started", "a"));
+    let leader = Running::start(leader, &scratch, "leader");
+    assert!(eventually(LIMIT, || scratch.exists("started")));
+    let (code, json) = ls(&url, Some("app:"), &["--json"]);
+    assert_eq!(code, 0, "{json}");
+    assert!(
+        json.contains(r#""kind":"election","name":"sched","holder":"v""#),
+        "{json}"
+    );
+    let mut status = dmutex(&url);
+    status.args(["--key-prefix", "app:", "status", "job"]);
+    assert_eq!(status.output().unwrap().status.code(), Some(1), "not held");
+    scratch.touch("go");
+    assert_eq!(leader.finish().code, 0);
+    let denials = server.cli(&["ACL", "LOG"]);
+    assert!(denials.is_empty(), "denied: {denials}");
+}

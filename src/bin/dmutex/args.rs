@@ -72,6 +72,24 @@ pub enum Command {
     /// when it exits (the exit codes, signals and loss handling of `run`)
     #[command(after_help = elect_after_help())]
     Elect(ElectArgs),
+    /// List what is held under the key prefix: locks, semaphores,
+    /// read-write locks and elections, with holder, age, TTL and waiters
+    /// (SCAN, on every master of a cluster)
+    Ls(LsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only names matching this glob (`*` any run, `?` one character),
+    /// without the prefix
+    #[arg(default_value = "*", value_name = "PATTERN")]
+    pub pattern: String,
+
+    /// One JSON object per line: kind, name, holder, token, since_ms,
+    /// age_ms, ttl_ms, waiting, and per kind permits_held, readers, writer,
+    /// waiting_writers, term
+    #[arg(long)]
+    pub json: bool,
 }
 
 const ELECT_AFTER_HELP: &str = "\

@@ -14,6 +14,7 @@
 //! | `signals.rs` | SIGINT/SIGTERM/SIGHUP in, signals out to the child |
 //! | `status.rs` | `dmutex status` |
 //! | `clock.rs` | UTC times and ages for people; the default holder label |
+//! | `ls/` | `dmutex ls`: what is held under the prefix (its `mod.rs` lists its files) |
 //! | `release.rs` | `dmutex release` (token-checked) |
 //! | `json.rs` | the few lines of JSON `status --json` prints |
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ mod elect;
 mod exit;
 mod held;
 mod json;
+mod ls;
 mod progress;
 mod release;
 mod run;
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
             Command::Status(args) => status::status(&global, args).await,
             Command::Release(args) => release::release(&global, args).await,
             Command::Elect(args) => elect::elect(&global, args).await,
+            Command::Ls(args) => ls::ls(&global, args).await,
         }
     });
     ExitCode::from(code)
