@@ -357,11 +357,26 @@ async fn child_leads() {
         .campaign("child")
         .await
         .unwrap();
+    if std::env::var("DMUTEX_CHILD_MODE").as_deref() == Ok("watch") {
+        // Stopped and continued by the test: exit 3 once the loss is seen
+        // with nothing left of the lease (4 if the lease still looked valid).
+        let seen = tokio::time::timeout(Duration::from_secs(60), leadership.lost()).await;
+        let code = match seen {
+            Ok(_) if leadership.remaining().is_zero() => 3,
+            Ok(_) => 4,
+            Err(_) => 5,
+        };
+        std::process::exit(code);
+    }
     tokio::time::sleep(Duration::from_secs(60)).await;
     panic!("the child was not killed in time: {leadership:?}");
 }
 
 fn child_leading(url: &str, name: &str) -> Child {
+    child_leading_as(url, name, "lead")
+}
+
+fn child_leading_as(url: &str, name: &str, mode: &str) -> Child {
     Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
@@ -371,6 +386,7 @@ fn child_leading(url: &str, name: &str) -> Child {
         ])
         .env("DMUTEX_CHILD_URL", url)
         .env("DMUTEX_CHILD_ELECTION", name)
+        .env("DMUTEX_CHILD_MODE", mode)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -443,6 +459,96 @@ async fn a_sigkilled_leader_is_replaced_within_its_ttl() {
         "{order:?}"
     );
     b.resign().await.unwrap();
+}
+
+/// A leader process SIGSTOPped for longer than its TTL: the next
+/// campaigner leads once the lease ran out in Redis (not before), and the
+/// stopped leader, continued, reports its leadership lost with nothing left
+/// of its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_leader_is_replaced_and_learns_it_lost() {
+    let Fixture {
+        server,
+        raw: _raw,
+        mutex,
+    } = Fixture::start().await;
+    let name = "e:stopped";
+    let election = mutex.election(name).ttl(ms(2000)).retry_period(ms(100));
+    let mut child = child_leading_as(&server.url(), name, "watch");
+    leader_becomes(&election, Duration::from_secs(20), |l| {
+        l.is_some_and(|l| l.value == "child")
+    })
+    .await;
+    let pid = child.id().to_string();
+    let signal = |sig: &str| {
+        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    let left = election.leader().await.unwrap().expect("child").lease_left;
+    signal("-STOP");
+    let stopped = Instant::now();
+    let (led, b) = tokio::time::timeout(Duration::from_secs(10), campaign(&election, "b"))
+        .await
+        .expect("b leads within 10 s")
+        .unwrap();
+    let waited = led - stopped;
+    println!("election handover after SIGSTOP (TTL 2 s, {left:?} left): {waited:?}");
+    assert!(
+        waited + ms(50) >= left,
+        "b led before the stopped leader's lease ended: {waited:?}"
+    );
+    assert!(waited < ms(2000 + 1500), "{waited:?}");
+    signal("-CONT");
+    let code = tokio::task::block_in_place(|| child.wait()).expect("reap the child");
+    assert_eq!(
+        code.code(),
+        Some(3),
+        "the continued leader saw its loss with no lease left"
+    );
+    assert!(!b.is_lost());
+    b.resign().await.unwrap();
+}
+
+/// With `min_replicas`, across a failover: a leader's term is confirmed on
+/// the replica, so after its master is SIGKILLed and the replica took over
+/// (with no replica of its own: later writes go unconfirmed), the next
+/// leader's term is larger, and it leads only once the first leadership is
+/// lost or resigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_min_replicas_terms_grow_across_a_failover() {
+    const KILLED: usize = 1;
+    let mut cluster = RedisCluster::start();
+    let name = format!("{{{}}}", cluster.key_on_master(KILLED, "e:failover:"));
+    let a = DistributedMutex::builder(cluster.client().await)
+        .min_replicas(1, ms(1000))
+        .build()
+        .unwrap();
+    let first = a.election(&name).ttl(ms(3000)).campaign("a").await.unwrap();
+    let term = first.term();
+    // (Connected before the kill: the cluster's URL names the killed node.)
+    // The promoted replica will have no replica: b campaigns unconfirmed.
+    let b = DistributedMutex::new(cluster.client().await);
+    cluster.kill_master(KILLED);
+    tokio::task::block_in_place(|| cluster.wait_for_failover(KILLED, Duration::from_secs(20)));
+    let waiting = campaign(&b.election(&name).ttl(ms(3000)), "b");
+    for _ in 0..20 {
+        tokio::time::sleep(ms(100)).await;
+        if !first.is_lost() {
+            assert!(
+                !waiting.is_finished(),
+                "b led while a held a valid leadership"
+            );
+        }
+    }
+    let _ = first.resign().await;
+    let (_, second) = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("b leads after the resignation or the lease")
+        .unwrap();
+    assert!(second.term() > term, "term {} after {term}", second.term());
+    let leader = b.election(&name).leader().await.unwrap().expect("b leads");
+    assert_eq!((leader.value.as_str(), leader.term), ("b", second.term()));
+    second.resign().await.unwrap();
 }
 
 // ---- exclusion under faults (proptest) --------------------------------------------
