@@ -10,14 +10,21 @@
 --          'value' for a proclamation (the value only)
 -- ARGV[5]: the election's news channel
 -- ARGV[6]: 's' to announce with SPUBLISH, 'p' with PUBLISH
+-- ARGV[7]: for a new leader, the floor its campaign raised the term counter
+--          to (floor.lua): a smaller term means the counter was lost since
 --
 -- Returns {1, ARGV[1]} when the caller held the lock and the hash was
--- written, {0, ARGV[1]} when the lock is not the caller's (nothing written).
+-- written, {0, ARGV[1]} when the lock is not the caller's (nothing written),
+-- {2, ARGV[1]} when the term is below the floor (nothing written: the
+-- caller raises the floor again and campaigns anew).
 -- For a proclamation the hash must also name the caller as leader.
 
 local token = ARGV[1]
 if redis.call('GET', KEYS[1]) ~= token then
   return {0, token}
+end
+if ARGV[4] == 'new' and tonumber(ARGV[3]) < tonumber(ARGV[7]) then
+  return {2, token}
 end
 if ARGV[4] == 'new' then
   local now = redis.call('TIME')

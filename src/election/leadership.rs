@@ -5,7 +5,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use super::names::Names;
-use super::scripts::Write;
+use super::scripts::{Claimed, Write};
 use super::{check_value, Election};
 use crate::error::Error;
 use crate::guard::LockGuard;
@@ -147,7 +147,7 @@ impl Leadership {
         let written = target
             .claim(self.token(), &value, self.term, Write::Value)
             .await?;
-        if !written {
+        if written != Claimed::Yes {
             return Err(self.not_held(LostReason::Replaced));
         }
         *self.value.lock().unwrap_or_else(PoisonError::into_inner) = value;

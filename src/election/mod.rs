@@ -14,7 +14,17 @@
 //! Campaigning takes the election's lock as any acquisition does (the wait
 //! queue in Redis, direct handoff on release, the holder's TTL bounding the
 //! wait after a crash), then writes the leader's value and term beside it
-//! and announces the change. A leader is *established* once that write is
+//! and announces the change.
+//!
+//! **Terms.** A term is the lock's fencing token, drawn by the acquisition
+//! (`INCR` of the lock's fencing counter). Before each campaign the counter
+//! is raised to the server's clock in milliseconds if it is below
+//! (`floor.lua`), and a claim whose term is below that floor (the counter
+//! was lost meanwhile) is refused and the campaign starts over. So terms
+//! strictly increase while Redis keeps its data, and after a restart
+//! without data (or a failover that lost increments) the next term is above
+//! the clock, which is above every earlier term as long as the servers'
+//! clocks do not go back and fewer than 1000 leaders a second were elected. A leader is *established* once that write is
 //! done: [`Election::leader`] reports a leader only while the lock holds the
 //! token the hash names.
 
@@ -39,7 +49,7 @@ use crate::guard::LockGuard;
 use crate::mutex::DistributedMutex;
 use crate::retry::RetryStrategy;
 use names::Names;
-use scripts::{Target, Write};
+use scripts::{Claimed, Target, Write};
 
 /// The longest value a leader may publish, in bytes.
 pub const MAX_ELECTION_VALUE_LEN: usize = 64 * 1024;
@@ -145,13 +155,21 @@ impl Election {
         check_value(&self.name, &value)?;
         let names = self.names()?;
         loop {
+            let floor = self.raise_floor(&names).await?;
             let guard = self.take_lock(&names).await?;
             let term = guard.fencing_token().unwrap_or_default();
-            if self.claim(&names, &guard, &value, term).await? {
-                tracing::debug!(election = %self.name, term, "elected");
-                return Ok(Leadership::new(self.clone(), names, guard, value, term));
+            match self.claim(&names, &guard, &value, term, floor).await? {
+                Claimed::Yes => {
+                    tracing::debug!(election = %self.name, term, "elected");
+                    return Ok(Leadership::new(self.clone(), names, guard, value, term));
+                }
+                Claimed::BelowFloor => {
+                    tracing::warn!(election = %self.name, term, floor, "the term counter was lost (Redis restarted without its data?); campaigning again above the clock");
+                }
+                Claimed::NotHeld => {
+                    tracing::debug!(election = %self.name, "lock lost before the leader was published; campaigning again");
+                }
             }
-            tracing::debug!(election = %self.name, "lock lost before the leader was published; campaigning again");
         }
     }
 
@@ -254,27 +272,42 @@ impl Election {
         }
     }
 
-    /// Publishes the holder of `guard` as leader; `false` when the lock was
-    /// lost first.
+    /// Raises the term counter to the server's clock, trying again after
+    /// transient errors; the floor the next term must reach.
+    async fn raise_floor(&self, names: &Names) -> Result<u64, Error> {
+        loop {
+            match self.target(names).floor().await {
+                Ok(floor) => return Ok(floor),
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(election = %self.name, error = %e, "campaign: trying again");
+                    tokio::time::sleep(self.retry_period).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Publishes the holder of `guard` as leader with `term`, if the term
+    /// reaches `floor`.
     async fn claim(
         &self,
         names: &Names,
         guard: &LockGuard,
         value: &str,
         term: u64,
-    ) -> Result<bool, Error> {
+        floor: u64,
+    ) -> Result<Claimed, Error> {
         let target = self.target(names);
+        let write = Write::NewLeader { floor };
         loop {
-            let result = target
-                .claim(guard.token(), value, term, Write::NewLeader)
-                .await;
+            let result = target.claim(guard.token(), value, term, write).await;
             match result {
                 Ok(claimed) => return Ok(claimed),
                 Err(e) if e.is_transient() && !guard.is_lost() => {
                     tracing::debug!(election = %self.name, error = %e, "claim: trying again");
                     tokio::time::sleep(self.retry_period.min(guard.remaining() / 2)).await;
                 }
-                Err(e) if e.is_transient() => return Ok(false),
+                Err(e) if e.is_transient() => return Ok(Claimed::NotHeld),
                 Err(e) => return Err(e),
             }
         }

@@ -17,14 +17,26 @@ use crate::scripts::{binary_key, mismatched, run, unexpected};
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("claim.lua")));
 static LEADER: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("leader.lua")));
 static NEWS: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("news.lua")));
+static FLOOR: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("floor.lua")));
 
 /// What a claim or proclamation writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Write {
-    /// A new leader: token, value, term and since.
-    NewLeader,
+    /// A new leader (token, value, term and since), whose term must be at
+    /// least the floor its campaign raised the counter to.
+    NewLeader { floor: u64 },
     /// A proclamation: the value only.
     Value,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claimed {
+    Yes,
+    /// The lock is not the caller's.
+    NotHeld,
+    /// The term is below the campaign's floor: the counter was lost.
+    BelowFloor,
 }
 
 /// Where an election's news goes.
@@ -62,18 +74,23 @@ impl Target<'_> {
         value: &str,
         term: u64,
         write: Write,
-    ) -> Result<bool, Error> {
+    ) -> Result<Claimed, Error> {
         let channel = self.names.news_channel(self.sharded).name;
+        let floor = match write {
+            Write::NewLeader { floor } => floor,
+            Write::Value => 0,
+        };
         let args = vec![
             Value::from(token),
             Value::from(value),
             Value::from(term.to_string()),
             Value::from(match write {
-                Write::NewLeader => "new",
+                Write::NewLeader { .. } => "new",
                 Write::Value => "value",
             }),
             Value::from(channel),
             Value::from(self.mode()),
+            Value::from(floor.to_string()),
         ];
         let reply: Value = run(
             self.client,
@@ -85,8 +102,9 @@ impl Target<'_> {
         )
         .await?;
         match echoed(reply, token, self.name, "claim")?.as_slice() {
-            [Value::Integer(1)] => Ok(true),
-            [Value::Integer(0)] => Ok(false),
+            [Value::Integer(1)] => Ok(Claimed::Yes),
+            [Value::Integer(0)] => Ok(Claimed::NotHeld),
+            [Value::Integer(2)] => Ok(Claimed::BelowFloor),
             other => Err(unexpected(self.name, "claim", other)),
         }
     }
@@ -106,6 +124,19 @@ impl Target<'_> {
         .await?;
         let items = echoed(reply, &nonce, self.name, "leader")?;
         parse_leader(&items).ok_or_else(|| unexpected(self.name, "leader", items))
+    }
+
+    /// Raises the term counter to the server's clock (ms); returns that
+    /// floor.
+    pub(crate) async fn floor(&self) -> Result<u64, Error> {
+        let nonce = uuid::Uuid::new_v4().to_string();
+        let keys = vec![binary_key(self.names.lock.fence())];
+        let args = vec![Value::from(nonce.as_str())];
+        let reply: Value = run(self.client, &FLOOR, self.name, keys, args, self.timeout).await?;
+        match echoed(reply, &nonce, self.name, "floor")?.as_slice() {
+            [Value::Integer(floor)] if *floor > 0 => Ok(*floor as u64),
+            other => Err(unexpected(self.name, "floor", other)),
+        }
     }
 
     /// Announces that the leader resigned.
