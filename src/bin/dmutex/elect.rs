@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use distributed_mutex::{Election, Leadership};
 
-use crate::args::{ElectArgs, Global, RunArgs};
+use crate::args::{Global, RunArgs};
 use crate::clock;
 use crate::connect::connect;
 use crate::duration::human;
 use crate::exit::{self, Failure};
+use crate::options::ElectArgs;
 use crate::run::{self, CLOSE_TIMEOUT};
 use crate::signals::Signals;
 

@@ -4,6 +4,7 @@
 //! | file | owns |
 //! |---|---|
 //! | `args.rs` | the command line (clap) and its checks |
+//! | `options.rs` | the options of `elect` and `ls` |
 //! | `duration.rs` | `500ms`, `60s`, `2m`, `1h30m`: parsing and printing |
 //! | `exit.rs` | the exit codes, and which error gets which |
 //! | `connect.rs` | the mutex from `--url` and `--key-prefix` |
@@ -28,6 +29,7 @@ mod exit;
 mod held;
 mod json;
 mod ls;
+mod options;
 mod progress;
 mod release;
 mod run;

@@ -24,9 +24,10 @@ use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use fred::types::{ClusterHash, Value};
 
-use crate::args::{Global, LsArgs};
+use crate::args::Global;
 use crate::connect::connect;
 use crate::exit::{self, Failure};
+use crate::options::LsArgs;
 
 pub async fn ls(global: &Global, args: LsArgs) -> u8 {
     let quiet = global.quiet;
