@@ -208,7 +208,8 @@ impl Election {
     /// state when a claim, proclamation or resignation is announced (pub/sub,
     /// on the election's news channel), when the leader's lease may have
     /// run out, and at least every [`OBSERVE_POLL`];
-    /// it stops when the last receiver is dropped. While Redis cannot be
+    /// it stops when the last receiver is dropped, or when the mutex is shut
+    /// down (then [`changed`](watch::Receiver::changed) returns an error). While Redis cannot be
     /// asked the last state stays (unknown is not "no leader").
     ///
     /// ```no_run

@@ -7,7 +7,8 @@
 //! leader's lease may have run out (a crashed leader announces nothing),
 //! and at least every [`OBSERVE_POLL`]. The state is sent only when it
 //! changed (another term or value, or none), so receivers see each change
-//! once, in order.
+//! once, in order. It ends when the last receiver is dropped, or when the
+//! mutex is shut down (the receivers then see the channel closed).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
@@ -83,6 +84,14 @@ fn may_stop(id: &Id, sender: &watch::Sender<State>) -> bool {
     true
 }
 
+/// Takes the observer of `id` out of the registry (its task ends).
+fn forget(id: &Id, sender: &watch::Sender<State>) {
+    let mut running = observers();
+    if running.get(id).is_some_and(|s| s.same_channel(sender)) {
+        running.remove(id);
+    }
+}
+
 /// The observer's loop, until no receiver is left.
 async fn run(
     inner: &Arc<Inner>,
@@ -102,6 +111,11 @@ async fn run(
                 let next = next_read(state.as_ref());
                 update(sender, state);
                 next
+            }
+            Err(Error::Shutdown { .. }) => {
+                // The mutex is shut down: the receivers see the channel close.
+                forget(&id, sender);
+                return;
             }
             Err(e) => {
                 tracing::debug!(election = %election.name(), error = %e, "observer: leader not read");

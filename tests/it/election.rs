@@ -309,6 +309,34 @@ async fn leader_and_observe_see_every_change_in_order() {
     assert_eq!(got, want, "every receiver sees the same changes");
 }
 
+/// Shutting the mutex down ends its observers: receivers see the channel
+/// closed instead of a state that no longer follows Redis.
+#[tokio::test]
+async fn observers_end_when_the_mutex_shuts_down() {
+    let Fixture {
+        server,
+        raw: _raw,
+        mutex,
+    } = Fixture::start().await;
+    let watcher = mutex_for(&server).await;
+    let mut leaders = watcher.election("e:shutdown").observe().unwrap();
+    let leadership = mutex.election("e:shutdown").campaign("a").await.unwrap();
+    let seen = tokio::time::timeout(
+        Duration::from_secs(5),
+        leaders.wait_for(|l| l.as_ref().is_some_and(|l| l.value == "a")),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    assert!(seen, "the observer followed the leader first");
+    watcher.shutdown().await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while leaders.changed().await.is_ok() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the receiver was not closed after shutdown");
+    leadership.resign().await.unwrap();
+}
+
 #[tokio::test]
 async fn proclaim_after_the_lock_is_gone_is_not_held() {
     let Fixture {
