@@ -27,6 +27,7 @@
 //! | `rwlock`    | the read-write lock: writers alone, readers share, writer preference and intent expiry, renewal, loss (proptest), a cluster |
 //! | `election`  | leader election: handover on resign, drop and SIGKILL, terms, `leader()` and `observe()`, exclusion under faults (proptest), a cluster |
 //! | `holder`    | holder labels in lock tokens: stored, read back, handed over through the queue, plain to other clients, bad labels |
+//! | `election_procs` | leader election with campaigner processes SIGKILLed and SIGSTOPped (proptest), one server and the cluster |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -45,6 +46,7 @@ mod bad_input;
 mod cancel;
 mod cluster;
 mod election;
+mod election_procs;
 mod failover;
 mod faults;
 mod hardening;
