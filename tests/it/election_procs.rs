@@ -6,7 +6,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use distributed_mutex::DistributedMutex;
 use fred::prelude::*;
@@ -41,8 +41,11 @@ async fn child_campaigns() {
     let mutex = DistributedMutex::connect(&url).await.unwrap();
     let ledger = crate::support::raw_client(&ledger_url).await;
     let election = mutex.election(&name).ttl(ms(600)).retry_period(ms(50));
-    loop {
-        let Ok(leadership) = election.campaign(id.clone()).await else {
+    // A child its parent left behind (the parent was killed) ends itself.
+    let end_of_life = tokio::time::Instant::now() + Duration::from_secs(120);
+    while tokio::time::Instant::now() < end_of_life {
+        let campaign = tokio::time::timeout(Duration::from_secs(5), election.campaign(id.clone()));
+        let Ok(Ok(leadership)) = campaign.await else {
             continue;
         };
         let until = tokio::time::Instant::now() + ms(fastrand::u64(100..400));
