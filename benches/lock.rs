@@ -32,6 +32,7 @@
 //! ```text
 //! cargo bench --bench lock                      # criterion groups + summary
 //! BENCH_SUMMARY_ONLY=1 cargo bench --bench lock # summary only (~10 s)
+//! BENCH_HOLDER=web-3 BENCH_SUMMARY_ONLY=1 cargo bench --bench lock # locks with a holder label
 //! cargo bench --bench lock -- --summary-only    # the same
 //! cargo bench --bench lock -- lock_drop         # criterion, one function (+ summary)
 //! ```
@@ -591,6 +592,14 @@ fn main() {
         let mutex = DistributedMutex::connect(&url)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        // `BENCH_HOLDER=web-3`: every lock carries that holder label.
+        let mutex = match std::env::var("BENCH_HOLDER") {
+            Ok(label) => DistributedMutex::builder(mutex.client().clone())
+                .holder(label)
+                .build()
+                .expect("a valid holder label"),
+            Err(_) => mutex,
+        };
         let client = mutex.client().clone();
         let compare_and_delete = Script::from_lua(COMPARE_AND_DELETE);
         compare_and_delete.load(&client).await.expect("SCRIPT LOAD");

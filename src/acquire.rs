@@ -42,6 +42,7 @@ pub struct Acquire {
     auto_renew: Option<bool>,
     fencing: Option<bool>,
     min_replicas: Option<(u32, Duration)>,
+    holder: Option<String>,
 }
 
 impl Acquire {
@@ -55,7 +56,22 @@ impl Acquire {
             auto_renew: None,
             fencing: None,
             min_replicas: None,
+            holder: None,
         }
+    }
+
+    /// The holder label this lock carries, instead of the mutex's (see
+    /// [`Builder::holder`](crate::Builder::holder)); a bad label fails the
+    /// call with [`Error::Config`] before anything is sent.
+    ///
+    /// ```no_run
+    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+    /// let guard = mutex.acquire("nightly-report").holder("cron@db-2").await?;
+    /// # drop(guard); Ok(()) }
+    /// ```
+    pub fn holder(mut self, label: impl Into<String>) -> Self {
+        self.holder = Some(label.into());
+        self
     }
 
     /// Whether this guard renews its lease while it lives, instead of the
@@ -146,6 +162,7 @@ impl fmt::Debug for Acquire {
             .field("auto_renew", &self.auto_renew)
             .field("fencing", &self.fencing)
             .field("min_replicas", &self.min_replicas)
+            .field("holder", &self.holder)
             .finish()
     }
 }
@@ -160,6 +177,8 @@ struct Plan {
     timeout: Option<Duration>,
     /// Replica confirmation of this lock's writes.
     confirm: Option<MinReplicas>,
+    /// The holder label its token carries.
+    holder: Option<String>,
 }
 
 impl Plan {
@@ -175,6 +194,10 @@ impl Plan {
             None => settings.min_replicas,
         };
         let keys = LockKeys::new(&settings.prefix, &req.key);
+        let holder = req.holder.as_ref().or(settings.holder.as_ref()).cloned();
+        if let Some(label) = &holder {
+            crate::holder::validate(label)?;
+        }
         Ok((
             Plan {
                 key: req.key.clone(),
@@ -184,6 +207,7 @@ impl Plan {
                 retry,
                 timeout: req.timeout,
                 confirm,
+                holder,
             },
             keys,
         ))
@@ -358,7 +382,7 @@ struct Acquisition<'a> {
 impl<'a> Acquisition<'a> {
     fn new(inner: &'a Arc<Inner>, plan: Plan, keys: LockKeys, started: Instant) -> Self {
         let schedule = Schedule::new(started, plan.retry, plan.timeout);
-        let token = uuid::Uuid::new_v4().to_string();
+        let token = crate::holder::token(plan.holder.as_deref());
         Acquisition {
             notify: inner.settings.notifications && schedule.may_wait(started),
             inner,

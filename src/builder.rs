@@ -113,6 +113,7 @@ impl Builder {
                 notifications: true,
                 min_replicas: None,
                 metrics: Default::default(),
+                holder: None,
             },
             min_replicas: None,
         }
@@ -298,14 +299,38 @@ impl Builder {
         self
     }
 
+    /// A holder label (a host name, a pod, `web-3`) carried by every lock
+    /// this mutex takes, so operators see who holds what (`dmutex status`,
+    /// `dmutex ls`, [`Holder::from_token`](crate::Holder::from_token)).
+    /// Default none. The label goes into the lock's token
+    /// (`<uuid>:<unix ms>:<label>`): no extra command, and other clients of
+    /// the protocol, which compare tokens only, are unaffected. Exclusive
+    /// locks and elections carry it; multi-key locks, semaphores and
+    /// read-write locks do not. 1 to [`MAX_HOLDER_LEN`](crate::MAX_HOLDER_LEN)
+    /// bytes without control characters, checked by
+    /// [`build`](Self::build).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), distributed_mutex::Error> {
+    /// let mutex = distributed_mutex::Builder::connect("redis://127.0.0.1:6379")
+    ///     .await?
+    ///     .holder("web-3")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn holder(mut self, label: impl Into<String>) -> Self {
+        self.settings.holder = Some(label.into());
+        self
+    }
+
     /// Checks the settings and builds the mutex.
     ///
     /// # Errors
     /// [`Error::InvalidTtl`] for a TTL out of range; [`Error::Config`] for a
     /// retry strategy without attempts, a command timeout of zero or over
     /// one hour, a prefix longer than [`MAX_PREFIX_LEN`] or with an
-    /// unclosed `{`, or a [`min_replicas`](Self::min_replicas) timeout of
-    /// zero or over one hour.
+    /// unclosed `{`, a [`min_replicas`](Self::min_replicas) timeout of
+    /// zero or over one hour, or a bad [`holder`](Self::holder) label.
     pub fn build(mut self) -> Result<DistributedMutex, Error> {
         self.settings.ttl = Duration::from_millis(ttl_millis("", self.settings.ttl)?);
         if let Some((replicas, timeout)) = self.min_replicas {
@@ -313,6 +338,9 @@ impl Builder {
         }
         self.settings.retry.validate()?;
         validate_command_timeout(self.settings.command_timeout)?;
+        if let Some(label) = &self.settings.holder {
+            crate::holder::validate(label)?;
+        }
         let prefix = &self.settings.prefix;
         if prefix.len() > MAX_PREFIX_LEN {
             return Err(Error::Config {

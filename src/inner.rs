@@ -33,6 +33,8 @@ pub(crate) struct Settings {
     pub(crate) min_replicas: Option<MinReplicas>,
     /// Metric labels (feature `metrics`; nothing without it).
     pub(crate) metrics: crate::metrics::Config,
+    /// The holder label put in lock tokens (`holder.rs`), if any.
+    pub(crate) holder: Option<String>,
 }
 
 pub(crate) struct Inner {

@@ -48,7 +48,7 @@
 //! # The public API
 //! * [`DistributedMutex`]: `connect`, `new`, `builder`, `lock`, `try_lock`,
 //!   `acquire(key)` (an [`Acquire`] with `.ttl`, `.retry`, `.timeout`,
-//!   `.fencing`, `.auto_renew`, `.min_replicas`), `with_lock`, `shutdown`;
+//!   `.fencing`, `.auto_renew`, `.min_replicas`, `.holder`), `with_lock`, `shutdown`;
 //!   for operators, `release_token(key, token)` (a token-checked release by
 //!   another process) and `fencing_counter_key(key)` (where the counter
 //!   lives).
@@ -65,6 +65,13 @@
 //! * [`RwLock`] (`DistributedMutex::rw(name)`): `read`, `write`,
 //!   `try_read`, `try_write`, `read_with`, `write_with` ([`AcquireRead`],
 //!   [`AcquireWrite`]), held by a [`ReadGuard`] or a [`WriteGuard`].
+//! * [`Election`] (`DistributedMutex::election(name)`): `ttl`,
+//!   `retry_period`, `campaign(value)` giving a [`Leadership`] (`term`,
+//!   `value`, `proclaim`, `resign`, `lost`, `is_lost`, `remaining`, `lease`;
+//!   resigned on drop), `leader()` giving a [`Leader`], `observe()` giving a
+//!   `tokio::sync::watch::Receiver<Option<Leader>>`.
+//! * [`Holder`]: the holder label (`Builder::holder`, `Acquire::holder`)
+//!   read back from a token (`Holder::from_token`).
 //! * [`RetryStrategy`]: `none`, `linear`, `exponential` (with jitter).
 //!   Waiters of a lock queue in Redis and are served in order, one per
 //!   release across every process; [`CLAIM_TTL`] bounds the stall when a
@@ -89,6 +96,7 @@
 //! | `tls.rs` | `rediss://`: trusted roots, client certificate, server name (feature `tls`) |
 //! | `inner.rs` | what all handles share; starts the background tasks |
 //! | `acquire.rs` | [`Acquire`] and the attempt loop |
+//! | `holder.rs` | holder labels: the token format `<uuid>:<unix ms>:<label>`, [`Holder`] |
 //! | `schedule.rs` | when to try again and when to give up (pure) |
 //! | `keys.rs` | every Redis name a lock uses (lock, fencing counter, wait queue, channels) |
 //! | `scripts.rs`, `scripts/*.lua` | the commands sent to Redis (and `WAIT` after them, with `min_replicas`) |
@@ -105,11 +113,12 @@
 //! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
 //! | `semaphore.rs` | the public [`Semaphore`], [`AcquirePermit`], [`Permit`] |
 //! | `rwlock.rs` | the public [`RwLock`], its builders and guards |
+//! | `election/` | [`Election`], [`Leadership`], [`Leader`]: a fenced lock per election, the leader's value beside it, the observer task (its `mod.rs` lists its files) |
 //! | `primitive/` | what both share: places in sorted sets, their attempt loop, guard, background release and scripts (its `mod.rs` lists its files) |
 //! | `adapter.rs` | the Go-compatible shim |
 //! | `redlock/` | [`Redlock`]: one [`DistributedMutex`] per server, majority counting, renewal per guard (its `mod.rs` lists its files) |
 //! | `metrics.rs` | what is recorded through the `metrics` facade (feature `metrics`; inline no-ops without it) |
-//! | `bin/dmutex/` | the `dmutex` command (feature `cli`): run, status, release |
+//! | `bin/dmutex/` | the `dmutex` command (feature `cli`): run, status, release, elect, ls |
 //!
 //! Three tasks per mutex run on its "home" runtime (the first one that used
 //! it, or the caller's when that one has stopped): the release worker, the
@@ -129,8 +138,10 @@ mod builder;
 mod channel;
 mod confirm;
 mod connect;
+mod election;
 mod error;
 mod guard;
+mod holder;
 mod inner;
 mod keys;
 mod lease;
@@ -160,8 +171,13 @@ mod tls;
 pub use acquire::Acquire;
 pub use adapter::{provide_adapter, Adapter, AdapterFuture, RedisAdapter};
 pub use builder::Builder;
+pub use election::{
+    Election, Leader, Leadership, DEFAULT_ELECTION_RETRY_PERIOD, MAX_ELECTION_NAME_LEN,
+    MAX_ELECTION_VALUE_LEN, OBSERVE_POLL,
+};
 pub use error::Error;
 pub use guard::LockGuard;
+pub use holder::{Holder, MAX_HOLDER_LEN};
 pub use lease::{Lease, LostReason};
 pub use limits::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_COMMAND_TIMEOUT, MAX_KEY_LEN, MAX_PREFIX_LEN,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use fred::clients::Client;
 
 use crate::acquire::Acquire;
+use crate::election::Election;
 use crate::error::Error;
 use crate::guard::LockGuard;
 use crate::inner::Inner;
@@ -271,6 +272,19 @@ impl DistributedMutex {
     /// ```
     pub fn rw(&self, name: impl AsRef<str>) -> RwLock {
         RwLock::new(Arc::clone(&self.inner), name.as_ref().to_owned())
+    }
+
+    /// A leader election named `name` (see [`Election`]): campaign, read
+    /// and follow its leader. Nothing is sent until it is used; a bad name
+    /// is refused then, with [`Error::InvalidKey`].
+    ///
+    /// ```no_run
+    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+    /// let leadership = mutex.election("scheduler").campaign("web-3").await?;
+    /// # drop(leadership); Ok(()) }
+    /// ```
+    pub fn election(&self, name: impl AsRef<str>) -> Election {
+        Election::new(self.clone(), name.as_ref().to_owned())
     }
 
     /// Runs `work` while holding the lock on `key`, and releases it after.

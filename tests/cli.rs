@@ -525,7 +525,9 @@ fn the_fencing_token_is_in_the_environment_and_increases_between_runs() {
             scratch.read(&held).trim(),
             "DMUTEX_TOKEN is the lock's value"
         );
-        support::common::assert_uuid_v4(fields[1]);
+        // `<uuid>:<unix ms>:<host>:<pid>`: the default holder label.
+        support::common::assert_uuid_v4(&fields[1][..36]);
+        assert!(fields[1][36..].starts_with(':'), "{env:?}");
         fields[2].parse::<u64>().expect("a fencing token")
     };
     let first = seen(1);
@@ -769,4 +771,398 @@ fn overhead_of_run_over_the_bare_command() {
         bin.display(),
         locked.saturating_sub(bare),
     );
+}
+
+// ---- dmutex elect ---------------------------------------------------------------
+
+/// `dmutex elect NAME -- sh -c SCRIPT` with `--value VALUE`.
+fn elect(server: &RedisServer, value: &str, extra: &[&str], script: &str) -> Command {
+    let mut command = dmutex(&server.url());
+    command.args(["elect", "--value", value]);
+    command.args(extra);
+    command.args(["sched", "--", "sh", "-c", script]);
+    command
+}
+
+#[test]
+fn elect_runs_the_command_only_while_leading_and_hands_over_on_exit() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let first = elect(
+        &server,
+        "a",
+        &[],
+        &format!(
+            "echo $DMUTEX_FENCING_TOKEN > {term}; {hold}",
+            term = scratch.p("term-a"),
+            hold = hold_until_go(&scratch, "started-a", "a"),
+        ),
+    );
+    let first = Running::start(first, &scratch, "a");
+    assert!(eventually(LIMIT, || scratch.exists("started-a")));
+    let second = elect(
+        &server,
+        "b",
+        &[],
+        &format!(
+            "echo $DMUTEX_FENCING_TOKEN > {term}; echo b >> {log}; exit 3",
+            term = scratch.p("term-b"),
+            log = scratch.p("log"),
+        ),
+    );
+    let mut second = Running::start(second, &scratch, "b");
+    thread::sleep(Duration::from_millis(700));
+    assert!(second.is_running(), "b waits while a leads");
+    assert!(!scratch.exists("term-b"), "b's command did not run");
+    scratch.touch("go");
+    let first = first.finish();
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let second = second.finish();
+    assert_eq!(second.code, 3, "the command's code: {}", second.stderr);
+    assert!(
+        second.stderr.contains("waiting to lead `sched`"),
+        "{}",
+        second.stderr
+    );
+    assert!(second.stderr.contains("\"a\" leads"), "{}", second.stderr);
+    assert_eq!(scratch.read("log"), "a\nb\n", "one after the other");
+    let term_a: u64 = scratch.read("term-a").trim().parse().unwrap();
+    let term_b: u64 = scratch.read("term-b").trim().parse().unwrap();
+    assert!(term_b > term_a, "{term_a} then {term_b}");
+}
+
+#[test]
+fn elect_on_loss_sigterms_the_command_and_exits_79() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let leader = elect(
+        &server,
+        "a",
+        &["--ttl", "1500ms"],
+        &format!(
+            "trap 'echo term > {got}; exit 0' TERM; touch {started}; while :; do sleep 0.02; done",
+            got = scratch.p("got"),
+            started = scratch.p("started"),
+        ),
+    );
+    let leader = Running::start(leader, &scratch, "leader");
+    assert!(eventually(LIMIT, || scratch.exists("started")));
+    assert_eq!(server.cli(&["FLUSHALL"]), "OK");
+    let leader = leader.finish();
+    assert_eq!(leader.code, 79, "{}", leader.stderr);
+    assert_eq!(scratch.read("got"), "term\n", "the command got SIGTERM");
+}
+
+#[test]
+fn elect_gives_up_at_its_wait_and_on_sigterm_while_waiting() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let leader = elect(&server, "a", &[], &hold_until_go(&scratch, "started", "a"));
+    let leader = Running::start(leader, &scratch, "leader");
+    assert!(eventually(LIMIT, || scratch.exists("started")));
+
+    let bounded = elect(&server, "b", &["--wait", "600ms"], "echo ran > never");
+    let bounded = finish(bounded, &scratch, "bounded");
+    assert_eq!(bounded.code, 75, "{}", bounded.stderr);
+    assert!(
+        bounded.took >= Duration::from_millis(500),
+        "{:?}",
+        bounded.took
+    );
+
+    let waiting = elect(&server, "c", &[], "echo ran > never");
+    let waiting = Running::start(waiting, &scratch, "waiting");
+    thread::sleep(Duration::from_millis(500));
+    send_signal(waiting.pid(), rustix::process::Signal::TERM);
+    let waiting = waiting.finish();
+    assert_eq!(waiting.code, 128 + 15, "{}", waiting.stderr);
+
+    scratch.touch("go");
+    assert_eq!(leader.finish().code, 0);
+}
+
+#[test]
+fn status_shows_the_holder_label_and_since() {
+    let server = RedisServer::start();
+    let scratch = Scratch::new();
+    let status = |json: bool| {
+        let mut command = dmutex(&server.url());
+        command.args(["status", "job"]);
+        if json {
+            command.arg("--json");
+        }
+        let out = command.stderr(Stdio::inherit()).output().expect("status");
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    for (label, shown) in [(Some("web-3"), "web-3".to_owned()), (None, String::new())] {
+        let mut holder = dmutex(&server.url());
+        holder.arg("run");
+        if let Some(label) = label {
+            holder.args(["--holder", label]);
+        }
+        holder.args(["job", "--", "sh", "-c"]);
+        holder.arg(hold_until_go(&scratch, "started", "a"));
+        let running = Running::start(holder, &scratch, "holder");
+        assert!(eventually(LIMIT, || scratch.exists("started")));
+        let pid = running.pid();
+        // Without --holder: the host and dmutex's pid.
+        let shown = if label.is_some() {
+            shown
+        } else {
+            format!(":{pid}")
+        };
+        let text = status(false);
+        let holder_line = text
+            .lines()
+            .find(|l| l.starts_with("holder:"))
+            .unwrap_or("");
+        assert!(holder_line.ends_with(&shown), "{text}");
+        assert!(text.contains("since:    20"), "{text}");
+        let json = status(true);
+        assert!(json.contains(",\"holder\":\""), "{json}");
+        assert!(json.contains(",\"since_ms\":"), "{json}");
+        scratch.touch("go");
+        assert_eq!(running.finish().code, 0);
+        fs::remove_file(scratch.path("go")).unwrap();
+        fs::remove_file(scratch.path("started")).unwrap();
+    }
+}
+
+// ---- dmutex ls -------------------------------------------------------------------
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `dmutex [--key-prefix app:] ls ARGS`: its exit code and stdout.
+fn ls(url: &str, prefix: Option<&str>, args: &[&str]) -> (i32, String) {
+    let mut command = dmutex(url);
+    if let Some(prefix) = prefix {
+        command.args(["--key-prefix", prefix]);
+    }
+    command.arg("ls").args(args);
+    let out = command.stderr(Stdio::inherit()).output().expect("ls");
+    (
+        out.status.code().expect("an exit code"),
+        String::from_utf8(out.stdout).expect("UTF-8"),
+    )
+}
+
+#[test]
+fn ls_lists_locks_semaphores_rwlocks_and_elections_with_holders_and_waiters() {
+    use distributed_mutex::{Builder, RetryStrategy};
+    let server = RedisServer::start();
+    let url = server.url();
+    let rt = runtime();
+    let held = rt.block_on(async {
+        let mutex = |label: &'static str| {
+            let url = url.clone();
+            async move {
+                Builder::connect(&url)
+                    .await
+                    .unwrap()
+                    .key_prefix("app:")
+                    .holder(label)
+                    .build()
+                    .unwrap()
+            }
+        };
+        let (a, b) = (mutex("web-3").await, mutex("web-4").await);
+        let lock = a.lock("job").await.unwrap();
+        let waiter = tokio::spawn(async move {
+            b.acquire("job")
+                .retry(RetryStrategy::linear(Duration::from_secs(5), 10))
+                .await
+        });
+        let permits = (
+            a.semaphore("downloads", 3).acquire().await.unwrap(),
+            a.semaphore("downloads", 3).acquire().await.unwrap(),
+        );
+        let read = a.rw("config").read().await.unwrap();
+        let leader = a
+            .election("scheduler")
+            .campaign("10.0.0.7:8080")
+            .await
+            .unwrap();
+        let outside = Builder::connect(&url).await.unwrap().build().unwrap();
+        let other = outside.lock("not-under-the-prefix").await.unwrap();
+        (lock, waiter, permits, read, leader, other, a, outside)
+    });
+    // The waiter queues in Redis: one waiting on `job`.
+    assert!(eventually(LIMIT, || ls(&url, Some("app:"), &["--json"])
+        .1
+        .contains(r#""name":"job","holder":"web-3""#)
+        && ls(&url, Some("app:"), &["--json"])
+            .1
+            .contains(r#""waiting":1"#)));
+    let (code, json) = ls(&url, Some("app:"), &["--json"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = json.lines().collect();
+    assert_eq!(lines.len(), 4, "{json}");
+    assert!(
+        lines[0].starts_with(r#"{"kind":"lock","name":"job","holder":"web-3","token":""#),
+        "{json}"
+    );
+    assert!(lines[0].ends_with(r#","waiting":1}"#), "{json}");
+    assert!(
+        lines[1].starts_with(r#"{"kind":"semaphore","name":"downloads""#),
+        "{json}"
+    );
+    assert!(lines[1].ends_with(r#","permits_held":2}"#), "{json}");
+    assert!(
+        lines[2].starts_with(r#"{"kind":"rwlock","name":"config""#),
+        "{json}"
+    );
+    assert!(
+        lines[2].ends_with(r#","readers":1,"writer":false,"waiting_writers":0}"#),
+        "{json}"
+    );
+    assert!(
+        lines[3].starts_with(r#"{"kind":"election","name":"scheduler","holder":"10.0.0.7:8080""#),
+        "{json}"
+    );
+    assert!(lines[3].contains(r#","waiting":0,"term":"#), "{json}");
+    assert!(!json.contains("not-under-the-prefix"));
+
+    let (code, text) = ls(&url, Some("app:"), &[]);
+    assert_eq!(code, 0);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["KIND", "NAME", "HOLDER", "AGE", "TTL", "WAITING", "DETAIL"],
+        "{text}"
+    );
+    assert_eq!(&rows[1][..3], ["lock", "job", "web-3"], "{text}");
+    assert_eq!(rows[1][5], "1", "{text}");
+    assert_eq!(
+        &rows[4][..3],
+        ["election", "scheduler", "10.0.0.7:8080"],
+        "{text}"
+    );
+    assert_eq!(rows[4][6], "term", "{text}");
+    assert!(rows[4][7].parse::<u64>().is_ok(), "{text}");
+
+    // A pattern on the names.
+    let (_, only) = ls(&url, Some("app:"), &["sched*", "--json"]);
+    assert_eq!(only.lines().count(), 1, "{only}");
+    assert!(only.contains(r#""kind":"election""#));
+    // Without the prefix, unprefixed locks (and every string key with an
+    // expiry) are listed too.
+    let (_, all) = ls(&url, None, &["--json"]);
+    assert!(all.contains(r#""name":"not-under-the-prefix""#), "{all}");
+
+    rt.block_on(async move {
+        let (lock, waiter, permits, read, leader, other, a, outside) = held;
+        drop((permits, read, leader, other));
+        lock.release().await.unwrap();
+        drop(waiter.await.unwrap().unwrap());
+        a.shutdown().await;
+        outside.shutdown().await;
+    });
+    let (code, empty) = ls(&url, Some("app:"), &[]);
+    assert_eq!(code, 0);
+    assert_eq!(empty.lines().count(), 1, "only the header: {empty}");
+}
+
+#[test]
+fn ls_reads_every_master_of_a_cluster() {
+    use support::cluster::{RedisCluster, MASTERS};
+    let cluster = RedisCluster::start();
+    let rt = runtime();
+    let keys: Vec<String> = (0..MASTERS)
+        .map(|i| cluster.key_on_master(i, "ls:"))
+        .collect();
+    let held = rt.block_on(async {
+        let mutex = distributed_mutex::Builder::connect(&cluster.url())
+            .await
+            .unwrap()
+            .holder("node-a")
+            .build()
+            .unwrap();
+        let mut guards = Vec::new();
+        for key in &keys {
+            guards.push(mutex.lock(key).await.unwrap());
+        }
+        let leader = mutex
+            .election("cluster-leader")
+            .campaign("v")
+            .await
+            .unwrap();
+        (guards, leader, mutex)
+    });
+    let (code, json) = ls(&cluster.url(), None, &["--json"]);
+    assert_eq!(code, 0, "{json}");
+    for key in &keys {
+        assert!(
+            json.contains(&format!(
+                r#""kind":"lock","name":"{key}","holder":"node-a""#
+            )),
+            "{key}: {json}"
+        );
+    }
+    assert!(
+        json.contains(r#""kind":"election","name":"cluster-leader","holder":"v""#),
+        "{json}"
+    );
+    rt.block_on(async move {
+        let (guards, leader, mutex) = held;
+        drop((guards, leader));
+        mutex.shutdown().await;
+    });
+}
+
+/// `dmutex ls`, `status` and `elect` as the README's least-privilege ACL
+/// user (its `ACL SETUSER locker ...` line, run as written for the prefix
+/// `app:`): everything works and the server logs no denial.
+#[test]
+fn ls_status_and_elect_work_as_the_readme_acl_user() {
+    let readme = include_str!("../README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER locker "))
+        .expect("the README's ACL line");
+    let server = RedisServer::start();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let words: Vec<&str> = words
+        .iter()
+        .map(|w| if *w == ">CHANGE-ME" { ">pw" } else { w })
+        .collect();
+    assert_eq!(server.cli(&words), "OK");
+    let url = format!("redis://locker:pw@127.0.0.1:{}", server.port());
+    let scratch = Scratch::new();
+    let mut leader = dmutex(&url);
+    leader.args([
+        "--key-prefix",
+        "app:",
+        "elect",
+        "--value",
+        "v",
+        "sched",
+        "--",
+        "sh",
+        "-c",
+    ]);
+    leader.arg(hold_until_go(&scratch, "started", "a"));
+    let leader = Running::start(leader, &scratch, "leader");
+    assert!(eventually(LIMIT, || scratch.exists("started")));
+    let (code, json) = ls(&url, Some("app:"), &["--json"]);
+    assert_eq!(code, 0, "{json}");
+    assert!(
+        json.contains(r#""kind":"election","name":"sched","holder":"v""#),
+        "{json}"
+    );
+    let mut status = dmutex(&url);
+    status.args(["--key-prefix", "app:", "status", "job"]);
+    assert_eq!(status.output().unwrap().status.code(), Some(1), "not held");
+    scratch.touch("go");
+    assert_eq!(leader.finish().code, 0);
+    let denials = server.cli(&["ACL", "LOG"]);
+    assert!(denials.is_empty(), "denied: {denials}");
 }

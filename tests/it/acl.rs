@@ -113,6 +113,39 @@ async fn the_readme_acl_user_can_do_everything_the_mutex_does() {
     assert!(denials.is_empty(), "the server denied something: {denials}");
 }
 
+/// An election as the README's user: campaign, proclaim, leader, observe,
+/// a handover by resignation; no denial logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_acl_user_can_run_an_election() {
+    let server = RedisServer::start();
+    create_user(&server, "locker", |w| Some(w.to_owned()));
+    let mutex = mutex_as(&server, "locker").await;
+    let rival = mutex_as(&server, "locker").await;
+    let mut leaders = rival.election("scheduler").observe().unwrap();
+    let first = mutex.election("scheduler").campaign("a").await.unwrap();
+    first.proclaim("a2").await.unwrap();
+    let leader = rival.election("scheduler").leader().await.unwrap().unwrap();
+    assert_eq!((leader.value.as_str(), leader.term), ("a2", first.term()));
+    let waiting = {
+        let rival = rival.clone();
+        tokio::spawn(async move { rival.election("scheduler").campaign("b").await })
+    };
+    tokio::time::sleep(ms(200)).await;
+    first.resign().await.unwrap();
+    let second = waiting.await.unwrap().unwrap();
+    let seen = tokio::time::timeout(
+        ms(5_000),
+        leaders.wait_for(|l| l.as_ref().is_some_and(|l| l.value == "b")),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    assert!(seen, "the observer never saw b");
+    drop(leaders);
+    second.resign().await.unwrap();
+    let denials = acl_log(&server);
+    assert!(denials.is_empty(), "the server denied something: {denials}");
+}
+
 /// For each right the line grants, a user without it: the call that needs
 /// it fails with `NoPermission` naming the command, not transient, within
 /// the command timeout (never `NotObtained`, never a hang).

@@ -26,6 +26,9 @@
 //! | `semaphore` | the counting semaphore: the permit count across processes (proptest), crashed holders, wake-ups, renewal, loss, cancellation, bad input, a cluster |
 //! | `rwlock`    | the read-write lock: writers alone, readers share, writer preference and intent expiry, renewal, loss (proptest), a cluster |
 //! | `protocol`  | the lock protocol's defects of issue 20: plain (and, as a control, sharded) pub/sub on a cluster, an extend whose reply is lost, a `try_lock` that wipes a cluster's queue (one server as a control), queue entries that leak, a pattern subscriber, a slow first renewal of a handed-over lock; exclusion (proptest) on a cluster in plain pub/sub mode and with a pattern subscriber |
+//! | `election`  | leader election: handover on resign, drop and SIGKILL, terms, `leader()` and `observe()`, exclusion under faults (proptest), a cluster |
+//! | `holder`    | holder labels in lock tokens: stored, read back, handed over through the queue, plain to other clients, bad labels |
+//! | `election_procs` | leader election with campaigner processes SIGKILLed and SIGSTOPped (proptest), one server and the cluster |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -43,10 +46,13 @@ mod audit;
 mod bad_input;
 mod cancel;
 mod cluster;
+mod election;
+mod election_procs;
 mod failover;
 mod faults;
 mod hardening;
 mod harness;
+mod holder;
 mod interop;
 mod lock;
 mod multi;

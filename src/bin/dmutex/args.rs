@@ -1,4 +1,4 @@
-//! The command line: `dmutex [--url URL] [--key-prefix P] [-q] run|status|release ...`.
+//! The command line: `dmutex [--url URL] [--key-prefix P] [-q] run|status|release|elect|ls ...`.
 //!
 //! Every mistake is a clear message and exit 64 (EX_USAGE), never a panic;
 //! `--help` and `--version` print to stdout and exit 0.
@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use distributed_mutex::{MAX_KEY_LEN, MAX_TTL, MIN_TTL};
+use distributed_mutex::{MAX_HOLDER_LEN, MAX_KEY_LEN, MAX_TTL, MIN_TTL};
 
 use crate::duration;
 use crate::exit;
+use crate::options::{elect_after_help, ElectArgs, LsArgs};
 
 /// Run a command under a distributed lock in Redis, inspect a lock, or
 /// release one by its token.
@@ -66,6 +67,14 @@ pub enum Command {
     /// Release the lock on KEY if it holds TOKEN (never an unconditional
     /// delete; exit 0 released, 1 not)
     Release(ReleaseArgs),
+    /// Wait to lead the election NAME, run COMMAND while leading, resign
+    /// when it exits (the exit codes, signals and loss handling of `run`)
+    #[command(after_help = elect_after_help())]
+    Elect(ElectArgs),
+    /// List what is held under the key prefix: locks, semaphores,
+    /// read-write locks and elections, with holder, age, TTL and waiters
+    /// (SCAN, on every master of a cluster)
+    Ls(LsArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -115,6 +124,11 @@ pub struct RunArgs {
     /// SIGKILL
     #[arg(long, default_value = "10s", value_parser = duration::parse, value_name = "DURATION")]
     pub grace: Duration,
+
+    /// The holder label stored with the lock (in its token), shown by
+    /// `dmutex status` and `dmutex ls` [default: HOST:PID]
+    #[arg(long, value_parser = parse_holder, value_name = "LABEL")]
+    pub holder: Option<String>,
 
     /// The lock's key
     #[arg(value_parser = parse_key)]
@@ -199,7 +213,16 @@ fn parse_token(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-fn parse_ttl(text: &str) -> Result<Duration, String> {
+fn parse_holder(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > MAX_HOLDER_LEN || text.chars().any(char::is_control) {
+        return Err(format!(
+            "a holder label must be 1 to {MAX_HOLDER_LEN} bytes without control characters"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     let ttl = duration::parse(text)?;
     if ttl < MIN_TTL || ttl > MAX_TTL {
         return Err(format!(
@@ -284,6 +307,10 @@ mod tests {
             &["run", "--wait", "soon", "k", "--", "true"][..],
             &["run", "--wait", "1s", "--no-wait", "k", "--", "true"][..],
             &["run", "--on-lost", "explode", "k", "--", "true"][..],
+            &["run", "--holder", "", "k", "--", "true"][..],
+            &["elect", "", "--", "true"][..],
+            &["elect", "e"][..],
+            &["elect", "--ttl", "0s", "e", "--", "true"][..],
             &["status"][..],
             &["status", ""][..],
             &["release", "k"][..],

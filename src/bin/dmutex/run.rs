@@ -26,6 +26,7 @@ use crate::args::{Global, OnLost, RunArgs};
 use crate::connect::connect;
 use crate::duration::human;
 use crate::exit::{self, Failure};
+use crate::held::Held;
 use crate::progress::Progress;
 use crate::signals::{self, Signals};
 
@@ -33,7 +34,7 @@ use crate::signals::{self, Signals};
 const POLL: Duration = Duration::from_millis(500);
 /// How long the final release and disconnect may take before dmutex exits
 /// anyway (a lock left behind expires with its TTL).
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(global: &Global, args: RunArgs) -> u8 {
     let quiet = global.quiet;
@@ -44,7 +45,11 @@ pub async fn run(global: &Global, args: RunArgs) -> u8 {
                 .report(quiet)
         }
     };
-    let mutex = match connect(global, |b| b.ttl(args.ttl)).await {
+    let holder = args
+        .holder
+        .clone()
+        .unwrap_or_else(crate::clock::default_holder);
+    let mutex = match connect(global, |b| b.ttl(args.ttl).holder(holder)).await {
         Ok(mutex) => mutex,
         Err(failure) => return failure.report(quiet),
     };
@@ -139,8 +144,14 @@ fn interrupted(caught: signals::Caught, key: &str) -> Failure {
     )
 }
 
-/// Runs the command under `guard` and returns dmutex's exit code.
-async fn supervise(guard: LockGuard, args: &RunArgs, quiet: bool, signals: &mut Signals) -> u8 {
+/// Runs the command under `guard` (a lock, or for `elect` a leadership) and
+/// returns dmutex's exit code.
+pub async fn supervise<G: Held>(
+    guard: G,
+    args: &RunArgs,
+    quiet: bool,
+    signals: &mut Signals,
+) -> u8 {
     let program = &args.command[0];
     let shown = program.to_string_lossy().into_owned();
     let mut command = Command::new(program);
@@ -230,7 +241,7 @@ async fn supervise(guard: LockGuard, args: &RunArgs, quiet: bool, signals: &mut 
 
 /// Releases the lock after the command ended with `code`; the code to exit
 /// with: `code`, or 79 when the lock turns out to have been lost.
-async fn release(guard: LockGuard, key: &str, quiet: bool, code: u8) -> u8 {
+async fn release<G: Held>(guard: G, key: &str, quiet: bool, code: u8) -> u8 {
     match guard.release().await {
         Ok(()) => code,
         Err(Error::NotHeld { reason, .. }) => {

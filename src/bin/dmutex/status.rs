@@ -8,11 +8,14 @@
 
 use std::time::Duration;
 
+use distributed_mutex::Holder;
+
 use fred::error::ErrorKind;
 use fred::interfaces::KeysInterface;
 use fred::types::{Key, Value};
 
 use crate::args::{Global, StatusArgs};
+use crate::clock;
 use crate::connect::connect;
 use crate::duration::human;
 use crate::exit::{self, Failure};
@@ -138,6 +141,14 @@ fn as_text(key: &str, redis_key: &str, found: &Found) -> String {
         Some(token) => {
             out.push_str("held:     yes\n");
             out.push_str(&format!("token:    {token}\n"));
+            if let Some(holder) = Holder::from_token(token) {
+                out.push_str(&format!("holder:   {}\n", holder.label));
+                out.push_str(&format!(
+                    "since:    {} ({} ago, the holder's clock)\n",
+                    clock::utc(holder.since),
+                    human(clock::age(holder.since))
+                ));
+            }
             match found.ttl {
                 Some(ttl) => out.push_str(&format!("ttl:      {} left\n", human(ttl))),
                 None => out
@@ -153,9 +164,23 @@ fn as_text(key: &str, redis_key: &str, found: &Found) -> String {
     out
 }
 
+/// The JSON object; `holder` and `since_ms` are there only when the token
+/// carries a holder label.
 fn as_json(key: &str, redis_key: &str, found: &Found) -> String {
+    let holder = found
+        .token
+        .as_deref()
+        .and_then(Holder::from_token)
+        .map(|h| {
+            format!(
+                ",\"holder\":{},\"since_ms\":{}",
+                json::string(&h.label),
+                clock::unix_ms(h.since)
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "{{\"key\":{},\"redis_key\":{},\"held\":{},\"token\":{},\"ttl_ms\":{},\"fencing_counter\":{}}}",
+        "{{\"key\":{},\"redis_key\":{},\"held\":{},\"token\":{},\"ttl_ms\":{}{holder},\"fencing_counter\":{}}}",
         json::string(key),
         json::string(redis_key),
         found.held(),
@@ -202,5 +227,17 @@ mod tests {
         assert!(forever.held());
         assert_eq!(forever.ttl, None);
         assert!(as_text("k", "k", &forever).contains("no expiry"));
+        // A labelled token: holder and since.
+        let token = "0f8e1c52-6f8e-4b8e-9d4c-2a1b3c4d5e6f:1700000000000:web-3";
+        let labelled = found(&s(token), &Value::Integer(5_000), &Value::Null);
+        let text = as_text("k", "k", &labelled);
+        assert!(text.contains("holder:   web-3\n"), "{text}");
+        assert!(text.contains("since:    2023-11-14 22:13:20Z ("), "{text}");
+        assert_eq!(
+            as_json("k", "k", &labelled),
+            format!(
+                r#"{{"key":"k","redis_key":"k","held":true,"token":"{token}","ttl_ms":5000,"holder":"web-3","since_ms":1700000000000,"fencing_counter":null}}"#
+            )
+        );
     }
 }
