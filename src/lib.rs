@@ -106,9 +106,9 @@
 //! | `release.rs` | task: releases handed over by `Drop` |
 //! | `batch.rs` | group commit: releases that arrive while one is in flight go out as one call |
 //! | `renew.rs` | task: batched lease renewal |
-//! | `queue.rs` | the wait queue in Redis and direct handoff: the claim TTL, when a handed-over lock is used without confirming |
+//! | `queue.rs` | the wait queue in Redis and direct handoff: the claim TTL, the queue's lifetime, when a handed-over lock is used without confirming |
 //! | `notify.rs` | task: the subscriber connection; handoff and release channels and their local waiters |
-//! | `channel.rs` | where release messages go: plain or sharded pub/sub |
+//! | `channel.rs` | where hand-offs and release messages go (plain, sharded, or plain on a cluster), decided from what the servers support, and what a receiver count proves |
 //! | `sentinel.rs` | Sentinel: watching `+switch-master`, following the new master, re-checking held leases |
 //! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
 //! | `semaphore.rs` | the public [`Semaphore`], [`AcquirePermit`], [`Permit`] |
