@@ -269,7 +269,9 @@ async fn attempt(
         pubsub: inner.waiters.pubsub(),
     };
     if let Some(wait) = plan.confirm {
-        let client = inner.confirmer.client(&keys.lock, timeout).await?;
+        // Boxed: a connect future is large, and kept inline it would make
+        // every future awaiting a lock as large (see `scripts::bounded`).
+        let client = Box::pin(inner.confirmer.client(&keys.lock, timeout)).await?;
         let confirmed = scripts::acquire_confirmed(client, keys, ask, wait, timeout);
         return match confirmed.await? {
             (Acquired::Yes { fencing_token }, acked) if acked >= wait.replicas => {

@@ -137,10 +137,11 @@ impl Mode {
         if !self.may_probe() {
             return;
         }
-        let probe = client.custom::<Value, _>(
+        // Boxed: a client's command future is large, and this one is rare.
+        let probe = Box::pin(client.custom::<Value, _>(
             CustomCommand::new_static("PUBSUB", ClusterHash::Random, false),
             vec!["SHARDNUMSUB"],
-        );
+        ));
         let mode = match tokio::time::timeout(timeout, probe).await {
             Ok(Ok(_)) => PubSub::Sharded,
             Ok(Err(e)) if is_refusal(&e) => PubSub::PlainOnCluster,

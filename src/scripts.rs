@@ -111,11 +111,28 @@ pub(crate) fn client_closed(client: &Client) -> bool {
 
 /// Runs `call`, bounded by `timeout`: by the client's own timer when it has
 /// the same command timeout (a client made by `connect`), else by one here.
-async fn bounded<R>(
+///
+/// The command's future is boxed at once: a client's command futures are
+/// large (tens of KB with TLS), and held inline they would make every
+/// future that awaits a command (`lock`, `lock_all`, a campaign) as large,
+/// enough to overflow a 2 MiB thread stack in a debug build.
+fn bounded<'a, R: 'a, F>(
+    client: &'a Client,
+    key: &'a str,
+    timeout: Duration,
+    call: F,
+) -> impl std::future::Future<Output = Result<R, Error>> + 'a
+where
+    F: std::future::Future<Output = Result<R, fred::error::Error>> + 'a,
+{
+    bounded_boxed(client, key, timeout, Box::pin(call))
+}
+
+async fn bounded_boxed<R>(
     client: &Client,
     key: &str,
     timeout: Duration,
-    call: impl std::future::Future<Output = Result<R, fred::error::Error>>,
+    call: std::pin::Pin<Box<impl std::future::Future<Output = Result<R, fred::error::Error>>>>,
 ) -> Result<R, Error> {
     if client.inner().default_command_timeout() == timeout {
         return call.await.map_err(|e| failed(client, key, e, timeout));
@@ -610,7 +627,8 @@ async fn confirmed<R: FromValue>(
     let command =
         |name: &'static str| CustomCommand::new_static(name, ClusterHash::Custom(slot), false);
     let client_id = || once.custom::<i64, _>(command("CLIENT"), vec![Value::from("ID")]);
-    let call = async {
+    // Boxed, as in `bounded`: four command futures held at once.
+    let call = Box::pin(async {
         let mut loaded = false;
         loop {
             let mut evalsha = Vec::with_capacity(2 + keys.len() + args.len());
@@ -652,7 +670,7 @@ async fn confirmed<R: FromValue>(
             }
             return Ok((reply, u32::try_from(acked.max(0)).unwrap_or(u32::MAX)));
         }
-    };
+    });
     match tokio::time::timeout(total, call).await {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) if *e.kind() == fred::error::ErrorKind::Timeout => Err(Error::Timeout {

@@ -350,7 +350,8 @@ impl Round<'_> {
             return scripts::acquire_all(&inner.client, keys, token, ttl_ms, timeout).await;
         };
         let first = keys.first().copied().unwrap_or("");
-        let client = inner.confirmer.client(first, timeout).await?;
+        // Boxed: a connect future is large (see `scripts::bounded`).
+        let client = Box::pin(inner.confirmer.client(first, timeout)).await?;
         let confirmed = scripts::acquire_all_confirmed(client, keys, token, ttl_ms, wait, timeout);
         match confirmed.await? {
             (AcquiredAll::Yes, acked) if acked < wait.replicas => Err(Error::NotReplicated {

@@ -436,3 +436,47 @@ async fn futures_and_guards_are_send_and_static() {
     send_static(&release);
     release.await.unwrap();
 }
+
+/// The futures a caller awaits stay small whatever features are built in:
+/// a client's command futures are tens of KB (more with TLS), and held
+/// inline they made `lock` a 30 KB future, whose polls overflowed a 2 MiB
+/// test thread's stack in a debug build with the `tls` feature (a
+/// black-holed server's recovery, `faults::a_black_holed_...`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_futures_callers_await_stay_small() {
+    const LIMIT: usize = 4096;
+    let server = RedisServer::start();
+    let mutex = mutex_for(&server).await;
+    let rw = mutex.rw("small:rw");
+    let election = mutex.election("small:election");
+    let sizes = [
+        ("lock", std::mem::size_of_val(&mutex.lock("small:k"))),
+        (
+            "try_lock",
+            std::mem::size_of_val(&mutex.try_lock("small:k")),
+        ),
+        (
+            "acquire",
+            std::mem::size_of_val(&mutex.acquire("small:k").into_future()),
+        ),
+        (
+            "lock_all",
+            std::mem::size_of_val(&mutex.lock_all(["small:a", "small:b"])),
+        ),
+        (
+            "semaphore acquire",
+            std::mem::size_of_val(&mutex.semaphore("small:s", 2).acquire().into_future()),
+        ),
+        ("read", std::mem::size_of_val(&rw.read().into_future())),
+        ("write", std::mem::size_of_val(&rw.write().into_future())),
+        ("campaign", std::mem::size_of_val(&election.campaign("v"))),
+        ("leader", std::mem::size_of_val(&election.leader())),
+        (
+            "release_token",
+            std::mem::size_of_val(&mutex.release_token("small:k", "t")),
+        ),
+    ];
+    let large: Vec<_> = sizes.iter().filter(|(_, size)| *size > LIMIT).collect();
+    assert!(large.is_empty(), "futures over {LIMIT} bytes: {large:?}");
+    mutex.shutdown().await;
+}
