@@ -3,10 +3,11 @@
 //!
 //! Every script takes its keys through `KEYS`, so it runs on Redis Cluster.
 //! Scripts are sent with `EVALSHA` and loaded again on `NOSCRIPT` (after a
-//! restart or `SCRIPT FLUSH`). Every call is bounded by the command timeout:
-//! by fred's own timer when the client has the same one, else by
-//! `tokio::time::timeout` here; a timeout is always [`Error::Timeout`],
-//! whichever timer fired.
+//! restart, a failover or `SCRIPT FLUSH`), on the node that answered it
+//! only: never with a command for every cluster node (see [`load`]). Every
+//! call is bounded by the command timeout: by fred's own timer when the
+//! client has the same one, else by `tokio::time::timeout` here; a timeout
+//! is always [`Error::Timeout`], whichever timer fired.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -133,7 +134,8 @@ async fn bounded<R>(
     }
 }
 
-/// Runs one script call, bounded by `timeout`.
+/// Runs one script call, bounded by `timeout`; on `NOSCRIPT` the script is
+/// loaded on the node that said so (see [`load`]) and sent once more.
 pub(crate) async fn run<R: FromValue>(
     client: &Client,
     script: &Script,
@@ -142,13 +144,43 @@ pub(crate) async fn run<R: FromValue>(
     args: Vec<Value>,
     timeout: Duration,
 ) -> Result<R, Error> {
-    bounded(
-        client,
-        key,
-        timeout,
-        script.evalsha_with_reload(client, keys, args),
-    )
-    .await
+    use fred::interfaces::LuaInterface;
+    let keys: Vec<Key> = keys.into().inner();
+    let slot = keys
+        .first()
+        .map_or(0, |k| fred::util::redis_keyslot(k.as_bytes()));
+    let call = async {
+        let sha = script.sha1().clone();
+        match client
+            .evalsha(sha.clone(), keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                load(client, script, slot).await?;
+                client.evalsha(sha, keys, args).await
+            }
+            other => other,
+        }
+    };
+    bounded(client, key, timeout, call).await
+}
+
+/// `SCRIPT LOAD` of `script` on the node that serves `slot` (the node that
+/// answered `NOSCRIPT`).
+///
+/// Not fred's `Script::load`: on a cluster that loads the script on every
+/// node, and fred 10 sends a command for every node only once every node
+/// has answered every command in flight to it, all in its one connection
+/// task. One stalled master then holds up every command to every node until
+/// it answers: the healthy masters' leases ran out while one was stalled.
+async fn load(client: &Client, script: &Script, slot: u16) -> Result<(), fred::error::Error> {
+    use fred::types::{ClusterHash, CustomCommand};
+    let lua = script.lua().cloned().unwrap_or_default();
+    let command = CustomCommand::new_static("SCRIPT", ClusterHash::Custom(slot), false);
+    client
+        .custom::<Value, _>(command, vec![Value::from("LOAD"), Value::from(lua)])
+        .await
+        .map(|_| ())
 }
 
 pub(crate) fn binary_key(bytes: Vec<u8>) -> Key {
@@ -446,8 +478,8 @@ pub(crate) async fn release(
 /// after the first is to a node that redirected it (MOVED, ASK: nothing
 /// ran). It has one attempt more than the redirections it may follow: fred
 /// 10 ends the client's connection task when an ASK meets a command with no
-/// attempts left. On `NOSCRIPT` (nothing ran) the script is loaded and sent
-/// once more.
+/// attempts left. On `NOSCRIPT` (nothing ran) the script is loaded (on that
+/// node, see [`load`]) and sent once more.
 async fn run_once(
     client: &Client,
     script: &Script,
@@ -478,7 +510,7 @@ async fn run_once(
     let call = async {
         match send().await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                script.load(client).await?;
+                load(client, script, slot).await?;
                 send().await
             }
             other => other,
@@ -632,7 +664,7 @@ async fn confirmed<R: FromValue>(
                 Err(e) if !loaded && e.details().starts_with("NOSCRIPT") => {
                     // Nothing ran (a new master after a failover has an empty
                     // script cache): load the script and go again.
-                    script.load(client).await?;
+                    load(client, script, slot).await?;
                     loaded = true;
                     continue;
                 }
