@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use distributed_mutex::{LockGuard, LostReason};
+use fred::interfaces::ClientLike;
 
 use super::{get_on, watch};
 use crate::support::cluster::{RedisCluster, MASTERS};
@@ -263,4 +264,99 @@ async fn calls_on_healthy_masters_do_not_wait_on_a_stalled_one() {
     );
     drop(stuck);
     mutex.shutdown().await;
+}
+
+/// While one master is stalled, a waiter on a key of each healthy master
+/// (queued behind a holder in another mutex) is handed the lock by the
+/// holder's release within [`HEALTHY_CALL`]. (Its mutex has waited once
+/// before the stall, so its subscriber connection is in place: fred 10
+/// makes a cluster connection only once every master has answered, so a
+/// mutex that first waits during a stall polls instead, see the README.)
+///
+/// The stalled master is the one the waiting mutex's client sends commands
+/// without a key to (fred's first connection), where a mutex with sharded
+/// subscriptions checks their slots every 500 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_healthy_masters_are_handed_the_lock_while_another_is_stalled() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let holder = builder_at(&url).await.ttl(TTL).build().unwrap();
+    let waiting = builder_at(&url).await.build().unwrap();
+    let stalled = keyless_master(&cluster, waiting.client()).await;
+    let healthy: Vec<usize> = (0..MASTERS).filter(|&i| i != stalled).collect();
+
+    // `waiting` waits once before the stall: its subscriber is connected.
+    let key = cluster.key_on_master(healthy[0], "stall:before:");
+    let guard = holder.lock(&key).await.unwrap();
+    let waiter = {
+        let (waiting, key) = (waiting.clone(), key.clone());
+        tokio::spawn(async move { waiting.lock(&key).await })
+    };
+    tokio::time::sleep(ms(100)).await;
+    guard.release().await.unwrap();
+    let first = quick("the waiter before the stall", async {
+        waiter.await.expect("waiter task")
+    })
+    .await;
+    first.release().await.unwrap();
+
+    let stuck = holder
+        .lock(&cluster.key_on_master(stalled, "stall:stuck:"))
+        .await
+        .unwrap();
+    cluster.pause_master(stalled);
+    let paused_at = Instant::now();
+    for &i in &healthy {
+        let what = format!("a waiter on healthy master {i}");
+        let key = cluster.key_on_master(i, "stall:waiter:");
+        let guard = quick(&what, holder.lock(&key)).await;
+        let waiter = {
+            let (waiting, key) = (waiting.clone(), key.clone());
+            tokio::spawn(async move { waiting.lock(&key).await })
+        };
+        // Long enough for the waiter's mutex to check its subscriptions'
+        // slots (every 500 ms) a few times while the master is stalled.
+        tokio::time::sleep(ms(700)).await;
+        let released_at = Instant::now();
+        quick(&what, guard.release()).await;
+        let next = quick(&what, async { waiter.await.expect("waiter task") }).await;
+        eprintln!(
+            "{what}: handed the lock {:?} after the release",
+            released_at.elapsed()
+        );
+        assert_eq!(get_on(&cluster, i, &key), next.token(), "{key}");
+        quick(&what, next.release()).await;
+    }
+    let took = paused_at.elapsed();
+    cluster.resume_master(stalled);
+    assert!(
+        took < PAUSE,
+        "the waits took {took:?}: longer than the pause"
+    );
+    drop(stuck);
+    holder.shutdown().await;
+    waiting.shutdown().await;
+    let _ = waiting.client().quit().await;
+}
+
+/// The master that `client` sends commands without a key to.
+async fn keyless_master(cluster: &RedisCluster, client: &fred::clients::Client) -> usize {
+    use fred::types::{ClusterHash, CustomCommand};
+    let info: String = client
+        .custom(
+            CustomCommand::new_static("INFO", ClusterHash::Random, false),
+            vec!["server"],
+        )
+        .await
+        .unwrap();
+    let port: u16 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("tcp_port:"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tcp_port in INFO: {info}"));
+    cluster
+        .masters()
+        .iter()
+        .position(|&p| p == port)
+        .unwrap_or_else(|| panic!("{port} is not a master"))
 }
