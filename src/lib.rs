@@ -98,6 +98,7 @@
 //! | `release.rs` | task: releases handed over by `Drop` |
 //! | `batch.rs` | group commit: releases that arrive while one is in flight go out as one call |
 //! | `renew.rs` | task: batched lease renewal |
+//! | `route.rs` | where renewals go on a cluster: one call per node (cross-slot script), per slot for slots that moved |
 //! | `queue.rs` | the wait queue in Redis and direct handoff: the claim TTL, when a handed-over lock is used without confirming |
 //! | `notify.rs` | task: the subscriber connection; handoff and release channels and their local waiters |
 //! | `channel.rs` | where release messages go: plain or sharded pub/sub |
@@ -147,6 +148,7 @@ mod redlock;
 mod release;
 mod renew;
 mod retry;
+mod route;
 mod rwlock;
 mod schedule;
 mod scripts;

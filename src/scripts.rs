@@ -37,6 +37,17 @@ macro_rules! lua {
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(lua!("acquire")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(lua!("release")));
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(lua!("extend")));
+/// `extend.lua` declared to touch keys of several cluster slots (Redis 7.0+,
+/// Valkey), on the node that serves them all, the keys passed as arguments
+/// by `cross_slot.lua` (see `route.rs`). `allow-oom` keeps what a script
+/// without flags may do: renew under `maxmemory` (it adds nothing).
+static EXTEND_CROSS_SLOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(concat!(
+        "#!lua flags=allow-cross-slot-keys,allow-oom\n",
+        include_str!("scripts/cross_slot.lua"),
+        lua!("extend")
+    ))
+});
 
 /// What the acquire script answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -532,6 +543,54 @@ pub(crate) async fn extend(
     let keys: Vec<&str> = entries.iter().map(|e| e.0).collect();
     let args = extend_args(entries, renewal);
     let reply: Value = run(client, &EXTEND, first, keys, args, timeout).await?;
+    parse_extended(first, entries, reply)
+}
+
+/// A renewal ([`extend`] with `renewal`) of keys of several slots served
+/// by one cluster node, in one call of the script declared cross-slot (only
+/// the first key declared: Redis refuses declared keys of several slots
+/// with `CROSSSLOT`, whatever the script's flags). Sent to the node fred's
+/// slot table names for the first key's slot, and not redirected: a node
+/// that does not serve every key of the call refuses it (`MOVED`, `ASK`, a
+/// script error for a key it does not serve), and the caller renews those
+/// slots one by one instead (see `route.rs`). On `NOSCRIPT` the script is
+/// loaded on that node and sent once more.
+pub(crate) async fn extend_cross_slot(
+    client: &Client,
+    entries: &[(&str, &str, u64)],
+    timeout: Duration,
+) -> Result<Vec<Compared>, Error> {
+    use fred::types::config::Options;
+    use fred::types::{ClusterHash, CustomCommand};
+    let first = entries.first().map_or("", |e| e.0);
+    let slot = fred::util::redis_keyslot(first.as_bytes());
+    let args = extend_args(entries, true);
+    let script = &*EXTEND_CROSS_SLOT;
+    let once = client.with_options(&Options {
+        max_redirections: Some(0),
+        ..Options::default()
+    });
+    let send = || {
+        let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
+        let mut call = Vec::with_capacity(4 + entries.len() + args.len());
+        call.push(Value::from(script.sha1().clone()));
+        call.push(Value::from(1));
+        call.push(Value::from(first));
+        call.push(Value::from(entries.len() as i64));
+        call.extend(entries.iter().map(|e| Value::from(e.0)));
+        call.extend(args.iter().cloned());
+        once.custom::<Value, _>(command, call)
+    };
+    let call = async {
+        match send().await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                load(client, script, slot).await?;
+                send().await
+            }
+            other => other,
+        }
+    };
+    let reply = bounded(client, first, timeout, call).await?;
     parse_extended(first, entries, reply)
 }
 

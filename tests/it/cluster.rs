@@ -15,6 +15,7 @@ use fred::util::redis_keyslot;
 use crate::support::cluster::{shard_subscribers, RedisCluster, MASTERS};
 
 mod adapter;
+mod calls;
 mod cancel;
 mod leases;
 mod stall;
