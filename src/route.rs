@@ -84,6 +84,21 @@ fn cross_slot_scripts(client: &Client) -> bool {
     client.server_version().is_some_and(|v| v.major >= 7)
 }
 
+/// The node fred's slot table names for `slot`, when `client`'s servers
+/// run cross-slot scripts: the group commit of releases (`batch.rs`) sends
+/// the releases of one node together. `None` on one server, before Redis
+/// 7.0, or for a slot the table lacks.
+pub(crate) fn node_for_cross_slot(client: &Client, slot: u16) -> Option<Server> {
+    if !client.is_clustered() || !cross_slot_scripts(client) {
+        return None;
+    }
+    client
+        .inner()
+        .with_cluster_state(|table| Ok(table.get_server(slot).cloned()))
+        .ok()
+        .flatten()
+}
+
 impl Routes {
     /// How to group the leases of one batch on `client`: per slot on a
     /// cluster (per node where the servers allow it), one group on one

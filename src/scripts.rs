@@ -447,6 +447,13 @@ pub(crate) async fn release(
     let first = entries
         .first()
         .map_or("", |(keys, _, _)| keys.lock.as_str());
+    let (script_keys, args) = release_call(entries, sharded);
+    let reply = run_once(client, &RELEASE, first, script_keys, args, timeout).await?;
+    release_answers(first, entries, reply)
+}
+
+/// The keys and arguments of one release call.
+fn release_call(entries: &[Releasing<'_>], sharded: bool) -> (Vec<Value>, Vec<Value>) {
     let mut script_keys = Vec::with_capacity(entries.len() * 2);
     let mut args = Vec::with_capacity(2 + entries.len() * 3);
     args.push(Value::from(if sharded { "s" } else { "p" }));
@@ -470,7 +477,15 @@ pub(crate) async fn release(
             Value::from(*leave),
         ]);
     }
-    let reply = run_once(client, &RELEASE, first, script_keys, args, timeout).await?;
+    (script_keys, args)
+}
+
+/// The answers of a release call, one per entry.
+fn release_answers(
+    first: &str,
+    entries: &[Releasing<'_>],
+    reply: Value,
+) -> Result<Vec<Compared>, Error> {
     let echo = entries.first().map_or("", |(_, token, _)| *token);
     let reply = checked(reply, echo).ok_or_else(|| mismatched(first, "release"))?;
     if reply.len() != entries.len() {
@@ -560,24 +575,72 @@ pub(crate) async fn extend_cross_slot(
     entries: &[(&str, &str, u64)],
     timeout: Duration,
 ) -> Result<Vec<Compared>, Error> {
+    let first = entries.first().map_or("", |e| e.0);
+    let keys: Vec<Value> = entries.iter().map(|e| Value::from(e.0)).collect();
+    let args = extend_args(entries, true);
+    let call = (first, keys);
+    let reply = run_cross_slot(client, &EXTEND_CROSS_SLOT, call, args, false, timeout).await?;
+    parse_extended(first, entries, reply)
+}
+
+/// `release.lua` declared cross-slot, like [`EXTEND_CROSS_SLOT`], with
+/// every key touched before anything is written (`cross_slot_check.lua`).
+static RELEASE_CROSS_SLOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(concat!(
+        "#!lua flags=allow-cross-slot-keys,allow-oom\n",
+        include_str!("scripts/cross_slot.lua"),
+        include_str!("scripts/cross_slot_check.lua"),
+        lua!("release")
+    ))
+});
+
+/// Whether `error` is a node's refusal of a cross-slot call before it ran
+/// anything: a slot of the call is elsewhere or moving (`MOVED`, `ASK`,
+/// both not followed, `TRYAGAIN`, `CROSSSLOT`, or a key the node does not
+/// serve).
+pub(crate) fn refused_across_slots(error: &Error) -> bool {
+    let text = error.to_string();
+    [
+        "Too many redirections",
+        "TRYAGAIN",
+        "CROSSSLOT",
+        "non local key",
+        "MOVED",
+        "ASK",
+    ]
+    .iter()
+    .any(|reason| text.contains(reason))
+}
+
+/// One call of a cross-slot `script` (see `cross_slot.lua`) on the node
+/// fred's slot table names for `first`'s slot: `keys` are passed as
+/// arguments behind `first`, the only declared key. Not redirected; with
+/// `once`, never re-sent after a reconnect either (as [`run_once`]). On
+/// `NOSCRIPT` the script is loaded on that node and sent once more.
+async fn run_cross_slot(
+    client: &Client,
+    script: &Script,
+    (first, keys): (&str, Vec<Value>),
+    args: Vec<Value>,
+    once: bool,
+    timeout: Duration,
+) -> Result<Value, Error> {
     use fred::types::config::Options;
     use fred::types::{ClusterHash, CustomCommand};
-    let first = entries.first().map_or("", |e| e.0);
     let slot = fred::util::redis_keyslot(first.as_bytes());
-    let args = extend_args(entries, true);
-    let script = &*EXTEND_CROSS_SLOT;
     let once = client.with_options(&Options {
         max_redirections: Some(0),
+        fail_fast: once,
         ..Options::default()
     });
     let send = || {
         let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
-        let mut call = Vec::with_capacity(4 + entries.len() + args.len());
+        let mut call = Vec::with_capacity(4 + keys.len() + args.len());
         call.push(Value::from(script.sha1().clone()));
         call.push(Value::from(1));
         call.push(Value::from(first));
-        call.push(Value::from(entries.len() as i64));
-        call.extend(entries.iter().map(|e| Value::from(e.0)));
+        call.push(Value::from(keys.len() as i64));
+        call.extend(keys.iter().cloned());
         call.extend(args.iter().cloned());
         once.custom::<Value, _>(command, call)
     };
@@ -590,8 +653,25 @@ pub(crate) async fn extend_cross_slot(
             other => other,
         }
     };
-    let reply = bounded(client, first, timeout, call).await?;
-    parse_extended(first, entries, reply)
+    bounded(client, first, timeout, call).await
+}
+
+/// [`release`] of entries in several slots of one cluster node, in one
+/// call (Redis 7.0+). A call the node refuses ran nothing (see
+/// [`refused_across_slots`]): the caller sends the entries per slot.
+pub(crate) async fn release_cross_slot(
+    client: &Client,
+    entries: &[Releasing<'_>],
+    sharded: bool,
+    timeout: Duration,
+) -> Result<Vec<Compared>, Error> {
+    let first = entries
+        .first()
+        .map_or("", |(keys, _, _)| keys.lock.as_str());
+    let (script_keys, args) = release_call(entries, sharded);
+    let call = (first, script_keys);
+    let reply = run_cross_slot(client, &RELEASE_CROSS_SLOT, call, args, true, timeout).await?;
+    release_answers(first, entries, reply)
 }
 
 /// [`extend`] with its writes confirmed by `WAIT` (see [`confirmed`]): the

@@ -1,7 +1,8 @@
-//! What renewal costs in calls on a cluster: one script call per node
-//! for the leases that fall due together, whatever the slots of their keys
-//! (Redis 7.0+ runs a script declared `allow-cross-slot-keys` on keys of
-//! every slot of the node).
+//! What renewal and release cost in calls on a cluster: one script call
+//! per node for the leases that fall due together, and for the releases
+//! that queue behind one in flight, whatever the slots of their keys (Redis
+//! 7.0+ runs a script declared `allow-cross-slot-keys` on keys of every
+//! slot of the node).
 
 use std::time::{Duration, Instant};
 
@@ -90,5 +91,65 @@ async fn renewal_costs_a_call_per_node_not_per_slot() {
         );
     }
     drop(guards);
+    mutex.shutdown().await;
+}
+
+/// Tasks releasing at once.
+const TASKS: usize = 32;
+/// Lock-and-release rounds per task.
+const ROUNDS: usize = 20;
+
+/// 32 tasks each take and release their own key 20 times, all keys on one
+/// master and each in a slot of its own: every release answers `Ok` and
+/// every key is gone after, and releases that queue behind one in flight go
+/// out together, so the master runs far fewer release calls than releases
+/// (one per release with a gate per slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_queued_on_one_node_go_out_together_across_slots() {
+    let cluster = RedisCluster::start();
+    let mutex = builder_at(&cluster.url()).await.build().unwrap();
+    let keys = cluster.keys_on_master(0, "cluster:releases:", TASKS);
+    // Every script loaded on master 0 before counting.
+    mutex.lock(&keys[0]).await.unwrap().release().await.unwrap();
+    reset_stats(cluster.master(0));
+
+    let mut tasks = Vec::new();
+    for key in keys.clone() {
+        let mutex = mutex.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let guard = mutex
+                    .lock(&key)
+                    .await
+                    .unwrap_or_else(|e| panic!("{key} round {round}: {e}"));
+                guard
+                    .release()
+                    .await
+                    .unwrap_or_else(|e| panic!("{key} round {round}: release: {e}"));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let releases = (TASKS * ROUNDS) as u64;
+    // Each acquisition is one acquire-script call (on a cluster a first
+    // attempt uses the script); the rest are release calls.
+    let calls = command_calls(cluster.master(0), "evalsha");
+    let release_calls = calls.saturating_sub(releases);
+    eprintln!(
+        "{releases} releases on one master over {TASKS} slots: {release_calls} release calls"
+    );
+    assert!(
+        calls >= releases,
+        "{calls} EVALSHA for {releases} acquisitions"
+    );
+    assert!(
+        release_calls * 3 <= releases * 2,
+        "{release_calls} release calls for {releases} releases: not grouped across slots"
+    );
+    for key in &keys {
+        assert_eq!(get_on(&cluster, 0, key), "", "{key} left");
+    }
     mutex.shutdown().await;
 }
