@@ -218,7 +218,8 @@ async fn release(
 ) -> Vec<Result<Compared, Error>> {
     let slot = |(keys, _, _): &Releasing<'_>| fred::util::redis_keyslot(keys.lock.as_bytes());
     let first = entries.first().map(slot);
-    let spread = entries.iter().any(|e| Some(slot(e)) != first);
+    // One server takes keys of every slot in one call.
+    let spread = client.is_clustered() && entries.iter().any(|e| Some(slot(e)) != first);
     let all = |result: Result<Vec<Compared>, Error>| match result {
         Ok(answers) => answers.into_iter().map(Ok).collect(),
         Err(e) => vec![Err(e); entries.len()],
