@@ -80,7 +80,7 @@ impl Grouping {
 
 /// Whether `client`'s servers run scripts that touch keys of several slots
 /// (Redis 7.0 and later, which Valkey reports too).
-fn cross_slot_scripts(client: &Client) -> bool {
+pub(crate) fn cross_slot_scripts(client: &Client) -> bool {
     client.server_version().is_some_and(|v| v.major >= 7)
 }
 

@@ -184,14 +184,43 @@ pub(crate) async fn run<R: FromValue>(
 /// has answered every command in flight to it, all in its one connection
 /// task. One stalled master then holds up every command to every node until
 /// it answers: the healthy masters' leases ran out while one was stalled.
+///
+/// On a cluster the script's other form (per slot or cross-slot, see
+/// `route.rs`) is loaded with it: a call sent before a fault (a black-holed
+/// connection) and delivered after it then runs, whichever form it was,
+/// instead of meeting `NOSCRIPT` (a release that never happens leaves the
+/// lock to its TTL). Servers before 7.0 never get the cross-slot form.
 async fn load(client: &Client, script: &Script, slot: u16) -> Result<(), fred::error::Error> {
     use fred::types::{ClusterHash, CustomCommand};
-    let lua = script.lua().cloned().unwrap_or_default();
-    let command = CustomCommand::new_static("SCRIPT", ClusterHash::Custom(slot), false);
-    client
-        .custom::<Value, _>(command, vec![Value::from("LOAD"), Value::from(lua)])
-        .await
-        .map(|_| ())
+    let load_one = |script: &Script| {
+        let lua = script.lua().cloned().unwrap_or_default();
+        let command = CustomCommand::new_static("SCRIPT", ClusterHash::Custom(slot), false);
+        client.custom::<Value, _>(command, vec![Value::from("LOAD"), Value::from(lua)])
+    };
+    let both = client.is_clustered() && crate::route::cross_slot_scripts(client);
+    let other = both.then(|| other_form(script)).flatten();
+    match other {
+        // Both at once: one round trip.
+        Some(other) => {
+            let (loaded, _) = tokio::join!(load_one(script), load_one(other));
+            loaded.map(|_| ())
+        }
+        None => load_one(script).await.map(|_| ()),
+    }
+}
+
+/// The other form of a script that has two (per slot and cross-slot).
+fn other_form(script: &Script) -> Option<&'static Script> {
+    let pairs: [(&Script, &'static Script); 4] = [
+        (&RELEASE, &RELEASE_CROSS_SLOT),
+        (&RELEASE_CROSS_SLOT, &RELEASE),
+        (&EXTEND, &EXTEND_CROSS_SLOT),
+        (&EXTEND_CROSS_SLOT, &EXTEND),
+    ];
+    pairs
+        .into_iter()
+        .find(|(one, _)| one.sha1() == script.sha1())
+        .map(|(_, other)| other)
 }
 
 pub(crate) fn binary_key(bytes: Vec<u8>) -> Key {
