@@ -625,20 +625,29 @@ static RELEASE_CROSS_SLOT: LazyLock<Script> = LazyLock::new(|| {
 
 /// Whether `error` is a node's refusal of a cross-slot call before it ran
 /// anything: a slot of the call is elsewhere or moving (`MOVED`, `ASK`,
-/// both not followed, `TRYAGAIN`, `CROSSSLOT`, or a key the node does not
-/// serve).
+/// neither followed, `TRYAGAIN`, `CROSSSLOT`, or a key the node does not
+/// serve, met by `cross_slot_check.lua` before any write). Read from the
+/// client's or the server's own error only (never from a text that names
+/// a key), and never a reply matched to the wrong command (its outcome is
+/// unknown).
 pub(crate) fn refused_across_slots(error: &Error) -> bool {
-    let text = error.to_string();
-    [
-        "Too many redirections",
-        "TRYAGAIN",
-        "CROSSSLOT",
-        "non local key",
-        "MOVED",
-        "ASK",
-    ]
-    .iter()
-    .any(|reason| text.contains(reason))
+    let source = match error {
+        Error::Redis { source, .. } | Error::Unavailable { source, .. } => source,
+        _ => return false,
+    };
+    let details = source.details();
+    match source.kind() {
+        fred::error::ErrorKind::Routing => details.starts_with("Too many redirections"),
+        fred::error::ErrorKind::Protocol => false,
+        _ => {
+            ["MOVED ", "ASK ", "TRYAGAIN", "CROSSSLOT"]
+                .iter()
+                .any(|reply| details.starts_with(reply))
+                // Met first by `cross_slot_check.lua`, before any write (every
+                // other key of a release is in the slot of one checked).
+                || details.contains("Script attempted to access a non local key")
+        }
+    }
 }
 
 /// One call of a cross-slot `script` (see `cross_slot.lua`) on the node
@@ -991,5 +1000,49 @@ mod acquire_all_tests {
         for bad in [&[][..], &[0, 0, 5], &[0, 4, 5], &[2, 0], &[1, 1], &[7]] {
             assert!(matches!(parse(bad), Err(Error::Redis { .. })), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod cross_slot_tests {
+    use super::*;
+    use fred::error::{Error as FredError, ErrorKind};
+
+    fn unavailable(kind: ErrorKind, details: &'static str) -> Error {
+        Error::Unavailable {
+            key: "TASK:MOVED:1".into(),
+            source: FredError::new(kind, details),
+        }
+    }
+
+    #[test]
+    fn only_a_refusal_before_anything_ran_counts() {
+        let refused = |e: &Error| refused_across_slots(e);
+        assert!(refused(&unavailable(
+            ErrorKind::Routing,
+            "Too many redirections."
+        )));
+        assert!(refused(&unavailable(
+            ErrorKind::Unknown,
+            "TRYAGAIN Multiple keys request during rehashing of slot"
+        )));
+        assert!(refused(&Error::Redis {
+            key: "k".into(),
+            source: FredError::new(
+                ErrorKind::Unknown,
+                "ERR Script attempted to access a non local key in a cluster node script: x"
+            ),
+        }));
+        // A key named like a redirection, a timeout, a reply matched to the
+        // wrong command (it mentions ASK): the outcome is unknown.
+        assert!(!refused(&unavailable(ErrorKind::IO, "connection reset")));
+        assert!(!refused(&Error::Timeout {
+            key: "ASK".into(),
+            after: Duration::from_secs(2),
+        }));
+        assert!(!refused(&unavailable(
+            ErrorKind::Protocol,
+            "the reply was another command's (while it follows an ASK redirection)"
+        )));
     }
 }
