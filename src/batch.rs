@@ -1,8 +1,9 @@
 //! Group commit for releases.
 //!
-//! While a release call is in flight (per cluster slot; one gate on a single
-//! server), releases that arrive meanwhile wait and go out together as one
-//! script call when it returns. A task alone never waits: its release is
+//! While a release call is in flight (per cluster node on Redis 7.0+, else
+//! per cluster slot; one gate on a single server), releases that arrive
+//! meanwhile wait and go out together as one script call when it returns
+//! (declared cross-slot when they span slots of the node; see `route.rs`). A task alone never waits: its release is
 //! sent at once. Under concurrency N releases cost one command and one socket
 //! write (fred flushes the socket after every script call) instead of N,
 //! which is what lets 64 tasks cycling locks outrun the raw-command floor.
@@ -26,9 +27,10 @@ use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use tokio::sync::oneshot;
 
-use crate::channel::Mode;
+use crate::channel::{Mode, PubSub};
 use crate::error::Error;
 use crate::keys::LockKeys;
+use crate::route::{self, Group};
 use crate::scripts::{self, Compared, Releasing};
 
 /// The most releases sent in one script call.
@@ -58,20 +60,24 @@ struct Shared {
     timeout: Duration,
     /// Plain or sharded pub/sub for the release messages.
     mode: Arc<Mode>,
-    gates: Mutex<HashMap<u16, Gate>>,
+    gates: Mutex<HashMap<Group, Gate>>,
 }
 
 impl Shared {
-    fn gates(&self) -> MutexGuard<'_, HashMap<u16, Gate>> {
+    fn gates(&self) -> MutexGuard<'_, HashMap<Group, Gate>> {
         self.gates.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The gate of a key: its cluster slot, or one gate on a single server.
-    fn gate_of(&self, keys: &LockKeys) -> u16 {
-        if self.client.is_clustered() {
-            fred::util::redis_keyslot(keys.lock.as_bytes())
-        } else {
-            0
+    /// The gate of a key: its cluster node (Redis 7.0+) or slot, or one gate
+    /// on a single server.
+    fn gate_of(&self, keys: &LockKeys) -> Group {
+        if !self.client.is_clustered() {
+            return Group::Slot(0);
+        }
+        let slot = fred::util::redis_keyslot(keys.lock.as_bytes());
+        match route::node_for_cross_slot(&self.client, slot) {
+            Some(node) => Group::Node(node),
+            None => Group::Slot(slot),
         }
     }
 }
@@ -113,7 +119,7 @@ impl Batcher {
         let gate = self.shared.gate_of(keys);
         let queued = {
             let mut gates = self.shared.gates();
-            let state = gates.entry(gate).or_default();
+            let state = gates.entry(gate.clone()).or_default();
             if state.in_flight {
                 let (reply, answer) = oneshot::channel();
                 state.waiting.push(Waiting {
@@ -135,9 +141,9 @@ impl Batcher {
                     batcher: self.clone(),
                     gate,
                 };
-                let answers =
-                    send(&self.shared, &[(keys, token, leave)], on_sent.into_iter()).await?;
-                Ok(answers[0])
+                let mut answers =
+                    send(&self.shared, &[(keys, token, leave)], on_sent.into_iter()).await;
+                answers.swap_remove(0)
             }
             // Dropped unanswered (its batch's task was dropped): unknown.
             Err(answer) => answer.await.unwrap_or_else(|_| {
@@ -151,7 +157,7 @@ impl Batcher {
 
     /// Sends the releases queued at `gate` (up to `MAX_BATCH`) as one call,
     /// as the gate's leader; its leadership's end starts the next batch.
-    async fn drain(self, gate: u16) {
+    async fn drain(self, gate: Group) {
         let mut batch = {
             let mut gates = self.shared.gates();
             let Some(state) = gates.get_mut(&gate) else {
@@ -173,34 +179,27 @@ impl Batcher {
             .iter()
             .map(|w| (&w.keys, w.token.as_str(), w.leave.as_str()))
             .collect();
-        let result = send(&self.shared, &entries, on_sent.into_iter()).await;
+        let answers = send(&self.shared, &entries, on_sent.into_iter()).await;
         drop(entries);
-        match result {
-            Ok(answers) => {
-                for (waiting, answer) in batch.into_iter().zip(answers) {
-                    let _ = waiting.reply.send(Ok(answer));
-                }
-            }
-            Err(e) => {
-                for waiting in batch {
-                    let mut e = e.clone();
-                    e.set_key(&waiting.keys.lock);
-                    let _ = waiting.reply.send(Err(e));
-                }
-            }
+        for (waiting, answer) in batch.into_iter().zip(answers) {
+            let answer = answer.map_err(|mut e| {
+                e.set_key(&waiting.keys.lock);
+                e
+            });
+            let _ = waiting.reply.send(answer);
         }
     }
 }
 
 /// Sends one release call for `entries`, calling each `on_sent` once the
-/// command is handed to the client.
+/// command is handed to the client; one answer per entry.
 async fn send(
     shared: &Shared,
     entries: &[Releasing<'_>],
     on_sent: impl Iterator<Item = OnSent> + Unpin,
-) -> Result<Vec<Compared>, Error> {
+) -> Vec<Result<Compared, Error>> {
     let pubsub = shared.mode.get(&shared.client);
-    let call = scripts::release(&shared.client, entries, pubsub, shared.timeout);
+    let call = release(&shared.client, entries, pubsub, shared.timeout);
     OnFirstPoll {
         inner: Box::pin(call),
         then: Some(on_sent),
@@ -208,11 +207,67 @@ async fn send(
     .await
 }
 
+/// One release call for entries of one slot; for entries of several slots
+/// of one node, one cross-slot call, sent again per slot when the node
+/// refuses it (a slot moved or is moving: nothing ran).
+async fn release(
+    client: &Client,
+    entries: &[Releasing<'_>],
+    pubsub: PubSub,
+    timeout: Duration,
+) -> Vec<Result<Compared, Error>> {
+    let slot = |(keys, _, _): &Releasing<'_>| fred::util::redis_keyslot(keys.lock.as_bytes());
+    let first = entries.first().map(slot);
+    // One server takes keys of every slot in one call.
+    let spread = client.is_clustered() && entries.iter().any(|e| Some(slot(e)) != first);
+    let all = |result: Result<Vec<Compared>, Error>| match result {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Err(e) => vec![Err(e); entries.len()],
+    };
+    if !spread {
+        return all(scripts::release(client, entries, pubsub, timeout).await);
+    }
+    match scripts::release_cross_slot(client, entries, pubsub, timeout).await {
+        Err(e) if scripts::refused_across_slots(&e) => {
+            tracing::debug!(error = %e, keys = entries.len(), "a node refused a release across its slots; sending it per slot");
+        }
+        other => return all(other),
+    }
+    let mut slots: Vec<u16> = entries.iter().map(slot).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let mut answers: Vec<Option<Result<Compared, Error>>> = vec![None; entries.len()];
+    for s in slots {
+        let at: Vec<usize> = (0..entries.len())
+            .filter(|&i| slot(&entries[i]) == s)
+            .collect();
+        let group: Vec<Releasing<'_>> = at.iter().map(|&i| entries[i]).collect();
+        let result = all(scripts::release(client, &group, pubsub, timeout).await);
+        for (i, answer) in at.into_iter().zip(result) {
+            answers[i] = Some(answer);
+        }
+    }
+    // Every entry is in its slot's call; an answer missing all the same
+    // would be "unknown", never a wrong one.
+    answers
+        .into_iter()
+        .zip(entries)
+        .map(|(answer, (keys, _, _))| {
+            answer.unwrap_or_else(|| {
+                Err(Error::Timeout {
+                    key: keys.lock.clone(),
+                    after: timeout,
+                })
+            })
+        })
+        .collect()
+}
+
 /// The gate's leadership: when the leader is done (or dropped), the gate is
 /// free again, and a task is spawned to send what queued meanwhile.
 struct Leader {
     batcher: Batcher,
-    gate: u16,
+    gate: Group,
 }
 
 impl Drop for Leader {
@@ -228,7 +283,7 @@ impl Drop for Leader {
         }
         drop(gates);
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(self.batcher.clone().drain(self.gate))),
+            Ok(runtime) => drop(runtime.spawn(self.batcher.clone().drain(self.gate.clone()))),
             // No runtime to send them: answer "unknown" (their callers retry
             // or leave the lock to its TTL) rather than leave them waiting.
             Err(_) => {

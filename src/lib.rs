@@ -106,6 +106,7 @@
 //! | `release.rs` | task: releases handed over by `Drop` |
 //! | `batch.rs` | group commit: releases that arrive while one is in flight go out as one call |
 //! | `renew.rs` | task: batched lease renewal |
+//! | `route.rs` | where renewals go on a cluster: one call per node (cross-slot script), per slot for slots that moved |
 //! | `queue.rs` | the wait queue in Redis and direct handoff: the claim TTL, the queue's lifetime, when a handed-over lock is used without confirming |
 //! | `notify.rs` | task: the subscriber connection; handoff and release channels and their local waiters |
 //! | `channel.rs` | where hand-offs and release messages go (plain, sharded, or plain on a cluster), decided from what the servers support, and what a receiver count proves |
@@ -160,6 +161,7 @@ mod redlock;
 mod release;
 mod renew;
 mod retry;
+mod route;
 mod rwlock;
 mod schedule;
 mod scripts;

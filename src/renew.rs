@@ -3,7 +3,8 @@
 //! One renewer task per mutex keeps every auto-renewed lease in a queue
 //! ordered by when it falls due (a third of its TTL after the last confirmed
 //! renewal). When the first falls due, it takes every lease due within a
-//! short window after it too, groups them by cluster slot, and renews each
+//! short window after it too, groups them by cluster node (by slot where a
+//! node cannot take them in one call; see `route.rs`), and renews each
 //! group with one script call (at most `BATCH` keys each). Holding 10,000
 //! locks thus costs a few script calls a second, not 10,000 timers.
 //!
@@ -34,11 +35,12 @@ use tokio::runtime::Handle;
 
 use crate::confirm::{Confirmer, MinReplicas};
 use crate::lease::{Asked, LeaseCore, LostReason};
+use crate::route::{self, Routes};
 use crate::scripts::{self, Compared};
 use crate::sentinel::Epoch;
 
 /// The most renewal calls in flight at once on a cluster (each for one
-/// cluster slot).
+/// cluster node or slot).
 const MAX_CALLS: usize = 64;
 /// The most keys renewed by one script call (a script blocks Redis while it
 /// runs: 500 GET + PEXPIRE take well under a millisecond).
@@ -143,6 +145,7 @@ pub(crate) struct Renewer {
     client: Client,
     confirmer: Arc<Confirmer>,
     epoch: Arc<Epoch>,
+    routes: Arc<Routes>,
     timeout: Duration,
 }
 
@@ -153,6 +156,8 @@ struct Clients {
     client: Client,
     confirmer: Arc<Confirmer>,
     epoch: Arc<Epoch>,
+    /// Which slots are renewed per slot for now (see `route.rs`).
+    routes: Arc<Routes>,
 }
 
 impl Renewer {
@@ -175,6 +180,7 @@ impl Renewer {
             client,
             confirmer,
             epoch,
+            routes: Arc::default(),
             timeout,
         }
     }
@@ -192,6 +198,7 @@ impl Renewer {
             client: self.client.clone(),
             confirmer: Arc::clone(&self.confirmer),
             epoch: Arc::clone(&self.epoch),
+            routes: Arc::clone(&self.routes),
         };
         home.spawn(run(Arc::clone(&self.shared), clients, self.timeout));
     }
@@ -304,8 +311,8 @@ fn take_due(queue: &mut Queue) -> Vec<(Arc<LeaseCore>, u64)> {
     batch
 }
 
-/// Renews a batch: one task per chunk (one script call, one cluster slot,
-/// one `min_replicas` setting), up to `MAX_CALLS` at once, each putting its
+/// Renews a batch: one task per chunk (one script call, one cluster node or
+/// slot, one `min_replicas` setting), up to `MAX_CALLS` at once, each putting its
 /// leases back on the queue as soon as its own answer is in. A slow or
 /// stalled node delays only its own leases, never those on healthy nodes.
 fn renew(
@@ -317,19 +324,18 @@ fn renew(
     let client = &clients.client;
     // Plain locks and places in sorted sets (semaphores, read-write locks)
     // are renewed by different scripts: they never share a chunk.
-    type Group = (u16, Option<MinReplicas>, bool);
+    type Group = (route::Group, Option<MinReplicas>, bool);
     let mut groups: HashMap<Group, Vec<(Arc<LeaseCore>, u64)>> = HashMap::new();
+    let grouping = clients.routes.grouping(client);
     for entry in batch {
         let lease = &entry.0;
-        let slot = if client.is_clustered() {
-            let key = lease.member_set.as_deref();
-            fred::util::redis_keyslot(key.unwrap_or(lease.keys.lock.as_bytes()))
-        } else {
-            0
-        };
+        let key = lease.member_set.as_deref();
         let member = lease.member_set.is_some();
+        // Only plain locks without `min_replicas` share a call across slots.
+        let per_node = !member && lease.confirm.is_none();
+        let group = grouping.group(key.unwrap_or(lease.keys.lock.as_bytes()), per_node);
         groups
-            .entry((slot, lease.confirm, member))
+            .entry((group, lease.confirm, member))
             .or_default()
             .push(entry);
     }
@@ -408,7 +414,10 @@ async fn renew_chunk(
             None,
         ),
         None => (
-            scripts::extend(&clients.client, &entries, true, timeout).await,
+            clients
+                .routes
+                .extend(&clients.client, &entries, timeout)
+                .await,
             None,
         ),
         Some(wait) => {

@@ -3,10 +3,11 @@
 //!
 //! Every script takes its keys through `KEYS`, so it runs on Redis Cluster.
 //! Scripts are sent with `EVALSHA` and loaded again on `NOSCRIPT` (after a
-//! restart or `SCRIPT FLUSH`). Every call is bounded by the command timeout:
-//! by fred's own timer when the client has the same one, else by
-//! `tokio::time::timeout` here; a timeout is always [`Error::Timeout`],
-//! whichever timer fired.
+//! restart, a failover or `SCRIPT FLUSH`), on the node that answered it
+//! only: never with a command for every cluster node (see [`load`]). Every
+//! call is bounded by the command timeout: by fred's own timer when the
+//! client has the same one, else by `tokio::time::timeout` here; a timeout
+//! is always [`Error::Timeout`], whichever timer fired.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -36,6 +37,17 @@ macro_rules! lua {
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(lua!("acquire")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(lua!("release")));
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(lua!("extend")));
+/// `extend.lua` declared to touch keys of several cluster slots (Redis 7.0+,
+/// Valkey), on the node that serves them all, the keys passed as arguments
+/// by `cross_slot.lua` (see `route.rs`). `allow-oom` keeps what a script
+/// without flags may do: renew under `maxmemory` (it adds nothing).
+static EXTEND_CROSS_SLOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(concat!(
+        "#!lua flags=allow-cross-slot-keys,allow-oom\n",
+        include_str!("scripts/cross_slot.lua"),
+        lua!("extend")
+    ))
+});
 
 /// What the acquire script answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +162,8 @@ async fn bounded_boxed<R>(
     }
 }
 
-/// Runs one script call, bounded by `timeout`.
+/// Runs one script call, bounded by `timeout`; on `NOSCRIPT` the script is
+/// loaded on the node that said so (see [`load`]) and sent once more.
 pub(crate) async fn run<R: FromValue>(
     client: &Client,
     script: &Script,
@@ -159,13 +172,72 @@ pub(crate) async fn run<R: FromValue>(
     args: Vec<Value>,
     timeout: Duration,
 ) -> Result<R, Error> {
-    bounded(
-        client,
-        key,
-        timeout,
-        script.evalsha_with_reload(client, keys, args),
-    )
-    .await
+    use fred::interfaces::LuaInterface;
+    let keys: Vec<Key> = keys.into().inner();
+    let slot = keys
+        .first()
+        .map_or(0, |k| fred::util::redis_keyslot(k.as_bytes()));
+    let call = async {
+        let sha = script.sha1().clone();
+        match client
+            .evalsha(sha.clone(), keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                load(client, script, slot).await?;
+                client.evalsha(sha, keys, args).await
+            }
+            other => other,
+        }
+    };
+    bounded(client, key, timeout, call).await
+}
+
+/// `SCRIPT LOAD` of `script` on the node that serves `slot` (the node that
+/// answered `NOSCRIPT`).
+///
+/// Not fred's `Script::load`: on a cluster that loads the script on every
+/// node, and fred 10 sends a command for every node only once every node
+/// has answered every command in flight to it, all in its one connection
+/// task. One stalled master then holds up every command to every node until
+/// it answers: the healthy masters' leases ran out while one was stalled.
+///
+/// On a cluster the script's other form (per slot or cross-slot, see
+/// `route.rs`) is loaded with it: a call sent before a fault (a black-holed
+/// connection) and delivered after it then runs, whichever form it was,
+/// instead of meeting `NOSCRIPT` (a release that never happens leaves the
+/// lock to its TTL). Servers before 7.0 never get the cross-slot form.
+async fn load(client: &Client, script: &Script, slot: u16) -> Result<(), fred::error::Error> {
+    use fred::types::{ClusterHash, CustomCommand};
+    let load_one = |script: &Script| {
+        let lua = script.lua().cloned().unwrap_or_default();
+        let command = CustomCommand::new_static("SCRIPT", ClusterHash::Custom(slot), false);
+        client.custom::<Value, _>(command, vec![Value::from("LOAD"), Value::from(lua)])
+    };
+    let both = client.is_clustered() && crate::route::cross_slot_scripts(client);
+    let other = both.then(|| other_form(script)).flatten();
+    match other {
+        // Both at once: one round trip.
+        Some(other) => {
+            let (loaded, _) = tokio::join!(load_one(script), load_one(other));
+            loaded.map(|_| ())
+        }
+        None => load_one(script).await.map(|_| ()),
+    }
+}
+
+/// The other form of a script that has two (per slot and cross-slot).
+fn other_form(script: &Script) -> Option<&'static Script> {
+    let pairs: [(&Script, &'static Script); 4] = [
+        (&RELEASE, &RELEASE_CROSS_SLOT),
+        (&RELEASE_CROSS_SLOT, &RELEASE),
+        (&EXTEND, &EXTEND_CROSS_SLOT),
+        (&EXTEND_CROSS_SLOT, &EXTEND),
+    ];
+    pairs
+        .into_iter()
+        .find(|(one, _)| one.sha1() == script.sha1())
+        .map(|(_, other)| other)
 }
 
 pub(crate) fn binary_key(bytes: Vec<u8>) -> Key {
@@ -422,10 +494,17 @@ pub(crate) async fn release(
     pubsub: PubSub,
     timeout: Duration,
 ) -> Result<Vec<Compared>, Error> {
-    let sharded = pubsub.sharded();
     let first = entries
         .first()
         .map_or("", |(keys, _, _)| keys.lock.as_str());
+    let (script_keys, args) = release_call(entries, pubsub);
+    let reply = run_once(client, &RELEASE, first, script_keys, args, timeout).await?;
+    release_answers(first, entries, reply)
+}
+
+/// The keys and arguments of one release call.
+fn release_call(entries: &[Releasing<'_>], pubsub: PubSub) -> (Vec<Value>, Vec<Value>) {
+    let sharded = pubsub.sharded();
     let mut script_keys = Vec::with_capacity(entries.len() * 2);
     let mut args = Vec::with_capacity(2 + entries.len() * 3);
     args.push(Value::from(pubsub.arg()));
@@ -449,7 +528,15 @@ pub(crate) async fn release(
             Value::from(*leave),
         ]);
     }
-    let reply = run_once(client, &RELEASE, first, script_keys, args, timeout).await?;
+    (script_keys, args)
+}
+
+/// The answers of a release call, one per entry.
+fn release_answers(
+    first: &str,
+    entries: &[Releasing<'_>],
+    reply: Value,
+) -> Result<Vec<Compared>, Error> {
     let echo = entries.first().map_or("", |(_, token, _)| *token);
     let reply = checked(reply, echo).ok_or_else(|| mismatched(first, "release"))?;
     if reply.len() != entries.len() {
@@ -468,8 +555,8 @@ pub(crate) async fn release(
 /// after the first is to a node that redirected it (MOVED, ASK: nothing
 /// ran). It has one attempt more than the redirections it may follow: fred
 /// 10 ends the client's connection task when an ASK meets a command with no
-/// attempts left. On `NOSCRIPT` (nothing ran) the script is loaded and sent
-/// once more.
+/// attempts left. On `NOSCRIPT` (nothing ran) the script is loaded (on that
+/// node, see [`load`]) and sent once more.
 async fn run_once(
     client: &Client,
     script: &Script,
@@ -500,7 +587,7 @@ async fn run_once(
     let call = async {
         match send().await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                script.load(client).await?;
+                load(client, script, slot).await?;
                 send().await
             }
             other => other,
@@ -523,6 +610,128 @@ pub(crate) async fn extend(
     let args = extend_args(entries, renewal);
     let reply: Value = run(client, &EXTEND, first, keys, args, timeout).await?;
     parse_extended(first, entries, reply)
+}
+
+/// A renewal ([`extend`] with `renewal`) of keys of several slots served
+/// by one cluster node, in one call of the script declared cross-slot (only
+/// the first key declared: Redis refuses declared keys of several slots
+/// with `CROSSSLOT`, whatever the script's flags). Sent to the node fred's
+/// slot table names for the first key's slot, and not redirected: a node
+/// that does not serve every key of the call refuses it (`MOVED`, `ASK`, a
+/// script error for a key it does not serve), and the caller renews those
+/// slots one by one instead (see `route.rs`). On `NOSCRIPT` the script is
+/// loaded on that node and sent once more.
+pub(crate) async fn extend_cross_slot(
+    client: &Client,
+    entries: &[(&str, &str, u64)],
+    timeout: Duration,
+) -> Result<Vec<Compared>, Error> {
+    let first = entries.first().map_or("", |e| e.0);
+    let keys: Vec<Value> = entries.iter().map(|e| Value::from(e.0)).collect();
+    let args = extend_args(entries, true);
+    let call = (first, keys);
+    let reply = run_cross_slot(client, &EXTEND_CROSS_SLOT, call, args, false, timeout).await?;
+    parse_extended(first, entries, reply)
+}
+
+/// `release.lua` declared cross-slot, like [`EXTEND_CROSS_SLOT`], with
+/// every key touched before anything is written (`cross_slot_check.lua`).
+static RELEASE_CROSS_SLOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(concat!(
+        "#!lua flags=allow-cross-slot-keys,allow-oom\n",
+        include_str!("scripts/cross_slot.lua"),
+        include_str!("scripts/cross_slot_check.lua"),
+        lua!("release")
+    ))
+});
+
+/// Whether `error` is a node's refusal of a cross-slot call before it ran
+/// anything: a slot of the call is elsewhere or moving (`MOVED`, `ASK`,
+/// neither followed, `TRYAGAIN`, `CROSSSLOT`, or a key the node does not
+/// serve, met by `cross_slot_check.lua` before any write). Read from the
+/// client's or the server's own error only (never from a text that names
+/// a key), and never a reply matched to the wrong command (its outcome is
+/// unknown).
+pub(crate) fn refused_across_slots(error: &Error) -> bool {
+    let source = match error {
+        Error::Redis { source, .. } | Error::Unavailable { source, .. } => source,
+        _ => return false,
+    };
+    let details = source.details();
+    match source.kind() {
+        fred::error::ErrorKind::Routing => details.starts_with("Too many redirections"),
+        fred::error::ErrorKind::Protocol => false,
+        _ => {
+            ["MOVED ", "ASK ", "TRYAGAIN", "CROSSSLOT"]
+                .iter()
+                .any(|reply| details.starts_with(reply))
+                // Met first by `cross_slot_check.lua`, before any write (every
+                // other key of a release is in the slot of one checked).
+                || details.contains("Script attempted to access a non local key")
+        }
+    }
+}
+
+/// One call of a cross-slot `script` (see `cross_slot.lua`) on the node
+/// fred's slot table names for `first`'s slot: `keys` are passed as
+/// arguments behind `first`, the only declared key. Not redirected; with
+/// `once`, never re-sent after a reconnect either (as [`run_once`]). On
+/// `NOSCRIPT` the script is loaded on that node and sent once more.
+async fn run_cross_slot(
+    client: &Client,
+    script: &Script,
+    (first, keys): (&str, Vec<Value>),
+    args: Vec<Value>,
+    once: bool,
+    timeout: Duration,
+) -> Result<Value, Error> {
+    use fred::types::config::Options;
+    use fred::types::{ClusterHash, CustomCommand};
+    let slot = fred::util::redis_keyslot(first.as_bytes());
+    let once = client.with_options(&Options {
+        max_redirections: Some(0),
+        fail_fast: once,
+        ..Options::default()
+    });
+    let send = || {
+        let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
+        let mut call = Vec::with_capacity(4 + keys.len() + args.len());
+        call.push(Value::from(script.sha1().clone()));
+        call.push(Value::from(1));
+        call.push(Value::from(first));
+        call.push(Value::from(keys.len() as i64));
+        call.extend(keys.iter().cloned());
+        call.extend(args.iter().cloned());
+        once.custom::<Value, _>(command, call)
+    };
+    let call = async {
+        match send().await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                load(client, script, slot).await?;
+                send().await
+            }
+            other => other,
+        }
+    };
+    bounded(client, first, timeout, call).await
+}
+
+/// [`release`] of entries in several slots of one cluster node, in one
+/// call (Redis 7.0+). A call the node refuses ran nothing (see
+/// [`refused_across_slots`]): the caller sends the entries per slot.
+pub(crate) async fn release_cross_slot(
+    client: &Client,
+    entries: &[Releasing<'_>],
+    pubsub: PubSub,
+    timeout: Duration,
+) -> Result<Vec<Compared>, Error> {
+    let first = entries
+        .first()
+        .map_or("", |(keys, _, _)| keys.lock.as_str());
+    let (script_keys, args) = release_call(entries, pubsub);
+    let call = (first, script_keys);
+    let reply = run_cross_slot(client, &RELEASE_CROSS_SLOT, call, args, true, timeout).await?;
+    release_answers(first, entries, reply)
 }
 
 /// [`extend`] with its writes confirmed by `WAIT` (see [`confirmed`]): the
@@ -655,7 +864,7 @@ async fn confirmed<R: FromValue>(
                 Err(e) if !loaded && e.details().starts_with("NOSCRIPT") => {
                     // Nothing ran (a new master after a failover has an empty
                     // script cache): load the script and go again.
-                    script.load(client).await?;
+                    load(client, script, slot).await?;
                     loaded = true;
                     continue;
                 }
@@ -814,5 +1023,49 @@ mod acquire_all_tests {
         for bad in [&[][..], &[0, 0, 5], &[0, 4, 5], &[2, 0], &[1, 1], &[7]] {
             assert!(matches!(parse(bad), Err(Error::Redis { .. })), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod cross_slot_tests {
+    use super::*;
+    use fred::error::{Error as FredError, ErrorKind};
+
+    fn unavailable(kind: ErrorKind, details: &'static str) -> Error {
+        Error::Unavailable {
+            key: "TASK:MOVED:1".into(),
+            source: FredError::new(kind, details),
+        }
+    }
+
+    #[test]
+    fn only_a_refusal_before_anything_ran_counts() {
+        let refused = |e: &Error| refused_across_slots(e);
+        assert!(refused(&unavailable(
+            ErrorKind::Routing,
+            "Too many redirections."
+        )));
+        assert!(refused(&unavailable(
+            ErrorKind::Unknown,
+            "TRYAGAIN Multiple keys request during rehashing of slot"
+        )));
+        assert!(refused(&Error::Redis {
+            key: "k".into(),
+            source: FredError::new(
+                ErrorKind::Unknown,
+                "ERR Script attempted to access a non local key in a cluster node script: x"
+            ),
+        }));
+        // A key named like a redirection, a timeout, a reply matched to the
+        // wrong command (it mentions ASK): the outcome is unknown.
+        assert!(!refused(&unavailable(ErrorKind::IO, "connection reset")));
+        assert!(!refused(&Error::Timeout {
+            key: "ASK".into(),
+            after: Duration::from_secs(2),
+        }));
+        assert!(!refused(&unavailable(
+            ErrorKind::Protocol,
+            "the reply was another command's (while it follows an ASK redirection)"
+        )));
     }
 }

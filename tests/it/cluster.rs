@@ -15,8 +15,10 @@ use fred::util::redis_keyslot;
 use crate::support::cluster::{shard_subscribers, RedisCluster, MASTERS};
 
 mod adapter;
+mod calls;
 mod cancel;
 mod leases;
+mod stall;
 use crate::support::common::{builder_at, fence_key, ms, mutex_at, raw_get_bytes};
 
 /// `GET key` on the `i`-th master itself.

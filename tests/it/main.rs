@@ -16,7 +16,7 @@
 //! | `audit`     | mutual exclusion and fencing under load and injected faults           |
 //! | `hardening` | runtimes that stop, the retry budget as a wall-clock bound, extreme durations, closed clients |
 //! | `multi`     | multi-key locks (`lock_all`): all or none, opposite orders, renewal and loss, on one server and a cluster |
-//! | `cluster`   | a private 3-master Redis Cluster: the single-server checks on every master, a stalled master, notifications |
+//! | `cluster`   | a private 3-master Redis Cluster: the single-server checks on every master, a stalled master (every key layout), renewal and release calls per node, notifications |
 //! | `failover`  | a master SIGKILLed under held locks; `min_replicas` (WAIT) on a cluster and one server; survival counts (ignored) |
 //! | `tls`       | `rediss://` (feature `tls`): trust, mutual TLS, refusals          |
 //! | `acl`       | the README's least-privilege ACL user; a missing right gives `NoPermission` |
