@@ -566,7 +566,6 @@ async fn run_once(
     timeout: Duration,
 ) -> Result<Value, Error> {
     use fred::types::config::Options;
-    use fred::types::{ClusterHash, CustomCommand};
     let redirections = client.connection_config().max_redirections.max(1);
     let once = client.with_options(&Options {
         max_attempts: Some(redirections + 1),
@@ -575,25 +574,39 @@ async fn run_once(
         ..Options::default()
     });
     let slot = fred::util::redis_keyslot(first.as_bytes());
+    let mut rest = Vec::with_capacity(1 + keys.len() + args.len());
+    rest.push(Value::from(keys.len() as i64));
+    rest.extend(keys);
+    rest.extend(args);
+    let call = evalsha_reloading(client, &once, script, slot, rest);
+    bounded(client, first, timeout, call).await
+}
+
+/// `EVALSHA <script's sha> rest...` through `once` to the node of `slot`;
+/// on `NOSCRIPT` (nothing ran) the script is loaded on that node and sent
+/// once more.
+async fn evalsha_reloading(
+    client: &Client,
+    once: &fred::clients::WithOptions<Client>,
+    script: &Script,
+    slot: u16,
+    rest: Vec<Value>,
+) -> Result<Value, fred::error::Error> {
+    use fred::types::{ClusterHash, CustomCommand};
     let send = || {
         let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
-        let mut call = Vec::with_capacity(2 + keys.len() + args.len());
+        let mut call = Vec::with_capacity(1 + rest.len());
         call.push(Value::from(script.sha1().clone()));
-        call.push(Value::from(keys.len() as i64));
-        call.extend(keys.iter().cloned());
-        call.extend(args.iter().cloned());
+        call.extend(rest.iter().cloned());
         once.custom::<Value, _>(command, call)
     };
-    let call = async {
-        match send().await {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                load(client, script, slot).await?;
-                send().await
-            }
-            other => other,
+    match send().await {
+        Err(e) if e.details().starts_with("NOSCRIPT") => {
+            load(client, script, slot).await?;
+            send().await
         }
-    };
-    bounded(client, first, timeout, call).await
+        other => other,
+    }
 }
 
 /// Compare-and-pexpire for a batch of `(key, token, ttl_ms)`, all in one
@@ -686,33 +699,20 @@ async fn run_cross_slot(
     timeout: Duration,
 ) -> Result<Value, Error> {
     use fred::types::config::Options;
-    use fred::types::{ClusterHash, CustomCommand};
     let slot = fred::util::redis_keyslot(first.as_bytes());
     let once = client.with_options(&Options {
         max_redirections: Some(0),
         fail_fast: once,
         ..Options::default()
     });
-    let send = || {
-        let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
-        let mut call = Vec::with_capacity(4 + keys.len() + args.len());
-        call.push(Value::from(script.sha1().clone()));
-        call.push(Value::from(1));
-        call.push(Value::from(first));
-        call.push(Value::from(keys.len() as i64));
-        call.extend(keys.iter().cloned());
-        call.extend(args.iter().cloned());
-        once.custom::<Value, _>(command, call)
-    };
-    let call = async {
-        match send().await {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                load(client, script, slot).await?;
-                send().await
-            }
-            other => other,
-        }
-    };
+    // One declared key (Redis refuses declared keys of several slots), the
+    // others as arguments (see `cross_slot.lua`).
+    let mut rest = Vec::with_capacity(3 + keys.len() + args.len());
+    rest.extend([Value::from(1), Value::from(first)]);
+    rest.push(Value::from(keys.len() as i64));
+    rest.extend(keys);
+    rest.extend(args);
+    let call = evalsha_reloading(client, &once, script, slot, rest);
     bounded(client, first, timeout, call).await
 }
 
