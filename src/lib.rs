@@ -99,7 +99,7 @@
 //! | `holder.rs` | holder labels: the token format `<uuid>:<unix ms>:<label>`, [`Holder`] |
 //! | `schedule.rs` | when to try again and when to give up (pure) |
 //! | `keys.rs` | every Redis name a lock uses (lock, fencing counter, wait queue, channels) |
-//! | `scripts.rs`, `scripts/*.lua` | the commands sent to Redis (and `WAIT` after them, with `min_replicas`) |
+//! | `scripts/` (`mod.rs` lists its files), `scripts/*.lua` | the commands sent to Redis (and `WAIT` after them, with `min_replicas`) |
 //! | `confirm.rs` | `min_replicas`: its bounds, and the connection that confirmed writes go through |
 //! | `guard.rs`, `lease.rs` | a held lock, its validity and loss |
 //! | `multi/` | multi-key locks: [`AcquireAll`] and its all-or-nothing attempt loop (`mod.rs`), [`MultiGuard`] (`guard.rs`); `scripts/acquire_all.lua` |

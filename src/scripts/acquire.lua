@@ -38,7 +38,7 @@
 -- A free key with waiters queued goes to the queue's head (the caller, when
 -- it is the head), not to the caller: a newcomer does not barge.
 
--- `call` and `hand_off` come from common.lua, which scripts.rs puts before
+-- `call` and `hand_off` come from common.lua, which scripts/mod.rs puts before
 -- every script.
 
 local token, ttl, mode, member = ARGV[1], ARGV[2], ARGV[4], ARGV[5]

@@ -19,7 +19,7 @@
 -- redirection during resharding) is never taken for this one.
 
 -- `call` (a Redis command whose error names it) comes from common.lua, which
--- scripts.rs puts before every script.
+-- scripts/mod.rs puts before every script.
 
 for i, key in ipairs(KEYS) do
   local value = redis.pcall('GET', key)

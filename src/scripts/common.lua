@@ -1,4 +1,4 @@
--- Put before every script by scripts.rs (and by the test support): helpers
+-- Put before every script by scripts/mod.rs (and by the test support): helpers
 -- the scripts share. Lua functions that a script does not use cost nothing.
 
 -- Runs a Redis command; an error reply names the command, since Redis 7.0

@@ -1,5 +1,5 @@
 -- Put before extend.lua (after the shebang `#!lua flags=allow-cross-slot-keys`)
--- by scripts.rs, for one call that renews keys of every slot one cluster node
+-- by scripts/mod.rs, for one call that renews keys of every slot one cluster node
 -- serves (Redis 7.0+, Valkey; see route.rs).
 -- KEYS[1]: the first lock key (the call is routed, and checked, by its slot)
 -- ARGV[1]: n, the number of lock keys

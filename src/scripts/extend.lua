@@ -16,7 +16,7 @@
 -- (grouped by cluster slot), so 10,000 held locks cost a few calls a second.
 
 -- `call` (a Redis command whose error names it) comes from common.lua, which
--- scripts.rs puts before every script.
+-- scripts/mod.rs puts before every script.
 
 local renewal = ARGV[2 * #KEYS + 1] == 'r'
 local out = {}

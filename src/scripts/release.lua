@@ -40,7 +40,7 @@
 -- owns the slot; always in mode 'c': waiters that do not queue, such as
 -- multi-key ones), a release message is published there.
 
--- `call`, `hand_off` and `announce` come from common.lua, which scripts.rs
+-- `call`, `hand_off` and `announce` come from common.lua, which scripts/mod.rs
 -- puts before every script.
 
 -- GET, except that a value of another type reads as itself (a table).
