@@ -37,11 +37,27 @@ pub(crate) async fn release(
     pubsub: PubSub,
     timeout: Duration,
 ) -> Result<Vec<Compared>, Error> {
+    send(client, entries, pubsub, false, timeout).await
+}
+
+/// One release call of `entries`, per slot or (`across_slots`) cross-slot.
+async fn send(
+    client: &Client,
+    entries: &[Releasing<'_>],
+    pubsub: PubSub,
+    across_slots: bool,
+    timeout: Duration,
+) -> Result<Vec<Compared>, Error> {
     let first = entries
         .first()
         .map_or("", |(keys, _, _)| keys.lock.as_str());
     let (script_keys, args) = release_call(entries, pubsub);
-    let reply = run_once(client, &RELEASE, first, script_keys, args, timeout).await?;
+    let reply = if across_slots {
+        let call = (first, script_keys);
+        run_cross_slot(client, &RELEASE_CROSS_SLOT, call, args, true, timeout).await?
+    } else {
+        run_once(client, &RELEASE, first, script_keys, args, timeout).await?
+    };
     release_answers(first, entries, reply)
 }
 
@@ -108,11 +124,5 @@ pub(crate) async fn release_cross_slot(
     pubsub: PubSub,
     timeout: Duration,
 ) -> Result<Vec<Compared>, Error> {
-    let first = entries
-        .first()
-        .map_or("", |(keys, _, _)| keys.lock.as_str());
-    let (script_keys, args) = release_call(entries, pubsub);
-    let call = (first, script_keys);
-    let reply = run_cross_slot(client, &RELEASE_CROSS_SLOT, call, args, true, timeout).await?;
-    release_answers(first, entries, reply)
+    send(client, entries, pubsub, true, timeout).await
 }

@@ -23,12 +23,9 @@ use crate::signals::Signals;
 
 pub async fn elect(global: &Global, args: ElectArgs) -> u8 {
     let quiet = global.quiet;
-    let mut signals = match Signals::install() {
+    let mut signals = match run::catch_signals(quiet) {
         Ok(signals) => signals,
-        Err(e) => {
-            return Failure::error(exit::SOFTWARE, format!("cannot catch signals: {e}"))
-                .report(quiet)
-        }
+        Err(code) => return code,
     };
     let value = args.value.clone().unwrap_or_else(clock::default_holder);
     let mutex = match connect(global, |b| b.holder(clock::default_holder())).await {

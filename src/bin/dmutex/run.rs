@@ -36,14 +36,19 @@ const POLL: Duration = Duration::from_millis(500);
 /// anyway (a lock left behind expires with its TTL).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Catches the signals dmutex passes on to its command, or reports why it
+/// cannot (the exit code to end with).
+pub fn catch_signals(quiet: bool) -> Result<Signals, u8> {
+    Signals::install().map_err(|e| {
+        Failure::error(exit::SOFTWARE, format!("cannot catch signals: {e}")).report(quiet)
+    })
+}
+
 pub async fn run(global: &Global, args: RunArgs) -> u8 {
     let quiet = global.quiet;
-    let mut signals = match Signals::install() {
+    let mut signals = match catch_signals(quiet) {
         Ok(signals) => signals,
-        Err(e) => {
-            return Failure::error(exit::SOFTWARE, format!("cannot catch signals: {e}"))
-                .report(quiet)
-        }
+        Err(code) => return code,
     };
     let holder = args
         .holder
