@@ -8,6 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fred::interfaces::ClientLike;
+
 use crate::confirm::MinReplicas;
 use crate::error::Error;
 use crate::guard::LockGuard;
@@ -288,8 +290,18 @@ async fn attempt(
         };
     }
     let client = &inner.client;
-    if fast && !plan.fencing && scripts::set_nx(client, keys, ask, timeout).await? {
-        return Ok(Attempt::Taken(None));
+    if fast && !plan.fencing {
+        // On one server, first attempts that arrive together go as one call.
+        let set = if client.is_clustered() {
+            scripts::set_nx(client, keys, ask, timeout).await?
+        } else {
+            (inner.first_attempts)
+                .set_nx(&keys.lock, token, plan.ttl_ms)
+                .await?
+        };
+        if set {
+            return Ok(Attempt::Taken(None));
+        }
     }
     Ok(match scripts::acquire(client, keys, ask, timeout).await? {
         Acquired::Yes { fencing_token } => Attempt::Taken(fencing_token),

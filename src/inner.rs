@@ -12,6 +12,7 @@ use crate::background::Home;
 use crate::batch::Batcher;
 use crate::channel::Mode;
 use crate::confirm::{Confirmer, MinReplicas};
+use crate::first_attempts::FirstAttemptBatcher;
 use crate::notify::Waiters;
 use crate::primitive::release::Releases as MemberReleases;
 use crate::release::ReleaseQueue;
@@ -43,6 +44,8 @@ pub(crate) struct Inner {
     pub(crate) waiters: Waiters,
     /// Sends releases, grouped while one is in flight.
     pub(crate) batcher: Batcher,
+    /// Sends first attempts on one server, grouped when they arrive together.
+    pub(crate) first_attempts: FirstAttemptBatcher,
     pub(crate) releases: ReleaseQueue,
     /// Releases of semaphore permits and read-write lock guards.
     pub(crate) member_releases: MemberReleases,
@@ -94,6 +97,7 @@ impl Inner {
             ),
             member_releases: MemberReleases::new(client.clone(), timeout, Arc::clone(&mode)),
             batcher,
+            first_attempts: FirstAttemptBatcher::new(client.clone(), timeout),
             renewer,
             confirmer,
             epoch,

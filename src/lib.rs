@@ -141,6 +141,8 @@ mod confirm;
 mod connect;
 mod election;
 mod error;
+mod first_attempts;
+mod group_commit;
 mod guard;
 mod holder;
 mod inner;

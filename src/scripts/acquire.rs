@@ -17,6 +17,7 @@ use crate::keys::LockKeys;
 use super::*;
 
 pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(lua!("acquire")));
+static SET_NX: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("set_nx.lua")));
 
 /// What the acquire script answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,14 +195,24 @@ pub(crate) async fn set_nx(
     ask: Ask<'_>,
     timeout: Duration,
 ) -> Result<bool, Error> {
-    use fred::interfaces::KeysInterface;
     let Ask { token, ttl_ms, .. } = ask;
     if client.is_clustered() {
         let acquired = acquire(client, keys, ask, timeout).await?;
         return Ok(matches!(acquired, Acquired::Yes { .. }));
     }
+    set_nx_one(client, &keys.lock, token, ttl_ms, timeout).await
+}
+
+/// `SET key token NX PX ttl_ms`: `true` when it set the key.
+pub(crate) async fn set_nx_one(
+    client: &Client,
+    key: &str,
+    token: &str,
+    ttl_ms: u64,
+    timeout: Duration,
+) -> Result<bool, Error> {
+    use fred::interfaces::KeysInterface;
     use fred::types::{Expiration, SetOptions};
-    let key = keys.lock.as_str();
     let set = client.set::<Option<String>, _, _>(
         key,
         token,
@@ -210,4 +221,45 @@ pub(crate) async fn set_nx(
         false,
     );
     Ok(bounded(client, key, timeout, set).await?.is_some())
+}
+
+/// The first attempt of one lock in a batch: its key, token and TTL.
+pub(crate) struct FirstAttempt {
+    pub(crate) key: String,
+    pub(crate) token: String,
+    pub(crate) ttl_ms: u64,
+}
+
+/// Loads `set_nx.lua` (bounded by `timeout`), so that batches can be sent
+/// by `EVALSHA` without a `NOSCRIPT` round.
+pub(crate) async fn load_set_nx(client: &Client, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, load(client, &SET_NX, 0)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// The first attempts of several locks on one server as one call
+/// (`set_nx.lua`): per lock, what [`set_nx_one`] answers. Not for a
+/// cluster, whose keys sit in many slots.
+pub(crate) async fn set_nx_many(
+    client: &Client,
+    batch: &[FirstAttempt],
+    timeout: Duration,
+) -> Result<Vec<bool>, Error> {
+    let first = batch.first().map_or("", |a| a.key.as_str());
+    let echo = batch.first().map_or("", |a| a.token.as_str());
+    let keys = batch.iter().map(|a| Value::from(a.key.as_str())).collect();
+    let mut args = Vec::with_capacity(1 + 2 * batch.len());
+    args.push(Value::from(echo));
+    for a in batch {
+        args.push(Value::from(a.token.as_str()));
+        args.push(Value::from(a.ttl_ms as i64));
+    }
+    let reply = run_once(client, &SET_NX, first, keys, args, timeout).await?;
+    let reply = checked(reply, echo).ok_or_else(|| mismatched(first, "set_nx"))?;
+    if reply.len() != batch.len() {
+        return Err(unexpected(first, "set_nx", reply));
+    }
+    Ok(reply.into_iter().map(|n| n == 1).collect())
 }

@@ -50,6 +50,7 @@ mod election;
 mod election_procs;
 mod failover;
 mod faults;
+mod group_commit;
 mod hardening;
 mod harness;
 mod holder;
