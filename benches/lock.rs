@@ -14,14 +14,18 @@
 //!   the scope (its release runs in the background), in a loop on one task
 //!   on the same key (the next `lock` waits for that release, as it would in
 //!   a user's loop); against `uncontended_cycle/floor`.
+//! * `rslock`: the peer, rslock 0.10 (redis-rs) `LockManager::lock` +
+//!   `unlock` on the same server, sequential and 64 tasks, so that its
+//!   ratios to the same floor sit beside the library's (one server only).
 //!
 //! After criterion's groups a summary is printed from simple timed loops
 //! (short rounds of every loop interleaved, order rotated each round, so
 //! background load hits them alike): per loop the median time per cycle, the
 //! p50 of single cycles, cycles per second, and library/floor ratios as the
 //! median [min-max] of the per-round ratios; then the three headline ratios,
-//! (a) as library/floor time (lower is better, target <= 1.10), (b) and (c)
-//! as library/floor throughput (higher is better). It also times
+//! (a) as library/floor time (lower is better, target <= 1.05), (b) and (c)
+//! as library/floor throughput (higher is better; targets >= 1.4 and
+//! >= 2.0), each with rslock's ratio beside it. It also times
 //! `floor_scripts`: the library's own acquire and release scripts sent raw,
 //! which splits a gap between the protocol's share (a Lua acquire instead of
 //! a plain `SET`) and the library's. `BENCH_SUMMARY_ROUNDS` (30),
@@ -118,6 +122,8 @@ struct Env {
     masters: Arc<Masters>,
     /// The parallel tasks' keys: task `t`'s on master `t % masters`.
     parallel_keys: Arc<Vec<String>>,
+    /// The peer, rslock (redis-rs), on the same server; `None` on a cluster.
+    rslock: Option<Arc<rslock::LockManager>>,
 }
 
 impl Env {
@@ -143,6 +149,9 @@ enum Cycle {
     LockRelease,
     /// `let _g = mutex.lock(key).await?;`, dropped at the end of the scope.
     LockDrop,
+    /// The peer: rslock's `LockManager::lock(key, ttl)` + `unlock` on the
+    /// same server (one server only; on a cluster this row runs the floor).
+    Rslock,
 }
 
 impl Cycle {
@@ -152,6 +161,7 @@ impl Cycle {
             Cycle::FloorScripts => "floor_scripts",
             Cycle::LockRelease => "lock_release",
             Cycle::LockDrop => "lock_drop",
+            Cycle::Rslock => "rslock",
         }
     }
 }
@@ -169,6 +179,16 @@ async fn cycle(env: &Env, what: Cycle, key: &str) {
             // scope, and its drop hands the release to the background.
             let _g = black_box(env.mutex.lock(key).await.expect("lock"));
         }
+        Cycle::Rslock => match &env.rslock {
+            Some(manager) => {
+                let lock = manager
+                    .lock(key.as_bytes(), Duration::from_secs(60))
+                    .await
+                    .expect("rslock lock");
+                manager.unlock(&lock).await;
+            }
+            None => floor_cycle(env, key).await,
+        },
     }
 }
 
@@ -277,13 +297,19 @@ struct Size {
 }
 
 /// Loops of the summary, sequential (one task, one key) and parallel.
-const SEQ: [Cycle; 4] = [
+const SEQ: [Cycle; 5] = [
     Cycle::Floor,
     Cycle::FloorScripts,
     Cycle::LockRelease,
     Cycle::LockDrop,
+    Cycle::Rslock,
 ];
-const PAR: [Cycle; 3] = [Cycle::Floor, Cycle::FloorScripts, Cycle::LockRelease];
+const PAR: [Cycle; 4] = [
+    Cycle::Floor,
+    Cycle::FloorScripts,
+    Cycle::LockRelease,
+    Cycle::Rslock,
+];
 
 /// What the summary's rounds measured; `SEQ[0]` and `PAR[0]` are the floor.
 struct Measured {
@@ -497,6 +523,8 @@ fn print_summary(m: &Measured) {
     let (_, a) = seq_ratios(m, seq(Cycle::LockRelease));
     let (b, _) = par_ratios(m, par(Cycle::LockRelease));
     let (c, _) = seq_ratios(m, seq(Cycle::LockDrop));
+    let (b_peer, _) = par_ratios(m, par(Cycle::Rslock));
+    let (_, a_peer) = seq_ratios(m, seq(Cycle::Rslock));
     let p50 = |j: usize| report::us(stats::median_duration(&m.seq_cycles[j]));
     let mut headline = Table::new(&[
         ("", Align::Left),
@@ -511,8 +539,9 @@ fn print_summary(m: &Measured) {
         "library/floor time".to_owned(),
         format!("{:.3}", a.median),
         format!(
-            "lower is better; target <= 1.10 ({})",
-            report::check(a.median <= 1.10)
+            "lower is better; target <= 1.05 ({}); rslock {:.3}",
+            report::check(a.median <= 1.05),
+            a_peer.median
         ),
     ]);
     headline.row([
@@ -520,7 +549,11 @@ fn print_summary(m: &Measured) {
         format!("{TASKS} tasks on distinct keys, lock + release()"),
         "library/floor throughput".to_owned(),
         format!("{:.3}", b.median),
-        "higher is better".to_owned(),
+        format!(
+            "higher is better; target >= 1.4 ({}); rslock {:.3}",
+            report::check(b.median >= 1.4),
+            b_peer.median
+        ),
     ]);
     headline.row([
         "(c)".to_owned(),
@@ -528,7 +561,8 @@ fn print_summary(m: &Measured) {
         "library/floor throughput".to_owned(),
         format!("{:.3}", c.median),
         format!(
-            "higher is better; p50 cycle {} library vs {} floor",
+            "higher is better; target >= 2.0 ({}); p50 cycle {} library vs {} floor",
+            report::check(c.median >= 2.0),
             p50(seq(Cycle::LockDrop)),
             p50(0)
         ),
@@ -608,7 +642,10 @@ fn main() {
         let masters = Masters::of(&client).await;
         let prefix = common::key_prefix("bench");
         let parallel_keys = masters.spread(&format!("{prefix}parallel:"), TASKS);
+        let rslock =
+            (masters.len() == 1).then(|| Arc::new(rslock::LockManager::new(vec![url.clone()])));
         Env {
+            rslock,
             mutex,
             client,
             compare_and_delete: Arc::new(compare_and_delete),

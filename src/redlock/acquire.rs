@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::keys::LockKeys;
 use crate::lease::LeaseCore;
 use crate::limits::validate_key;
+use crate::notify::Ticket;
 use crate::retry::RetryStrategy;
 use crate::schedule::{Next, Schedule};
 
@@ -142,12 +143,20 @@ pub(crate) async fn run(req: RedlockAcquire) -> Result<RedlockGuard, Error> {
     let started = Instant::now();
     let mut schedule = Schedule::new(started, retry, req.timeout);
     let mut attempts = 0u32;
+    // The release channel of the key on every server, once the lock was
+    // found busy: a waiter is woken by the first release message.
+    let mut tickets: Option<Vec<Ticket<'_>>> = None;
     loop {
         attempts += 1;
         let failure = match attempt(&servers, &key, &keys, ttl_ms).await {
             Ok((lease, sent_at)) => {
                 tracing::debug!(key = %key, attempts, "redlock acquired");
-                return Ok(RedlockGuard::new(servers, lease, auto_renew, sent_at));
+                return Ok(RedlockGuard::new(
+                    Arc::clone(&servers),
+                    lease,
+                    auto_renew,
+                    sent_at,
+                ));
             }
             Err(failure) => failure,
         };
@@ -168,14 +177,52 @@ pub(crate) async fn run(req: RedlockAcquire) -> Result<RedlockGuard, Error> {
                 }))
             }
             Next::Wait(wait) => {
-                tokio::time::sleep(jittered(wait)).await;
-                schedule.waited(false);
+                if last_error.is_none() && tickets.is_none() && wait >= LISTEN_FROM {
+                    // Subscribed in the background: the waits keep the
+                    // strategy's pace, and a release heard cuts one short.
+                    tickets = Some(listen(&servers, &keys));
+                }
+                let woken = match &tickets {
+                    Some(tickets) => any_woken(tickets, jittered(wait)).await,
+                    None => {
+                        tokio::time::sleep(jittered(wait)).await;
+                        false
+                    }
+                };
+                schedule.waited(woken);
             }
         }
         if servers.is_shut_down() {
             return Err(Error::Shutdown { key });
         }
     }
+}
+
+/// The shortest wait worth a subscription per server: a release message
+/// saves at most the wait, and shorter polls cost less than subscribing.
+const LISTEN_FROM: Duration = Duration::from_millis(50);
+
+/// Joins the release channel of `keys` on every server (the subscriptions
+/// are made in the background).
+fn listen<'a>(servers: &'a Servers, keys: &LockKeys) -> Vec<Ticket<'a>> {
+    (0..servers.len())
+        .map(|i| servers.inner(i).waiters.join(keys))
+        .collect()
+}
+
+/// Waits until a release message reaches any of `tickets` (`true`) or for
+/// `cap` (`false`).
+async fn any_woken(tickets: &[Ticket<'_>], cap: Duration) -> bool {
+    let mut waits: Vec<_> = tickets.iter().map(|t| Box::pin(t.wait(cap))).collect();
+    std::future::poll_fn(|cx| {
+        for wait in &mut waits {
+            if let std::task::Poll::Ready(woken) = wait.as_mut().poll(cx) {
+                return std::task::Poll::Ready(woken);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Why an attempt did not take the lock.

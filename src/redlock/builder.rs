@@ -167,7 +167,6 @@ impl RedlockBuilder {
             let mutex = Builder::new(client, owned)
                 .key_prefix(settings.prefix.clone())
                 .command_timeout(settings.server_timeout)
-                .notifications(false)
                 .auto_renew(false)
                 .build()?;
             mutexes.push(mutex);

@@ -121,10 +121,12 @@ use servers::Servers;
 /// there at run time). Code generic over both can take the methods it uses
 /// as closures, or wrap them in its own trait.
 ///
-/// # Not included
-/// Waiting by release notifications: a waiter polls at the jittered retry
-/// delays (a subscription per server would cost N connections per process
-/// for a few milliseconds saved).
+/// # Waiting
+/// A waiter tries again at the jittered retry delays, and sooner when a
+/// release message reaches it: once a lock it waits for is found busy (and
+/// its next wait is 50 ms or more), it subscribes to the key's release
+/// channel on every server (one subscriber connection per server and
+/// process, made on first use) and is woken by the first release heard.
 ///
 /// Cheap to clone, `Send + Sync`.
 #[derive(Clone)]

@@ -719,3 +719,34 @@ async fn holder(h: usize, redlock: Redlock, ops: Vec<Op>, ledger: Arc<Ledger>) -
     }
     counts
 }
+
+// ---- waiting by notification ----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_by_the_release_not_by_its_retry_delay() {
+    let masters = Masters::start(3);
+    let holder = masters.redlock(TTL, SERVER_TIMEOUT).await;
+    let waiter = masters.redlock(TTL, SERVER_TIMEOUT).await;
+    // Polling alone, the waiter would next try 2 to 4 s after its first
+    // attempt (the jittered upper half of 4 s), at least 1.7 s after the
+    // release below.
+    let slow = RetryStrategy::linear(ms(4000), 10);
+    for round in 0..3 {
+        let guard = holder.lock("woken").await.expect("lock");
+        let wait = tokio::spawn({
+            let waiter = waiter.clone();
+            async move { waiter.acquire("woken").retry(slow).await }
+        });
+        // Past the waiter's first attempt and its subscriptions.
+        tokio::time::sleep(ms(300)).await;
+        let released = Instant::now();
+        guard.release().await.expect("release");
+        let got = wait.await.unwrap().expect("the waiter gets the lock");
+        let after = released.elapsed();
+        assert!(
+            after < ms(700),
+            "round {round}: the waiter got the lock {after:?} after the release (it polled)"
+        );
+        got.release().await.expect("release");
+    }
+}
