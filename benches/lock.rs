@@ -24,8 +24,8 @@
 //! p50 of single cycles, cycles per second, and library/floor ratios as the
 //! median [min-max] of the per-round ratios; then the three headline ratios,
 //! (a) as library/floor time (lower is better, target <= 1.05), (b) and (c)
-//! as library/floor throughput (higher is better; targets >= 1.4 and
-//! >= 2.0), each with rslock's ratio beside it. It also times
+//! as library/floor throughput (higher is better; targets at least 1.4
+//! and 2.0), each with rslock's ratio beside it. It also times
 //! `floor_scripts`: the library's own acquire and release scripts sent raw,
 //! which splits a gap between the protocol's share (a Lua acquire instead of
 //! a plain `SET`) and the library's. `BENCH_SUMMARY_ROUNDS` (30),
