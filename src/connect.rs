@@ -79,11 +79,17 @@ async fn connect_config(config: Config, command_timeout: Duration) -> Result<Cli
         .with_connection_config(|c| {
             c.connection_timeout = command_timeout;
             c.internal_command_timeout = command_timeout;
+            // No redirection of fred's own: fred 10.1 does not follow ASK
+            // (it reads ASKING's reply from a connection with other commands
+            // in flight, so replies shift by one, then sends the command back
+            // to the old owner), and an option cannot lower a command's
+            // redirections below the client's. The crate follows MOVED, ASK
+            // and TRYAGAIN itself (`scripts/redirect.rs`); with 0, fred still
+            // syncs its slot table on MOVED before it answers.
+            c.max_redirections = 0;
             // One attempt more than the cluster redirections a command may
             // follow: fred 10 ends the client's connection task when an ASK
-            // meets a command with no attempts left (it sends a command that
-            // met ASK back to the old owner, which answers ASK again, each
-            // time using an attempt), and the client is dead after.
+            // meets a command with no attempts left.
             c.max_command_attempts = c.max_command_attempts.max(c.max_redirections + 1);
         })
         .with_performance_config(|p| p.default_command_timeout = command_timeout)

@@ -2,7 +2,7 @@
 //! `NOSCRIPT` on the node that lacks it, sent once where a re-send could
 //! mislead, across slots, or confirmed by `WAIT`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
@@ -11,6 +11,8 @@ use fred::types::{ClientState, FromValue, Key, MultipleKeys, Value};
 
 use crate::background::{revive_client, router_gone};
 use crate::error::Error;
+
+use super::redirect::follow;
 
 use super::*;
 
@@ -98,8 +100,10 @@ pub(super) async fn bounded_boxed<R>(
     }
 }
 
-/// Runs one script call, bounded by `timeout`; on `NOSCRIPT` the script is
-/// loaded on the node that said so (see [`load`]) and sent once more.
+/// Runs one script call, bounded by `timeout`, following cluster
+/// redirections (`MOVED`, `ASK`, `TRYAGAIN`: see `redirect.rs`); on
+/// `NOSCRIPT` the script is loaded on the node that said so (see [`load`])
+/// and sent once more.
 pub(crate) async fn run<R: FromValue>(
     client: &Client,
     script: &Script,
@@ -108,23 +112,20 @@ pub(crate) async fn run<R: FromValue>(
     args: Vec<Value>,
     timeout: Duration,
 ) -> Result<R, Error> {
-    use fred::interfaces::LuaInterface;
     let keys: Vec<Key> = keys.into().inner();
     let slot = keys
         .first()
         .map_or(0, |k| fred::util::redis_keyslot(k.as_bytes()));
+    let mut rest = Vec::with_capacity(1 + keys.len() + args.len());
+    rest.push(Value::from(keys.len() as i64));
+    rest.extend(keys.into_iter().map(Value::from));
+    rest.extend(args);
+    let deadline = Instant::now() + timeout;
     let call = async {
-        let sha = script.sha1().clone();
-        match client
-            .evalsha(sha.clone(), keys.clone(), args.clone())
-            .await
-        {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                load(client, script, slot).await?;
-                client.evalsha(sha, keys, args).await
-            }
-            other => other,
-        }
+        let options = fred::types::config::Options::default();
+        follow(client, &options, script, slot, rest, deadline)
+            .await?
+            .convert::<R>()
     };
     bounded(client, key, timeout, call).await
 }
@@ -187,11 +188,9 @@ pub(super) fn other_form(script: &Script) -> Option<&'static Script> {
 /// `ClientLike::custom`, but not to its Lua calls: EVALSHA is sent as one.
 /// With `fail_fast`, a command whose connection closes under it (or is
 /// down) is answered with the error, never written again, so every write
-/// after the first is to a node that redirected it (MOVED, ASK: nothing
-/// ran). It has one attempt more than the redirections it may follow: fred
-/// 10 ends the client's connection task when an ASK meets a command with no
-/// attempts left. On `NOSCRIPT` (nothing ran) the script is loaded (on that
-/// node, see [`load`]) and sent once more.
+/// after the first follows a reply that says nothing ran: `MOVED`, `ASK`,
+/// `TRYAGAIN` (followed here, see `redirect.rs`) or `NOSCRIPT` (the script
+/// is loaded on that node, see [`load`], and sent once more).
 pub(super) async fn run_once(
     client: &Client,
     script: &Script,
@@ -201,19 +200,23 @@ pub(super) async fn run_once(
     timeout: Duration,
 ) -> Result<Value, Error> {
     use fred::types::config::Options;
-    let redirections = client.connection_config().max_redirections.max(1);
-    let once = client.with_options(&Options {
+    // One attempt more than fred's own redirections (none on a client the
+    // crate made; a client of the caller's may have some): fred 10 ends the
+    // client's connection task when an ASK meets a command with no attempts
+    // left.
+    let redirections = client.connection_config().max_redirections;
+    let once = Options {
         max_attempts: Some(redirections + 1),
-        max_redirections: Some(redirections),
         fail_fast: true,
         ..Options::default()
-    });
+    };
     let slot = fred::util::redis_keyslot(first.as_bytes());
     let mut rest = Vec::with_capacity(1 + keys.len() + args.len());
     rest.push(Value::from(keys.len() as i64));
     rest.extend(keys);
     rest.extend(args);
-    let call = evalsha_reloading(client, &once, script, slot, rest);
+    let deadline = Instant::now() + timeout;
+    let call = follow(client, &once, script, slot, rest, deadline);
     bounded(client, first, timeout, call).await
 }
 

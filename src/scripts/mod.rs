@@ -12,6 +12,7 @@
 //! | file | owns |
 //! |---|---|
 //! | `call.rs` | sending a call: timeout, `NOSCRIPT` reload, sent once, cross-slot |
+//! | `redirect.rs` | following `MOVED`, `ASK` and `TRYAGAIN` on a cluster (not fred) |
 //! | `confirmed.rs` | a call confirmed by `WAIT` (`min_replicas`) |
 //! | `acquire.rs` | the acquire script and the first attempt's `SET NX` |
 //! | `release.rs` | the release script |
@@ -27,6 +28,7 @@ mod acquire_all;
 mod call;
 mod confirmed;
 mod extend;
+mod redirect;
 mod release;
 
 pub(crate) use acquire::*;

@@ -244,19 +244,30 @@ impl Resharder {
     }
 
     /// Step 3 of a move: `slot` belongs to the `to`-th master, on every
-    /// master (the new owner first, then the old one).
+    /// master (the new owner first, then the old one). A third master that
+    /// cannot be reached (killed, its replica taking over) is left to
+    /// gossip: the new owner's `SETSLOT NODE` bumped its config epoch.
     pub fn finish(&self, slot: u16, to: usize) -> Result<(), String> {
         let from = self.owner(slot);
         let dst = &self.masters[to];
         let s = slot.to_string();
-        let order = [to, from]
-            .into_iter()
-            .chain((0..self.masters.len()).filter(|&i| i != from && i != to));
-        for i in order {
-            expect_ok(
-                self.masters[i].port,
-                &["CLUSTER", "SETSLOT", &s, "NODE", &dst.id],
-            )?;
+        let setslot = ["CLUSTER", "SETSLOT", &s, "NODE", &dst.id];
+        for i in [to, from] {
+            expect_ok(self.masters[i].port, &setslot)?;
+        }
+        for i in (0..self.masters.len()).filter(|&i| i != from && i != to) {
+            match cli_text(self.masters[i].port, &setslot) {
+                Ok(reply) if reply == "OK" => {}
+                // No reply at all: the node is down.
+                Ok(reply) if reply.is_empty() => {}
+                Err(_) => {}
+                Ok(reply) => {
+                    return Err(format!(
+                        "CLUSTER SETSLOT {s} NODE on {}: {reply}",
+                        self.masters[i].port
+                    ))
+                }
+            }
         }
         self.owners.lock().unwrap().insert(slot, to);
         Ok(())
