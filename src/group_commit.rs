@@ -5,8 +5,8 @@
 //! once to the runtime, so that the other tasks ready to run put their
 //! entries in too, then takes every entry of the gate and sends them as one
 //! call (see [`Flush`]). The others wait for their answers. A caller alone
-//! (no other call of the kind under way) is sent at once, without the
-//! yield; several batches may be in flight at once, so a
+//! (no other call of the kind under way) is sent at once, as a batch of
+//! one, without the gate; several batches may be in flight at once, so a
 //! gate never waits for a reply before its next batch goes out.
 //!
 //! The batch is taken from the gate and handed to the client (the first
@@ -119,8 +119,14 @@ impl<F: Flush> GroupCommit<F> {
     /// was sent, the entry is withdrawn or still sent; dropped after, its
     /// command runs and its answer is dropped.
     pub(crate) async fn submit(&self, group: Group, entry: F::Entry) -> Option<F::Answer> {
+        let (_active, alone) = Active::count(&self.shared.active);
+        if alone {
+            // No other call of the kind under way: sent at once, as a batch
+            // of one, without the gate's bookkeeping.
+            let mut answers = self.shared.flusher.flush(&group, vec![entry]).await;
+            return answers.pop();
+        }
         let (reply, answer) = oneshot::channel();
-        let _active = Active::count(&self.shared.active);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let lead = {
             let mut gates = self.shared.gates();
@@ -275,9 +281,10 @@ impl<F: Flush> Drop for Place<'_, F> {
 struct Active<'a>(&'a AtomicUsize);
 
 impl<'a> Active<'a> {
-    fn count(active: &'a AtomicUsize) -> Self {
-        active.fetch_add(1, Ordering::Relaxed);
-        Active(active)
+    /// Counts a caller in; `true` when it is the only one.
+    fn count(active: &'a AtomicUsize) -> (Self, bool) {
+        let before = active.fetch_add(1, Ordering::Relaxed);
+        (Active(active), before == 0)
     }
 }
 
