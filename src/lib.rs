@@ -131,74 +131,44 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
-mod acquire;
-mod adapter;
-mod background;
-mod batch;
-mod builder;
-mod channel;
-mod confirm;
-mod connect;
-mod election;
-mod error;
-mod guard;
-mod holder;
-mod inner;
-mod keys;
-mod lease;
-mod limits;
+mod api;
+mod engine;
+mod policy;
+mod protocol;
+
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
-pub mod metrics;
-#[cfg(not(feature = "metrics"))]
-mod metrics;
-mod multi;
-mod mutex;
-mod notify;
-mod primitive;
-mod queue;
-mod redlock;
-mod release;
-mod renew;
-mod retry;
-mod route;
-mod rwlock;
-mod schedule;
-mod scripts;
-mod semaphore;
-mod sentinel;
-#[cfg(feature = "tls")]
-mod tls;
+pub use engine::metrics;
 
-pub use acquire::Acquire;
-pub use adapter::{provide_adapter, Adapter, AdapterFuture, RedisAdapter};
-pub use builder::Builder;
-pub use election::{
+pub use api::acquire::Acquire;
+pub use api::adapter::{provide_adapter, Adapter, AdapterFuture, RedisAdapter};
+pub use api::builder::Builder;
+pub use api::election::{
     Election, Leader, Leadership, DEFAULT_ELECTION_RETRY_PERIOD, MAX_ELECTION_NAME_LEN,
     MAX_ELECTION_VALUE_LEN, OBSERVE_POLL,
 };
-pub use error::Error;
-pub use guard::LockGuard;
-pub use holder::{Holder, MAX_HOLDER_LEN};
-pub use lease::{Lease, LostReason};
-pub use limits::{
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_COMMAND_TIMEOUT, MAX_KEY_LEN, MAX_PREFIX_LEN,
-    MAX_TTL, MIN_TTL,
-};
-pub use multi::{AcquireAll, LostKey, MultiGuard, MAX_LOCK_ALL_KEYS};
-pub use mutex::DistributedMutex;
-pub use primitive::MAX_PERMITS;
-pub use queue::CLAIM_TTL;
-pub use redlock::{
+pub use api::guard::LockGuard;
+pub use api::multi::{AcquireAll, LostKey, MultiGuard, MAX_LOCK_ALL_KEYS};
+pub use api::mutex::DistributedMutex;
+pub use api::redlock::{
     Redlock, RedlockAcquire, RedlockBuilder, RedlockGuard, RedlockLease, DEFAULT_REDLOCK_TTL,
     DEFAULT_SERVER_TIMEOUT, MAX_REDLOCK_SERVERS,
 };
-pub use retry::RetryStrategy;
-pub use rwlock::{AcquireRead, AcquireWrite, ReadGuard, RwLock, WriteGuard};
-pub use semaphore::{AcquirePermit, Permit, Semaphore};
+pub use api::rwlock::{AcquireRead, AcquireWrite, ReadGuard, RwLock, WriteGuard};
+pub use api::semaphore::{AcquirePermit, Permit, Semaphore};
+pub use engine::lease::{Lease, LostReason};
+pub use engine::primitive::MAX_PERMITS;
+pub use engine::queue::CLAIM_TTL;
+pub use policy::error::Error;
+pub use policy::limits::{
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_COMMAND_TIMEOUT, MAX_KEY_LEN, MAX_PREFIX_LEN,
+    MAX_TTL, MIN_TTL,
+};
+pub use policy::retry::RetryStrategy;
+pub use protocol::holder::{Holder, MAX_HOLDER_LEN};
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-pub use tls::Tls;
+pub use protocol::tls::Tls;
 
 /// The fred client type the mutex is built on, re-exported for convenience.
 pub use fred::clients::Client;

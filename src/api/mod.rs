@@ -1,0 +1,16 @@
+//! The public API: [`DistributedMutex`](mutex::DistributedMutex) and its
+//! [`Builder`](builder::Builder), a lock acquisition ([`acquire`]) and its
+//! guard ([`guard`]), multi-key locks ([`multi`]), [`semaphore`], [`rwlock`],
+//! [`election`], [`redlock`] and the Go-compatible [`adapter`]. Each is a
+//! thin face over the engine; lib.rs re-exports what users name.
+
+pub(crate) mod acquire;
+pub(crate) mod adapter;
+pub(crate) mod builder;
+pub(crate) mod election;
+pub(crate) mod guard;
+pub(crate) mod multi;
+pub(crate) mod mutex;
+pub(crate) mod redlock;
+pub(crate) mod rwlock;
+pub(crate) mod semaphore;
