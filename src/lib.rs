@@ -156,9 +156,10 @@ pub use api::redlock::{
 };
 pub use api::rwlock::{AcquireRead, AcquireWrite, ReadGuard, RwLock, WriteGuard};
 pub use api::semaphore::{AcquirePermit, Permit, Semaphore};
-pub use engine::lease::{Lease, LostReason};
+pub use engine::lease::Lease;
 pub use engine::primitive::MAX_PERMITS;
 pub use engine::queue::CLAIM_TTL;
+pub use policy::error::lost::LostReason;
 pub use policy::error::Error;
 pub use policy::limits::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_COMMAND_TIMEOUT, MAX_KEY_LEN, MAX_PREFIX_LEN,

@@ -9,11 +9,12 @@ use std::time::Duration;
 use fred::clients::Client;
 
 use crate::engine::batch::Batcher;
+use crate::engine::epoch::Epoch;
 use crate::engine::notify::Waiters;
 use crate::engine::primitive::release::Releases as MemberReleases;
 use crate::engine::release::ReleaseQueue;
 use crate::engine::renew::Renewer;
-use crate::engine::sentinel::{Epoch, Followers, Watch};
+use crate::engine::sentinel::{Followers, Watch};
 use crate::policy::retry::RetryStrategy;
 use crate::protocol::background::Home;
 use crate::protocol::channel::Mode;

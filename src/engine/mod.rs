@@ -7,6 +7,7 @@
 //! the metrics hooks ([`metrics`]). It uses the protocol and policy layers.
 
 pub(crate) mod batch;
+pub(crate) mod epoch;
 pub(crate) mod inner;
 pub(crate) mod lease;
 pub mod metrics;

@@ -782,7 +782,7 @@ async fn ssubscribe_once_more_after_moved(
     channel: &str,
 ) -> Result<(), fred::error::Error> {
     match subscriber.ssubscribe(channel).await {
-        Err(e) if crate::policy::error::redirect_not_followed(&e) => {
+        Err(e) if crate::policy::error::redis::redirect_not_followed(&e) => {
             subscriber.ssubscribe(channel).await
         }
         other => other,

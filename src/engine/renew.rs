@@ -33,8 +33,10 @@ use tokio::sync::Notify;
 
 use tokio::runtime::Handle;
 
-use crate::engine::lease::{Asked, LeaseCore, LostReason};
-use crate::engine::sentinel::Epoch;
+use crate::engine::lease::{Asked, LeaseCore};
+
+use crate::engine::epoch::Epoch;
+use crate::policy::error::lost::LostReason;
 use crate::protocol::confirm::{Confirmer, MinReplicas};
 use crate::protocol::route::{self, Routes};
 use crate::protocol::scripts::{self, Compared};

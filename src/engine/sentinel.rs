@@ -28,7 +28,7 @@
 //! Nothing of this runs for a client that is not a Sentinel client, and an
 //! acquisition or a renewal only reads one atomic counter.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ use fred::types::config::{Config, ServerConfig};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
+use crate::engine::epoch::Epoch;
 use crate::engine::notify::Reconnect;
 use crate::engine::renew::RenewAll;
 use crate::protocol::confirm::Confirmer;
@@ -58,36 +59,6 @@ const FOLLOW_LIMIT: Duration = Duration::from_secs(10);
 const FOLLOW_PAUSE: Duration = Duration::from_millis(100);
 /// After a sentinel could not be reached, before trying it again.
 const SENTINEL_PAUSE: Duration = Duration::from_secs(1);
-
-/// Counts master switches: odd while one is being followed. An answer from
-/// Redis counts only if the epoch read before the command was even and is
-/// still the same when the answer arrives.
-#[derive(Debug, Default)]
-pub(crate) struct Epoch(AtomicU64);
-
-impl Epoch {
-    pub(crate) fn read(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// `true` when no switch began since `before` was read, and none was
-    /// under way then.
-    pub(crate) fn unchanged(&self, before: u64) -> bool {
-        before % 2 == 0 && self.read() == before
-    }
-
-    fn begin(&self) {
-        if self.read() % 2 == 0 {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn end(&self) {
-        if self.read() % 2 == 1 {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
 
 /// What is reconnected after a switch.
 pub(crate) struct Followers {

@@ -8,7 +8,8 @@ use super::names::Names;
 use super::scripts::{Claimed, Write};
 use super::{check_value, Election};
 use crate::api::guard::LockGuard;
-use crate::engine::lease::{Lease, LostReason};
+use crate::engine::lease::Lease;
+use crate::policy::error::lost::LostReason;
 use crate::policy::error::Error;
 
 /// This caller leads the election, made by

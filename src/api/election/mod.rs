@@ -339,3 +339,19 @@ impl fmt::Debug for Election {
             .finish()
     }
 }
+
+/// Leader elections over this mutex.
+impl DistributedMutex {
+    /// A leader election named `name` (see [`Election`]): campaign, read
+    /// and follow its leader. Nothing is sent until it is used; a bad name
+    /// is refused then, with [`Error::InvalidKey`].
+    ///
+    /// ```no_run
+    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+    /// let leadership = mutex.election("scheduler").campaign("web-3").await?;
+    /// # drop(leadership); Ok(()) }
+    /// ```
+    pub fn election(&self, name: impl AsRef<str>) -> Election {
+        Election::new(self.clone(), name.as_ref().to_owned())
+    }
+}

@@ -10,7 +10,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::engine::inner::Inner;
-use crate::engine::lease::{Lease, LeaseCore, LostReason};
+use crate::engine::lease::{Lease, LeaseCore};
+use crate::policy::error::lost::LostReason;
 use crate::policy::error::Error;
 use crate::policy::limits::ttl_millis;
 use crate::protocol::scripts::{self, Compared};

@@ -26,6 +26,7 @@
 //! single-key waiters, but take no place in any queue kept in Redis.
 
 mod guard;
+mod lock_all;
 
 use std::collections::HashSet;
 use std::fmt;

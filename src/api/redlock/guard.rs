@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::engine::lease::{LeaseCore, LostReason};
+use crate::engine::lease::LeaseCore;
+
+use crate::policy::error::lost::LostReason;
 use crate::policy::error::Error;
 
 use super::builder::check_ttl;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::engine::lease::LostReason;
+use crate::policy::error::lost::LostReason;
 use crate::policy::error::Error;
 use crate::protocol::scripts::Compared;
 

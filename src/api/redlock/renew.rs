@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::engine::lease::{LeaseCore, LostReason};
+use crate::engine::lease::LeaseCore;
+
 use crate::engine::renew::period;
+use crate::policy::error::lost::LostReason;
 use crate::policy::error::Error;
 
 use super::fanout::gather;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::inner::Inner;
-use crate::engine::lease::{Lease, LeaseCore, LostReason};
+use crate::engine::lease::{Lease, LeaseCore};
 use crate::engine::primitive::release::Job;
+use crate::policy::error::lost::LostReason;
 use crate::policy::error::Error;
 use crate::protocol::scripts::Compared;
 

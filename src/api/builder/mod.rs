@@ -17,6 +17,9 @@ use crate::policy::retry::RetryStrategy;
 use crate::protocol::confirm::MinReplicas;
 use crate::protocol::keys::prefix_is_valid;
 
+#[cfg(feature = "metrics")]
+mod metrics;
+
 /// The ways to make a mutex: over a client, or over a connection it makes.
 impl DistributedMutex {
     /// A mutex over a connected fred client, with the defaults: a TTL of one
