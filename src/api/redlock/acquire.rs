@@ -24,7 +24,7 @@ use crate::policy::retry::RetryStrategy;
 use crate::policy::schedule::{Next, Schedule};
 use crate::protocol::keys::LockKeys;
 
-use super::builder::check_ttl;
+use super::check::check_ttl;
 use super::fanout::gather;
 use super::guard::RedlockGuard;
 use super::quorum::{AcquireTally, AttemptEnd, Took};

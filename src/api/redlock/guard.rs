@@ -12,7 +12,7 @@ use crate::engine::lease::LeaseCore;
 use crate::policy::error::lost::LostReason;
 use crate::policy::error::Error;
 
-use super::builder::check_ttl;
+use super::check::check_ttl;
 use super::fanout::gather;
 use super::quorum::{CheckedEnd, CheckedTally};
 use super::renew::{self, extend_all, NotExtended};

@@ -14,6 +14,8 @@
 
 mod acquire;
 mod builder;
+mod check;
+mod connect;
 mod fanout;
 mod guard;
 mod quorum;
