@@ -6,7 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::engine::inner::Inner;
-use crate::engine::primitive::acquire::{self, Options};
+use crate::engine::options::Options;
+use crate::engine::primitive::acquire;
 use crate::engine::primitive::guard::Held;
 use crate::engine::primitive::{guard_methods, option_setters, Target};
 use crate::policy::error::Error;

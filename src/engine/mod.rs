@@ -12,6 +12,7 @@ pub(crate) mod inner;
 pub(crate) mod lease;
 pub mod metrics;
 pub(crate) mod notify;
+pub(crate) mod options;
 pub(crate) mod primitive;
 pub(crate) mod queue;
 pub(crate) mod release;

@@ -35,14 +35,13 @@ use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use guard::{LostKey, MultiGuard};
 pub(crate) use run::run;
 
 use crate::engine::inner::Inner;
+use crate::engine::options::{option_setters, Options};
 use crate::policy::error::Error;
-use crate::policy::retry::RetryStrategy;
 
 /// The most distinct keys one multi-key lock may take: 1024.
 ///
@@ -78,11 +77,7 @@ pub struct AcquireAll {
     /// More distinct keys were given than [`MAX_LOCK_ALL_KEYS`], or more
     /// items than `MAX_INPUT`.
     too_many: bool,
-    ttl: Option<Duration>,
-    retry: Option<RetryStrategy>,
-    timeout: Option<Duration>,
-    auto_renew: Option<bool>,
-    min_replicas: Option<(u32, Duration)>,
+    options: Options,
 }
 
 impl AcquireAll {
@@ -117,53 +112,32 @@ impl AcquireAll {
             inner,
             keys: distinct,
             too_many,
-            ttl: None,
-            retry: None,
-            timeout: None,
-            auto_renew: None,
-            min_replicas: None,
+            options: Options::default(),
         }
     }
 
-    /// The lease of every key, instead of the mutex's.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// How to wait for the set, instead of the mutex's retry strategy.
-    pub fn retry(mut self, retry: RetryStrategy) -> Self {
-        self.retry = Some(retry);
-        self
-    }
-
-    /// The longest time to wait for the whole set to become free, on top of
-    /// the retry strategy (whichever ends first). At least one attempt is
-    /// always made, so `Duration::ZERO` means "one attempt". The call returns
-    /// within this (or the strategy's budget) plus one command timeout per
-    /// cluster slot of the set.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Whether the guard renews every key's lease while it lives, instead of
-    /// the mutex's setting (default on).
-    pub fn auto_renew(mut self, on: bool) -> Self {
-        self.auto_renew = Some(on);
-        self
-    }
-
-    /// Confirms the set's writes (the acquisition of each slot's group, every
-    /// renewal and extension) with `WAIT replicas timeout`, instead of the
-    /// mutex's setting; `replicas == 0` turns confirmation off. See
-    /// [`Acquire::min_replicas`](crate::Acquire::min_replicas): when a
-    /// group's write is not confirmed in time, the call fails with
-    /// [`Error::NotReplicated`] (at once, without trying again) and releases
-    /// of its token are queued for every key it may have set.
-    pub fn min_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.min_replicas = Some((replicas, timeout));
-        self
+    option_setters! {
+        /// The lease of every key, instead of the mutex's.
+        ttl;
+        /// How to wait for the set, instead of the mutex's retry strategy.
+        retry;
+        /// The longest time to wait for the whole set to become free, on top of
+        /// the retry strategy (whichever ends first). At least one attempt is
+        /// always made, so `Duration::ZERO` means "one attempt". The call returns
+        /// within this (or the strategy's budget) plus one command timeout per
+        /// cluster slot of the set.
+        timeout;
+        /// Whether the guard renews every key's lease while it lives, instead of
+        /// the mutex's setting (default on).
+        auto_renew;
+        /// Confirms the set's writes (the acquisition of each slot's group, every
+        /// renewal and extension) with `WAIT replicas timeout`, instead of the
+        /// mutex's setting; `replicas == 0` turns confirmation off. See
+        /// [`Acquire::min_replicas`](crate::Acquire::min_replicas): when a
+        /// group's write is not confirmed in time, the call fails with
+        /// [`Error::NotReplicated`] (at once, without trying again) and releases
+        /// of its token are queued for every key it may have set.
+        min_replicas;
     }
 }
 
@@ -178,13 +152,9 @@ impl IntoFuture for AcquireAll {
 
 impl fmt::Debug for AcquireAll {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AcquireAll")
-            .field("keys", &self.keys)
-            .field("ttl", &self.ttl)
-            .field("retry", &self.retry)
-            .field("timeout", &self.timeout)
-            .field("auto_renew", &self.auto_renew)
-            .field("min_replicas", &self.min_replicas)
-            .finish()
+        let mut out = f.debug_struct("AcquireAll");
+        out.field("keys", &self.keys);
+        self.options.fields(&mut out, true);
+        out.finish()
     }
 }

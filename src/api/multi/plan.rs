@@ -61,10 +61,10 @@ impl Plan {
         for key in &req.keys {
             validate_key(key)?;
         }
-        let ttl_ms = ttl_millis(&req.keys[0], req.ttl.unwrap_or(settings.ttl))?;
-        let retry = req.retry.unwrap_or(settings.retry);
+        let ttl_ms = ttl_millis(&req.keys[0], req.options.ttl.unwrap_or(settings.ttl))?;
+        let retry = req.options.retry.unwrap_or(settings.retry);
         retry.validate()?;
-        let confirm = match req.min_replicas {
+        let confirm = match req.options.min_replicas {
             Some((replicas, timeout)) => MinReplicas::check(replicas, timeout)?,
             None => settings.min_replicas,
         };
@@ -95,9 +95,9 @@ impl Plan {
             members: members.into_iter().map(|(_, m)| m).collect(),
             groups,
             ttl_ms,
-            auto_renew: req.auto_renew.unwrap_or(settings.auto_renew),
+            auto_renew: req.options.auto_renew.unwrap_or(settings.auto_renew),
             retry,
-            timeout: req.timeout,
+            timeout: req.options.timeout,
             confirm,
         })
     }

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::lease::LeaseCore;
+use crate::engine::options::{option_setters, Options};
 use crate::policy::error::Error;
 use crate::policy::limits::validate_key;
-use crate::policy::retry::RetryStrategy;
 use crate::policy::schedule::{Next, Schedule};
 use crate::protocol::keys::LockKeys;
 
@@ -44,10 +44,7 @@ use super::servers::Servers;
 pub struct RedlockAcquire {
     servers: Arc<Servers>,
     key: String,
-    ttl: Option<Duration>,
-    retry: Option<RetryStrategy>,
-    timeout: Option<Duration>,
-    auto_renew: Option<bool>,
+    options: Options,
 }
 
 impl RedlockAcquire {
@@ -55,39 +52,23 @@ impl RedlockAcquire {
         RedlockAcquire {
             servers,
             key,
-            ttl: None,
-            retry: None,
-            timeout: None,
-            auto_renew: None,
+            options: Options::default(),
         }
     }
 
-    /// The lease for this lock, instead of the Redlock's. Checked as
-    /// [`RedlockBuilder::ttl`](crate::RedlockBuilder::ttl) is.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// How to wait for this lock, instead of the Redlock's retry strategy
-    /// (each wait jittered the same way).
-    pub fn retry(mut self, retry: RetryStrategy) -> Self {
-        self.retry = Some(retry);
-        self
-    }
-
-    /// The longest time to wait for the lock, on top of the retry strategy
-    /// (whichever ends first); at least one attempt is always made.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Whether this guard renews its lease while it lives, instead of the
-    /// Redlock's setting (default on).
-    pub fn auto_renew(mut self, on: bool) -> Self {
-        self.auto_renew = Some(on);
-        self
+    option_setters! {
+        /// The lease for this lock, instead of the Redlock's. Checked as
+        /// [`RedlockBuilder::ttl`](crate::RedlockBuilder::ttl) is.
+        ttl;
+        /// How to wait for this lock, instead of the Redlock's retry strategy
+        /// (each wait jittered the same way).
+        retry;
+        /// The longest time to wait for the lock, on top of the retry strategy
+        /// (whichever ends first); at least one attempt is always made.
+        timeout;
+        /// Whether this guard renews its lease while it lives, instead of the
+        /// Redlock's setting (default on).
+        auto_renew;
     }
 }
 
@@ -102,13 +83,10 @@ impl IntoFuture for RedlockAcquire {
 
 impl fmt::Debug for RedlockAcquire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedlockAcquire")
-            .field("key", &self.key)
-            .field("ttl", &self.ttl)
-            .field("retry", &self.retry)
-            .field("timeout", &self.timeout)
-            .field("auto_renew", &self.auto_renew)
-            .finish()
+        let mut out = f.debug_struct("RedlockAcquire");
+        out.field("key", &self.key);
+        self.options.fields(&mut out, false);
+        out.finish()
     }
 }
 
@@ -127,12 +105,12 @@ pub(crate) async fn run(req: RedlockAcquire) -> Result<RedlockGuard, Error> {
     validate_key(&req.key)?;
     let ttl_ms = check_ttl(
         &req.key,
-        req.ttl.unwrap_or(settings.ttl),
+        req.options.ttl.unwrap_or(settings.ttl),
         settings.server_timeout,
     )?;
-    let retry = req.retry.unwrap_or(settings.retry);
+    let retry = req.options.retry.unwrap_or(settings.retry);
     retry.validate()?;
-    let auto_renew = req.auto_renew.unwrap_or(settings.auto_renew);
+    let auto_renew = req.options.auto_renew.unwrap_or(settings.auto_renew);
     let key = req.key;
     if servers.is_shut_down() {
         return Err(Error::Shutdown { key });
@@ -140,7 +118,7 @@ pub(crate) async fn run(req: RedlockAcquire) -> Result<RedlockGuard, Error> {
     servers.ensure_background();
     let keys = LockKeys::new(&settings.prefix, &key);
     let started = Instant::now();
-    let mut schedule = Schedule::new(started, retry, req.timeout);
+    let mut schedule = Schedule::new(started, retry, req.options.timeout);
     let mut attempts = 0u32;
     loop {
         attempts += 1;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::engine::inner::Inner;
 use crate::engine::lease::LeaseCore;
 use crate::engine::notify::Ticket;
+use crate::engine::options::Options;
 use crate::engine::primitive::guard::Held;
 use crate::engine::primitive::release::Job;
 use crate::engine::primitive::scripts::{self, Attempt, Taken};
@@ -33,15 +34,6 @@ const WRITER_POLL: Duration = Duration::from_millis(500);
 /// short enough that readers are not blocked long by a writer that died.
 pub(crate) fn intent_ttl(command_timeout: Duration) -> Duration {
     command_timeout + WRITER_POLL * 2
-}
-
-/// One acquisition's options (the public builders fill them in).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Options {
-    pub(crate) ttl: Option<Duration>,
-    pub(crate) retry: Option<RetryStrategy>,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) auto_renew: Option<bool>,
 }
 
 /// Checks what can be checked before anything is sent.

@@ -116,30 +116,17 @@ impl Target {
 /// [`AcquireWrite`](crate::AcquireWrite)); each has an `options` field.
 macro_rules! option_setters {
     () => {
-        /// The lease, instead of the mutex's TTL.
-        pub fn ttl(mut self, ttl: std::time::Duration) -> Self {
-            self.options.ttl = Some(ttl);
-            self
-        }
-
-        /// How to wait, instead of the mutex's retry strategy.
-        pub fn retry(mut self, retry: crate::RetryStrategy) -> Self {
-            self.options.retry = Some(retry);
-            self
-        }
-
-        /// The longest time to wait, on top of the retry strategy (whichever
-        /// ends first); `Duration::ZERO` means one attempt.
-        pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
-            self.options.timeout = Some(timeout);
-            self
-        }
-
-        /// Whether the guard renews its lease while it lives, instead of the
-        /// mutex's setting (default on).
-        pub fn auto_renew(mut self, on: bool) -> Self {
-            self.options.auto_renew = Some(on);
-            self
+        $crate::engine::options::option_setters! {
+            /// The lease, instead of the mutex's TTL.
+            ttl;
+            /// How to wait, instead of the mutex's retry strategy.
+            retry;
+            /// The longest time to wait, on top of the retry strategy (whichever
+            /// ends first); `Duration::ZERO` means one attempt.
+            timeout;
+            /// Whether the guard renews its lease while it lives, instead of the
+            /// mutex's setting (default on).
+            auto_renew;
         }
     };
 }
