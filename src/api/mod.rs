@@ -14,3 +14,4 @@ pub(crate) mod mutex;
 pub(crate) mod redlock;
 pub(crate) mod rwlock;
 pub(crate) mod semaphore;
+pub(crate) mod with_lock;

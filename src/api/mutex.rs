@@ -10,9 +10,10 @@ use crate::api::acquire::Acquire;
 use crate::api::guard::LockGuard;
 use crate::api::rwlock::RwLock;
 use crate::api::semaphore::Semaphore;
+use crate::api::with_lock::{after_release, unless_lost};
 use crate::engine::inner::Inner;
 use crate::engine::lease::Lease;
-use crate::policy::error::Error;
+use crate::policy::error::{none_when_busy, Error};
 use crate::policy::retry::RetryStrategy;
 
 /// A lock service over one Redis connection: many keys, many tasks, many
@@ -106,11 +107,9 @@ impl DistributedMutex {
     /// # Cancel safety
     /// As [`lock`](Self::lock).
     pub async fn try_lock(&self, key: impl AsRef<str>) -> Result<Option<LockGuard>, Error> {
-        match crate::api::acquire::run(self.acquire(key).retry(RetryStrategy::none())).await {
-            Ok(guard) => Ok(Some(guard)),
-            Err(Error::NotObtained { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        none_when_busy(
+            crate::api::acquire::run(self.acquire(key).retry(RetryStrategy::none())).await,
+        )
     }
 
     /// An acquisition of `key` with per-call options; `.await` it.
@@ -196,21 +195,8 @@ impl DistributedMutex {
     {
         let guard = self.lock(key).await?;
         let work = work(guard.lease());
-        let output = tokio::select! {
-            biased;
-            reason = guard.lost() => {
-                return Err(Error::Lost { key: guard.key().to_owned(), reason });
-            }
-            output = work => output,
-        };
-        match guard.release().await {
-            Ok(()) => Ok(output),
-            Err(Error::NotHeld { key, reason }) => Err(Error::Lost { key, reason }),
-            // Redis could not be asked to release: the lock was held as far
-            // as anyone can tell; the release is retried in the background.
-            Err(e) if e.is_transient() => Ok(output),
-            Err(e) => Err(e),
-        }
+        let output = unless_lost(guard.key(), guard.lost(), work).await?;
+        after_release(output, guard.release().await)
     }
 
     /// Releases the lock on `key` if it holds `token`: the operator's

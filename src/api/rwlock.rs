@@ -2,16 +2,13 @@
 //! [`ReadGuard`] and [`WriteGuard`].
 
 use std::fmt;
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::engine::inner::Inner;
 use crate::engine::options::Options;
-use crate::engine::primitive::acquire;
 use crate::engine::primitive::guard::Held;
-use crate::engine::primitive::{guard_methods, option_setters, Target};
-use crate::policy::error::Error;
+use crate::engine::primitive::{acquisition, guard_type, Target};
+use crate::policy::error::{none_when_busy, Error};
 use crate::RetryStrategy;
 
 /// A read-write lock: many readers at once, or one writer alone, made by
@@ -140,14 +137,6 @@ impl RwLock {
     }
 }
 
-fn none_when_busy<G>(result: Result<G, Error>) -> Result<Option<G>, Error> {
-    match result {
-        Ok(guard) => Ok(Some(guard)),
-        Err(Error::NotObtained { .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 impl fmt::Debug for RwLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RwLock").field("name", &self.name).finish()
@@ -166,31 +155,7 @@ pub struct AcquireRead {
     options: Options,
 }
 
-impl AcquireRead {
-    option_setters!();
-}
-
-impl IntoFuture for AcquireRead {
-    type Output = Result<ReadGuard, Error>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'static>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        let target = Target::read(&self.inner.settings.prefix, &self.name);
-        Box::pin(async move {
-            let held = acquire::run(self.inner, target, self.options).await?;
-            Ok(ReadGuard { held })
-        })
-    }
-}
-
-impl fmt::Debug for AcquireRead {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AcquireRead")
-            .field("name", &self.name)
-            .field("options", &self.options)
-            .finish()
-    }
-}
+acquisition!(AcquireRead => ReadGuard, |this| Target::read(&this.inner.settings.prefix, &this.name));
 
 /// A write acquisition with per-call options, made by
 /// [`RwLock::write_with`]. `.await` it; the future is `Send + 'static`.
@@ -205,32 +170,8 @@ pub struct AcquireWrite {
     options: Options,
 }
 
-impl AcquireWrite {
-    option_setters!();
-}
-
-impl IntoFuture for AcquireWrite {
-    type Output = Result<WriteGuard, Error>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'static>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        // The intent's length is set by the acquisition (none for a try).
-        let target = Target::write(&self.inner.settings.prefix, &self.name, 0);
-        Box::pin(async move {
-            let held = acquire::run(self.inner, target, self.options).await?;
-            Ok(WriteGuard { held })
-        })
-    }
-}
-
-impl fmt::Debug for AcquireWrite {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AcquireWrite")
-            .field("name", &self.name)
-            .field("options", &self.options)
-            .finish()
-    }
-}
+// The intent's length is set by the acquisition (none for a try).
+acquisition!(AcquireWrite => WriteGuard, |this| Target::write(&this.inner.settings.prefix, &this.name, 0));
 
 /// A held read guard of an [`RwLock`]: shared with other readers, never with
 /// a writer. Renewed while it lives; released on drop (waking a writer).
@@ -239,18 +180,7 @@ pub struct ReadGuard {
     held: Held,
 }
 
-impl ReadGuard {
-    guard_methods!("read guard");
-}
-
-impl fmt::Debug for ReadGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReadGuard")
-            .field("name", &self.name())
-            .field("remaining", &self.remaining())
-            .finish()
-    }
-}
+guard_type!(ReadGuard, "read guard");
 
 /// A held write guard of an [`RwLock`]: alone, no reader and no other
 /// writer. Renewed while it lives; released on drop (waking readers and
@@ -260,15 +190,4 @@ pub struct WriteGuard {
     held: Held,
 }
 
-impl WriteGuard {
-    guard_methods!("write guard");
-}
-
-impl fmt::Debug for WriteGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WriteGuard")
-            .field("name", &self.name())
-            .field("remaining", &self.remaining())
-            .finish()
-    }
-}
+guard_type!(WriteGuard, "write guard");

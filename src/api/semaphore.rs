@@ -1,16 +1,13 @@
 //! [`Semaphore`]: a counting semaphore over Redis, and its [`Permit`].
 
 use std::fmt;
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::engine::inner::Inner;
 use crate::engine::options::Options;
-use crate::engine::primitive::acquire;
 use crate::engine::primitive::guard::Held;
-use crate::engine::primitive::{guard_methods, option_setters, Target};
-use crate::policy::error::Error;
+use crate::engine::primitive::{acquisition, guard_type, Target};
+use crate::policy::error::{none_when_busy, Error};
 use crate::RetryStrategy;
 
 /// A counting semaphore: at most `permits` holders at once, across every
@@ -91,11 +88,7 @@ impl Semaphore {
     /// As [`acquire`](Self::acquire).
     pub async fn try_acquire(&self) -> Result<Option<Permit>, Error> {
         let once = self.acquire_with().retry(RetryStrategy::none());
-        match once.await {
-            Ok(permit) => Ok(Some(permit)),
-            Err(Error::NotObtained { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        none_when_busy(once.await)
     }
 
     /// A permit acquisition with per-call options (TTL, retry strategy,
@@ -145,32 +138,7 @@ pub struct AcquirePermit {
     options: Options,
 }
 
-impl AcquirePermit {
-    option_setters!();
-}
-
-impl IntoFuture for AcquirePermit {
-    type Output = Result<Permit, Error>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'static>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        let target = Target::permit(&self.inner.settings.prefix, &self.name, self.permits);
-        Box::pin(async move {
-            let held = acquire::run(self.inner, target, self.options).await?;
-            Ok(Permit { held })
-        })
-    }
-}
-
-impl fmt::Debug for AcquirePermit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AcquirePermit")
-            .field("name", &self.name)
-            .field("permits", &self.permits)
-            .field("options", &self.options)
-            .finish()
-    }
-}
+acquisition!(AcquirePermit => Permit, |this| Target::permit(&this.inner.settings.prefix, &this.name, this.permits), permits);
 
 /// A held permit of a [`Semaphore`]. Renewed in the background while it
 /// lives (unless taken with `auto_renew(false)`); dropping it releases it
@@ -181,15 +149,4 @@ pub struct Permit {
     held: Held,
 }
 
-impl Permit {
-    guard_methods!("permit");
-}
-
-impl fmt::Debug for Permit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit")
-            .field("name", &self.name())
-            .field("remaining", &self.remaining())
-            .finish()
-    }
-}
+guard_type!(Permit, "permit");

@@ -41,6 +41,22 @@ impl fmt::Debug for Options {
     }
 }
 
+/// Builder setters that store their arguments: each one's docs, then
+/// `name(arg: Type, ...) => field.path = value;`. The setter takes and
+/// returns the builder (`mut self`).
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) => $($field:ident).+ = $value:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $($arg: $ty),*) -> Self {
+                self.$($field).+ = $value;
+                self
+            }
+        )*
+    };
+}
+pub(crate) use setters;
+
 /// The option setters of a builder with an `options: Options` field: each
 /// setter named (`ttl`, `retry`, `timeout`, `auto_renew`, `min_replicas`)
 /// after its docs, in the order given.
@@ -49,38 +65,29 @@ macro_rules! option_setters {
         $($crate::engine::options::option_setters!(@one [$(#[$doc])*] $name);)*
     };
     (@one [$($doc:tt)*] ttl) => {
-        $($doc)*
-        pub fn ttl(mut self, ttl: std::time::Duration) -> Self {
-            self.options.ttl = Some(ttl);
-            self
+        $crate::engine::options::setters! {
+            $($doc)* ttl(ttl: std::time::Duration) => options.ttl = Some(ttl);
         }
     };
     (@one [$($doc:tt)*] retry) => {
-        $($doc)*
-        pub fn retry(mut self, retry: crate::RetryStrategy) -> Self {
-            self.options.retry = Some(retry);
-            self
+        $crate::engine::options::setters! {
+            $($doc)* retry(retry: crate::RetryStrategy) => options.retry = Some(retry);
         }
     };
     (@one [$($doc:tt)*] timeout) => {
-        $($doc)*
-        pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
-            self.options.timeout = Some(timeout);
-            self
+        $crate::engine::options::setters! {
+            $($doc)* timeout(timeout: std::time::Duration) => options.timeout = Some(timeout);
         }
     };
     (@one [$($doc:tt)*] auto_renew) => {
-        $($doc)*
-        pub fn auto_renew(mut self, on: bool) -> Self {
-            self.options.auto_renew = Some(on);
-            self
+        $crate::engine::options::setters! {
+            $($doc)* auto_renew(on: bool) => options.auto_renew = Some(on);
         }
     };
     (@one [$($doc:tt)*] min_replicas) => {
-        $($doc)*
-        pub fn min_replicas(mut self, replicas: u32, timeout: std::time::Duration) -> Self {
-            self.options.min_replicas = Some((replicas, timeout));
-            self
+        $crate::engine::options::setters! {
+            $($doc)* min_replicas(replicas: u32, timeout: std::time::Duration)
+                => options.min_replicas = Some((replicas, timeout));
         }
     };
 }

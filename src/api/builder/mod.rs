@@ -9,6 +9,7 @@ use fred::interfaces::ClientLike;
 
 use crate::api::mutex::DistributedMutex;
 use crate::engine::inner::{Inner, Settings};
+use crate::engine::options::setters;
 use crate::policy::error::Error;
 use crate::policy::limits::{
     ttl_millis, validate_command_timeout, DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_PREFIX_LEN,
@@ -182,149 +183,116 @@ impl Builder {
         Ok(Builder::new(client, true))
     }
 
-    /// Whether waiters queue in Redis and are handed the lock (default
-    /// `true`).
-    ///
-    /// On: a waiter joins the key's wait queue in Redis, and a release hands
-    /// the key to the first live waiter in it, whatever its process, and
-    /// tells that waiter's mutex on its own handoff channel; the mutex keeps
-    /// one extra connection (made on the first wait) subscribed to the
-    /// channels of keys it has waiters for (see the README's "How waiting
-    /// works" and [`CLAIM_TTL`](crate::CLAIM_TTL)). Off: waiters do not
-    /// queue; they poll at the retry strategy's delays (never past the
-    /// holder's TTL) and take a free key only when no one is queued.
-    pub fn notifications(mut self, on: bool) -> Self {
-        self.settings.notifications = on;
-        self
-    }
-
-    /// Whether guards renew their lease in the background while they live
-    /// (default `true`): a third of the TTL after each confirmed renewal,
-    /// batched across all the mutex's locks. With `false` a lock lasts one
-    /// TTL unless [`extend`](crate::LockGuard::extend)ed.
-    pub fn auto_renew(mut self, on: bool) -> Self {
-        self.settings.auto_renew = on;
-        self
-    }
-
-    /// Takes every lock with a fencing token (default off; see
-    /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token)). Each key then also has a counter key
-    /// that is never deleted, under the key prefix and in the lock key's
-    /// cluster slot (see the README's "Redis layout").
-    pub fn fencing(mut self) -> Self {
-        self.settings.fencing = true;
-        self
-    }
-
-    /// Confirms every write of every lock with `WAIT replicas timeout`
-    /// (default off): an acquisition (with its fencing increment), every
-    /// automatic renewal and every [`extend`](crate::LockGuard::extend)
-    /// counts only once at least `replicas` replicas of the lock key's master
-    /// have acknowledged it. Per lock: [`Acquire::min_replicas`](crate::Acquire::min_replicas).
-    ///
-    /// Redis replicates asynchronously, so without this a lock written on a
-    /// master that fails before the write reached its replica is gone after
-    /// the failover, and another client can take it while the first still
-    /// holds a guard (until that guard's next renewal reports it lost). With
-    /// it, a lock the guard believes held has reached `replicas` replicas.
-    ///
-    /// * An acquisition not confirmed within `timeout` fails with
-    ///   [`Error::NotReplicated`] and releases its token (it does not try
-    ///   again: the caller decides).
-    /// * A renewal not confirmed does not extend the lease; it is retried,
-    ///   and the guard is reported lost ([`LostReason::Expired`](crate::LostReason::Expired))
-    ///   when the lease runs out without a confirmed one. So a shard that
-    ///   has fewer live replicas than `replicas` (e.g. right after a failover
-    ///   with one replica per master, until the old master rejoins) loses
-    ///   its confirmed locks at the end of their lease, and refuses new ones.
-    ///   Ask for fewer replicas than each shard has to ride out one failure.
-    /// * `replicas == 0` turns confirmation off (the default).
-    /// * `timeout` is how long each write may wait for its replicas, rounded
-    ///   up to whole milliseconds; keep it well under a third of the TTL.
-    ///   Zero (which Redis reads as "forever") and over one hour are refused
-    ///   by [`build`](Self::build) with [`Error::Config`]. A `replicas` larger
-    ///   than the shard has is accepted and fails every write after
-    ///   `timeout`.
-    ///
-    /// Cost: none when off. When on, each confirmed write is one round trip
-    /// (script and `WAIT` pipelined) on a connection the mutex opens for them
-    /// on first use, so that a `WAIT` never holds up other locks' commands;
-    /// it lasts as long as the slowest of the `replicas` fastest replicas
-    /// takes to acknowledge (or `timeout`).
-    ///
-    /// ```no_run
-    /// use distributed_mutex::DistributedMutex;
-    /// use std::time::Duration;
-    ///
-    /// # fn demo(client: fred::clients::Client) -> Result<(), distributed_mutex::Error> {
-    /// let mutex = DistributedMutex::builder(client)
-    ///     .min_replicas(1, Duration::from_millis(200))
-    ///     .build()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn min_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.min_replicas = Some((replicas, timeout));
-        self
-    }
-
-    /// The lease of every lock (default one minute), between
-    /// [`MIN_TTL`](crate::MIN_TTL) and [`MAX_TTL`](crate::MAX_TTL); whole
-    /// milliseconds (a fraction is dropped).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.settings.ttl = ttl;
-        self
-    }
-
-    /// How long `lock` waits for a busy lock (default `linear(250 ms, 20)`,
-    /// about 5 s).
-    pub fn retry(mut self, retry: RetryStrategy) -> Self {
-        self.settings.retry = retry;
-        self
-    }
-
-    /// A prefix put before every key in Redis (default none), e.g. `"locks:"`.
-    ///
-    /// Without a prefix the Redis key is the caller's key, so that other
-    /// lock clients (bsm/redislock, redis-py's `Lock`) on the same key exclude
-    /// this one and the reverse; a prefix keeps lock keys apart from data.
-    /// Every key and channel the mutex touches starts with the prefix. A `{`
-    /// in the prefix must be closed in it (a cluster hash tag, which then puts
-    /// every lock of the mutex in one slot).
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.settings.prefix = prefix.into();
-        self
-    }
-
-    /// The longest one command to Redis may take (default two seconds, at
-    /// most one hour). A call that runs out of it fails with
-    /// [`Error::Timeout`].
-    pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.command_timeout = timeout;
-        self
-    }
-
-    /// A holder label (a host name, a pod, `web-3`) carried by every lock
-    /// this mutex takes, so operators see who holds what (`dmutex status`,
-    /// `dmutex ls`, [`Holder::from_token`](crate::Holder::from_token)).
-    /// Default none. The label goes into the lock's token
-    /// (`<uuid>:<unix ms>:<label>`): no extra command, and other clients of
-    /// the protocol, which compare tokens only, are unaffected. Exclusive
-    /// locks and elections carry it; multi-key locks, semaphores and
-    /// read-write locks do not. 1 to [`MAX_HOLDER_LEN`](crate::MAX_HOLDER_LEN)
-    /// bytes without control characters, checked by
-    /// [`build`](Self::build).
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), distributed_mutex::Error> {
-    /// let mutex = distributed_mutex::Builder::connect("redis://127.0.0.1:6379")
-    ///     .await?
-    ///     .holder("web-3")
-    ///     .build()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn holder(mut self, label: impl Into<String>) -> Self {
-        self.settings.holder = Some(label.into());
-        self
+    setters! {
+        /// Whether waiters queue in Redis and are handed the lock (default
+        /// `true`).
+        ///
+        /// On: a waiter joins the key's wait queue in Redis, and a release hands
+        /// the key to the first live waiter in it, whatever its process, and
+        /// tells that waiter's mutex on its own handoff channel; the mutex keeps
+        /// one extra connection (made on the first wait) subscribed to the
+        /// channels of keys it has waiters for (see the README's "How waiting
+        /// works" and [`CLAIM_TTL`](crate::CLAIM_TTL)). Off: waiters do not
+        /// queue; they poll at the retry strategy's delays (never past the
+        /// holder's TTL) and take a free key only when no one is queued.
+        notifications(on: bool) => settings.notifications = on;
+        /// Whether guards renew their lease in the background while they live
+        /// (default `true`): a third of the TTL after each confirmed renewal,
+        /// batched across all the mutex's locks. With `false` a lock lasts one
+        /// TTL unless [`extend`](crate::LockGuard::extend)ed.
+        auto_renew(on: bool) => settings.auto_renew = on;
+        /// Takes every lock with a fencing token (default off; see
+        /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token)). Each key then also has a counter key
+        /// that is never deleted, under the key prefix and in the lock key's
+        /// cluster slot (see the README's "Redis layout").
+        fencing() => settings.fencing = true;
+        /// Confirms every write of every lock with `WAIT replicas timeout`
+        /// (default off): an acquisition (with its fencing increment), every
+        /// automatic renewal and every [`extend`](crate::LockGuard::extend)
+        /// counts only once at least `replicas` replicas of the lock key's master
+        /// have acknowledged it. Per lock: [`Acquire::min_replicas`](crate::Acquire::min_replicas).
+        ///
+        /// Redis replicates asynchronously, so without this a lock written on a
+        /// master that fails before the write reached its replica is gone after
+        /// the failover, and another client can take it while the first still
+        /// holds a guard (until that guard's next renewal reports it lost). With
+        /// it, a lock the guard believes held has reached `replicas` replicas.
+        ///
+        /// * An acquisition not confirmed within `timeout` fails with
+        ///   [`Error::NotReplicated`] and releases its token (it does not try
+        ///   again: the caller decides).
+        /// * A renewal not confirmed does not extend the lease; it is retried,
+        ///   and the guard is reported lost ([`LostReason::Expired`](crate::LostReason::Expired))
+        ///   when the lease runs out without a confirmed one. So a shard that
+        ///   has fewer live replicas than `replicas` (e.g. right after a failover
+        ///   with one replica per master, until the old master rejoins) loses
+        ///   its confirmed locks at the end of their lease, and refuses new ones.
+        ///   Ask for fewer replicas than each shard has to ride out one failure.
+        /// * `replicas == 0` turns confirmation off (the default).
+        /// * `timeout` is how long each write may wait for its replicas, rounded
+        ///   up to whole milliseconds; keep it well under a third of the TTL.
+        ///   Zero (which Redis reads as "forever") and over one hour are refused
+        ///   by [`build`](Self::build) with [`Error::Config`]. A `replicas` larger
+        ///   than the shard has is accepted and fails every write after
+        ///   `timeout`.
+        ///
+        /// Cost: none when off. When on, each confirmed write is one round trip
+        /// (script and `WAIT` pipelined) on a connection the mutex opens for them
+        /// on first use, so that a `WAIT` never holds up other locks' commands;
+        /// it lasts as long as the slowest of the `replicas` fastest replicas
+        /// takes to acknowledge (or `timeout`).
+        ///
+        /// ```no_run
+        /// use distributed_mutex::DistributedMutex;
+        /// use std::time::Duration;
+        ///
+        /// # fn demo(client: fred::clients::Client) -> Result<(), distributed_mutex::Error> {
+        /// let mutex = DistributedMutex::builder(client)
+        ///     .min_replicas(1, Duration::from_millis(200))
+        ///     .build()?;
+        /// # Ok(()) }
+        /// ```
+        min_replicas(replicas: u32, timeout: Duration) => min_replicas = Some((replicas, timeout));
+        /// The lease of every lock (default one minute), between
+        /// [`MIN_TTL`](crate::MIN_TTL) and [`MAX_TTL`](crate::MAX_TTL); whole
+        /// milliseconds (a fraction is dropped).
+        ttl(ttl: Duration) => settings.ttl = ttl;
+        /// How long `lock` waits for a busy lock (default `linear(250 ms, 20)`,
+        /// about 5 s).
+        retry(retry: RetryStrategy) => settings.retry = retry;
+        /// A prefix put before every key in Redis (default none), e.g. `"locks:"`.
+        ///
+        /// Without a prefix the Redis key is the caller's key, so that other
+        /// lock clients (bsm/redislock, redis-py's `Lock`) on the same key exclude
+        /// this one and the reverse; a prefix keeps lock keys apart from data.
+        /// Every key and channel the mutex touches starts with the prefix. A `{`
+        /// in the prefix must be closed in it (a cluster hash tag, which then puts
+        /// every lock of the mutex in one slot).
+        key_prefix(prefix: impl Into<String>) => settings.prefix = prefix.into();
+        /// The longest one command to Redis may take (default two seconds, at
+        /// most one hour). A call that runs out of it fails with
+        /// [`Error::Timeout`].
+        command_timeout(timeout: Duration) => settings.command_timeout = timeout;
+        /// A holder label (a host name, a pod, `web-3`) carried by every lock
+        /// this mutex takes, so operators see who holds what (`dmutex status`,
+        /// `dmutex ls`, [`Holder::from_token`](crate::Holder::from_token)).
+        /// Default none. The label goes into the lock's token
+        /// (`<uuid>:<unix ms>:<label>`): no extra command, and other clients of
+        /// the protocol, which compare tokens only, are unaffected. Exclusive
+        /// locks and elections carry it; multi-key locks, semaphores and
+        /// read-write locks do not. 1 to [`MAX_HOLDER_LEN`](crate::MAX_HOLDER_LEN)
+        /// bytes without control characters, checked by
+        /// [`build`](Self::build).
+        ///
+        /// ```no_run
+        /// # async fn demo() -> Result<(), distributed_mutex::Error> {
+        /// let mutex = distributed_mutex::Builder::connect("redis://127.0.0.1:6379")
+        ///     .await?
+        ///     .holder("web-3")
+        ///     .build()?;
+        /// # Ok(()) }
+        /// ```
+        holder(label: impl Into<String>) => settings.holder = Some(label.into());
     }
 
     /// Checks the settings and builds the mutex.

@@ -46,6 +46,7 @@ pub use observe::OBSERVE_POLL;
 
 use crate::api::guard::LockGuard;
 use crate::api::mutex::DistributedMutex;
+use crate::engine::options::setters;
 use crate::policy::error::Error;
 use crate::policy::retry::RetryStrategy;
 use names::Names;
@@ -107,19 +108,14 @@ impl Election {
         &self.name
     }
 
-    /// The leader's lease (default: the mutex's TTL). A crashed leader is
-    /// replaced within this plus one retry period; a live one renews it.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// How long a campaigner waits between attempts when it must poll, and
-    /// after a transient error (default [`DEFAULT_ELECTION_RETRY_PERIOD`]; at least
-    /// 1 ms).
-    pub fn retry_period(mut self, period: Duration) -> Self {
-        self.retry_period = period.max(Duration::from_millis(1));
-        self
+    setters! {
+        /// The leader's lease (default: the mutex's TTL). A crashed leader is
+        /// replaced within this plus one retry period; a live one renews it.
+        ttl(ttl: Duration) => ttl = Some(ttl);
+        /// How long a campaigner waits between attempts when it must poll, and
+        /// after a transient error (default [`DEFAULT_ELECTION_RETRY_PERIOD`]; at least
+        /// 1 ms).
+        retry_period(period: Duration) => retry_period = period.max(Duration::from_millis(1));
     }
 
     /// Waits until this caller leads the election with `value`, and returns

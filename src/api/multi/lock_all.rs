@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::api::multi::{AcquireAll, MultiGuard};
 use crate::api::mutex::DistributedMutex;
-use crate::policy::error::Error;
+use crate::policy::error::{none_when_busy, Error};
 use crate::policy::retry::RetryStrategy;
 
 /// Multi-key locks, all or none.
@@ -91,11 +91,7 @@ impl DistributedMutex {
         I::Item: AsRef<str>,
     {
         let attempt = self.acquire_all(keys).retry(RetryStrategy::none());
-        match crate::api::multi::run(attempt).await {
-            Ok(guard) => Ok(Some(guard)),
-            Err(Error::NotObtained { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        none_when_busy(crate::api::multi::run(attempt).await)
     }
 
     /// A multi-key acquisition of `keys` with per-call options (`ttl`,

@@ -8,6 +8,7 @@ use fred::clients::Client;
 use fred::interfaces::ClientLike;
 
 use crate::api::builder::Builder;
+use crate::engine::options::setters;
 use crate::policy::error::Error;
 use crate::policy::retry::RetryStrategy;
 
@@ -69,45 +70,28 @@ impl RedlockBuilder {
         }
     }
 
-    /// The lease of every lock (default [`DEFAULT_REDLOCK_TTL`], 10 s).
-    /// It must exceed the drift margin (1 % of it + 2 ms) plus the
-    /// per-server timeout, or [`build`](Self::build) fails with
-    /// [`Error::InvalidTtl`].
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.settings.ttl = ttl;
-        self
-    }
-
-    /// How long `lock` waits for a busy lock (default
-    /// `linear(200 ms, 20)`). Every wait is drawn at random from the upper
-    /// half of the strategy's delay, so contenders that failed together do
-    /// not try again in lock step.
-    pub fn retry(mut self, retry: RetryStrategy) -> Self {
-        self.settings.retry = retry;
-        self
-    }
-
-    /// A prefix put before every key on every server (default none).
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.settings.prefix = prefix.into();
-        self
-    }
-
-    /// How long one server may take to answer one command (default
-    /// [`DEFAULT_SERVER_TIMEOUT`], 250 ms): the command timeout of each
-    /// server's client. A server that does not answer in time counts as
-    /// down for that attempt.
-    pub fn server_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.server_timeout = timeout;
-        self
-    }
-
-    /// Whether guards renew their lease on every server while they live
-    /// (default `true`), a third of the TTL after each renewal a majority
-    /// confirmed.
-    pub fn auto_renew(mut self, on: bool) -> Self {
-        self.settings.auto_renew = on;
-        self
+    setters! {
+        /// The lease of every lock (default [`DEFAULT_REDLOCK_TTL`], 10 s).
+        /// It must exceed the drift margin (1 % of it + 2 ms) plus the
+        /// per-server timeout, or [`build`](Self::build) fails with
+        /// [`Error::InvalidTtl`].
+        ttl(ttl: Duration) => settings.ttl = ttl;
+        /// How long `lock` waits for a busy lock (default
+        /// `linear(200 ms, 20)`). Every wait is drawn at random from the upper
+        /// half of the strategy's delay, so contenders that failed together do
+        /// not try again in lock step.
+        retry(retry: RetryStrategy) => settings.retry = retry;
+        /// A prefix put before every key on every server (default none).
+        key_prefix(prefix: impl Into<String>) => settings.prefix = prefix.into();
+        /// How long one server may take to answer one command (default
+        /// [`DEFAULT_SERVER_TIMEOUT`], 250 ms): the command timeout of each
+        /// server's client. A server that does not answer in time counts as
+        /// down for that attempt.
+        server_timeout(timeout: Duration) => settings.server_timeout = timeout;
+        /// Whether guards renew their lease on every server while they live
+        /// (default `true`), a third of the TTL after each renewal a majority
+        /// confirmed.
+        auto_renew(on: bool) => settings.auto_renew = on;
     }
 
     /// Checks the settings, connects to every server in parallel (URLs) and

@@ -28,7 +28,8 @@ use std::sync::Arc;
 
 use fred::clients::Client;
 
-use crate::policy::error::Error;
+use crate::api::with_lock::{after_release, unless_lost};
+use crate::policy::error::{none_when_busy, Error};
 use crate::policy::retry::RetryStrategy;
 
 pub use acquire::RedlockAcquire;
@@ -220,11 +221,7 @@ impl Redlock {
     /// # Cancel safety
     /// As [`lock`](Self::lock).
     pub async fn try_lock(&self, key: impl AsRef<str>) -> Result<Option<RedlockGuard>, Error> {
-        match acquire::run(self.acquire(key).retry(RetryStrategy::none())).await {
-            Ok(guard) => Ok(Some(guard)),
-            Err(Error::NotObtained { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        none_when_busy(acquire::run(self.acquire(key).retry(RetryStrategy::none())).await)
     }
 
     /// An acquisition of `key` with per-call options; `.await` it.
@@ -251,19 +248,8 @@ impl Redlock {
     {
         let guard = self.lock(key).await?;
         let work = work(guard.lease());
-        let output = tokio::select! {
-            biased;
-            reason = guard.lost() => {
-                return Err(Error::Lost { key: guard.key().to_owned(), reason });
-            }
-            output = work => output,
-        };
-        match guard.release().await {
-            Ok(()) => Ok(output),
-            Err(Error::NotHeld { key, reason }) => Err(Error::Lost { key, reason }),
-            Err(e) if e.is_transient() => Ok(output),
-            Err(e) => Err(e),
-        }
+        let output = unless_lost(guard.key(), guard.lost(), work).await?;
+        after_release(output, guard.release().await)
     }
 
     /// Refuses new locks with [`Error::Shutdown`], waits for the releases

@@ -199,3 +199,63 @@ macro_rules! guard_methods {
     };
 }
 pub(crate) use guard_methods;
+
+/// The acquisition builder of a place (with `inner`, `name` and `options`
+/// fields, and the `$extra` ones): its option setters, `.await` giving a
+/// `$guard` (boxed, `Send + 'static`), and `Debug`. `$target` makes the
+/// place's [`Target`] from `$this`, the builder.
+macro_rules! acquisition {
+    ($builder:ident => $guard:ident, |$this:ident| $target:expr $(, $extra:ident)*) => {
+        impl $builder {
+            $crate::engine::primitive::option_setters!();
+        }
+
+        impl std::future::IntoFuture for $builder {
+            type Output = Result<$guard, $crate::Error>;
+            type IntoFuture = std::pin::Pin<
+                Box<dyn std::future::Future<Output = Self::Output> + Send + 'static>,
+            >;
+
+            fn into_future(self) -> Self::IntoFuture {
+                let $this = &self;
+                let target = $target;
+                Box::pin(async move {
+                    let run = $crate::engine::primitive::acquire::run;
+                    let held = run(self.inner, target, self.options).await?;
+                    Ok($guard { held })
+                })
+            }
+        }
+
+        impl std::fmt::Debug for $builder {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($builder))
+                    .field("name", &self.name)
+                    $(.field(stringify!($extra), &self.$extra))*
+                    .field("options", &self.options)
+                    .finish()
+            }
+        }
+    };
+}
+pub(crate) use acquisition;
+
+/// A guard type of a place (with a `held` field): its methods (see
+/// [`guard_methods!`]; `$what` names it in the docs) and `Debug`.
+macro_rules! guard_type {
+    ($guard:ident, $what:literal) => {
+        impl $guard {
+            $crate::engine::primitive::guard_methods!($what);
+        }
+
+        impl std::fmt::Debug for $guard {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($guard))
+                    .field("name", &self.name())
+                    .field("remaining", &self.remaining())
+                    .finish()
+            }
+        }
+    };
+}
+pub(crate) use guard_type;

@@ -287,6 +287,14 @@ impl Error {
     }
 }
 
+pub(crate) fn none_when_busy<G>(result: Result<G, Error>) -> Result<Option<G>, Error> {
+    match result {
+        Ok(guard) => Ok(Some(guard)),
+        Err(Error::NotObtained { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// " for lock `key`", or nothing when the error is not about one key.
 fn for_lock(key: &str) -> String {
     if key.is_empty() {
