@@ -1,6 +1,8 @@
 //! The per-call options every acquisition builder shares ([`Options`]), and
-//! one set of setters over them ([`option_setters!`]): each builder gives
-//! the docs of its own setters, the bodies are written once.
+//! the macros that write the builders: one set of setters over the options
+//! ([`option_setters!`]; each builder gives the docs of its own setters,
+//! the bodies are written once), plain setters ([`setters!`]), and `.await`
+//! ([`into_future!`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -92,3 +94,20 @@ macro_rules! option_setters {
     };
 }
 pub(crate) use option_setters;
+
+/// `.await` for an acquisition builder: `$run(self)`, boxed, so that the
+/// future is `Send + 'static` and as small as a pointer.
+macro_rules! into_future {
+    ($builder:ty => $output:ty, $run:path) => {
+        impl std::future::IntoFuture for $builder {
+            type Output = Result<$output, $crate::Error>;
+            type IntoFuture =
+                std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send + 'static>>;
+
+            fn into_future(self) -> Self::IntoFuture {
+                Box::pin($run(self))
+            }
+        }
+    };
+}
+pub(crate) use into_future;

@@ -32,25 +32,23 @@ mod run;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
 use std::sync::Arc;
 
 pub use guard::{LostKey, MultiGuard};
 pub(crate) use run::run;
 
 use crate::engine::inner::Inner;
-use crate::engine::options::{option_setters, Options};
-use crate::policy::error::Error;
+use crate::engine::options::{into_future, option_setters, Options};
 
 /// The most distinct keys one multi-key lock may take: 1024.
 ///
 /// Every key of a group travels in one script call, and every key is renewed
 /// and released on its own; a set larger than this is more likely a bug
 /// (keys built from unbounded input) than a lock. A larger set fails with
-/// [`Error::InvalidKeySet`] before anything is sent. So does an input of
-/// more than 2^20 items, duplicates included: the input is read only that
-/// far, so even an endless iterator ends in that error.
+/// [`Error::InvalidKeySet`](crate::Error::InvalidKeySet) before anything
+/// is sent. So does an input of more than 2^20 items, duplicates included:
+/// the input is read only that far, so even an endless iterator ends in
+/// that error.
 pub const MAX_LOCK_ALL_KEYS: usize = 1024;
 
 /// The most items of input read, duplicates included.
@@ -135,20 +133,14 @@ impl AcquireAll {
         /// mutex's setting; `replicas == 0` turns confirmation off. See
         /// [`Acquire::min_replicas`](crate::Acquire::min_replicas): when a
         /// group's write is not confirmed in time, the call fails with
-        /// [`Error::NotReplicated`] (at once, without trying again) and releases
-        /// of its token are queued for every key it may have set.
+        /// [`Error::NotReplicated`](crate::Error::NotReplicated) (at once,
+        /// without trying again) and releases of its token are queued for
+        /// every key it may have set.
         min_replicas;
     }
 }
 
-impl IntoFuture for AcquireAll {
-    type Output = Result<MultiGuard, Error>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'static>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(run(self))
-    }
-}
+into_future!(AcquireAll => MultiGuard, run);
 
 impl fmt::Debug for AcquireAll {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

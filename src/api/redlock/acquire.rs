@@ -12,13 +12,11 @@
 //! dropped mid-attempt.
 
 use std::fmt;
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::lease::LeaseCore;
-use crate::engine::options::{option_setters, Options};
+use crate::engine::options::{into_future, option_setters, Options};
 use crate::policy::error::Error;
 use crate::policy::limits::validate_key;
 use crate::policy::schedule::{Next, Schedule};
@@ -72,14 +70,7 @@ impl RedlockAcquire {
     }
 }
 
-impl IntoFuture for RedlockAcquire {
-    type Output = Result<RedlockGuard, Error>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'static>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(run(self))
-    }
-}
+into_future!(RedlockAcquire => RedlockGuard, run);
 
 impl fmt::Debug for RedlockAcquire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

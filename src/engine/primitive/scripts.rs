@@ -3,48 +3,17 @@
 //! `member_release.lua`, `member_renew.lua`). Like the lock's scripts, each
 //! reply ends with the call's token and is checked (`scripts::checked`).
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::types::scripts::Script;
 use fred::types::{Key, Value};
 
 use crate::engine::lease::LeaseCore;
 use crate::policy::error::Error;
 use crate::protocol::channel::PubSub;
+use crate::protocol::scripts::members::{RELEASE, RENEW, RW_READ, RW_WRITE, SEMAPHORE_ACQUIRE};
 use crate::protocol::scripts::{binary_key, checked, mismatched, run, unexpected, Compared};
-
-static SEMAPHORE_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(concat!(
-        include_str!("../../protocol/scripts/common.lua"),
-        include_str!("../../protocol/scripts/semaphore_acquire.lua")
-    ))
-});
-static RW_READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(concat!(
-        include_str!("../../protocol/scripts/common.lua"),
-        include_str!("../../protocol/scripts/rw_read.lua")
-    ))
-});
-static RW_WRITE: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(concat!(
-        include_str!("../../protocol/scripts/common.lua"),
-        include_str!("../../protocol/scripts/rw_write.lua")
-    ))
-});
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(concat!(
-        include_str!("../../protocol/scripts/common.lua"),
-        include_str!("../../protocol/scripts/member_release.lua")
-    ))
-});
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(concat!(
-        include_str!("../../protocol/scripts/common.lua"),
-        include_str!("../../protocol/scripts/member_renew.lua")
-    ))
-});
 
 /// Which acquire script an attempt runs, with its own arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,6 +27,7 @@ mod acquire_all;
 mod call;
 mod confirmed;
 mod extend;
+pub(crate) mod members;
 mod release;
 
 pub(crate) use acquire::*;
@@ -36,7 +37,7 @@ use confirmed::confirmed;
 pub(crate) use extend::*;
 pub(crate) use release::*;
 
-/// The text of `src/scripts/<name>.lua`, with `common.lua` (the helpers
+/// The text of `src/protocol/scripts/<name>.lua`, with `common.lua` (the helpers
 /// every script uses) put before it.
 macro_rules! lua {
     ($name:literal) => {
