@@ -152,7 +152,6 @@ pub(crate) async fn run(req: AcquireAll) -> Result<MultiGuard, Error> {
     inner.ensure_background();
     inner.waiters.settle().await;
     let started = Instant::now();
-    let command_timeout = inner.settings.command_timeout;
     let mut schedule = Schedule::new(started, plan.retry, plan.timeout);
     let notify = inner.settings.notifications && schedule.may_wait(started);
     // The wait queue of the key that blocked the last attempt.
@@ -167,18 +166,7 @@ pub(crate) async fn run(req: AcquireAll) -> Result<MultiGuard, Error> {
         if !std::mem::take(&mut recheck) {
             attempts += 1;
         }
-        // Releases of these keys this mutex queued (guards dropped just
-        // before, or the rollback of our own last attempt) go out first, so
-        // they do not stand in our way. (Each attempt has a token of its
-        // own, so a late rollback never deletes what a later one took.)
-        // One command timeout at most for them all.
-        let sent = async {
-            for member in &plan.members {
-                let lock = &member.keys.lock;
-                inner.releases.sent(lock, command_timeout).await;
-            }
-        };
-        let _ = tokio::time::timeout(command_timeout, sent).await;
+        releases_sent(inner, &plan).await;
         let round = Round {
             inner,
             plan: &plan,
@@ -223,31 +211,66 @@ pub(crate) async fn run(req: AcquireAll) -> Result<MultiGuard, Error> {
                 }));
             }
         };
-        let busy = last_error.is_none();
-        if !notify || (!busy && ticket.is_none()) {
-            tokio::time::sleep(wait).await;
-            schedule.waited(false);
-            continue;
+        let busy = (last_error.is_none(), blocker);
+        recheck = pause(inner, &plan, &mut schedule, &mut ticket, busy, wait, notify).await;
+    }
+}
+
+/// Sends first the releases of these keys this mutex queued (guards
+/// dropped just before, or the rollback of our own last attempt), so they
+/// do not stand in our way. (Each attempt has a token of its own, so a late
+/// rollback never deletes what a later one took.) One command timeout at
+/// most for them all.
+async fn releases_sent(inner: &Inner, plan: &Plan) {
+    let command_timeout = inner.settings.command_timeout;
+    let sent = async {
+        for member in &plan.members {
+            let lock = &member.keys.lock;
+            inner.releases.sent(lock, command_timeout).await;
         }
-        if busy && ticket.as_ref().map(|(i, _)| *i) != Some(blocker) {
-            // Wait on the key that blocked us now (leaving the queue of the
-            // one before, if another).
-            drop(ticket.take());
-            let mut joined = inner.waiters.join(&plan.members[blocker].keys);
-            let limit = command_timeout.min(schedule.left(Instant::now()));
-            let subscribed = joined.subscribed(limit).await;
-            ticket = Some((blocker, joined));
-            if subscribed {
-                // A release may have come before the subscription.
-                recheck = true;
-                continue;
-            }
-        }
-        if let Some((_, ticket)) = &ticket {
-            let woken = ticket.wait(wait).await;
-            schedule.waited(woken);
+    };
+    let _ = tokio::time::timeout(command_timeout, sent).await;
+}
+
+/// Waits before the next round, for `wait` at most: on the release message
+/// of the key that blocked the round (`busy`: whether a key was busy, and
+/// which) when notifications are on, else by sleeping. `true` when the next
+/// attempt is the re-check right after subscribing (a release may have come
+/// before the subscription).
+async fn pause<'a>(
+    inner: &'a Inner,
+    plan: &Plan,
+    schedule: &mut Schedule,
+    ticket: &mut Option<(usize, Ticket<'a>)>,
+    (busy, blocker): (bool, usize),
+    wait: Duration,
+    notify: bool,
+) -> bool {
+    if !notify || (!busy && ticket.is_none()) {
+        tokio::time::sleep(wait).await;
+        schedule.waited(false);
+        return false;
+    }
+    if busy && ticket.as_ref().map(|(i, _)| *i) != Some(blocker) {
+        // Wait on the key that blocked us now (leaving the queue of the
+        // one before, if another).
+        drop(ticket.take());
+        let mut joined = inner.waiters.join(&plan.members[blocker].keys);
+        let limit = inner
+            .settings
+            .command_timeout
+            .min(schedule.left(Instant::now()));
+        let subscribed = joined.subscribed(limit).await;
+        *ticket = Some((blocker, joined));
+        if subscribed {
+            return true;
         }
     }
+    if let Some((_, ticket)) = ticket {
+        let woken = ticket.wait(wait).await;
+        schedule.waited(woken);
+    }
+    false
 }
 
 /// The guard of a set just taken with `token`.

@@ -11,6 +11,7 @@ use super::due::Shared;
 use super::{period, Clients, InFlight, BATCH, MAX_CALLS};
 use crate::engine::lease::{Asked, LeaseCore};
 use crate::policy::error::lost::LostReason;
+use crate::policy::error::Error;
 use crate::protocol::confirm::MinReplicas;
 use crate::protocol::route::{self};
 use crate::protocol::scripts::{self, Compared};
@@ -108,36 +109,7 @@ pub(super) async fn renew_chunk(
     // On Sentinel: an answer counts only if the client stayed on one master
     // while the call was out (see `sentinel.rs`).
     let epoch = clients.epoch.read();
-    let first = entries.first().map_or("", |e| e.0);
-    // `Some(acked)` when the chunk's writes were confirmed by too few
-    // replicas.
-    let members = chunk.first().is_some_and(|(l, _)| l.member_set.is_some());
-    let (result, unconfirmed) = match confirm {
-        None if members => (
-            crate::engine::primitive::scripts::renew(&clients.client, chunk, &ttls, timeout).await,
-            None,
-        ),
-        None => (
-            clients
-                .routes
-                .extend(&clients.client, &entries, timeout)
-                .await,
-            None,
-        ),
-        Some(wait) => {
-            let confirmed = match clients.confirmer.client(first, timeout).await {
-                Ok(client) => {
-                    scripts::extend_confirmed(client, &entries, true, wait, timeout).await
-                }
-                Err(e) => Err(e),
-            };
-            match confirmed {
-                Ok((answers, acked)) if acked < wait.replicas => (Ok(answers), Some(acked)),
-                Ok((answers, _)) => (Ok(answers), None),
-                Err(e) => (Err(e), None),
-            }
-        }
-    };
+    let (result, unconfirmed) = send_chunk(clients, chunk, &entries, &ttls, confirm, timeout).await;
     if let Some(acked) = unconfirmed {
         tracing::debug!(
             acked,
@@ -150,24 +122,10 @@ pub(super) async fn renew_chunk(
     let mut next = Vec::with_capacity(chunk.len());
     match result {
         Ok(answers) => {
-            for (((lease, generation), asked), answer) in chunk.iter().zip(asks).zip(answers) {
-                let ttl = asked.ttl;
-                match answer {
-                    Compared::Held if unconfirmed.is_some() || !clients.epoch.unchanged(epoch) => {
-                        if lease.lost_reason().is_none() {
-                            next.push((Arc::downgrade(lease), *generation, retry_at(lease, ttl)));
-                        }
-                    }
-                    Compared::Held => {
-                        if lease.confirm(sent_at, asked) && !lease.is_ended() {
-                            let due = sent_at + period(ttl);
-                            next.push((Arc::downgrade(lease), *generation, due));
-                        }
-                    }
-                    Compared::Missing => lost(lease, LostReason::Missing),
-                    Compared::Replaced => lost(lease, LostReason::Replaced),
-                }
-            }
+            // An answer counts when enough replicas confirmed it, and the
+            // client stayed on one master while the call was out.
+            let counts = || unconfirmed.is_none() && clients.epoch.unchanged(epoch);
+            next_due(chunk, asks, answers, counts, sent_at, &mut next);
         }
         Err(e) => {
             // Redis could not be asked: try again soon; the lease stays as it
@@ -181,6 +139,77 @@ pub(super) async fn renew_chunk(
         }
     }
     next
+}
+
+/// Sends one chunk's renewal: the sorted-set script for places, the
+/// extend script per route otherwise, with `WAIT` when `confirm` is set.
+/// The answers, and `Some(acked)` when the chunk's writes were confirmed by
+/// too few replicas.
+async fn send_chunk(
+    clients: &Clients,
+    chunk: &[(Arc<LeaseCore>, u64)],
+    entries: &[(&str, &str, u64)],
+    ttls: &[Duration],
+    confirm: Option<MinReplicas>,
+    timeout: Duration,
+) -> (Result<Vec<Compared>, Error>, Option<u32>) {
+    let first = entries.first().map_or("", |e| e.0);
+    let members = chunk.first().is_some_and(|(l, _)| l.member_set.is_some());
+    match confirm {
+        None if members => (
+            crate::engine::primitive::scripts::renew(&clients.client, chunk, ttls, timeout).await,
+            None,
+        ),
+        None => (
+            clients
+                .routes
+                .extend(&clients.client, entries, timeout)
+                .await,
+            None,
+        ),
+        Some(wait) => {
+            let confirmed = match clients.confirmer.client(first, timeout).await {
+                Ok(client) => scripts::extend_confirmed(client, entries, true, wait, timeout).await,
+                Err(e) => Err(e),
+            };
+            match confirmed {
+                Ok((answers, acked)) if acked < wait.replicas => (Ok(answers), Some(acked)),
+                Ok((answers, _)) => (Ok(answers), None),
+                Err(e) => (Err(e), None),
+            }
+        }
+    }
+}
+
+/// When each lease of a chunk whose call was answered is due next (pushed
+/// to `next`); `counts` tells whether a `Held` answer counts (else the
+/// renewal is retried soon). Leases found gone are marked lost.
+fn next_due(
+    chunk: &[(Arc<LeaseCore>, u64)],
+    asks: Vec<Asked>,
+    answers: Vec<Compared>,
+    counts: impl Fn() -> bool,
+    sent_at: Instant,
+    next: &mut Vec<(Weak<LeaseCore>, u64, Instant)>,
+) {
+    for (((lease, generation), asked), answer) in chunk.iter().zip(asks).zip(answers) {
+        let ttl = asked.ttl;
+        match answer {
+            Compared::Held if !counts() => {
+                if lease.lost_reason().is_none() {
+                    next.push((Arc::downgrade(lease), *generation, retry_at(lease, ttl)));
+                }
+            }
+            Compared::Held => {
+                if lease.confirm(sent_at, asked) && !lease.is_ended() {
+                    let due = sent_at + period(ttl);
+                    next.push((Arc::downgrade(lease), *generation, due));
+                }
+            }
+            Compared::Missing => lost(lease, LostReason::Missing),
+            Compared::Replaced => lost(lease, LostReason::Replaced),
+        }
+    }
 }
 
 /// When to try again after a renewal that did not count: a ninth of the

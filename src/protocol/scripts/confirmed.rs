@@ -41,7 +41,6 @@ pub(super) async fn confirmed<R: FromValue>(
     timeout: Duration,
 ) -> Result<(R, u32), Error> {
     use fred::types::config::Options;
-    use fred::types::{ClusterHash, CustomCommand};
     let slot = fred::util::redis_keyslot(first.as_bytes());
     let node = if client.is_clustered() {
         let owner = client
@@ -70,53 +69,8 @@ pub(super) async fn confirmed<R: FromValue>(
         cluster_node: node,
         ..Options::default()
     });
-    let command =
-        |name: &'static str| CustomCommand::new_static(name, ClusterHash::Custom(slot), false);
-    let client_id = || once.custom::<i64, _>(command("CLIENT"), vec![Value::from("ID")]);
     // Boxed, as in `bounded`: four command futures held at once.
-    let call = Box::pin(async {
-        let mut loaded = false;
-        loop {
-            let mut evalsha = Vec::with_capacity(2 + keys.len() + args.len());
-            evalsha.push(Value::from(script.sha1().clone()));
-            evalsha.push(Value::from(keys.len() as i64));
-            evalsha.extend(keys.iter().cloned());
-            evalsha.extend(args.iter().cloned());
-            // `join!` polls each future once, in order, before any answer
-            // comes: each is handed to the client (which writes them to the
-            // connection in that order) on its first poll.
-            let (before, reply, acked, after) = tokio::join!(
-                client_id(),
-                once.custom::<R, _>(command("EVALSHA"), evalsha),
-                once.custom::<i64, _>(
-                    command("WAIT"),
-                    vec![
-                        Value::from(i64::from(wait.replicas)),
-                        Value::from(wait.timeout_ms as i64),
-                    ],
-                ),
-                client_id(),
-            );
-            let reply = match reply {
-                Err(e) if !loaded && e.details().starts_with("NOSCRIPT") => {
-                    // Nothing ran (a new master after a failover has an empty
-                    // script cache): load the script and go again.
-                    load(client, script, slot).await?;
-                    loaded = true;
-                    continue;
-                }
-                other => other?,
-            };
-            let (before, after, acked) = (before?, after?, acked?);
-            if before != after {
-                return Err(fred::error::Error::new(
-                    fred::error::ErrorKind::IO,
-                    "the connection was replaced between a write and its WAIT",
-                ));
-            }
-            return Ok((reply, u32::try_from(acked.max(0)).unwrap_or(u32::MAX)));
-        }
-    });
+    let call = Box::pin(pipelined(client, &once, script, slot, (&keys, &args), wait));
     match tokio::time::timeout(total, call).await {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) if *e.kind() == fred::error::ErrorKind::Timeout => Err(Error::Timeout {
@@ -131,5 +85,64 @@ pub(super) async fn confirmed<R: FromValue>(
             key: first.to_owned(),
             after: total,
         }),
+    }
+}
+
+/// `CLIENT ID`, `EVALSHA`, `WAIT`, `CLIENT ID`, pipelined through `once` to
+/// the node of `slot` (see [`confirmed`]); on `NOSCRIPT` (nothing ran: a
+/// new master after a failover has an empty script cache) the script is
+/// loaded and the four are sent again, once.
+async fn pipelined<R: FromValue>(
+    client: &Client,
+    once: &fred::clients::WithOptions<Client>,
+    script: &Script,
+    slot: u16,
+    (keys, args): (&[Value], &[Value]),
+    wait: MinReplicas,
+) -> Result<(R, u32), fred::error::Error> {
+    use fred::types::{ClusterHash, CustomCommand};
+    let command =
+        |name: &'static str| CustomCommand::new_static(name, ClusterHash::Custom(slot), false);
+    let client_id = || once.custom::<i64, _>(command("CLIENT"), vec![Value::from("ID")]);
+    let mut loaded = false;
+    loop {
+        let mut evalsha = Vec::with_capacity(2 + keys.len() + args.len());
+        evalsha.push(Value::from(script.sha1().clone()));
+        evalsha.push(Value::from(keys.len() as i64));
+        evalsha.extend(keys.iter().cloned());
+        evalsha.extend(args.iter().cloned());
+        // `join!` polls each future once, in order, before any answer
+        // comes: each is handed to the client (which writes them to the
+        // connection in that order) on its first poll.
+        let (before, reply, acked, after) = tokio::join!(
+            client_id(),
+            once.custom::<R, _>(command("EVALSHA"), evalsha),
+            once.custom::<i64, _>(
+                command("WAIT"),
+                vec![
+                    Value::from(i64::from(wait.replicas)),
+                    Value::from(wait.timeout_ms as i64),
+                ],
+            ),
+            client_id(),
+        );
+        let reply = match reply {
+            Err(e) if !loaded && e.details().starts_with("NOSCRIPT") => {
+                // Nothing ran (a new master after a failover has an empty
+                // script cache): load the script and go again.
+                load(client, script, slot).await?;
+                loaded = true;
+                continue;
+            }
+            other => other?,
+        };
+        let (before, after, acked) = (before?, after?, acked?);
+        if before != after {
+            return Err(fred::error::Error::new(
+                fred::error::ErrorKind::IO,
+                "the connection was replaced between a write and its WAIT",
+            ));
+        }
+        return Ok((reply, u32::try_from(acked.max(0)).unwrap_or(u32::MAX)));
     }
 }
