@@ -73,7 +73,7 @@ macro_rules! option_setters {
     };
     (@one [$($doc:tt)*] retry) => {
         $crate::engine::options::setters! {
-            $($doc)* retry(retry: crate::RetryStrategy) => options.retry = Some(retry);
+            $($doc)* retry(retry: $crate::policy::retry::RetryStrategy) => options.retry = Some(retry);
         }
     };
     (@one [$($doc:tt)*] timeout) => {
@@ -100,7 +100,7 @@ pub(crate) use option_setters;
 macro_rules! into_future {
     ($builder:ty => $output:ty, $run:path) => {
         impl std::future::IntoFuture for $builder {
-            type Output = Result<$output, $crate::Error>;
+            type Output = Result<$output, $crate::policy::error::Error>;
             type IntoFuture =
                 std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send + 'static>>;
 

@@ -34,7 +34,7 @@
 //! * a waiter frozen (or killed) after the hand-off reached it and before it
 //!   used the lock: the key expires after the claim TTL ([`CLAIM_TTL`], or
 //!   the lock's TTL when shorter); the next waiter's poll then hands it on
-//!   (see `acquire.rs`): the claim TTL plus one poll.
+//!   (see `api/acquire.rs`): the claim TTL plus one poll.
 //!
 //! Waiters with release notifications off, and waiters whose subscriber
 //! connection failed, do not queue: they poll, and take a free key only

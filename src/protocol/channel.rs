@@ -4,7 +4,7 @@
 //! a release is announced with `SPUBLISH` on a shard channel in the lock
 //! key's slot, and waiters listen with `SSUBSCRIBE` on the node that owns
 //! that slot (and again on its new owner when the slot moves: see
-//! `notify.rs`). Elsewhere (one server, Sentinel, a cluster without sharded
+//! `engine/notify/`). Elsewhere (one server, Sentinel, a cluster without sharded
 //! pub/sub) plain `PUBLISH` and `SUBSCRIBE` are used. See [`PubSub`] for
 //! what each mode can count, and so what a hand-off may rely on.
 //!

@@ -4,7 +4,7 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `mod.rs` | [`Election`]: campaigning, reading the leader, observing |
+//! | `mod.rs` | [`Election`]: campaigning, reading the leader, observing; `DistributedMutex::election` |
 //! | `names.rs` | the election's Redis names (one slot, under the prefix) |
 //! | `leader.rs` | [`Leader`]: what anyone can read |
 //! | `leadership.rs` | [`Leadership`]: the guard of a leader |
@@ -24,7 +24,8 @@
 //! strictly increase while Redis keeps its data, and after a restart
 //! without data (or a failover that lost increments) the next term is above
 //! the clock, which is above every earlier term as long as the servers'
-//! clocks do not go back and fewer than 1000 leaders a second were elected. A leader is *established* once that write is
+//! clocks do not go back and fewer than 1000 leaders a second were elected.
+//! A leader is *established* once that write is
 //! done: [`Election::leader`] reports a leader only while the lock holds the
 //! token the hash names.
 

@@ -2,7 +2,7 @@
 //! shared by every [`Election::observe`](crate::Election::observe) receiver.
 //!
 //! It waits on the election's news channel as a waiter of the mutex's
-//! subscriber (`notify.rs`): claims, proclamations and resignations publish
+//! subscriber (`engine/notify/`): claims, proclamations and resignations publish
 //! there. It reads the leader (`leader.lua`) after each message, when the
 //! leader's lease may have run out (a crashed leader announces nothing),
 //! and at least every [`OBSERVE_POLL`]. The state is sent only when it

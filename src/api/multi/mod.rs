@@ -1,5 +1,5 @@
 //! Multi-key locks: [`AcquireAll`] and the loop that runs it, all or
-//! nothing; the guard is in `guard.rs`.
+//! nothing; the guard is in `guard/`.
 //!
 //! The keys are deduplicated and put in the canonical order: by cluster slot,
 //! then by key. On one server (or when every key is in one slot), one call
@@ -22,7 +22,7 @@
 //! The winning attempt's token becomes the guard's: each key gets a
 //! [`LeaseCore`] of its own (same token), renewed by the renewer like a
 //! single lock's; the guard is lost when any of them is. Multi-key waiters
-//! wait in the local queue of the key that blocked them (`notify.rs`), like
+//! wait in the local queue of the key that blocked them (`engine/notify/`), like
 //! single-key waiters, but take no place in any queue kept in Redis.
 
 mod guard;

@@ -4,7 +4,9 @@
 //! | file | owns |
 //! |---|---|
 //! | `mod.rs` | the public [`Redlock`] and its docs |
-//! | `builder.rs` | [`RedlockBuilder`], its checks, connecting to the servers |
+//! | `builder.rs` | [`RedlockBuilder`] and its defaults |
+//! | `check.rs` | the settings and server list, checked before connecting (pure) |
+//! | `connect.rs` | connecting to every URL in parallel; a reconnecting client for a server that is down |
 //! | `servers.rs` | the servers (one [`DistributedMutex`](crate::DistributedMutex) each) and the per-server commands |
 //! | `quorum.rs` | counting answers: majority, busy, undecided, and their errors (pure) |
 //! | `fanout.rs` | one command to every server at once, stopping once decided |

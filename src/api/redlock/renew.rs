@@ -1,7 +1,7 @@
 //! Renewing a Redlock lease: the token-checked extend script on every
 //! server at once, confirmed by a majority; one task per auto-renewed guard.
 //!
-//! Not the single-server renewer (`renew.rs`): that one batches leases per
+//! Not the single-server renewer (`engine/renew/`): that one batches leases per
 //! client and confirms a lease by one server's answer, where a Redlock
 //! lease needs the answers of several clients counted together. A task per
 //! guard is cheap for the handful of long-held locks Redlock is used for.

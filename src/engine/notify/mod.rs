@@ -16,7 +16,7 @@
 //!   message wakes the head of the local FIFO of that channel.
 //!
 //! Nothing depends on a message arriving: every wait is also capped (see
-//! `acquire.rs`), and after the subscriber reconnects, or when messages were
+//! `api/acquire.rs`), and after the subscriber reconnects, or when messages were
 //! dropped, every waiter is woken to try once more.
 //!
 //! Sharded subscriptions follow slot moves. A node that gives a slot away

@@ -1,5 +1,5 @@
 //! The attempt loop of a semaphore permit or a read-write lock guard: the
-//! lock's loop (`acquire.rs`) for places in sorted sets. An attempt runs the
+//! lock's loop (`api/acquire.rs`) for places in sorted sets. An attempt runs the
 //! primitive's acquire script; between attempts the acquisition waits per
 //! the [`Schedule`] (capped by the first blocking place's expiry), woken
 //! early by release messages through the mutex's local FIFO wait queues.

@@ -7,13 +7,13 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `mod.rs` | [`Target`]: the Redis names of one acquisition and how it is taken |
+//! | `mod.rs` | [`Target`]: the Redis names of one acquisition and how it is taken; the macros that write the public builders and guards (`acquisition!`, `guard_type!`) |
 //! | `acquire.rs` | the attempt loop: schedule, local FIFO wait, cancel safety |
 //! | `guard.rs` | [`Held`]: the place held, its release and drop |
 //! | `release.rs` | the background release of dropped guards |
-//! | `scripts.rs` | the typed script calls |
+//! | `scripts.rs` | the typed script calls (the scripts: `protocol/scripts/members.rs`) |
 //!
-//! Renewal goes through the mutex's renewer (`renew.rs`): a lease with a
+//! Renewal goes through the mutex's renewer (`engine/renew/`): a lease with a
 //! `member_set` is renewed by `member_renew.lua`, batched per slot.
 //!
 //! Redis names, for a primitive named `K` through a mutex with prefix `P`
@@ -172,13 +172,13 @@ macro_rules! guard_methods {
         ///
         /// # Cancel safety
         /// Cancel-safe: it only watches; dropping it changes nothing.
-        pub async fn lost(&self) -> crate::LostReason {
+        pub async fn lost(&self) -> $crate::policy::error::lost::LostReason {
             self.held.lost().await
         }
 
         /// A cheap, cloneable view of this place (name, token, remaining,
         /// loss), for work that runs under it.
-        pub fn lease(&self) -> crate::Lease {
+        pub fn lease(&self) -> $crate::engine::lease::Lease {
             self.held.lease()
         }
 
@@ -193,7 +193,7 @@ macro_rules! guard_methods {
         /// # Cancel safety
         /// Cancel-safe: if dropped before the answer, the guard's drop queues
         /// the release in the background.
-        pub async fn release(self) -> Result<(), crate::Error> {
+        pub async fn release(self) -> Result<(), $crate::policy::error::Error> {
             self.held.release().await
         }
     };
@@ -211,7 +211,7 @@ macro_rules! acquisition {
         }
 
         impl std::future::IntoFuture for $builder {
-            type Output = Result<$guard, $crate::Error>;
+            type Output = Result<$guard, $crate::policy::error::Error>;
             type IntoFuture = std::pin::Pin<
                 Box<dyn std::future::Future<Output = Self::Output> + Send + 'static>,
             >;

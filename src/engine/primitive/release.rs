@@ -2,7 +2,7 @@
 //! handed over by `Drop` (and of tokens an acquisition may have placed when
 //! it was cancelled or failed uncertainly).
 //!
-//! Kept apart from the lock's release worker (`release.rs`), which runs the
+//! Kept apart from the lock's release worker (`engine/release.rs`), which runs the
 //! lock's compare-and-delete: inside a runtime, `queue` polls the release
 //! once (handing its command to the client before it returns) and spawns
 //! it; outside any runtime it leaves the job on a queue that a worker on the

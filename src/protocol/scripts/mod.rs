@@ -1,4 +1,4 @@
-//! Typed wrappers over the Lua scripts in `src/scripts/*.lua`, and the plain
+//! Typed wrappers over the Lua scripts in `src/protocol/scripts/*.lua`, and the plain
 //! `SET NX` of a first attempt.
 //!
 //! Every script takes its keys through `KEYS`, so it runs on Redis Cluster.
@@ -17,6 +17,7 @@
 //! | `release.rs` | the release script |
 //! | `extend.rs` | the extend (and renewal) script |
 //! | `acquire_all.rs` | the multi-key acquire script |
+//! | `members.rs` | the sorted-set scripts of semaphores and read-write locks (their calls: `engine/primitive/scripts.rs`) |
 
 use fred::types::{Key, Value};
 
