@@ -9,7 +9,7 @@ use crate::engine::options::Options;
 use crate::engine::primitive::guard::Held;
 use crate::engine::primitive::{acquisition, guard_type, Target};
 use crate::policy::error::{none_when_busy, Error};
-use crate::RetryStrategy;
+use crate::policy::retry::RetryStrategy;
 
 /// A read-write lock: many readers at once, or one writer alone, made by
 /// [`DistributedMutex::rw`](crate::DistributedMutex::rw).

@@ -8,7 +8,7 @@ use crate::engine::options::Options;
 use crate::engine::primitive::guard::Held;
 use crate::engine::primitive::{acquisition, guard_type, Target};
 use crate::policy::error::{none_when_busy, Error};
-use crate::RetryStrategy;
+use crate::policy::retry::RetryStrategy;
 
 /// A counting semaphore: at most `permits` holders at once, across every
 /// process that uses the same name (and the same number of permits), made by

@@ -151,9 +151,9 @@ impl RetryStrategy {
     }
 
     /// Checks that the strategy can make at least one attempt.
-    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+    pub(crate) fn validate(&self) -> Result<(), crate::policy::error::Error> {
         if self.max_attempts == 0 {
-            return Err(crate::Error::Config {
+            return Err(crate::policy::error::Error::Config {
                 message:
                     "the retry strategy allows zero attempts; use RetryStrategy::none() for a \
                           single attempt or give max_attempts >= 1"

@@ -97,7 +97,7 @@ mod tests {
             Err(Error::InvalidKey { .. })
         ));
         let longest = "n".repeat(MAX_ELECTION_NAME_LEN);
-        let prefix = "p".repeat(crate::MAX_PREFIX_LEN);
+        let prefix = "p".repeat(crate::policy::limits::MAX_PREFIX_LEN);
         assert!(validate_key(&Names::new(&prefix, &longest).unwrap().lock_key).is_ok());
     }
 }

@@ -22,13 +22,14 @@ use distributed_mutex::{DistributedMutex, Error, LockGuard, LostReason, RetryStr
 use rustix::process::Signal;
 use tokio::process::Command;
 
-use crate::args::{Global, OnLost, RunArgs};
+use crate::args::{Global, RunArgs};
 use crate::connect::connect;
 use crate::duration::human;
 use crate::exit::{self, Failure};
 use crate::held::Held;
 use crate::progress::Progress;
 use crate::signals::{self, Signals};
+use crate::values::OnLost;
 
 /// How often a waiter polls when no release message wakes it first.
 const POLL: Duration = Duration::from_millis(500);

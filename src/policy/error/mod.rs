@@ -6,6 +6,8 @@ use std::time::Duration;
 pub(crate) mod lost;
 pub(crate) mod redis;
 
+use lost::LostReason;
+
 /// Everything that can go wrong when taking, extending or releasing a lock.
 ///
 /// The variants separate three situations a caller handles differently:
@@ -52,7 +54,7 @@ pub enum Error {
         /// (another holder's token, or another type of value, is there now) or
         /// [`LostReason::Expired`](crate::LostReason::Expired) (known lost
         /// locally before anything was sent).
-        reason: crate::LostReason,
+        reason: LostReason,
     },
 
     /// The lock was lost while work ran under it
@@ -66,7 +68,7 @@ pub enum Error {
         /// The lock's key.
         key: String,
         /// Why the lock was lost.
-        reason: crate::LostReason,
+        reason: LostReason,
     },
 
     /// The key cannot be used as a lock key.
