@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::inner::Inner;
-use crate::engine::lease::{Lease, LeaseCore};
+use crate::engine::lease::{lease_methods, Lease, LeaseCore};
 use crate::policy::error::lost::LostReason;
 use crate::policy::error::Error;
 use crate::policy::limits::ttl_millis;
@@ -52,14 +52,12 @@ impl LockGuard {
         }
     }
 
-    /// The key as the caller gave it (without the mutex's key prefix).
-    pub fn key(&self) -> &str {
-        &self.lease.key
-    }
-
-    /// The random token (a v4 UUID) stored as the lock's value in Redis.
-    pub fn token(&self) -> &str {
-        &self.lease.token
+    lease_methods! {
+        lease;
+        /// The key as the caller gave it (without the mutex's key prefix).
+        key;
+        /// The random token (a v4 UUID) stored as the lock's value in Redis.
+        token;
     }
 
     /// The fencing token drawn when the lock was taken with fencing
@@ -73,16 +71,14 @@ impl LockGuard {
         self.lease.fencing_token
     }
 
-    /// The lease the lock was last taken, extended or renewed with.
-    pub fn ttl(&self) -> Duration {
-        self.lease.ttl()
-    }
-
-    /// How long the lock is at least still held: the lease counted from when
-    /// the last acquiring, extending or renewing command was sent, less a
-    /// drift margin (1 % of the lease + 2 ms). Zero once the lock is lost.
-    pub fn remaining(&self) -> Duration {
-        self.lease.remaining()
+    lease_methods! {
+        lease;
+        /// The lease the lock was last taken, extended or renewed with.
+        ttl;
+        /// How long the lock is at least still held: the lease counted from when
+        /// the last acquiring, extending or renewing command was sent, less a
+        /// drift margin (1 % of the lease + 2 ms). Zero once the lock is lost.
+        remaining;
     }
 
     /// `true` once the lock is known lost (see [`lost`](LockGuard::lost)).

@@ -272,14 +272,12 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The key as the caller gave it.
-    pub fn key(&self) -> &str {
-        &self.core.key
-    }
-
-    /// The random token stored as the lock's value in Redis.
-    pub fn token(&self) -> &str {
-        &self.core.token
+    lease_methods! {
+        core;
+        /// The key as the caller gave it.
+        key;
+        /// The random token stored as the lock's value in Redis.
+        token;
     }
 
     /// The fencing token, when the lock was taken with fencing.
@@ -287,22 +285,17 @@ impl Lease {
         self.core.fencing_token
     }
 
-    /// How long the lock is at least still held (zero once lost).
-    pub fn remaining(&self) -> Duration {
-        self.core.remaining()
-    }
-
-    /// `true` once the lock is known lost.
-    pub fn is_lost(&self) -> bool {
-        self.core.lost_reason().is_some()
-    }
-
-    /// Completes when the lock is known lost, with the reason.
-    ///
-    /// # Cancel safety
-    /// Cancel-safe: it only watches; dropping it changes nothing.
-    pub async fn lost(&self) -> LostReason {
-        self.core.lost().await
+    lease_methods! {
+        core;
+        /// How long the lock is at least still held (zero once lost).
+        remaining;
+        /// `true` once the lock is known lost.
+        is_lost;
+        /// Completes when the lock is known lost, with the reason.
+        ///
+        /// # Cancel safety
+        /// Cancel-safe: it only watches; dropping it changes nothing.
+        lost;
     }
 }
 
@@ -315,3 +308,35 @@ impl fmt::Debug for Lease {
             .finish()
     }
 }
+
+/// The read-only methods of a view of a held lease (a guard or a
+/// [`Lease`]): each one's docs, then its name (`key`, `token`, `ttl`,
+/// `remaining`, `is_lost`, `lost`); `$core` names the field that holds the
+/// [`LeaseCore`].
+macro_rules! lease_methods {
+    ($core:ident; $($(#[$doc:meta])* $name:ident;)*) => {
+        $($crate::engine::lease::lease_methods!(@one $core [$(#[$doc])*] $name);)*
+    };
+    (@one $core:ident [$($doc:tt)*] key) => {
+        $($doc)* pub fn key(&self) -> &str { &self.$core.key }
+    };
+    (@one $core:ident [$($doc:tt)*] token) => {
+        $($doc)* pub fn token(&self) -> &str { &self.$core.token }
+    };
+    (@one $core:ident [$($doc:tt)*] ttl) => {
+        $($doc)* pub fn ttl(&self) -> std::time::Duration { self.$core.ttl() }
+    };
+    (@one $core:ident [$($doc:tt)*] remaining) => {
+        $($doc)* pub fn remaining(&self) -> std::time::Duration { self.$core.remaining() }
+    };
+    (@one $core:ident [$($doc:tt)*] is_lost) => {
+        $($doc)* pub fn is_lost(&self) -> bool { self.$core.lost_reason().is_some() }
+    };
+    (@one $core:ident [$($doc:tt)*] lost) => {
+        $($doc)*
+        pub async fn lost(&self) -> $crate::policy::error::lost::LostReason {
+            self.$core.lost().await
+        }
+    };
+}
+pub(crate) use lease_methods;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::engine::lease::LeaseCore;
+use crate::engine::lease::{lease_methods, LeaseCore};
 
 use crate::policy::error::lost::LostReason;
 use crate::policy::error::Error;
@@ -77,44 +77,30 @@ impl RedlockGuard {
         }
     }
 
-    /// The key as the caller gave it (without the key prefix).
-    pub fn key(&self) -> &str {
-        &self.lease.key
-    }
-
-    /// The random token (a v4 UUID) stored as the lock's value on every
-    /// server that granted it.
-    pub fn token(&self) -> &str {
-        &self.lease.token
-    }
-
-    /// The lease the lock was last taken, extended or renewed with.
-    pub fn ttl(&self) -> Duration {
-        self.lease.ttl()
-    }
-
-    /// How long the lock is at least still held on a majority: the Redlock
-    /// validity, TTL − (time since the commands were sent) − drift. Zero
-    /// once the lock is lost.
-    pub fn remaining(&self) -> Duration {
-        self.lease.remaining()
-    }
-
-    /// `true` once the lock is known lost (see [`lost`](Self::lost)).
-    pub fn is_lost(&self) -> bool {
-        self.lease.lost_reason().is_some()
-    }
-
-    /// Completes when the lock is known lost, with the reason:
-    /// [`LostReason::Expired`] when the local validity ended without a
-    /// renewal a majority confirmed, [`LostReason::Missing`] or
-    /// [`LostReason::Replaced`] when more than a minority of the servers
-    /// answered that the token is gone or replaced.
-    ///
-    /// # Cancel safety
-    /// Cancel-safe: it only watches.
-    pub async fn lost(&self) -> LostReason {
-        self.lease.lost().await
+    lease_methods! {
+        lease;
+        /// The key as the caller gave it (without the key prefix).
+        key;
+        /// The random token (a v4 UUID) stored as the lock's value on every
+        /// server that granted it.
+        token;
+        /// The lease the lock was last taken, extended or renewed with.
+        ttl;
+        /// How long the lock is at least still held on a majority: the Redlock
+        /// validity, TTL − (time since the commands were sent) − drift. Zero
+        /// once the lock is lost.
+        remaining;
+        /// `true` once the lock is known lost (see [`lost`](Self::lost)).
+        is_lost;
+        /// Completes when the lock is known lost, with the reason:
+        /// [`LostReason::Expired`] when the local validity ended without a
+        /// renewal a majority confirmed, [`LostReason::Missing`] or
+        /// [`LostReason::Replaced`] when more than a minority of the servers
+        /// answered that the token is gone or replaced.
+        ///
+        /// # Cancel safety
+        /// Cancel-safe: it only watches.
+        lost;
     }
 
     /// A cheap, cloneable view of this lock (key, token, remaining time,
@@ -252,33 +238,22 @@ pub struct RedlockLease {
 }
 
 impl RedlockLease {
-    /// The key as the caller gave it.
-    pub fn key(&self) -> &str {
-        &self.core.key
-    }
-
-    /// The random token stored as the lock's value.
-    pub fn token(&self) -> &str {
-        &self.core.token
-    }
-
-    /// How long the lock is at least still held on a majority (zero once
-    /// lost).
-    pub fn remaining(&self) -> Duration {
-        self.core.remaining()
-    }
-
-    /// `true` once the lock is known lost (or released).
-    pub fn is_lost(&self) -> bool {
-        self.core.lost_reason().is_some()
-    }
-
-    /// Completes when the lock is known lost, with the reason.
-    ///
-    /// # Cancel safety
-    /// Cancel-safe: it only watches.
-    pub async fn lost(&self) -> LostReason {
-        self.core.lost().await
+    lease_methods! {
+        core;
+        /// The key as the caller gave it.
+        key;
+        /// The random token stored as the lock's value.
+        token;
+        /// How long the lock is at least still held on a majority (zero once
+        /// lost).
+        remaining;
+        /// `true` once the lock is known lost (or released).
+        is_lost;
+        /// Completes when the lock is known lost, with the reason.
+        ///
+        /// # Cancel safety
+        /// Cancel-safe: it only watches.
+        lost;
     }
 }
 
