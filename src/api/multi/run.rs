@@ -56,6 +56,18 @@ impl Drop for Round<'_> {
     }
 }
 
+impl<'a> Round<'a> {
+    /// A round of `plan` with a fresh token of its own.
+    pub(super) fn new(inner: &'a Inner, plan: &'a Plan) -> Self {
+        Round {
+            inner,
+            plan,
+            token: uuid::Uuid::new_v4().to_string(),
+            touched: 0,
+        }
+    }
+}
+
 impl Round<'_> {
     /// One group's script call (confirmed by `WAIT` with `min_replicas`).
     pub(super) async fn attempt(&self, keys: &[&str]) -> Result<AcquiredAll, Error> {
@@ -167,13 +179,7 @@ pub(crate) async fn run(req: AcquireAll) -> Result<MultiGuard, Error> {
             attempts += 1;
         }
         releases_sent(inner, &plan).await;
-        let round = Round {
-            inner,
-            plan: &plan,
-            token: uuid::Uuid::new_v4().to_string(),
-            touched: 0,
-        };
-        let (holder_ttl, last_error) = match round.run().await? {
+        let (holder_ttl, last_error) = match Round::new(inner, &plan).run().await? {
             Attempt::Taken { token, sent_at } => {
                 if let Some((_, ticket)) = ticket.take() {
                     ticket.acquired();
@@ -198,22 +204,33 @@ pub(crate) async fn run(req: AcquireAll) -> Result<MultiGuard, Error> {
         };
         let wait = match schedule.next(Instant::now(), holder_ttl) {
             Next::Wait(wait) => wait,
-            Next::GiveUp => {
-                tracing::debug!(
-                    key = %plan.members[blocker].key,
-                    attempts,
-                    "multi-key lock not obtained in time"
-                );
-                return Err(last_error.unwrap_or_else(|| Error::NotObtained {
-                    key: plan.members[blocker].key.clone(),
-                    attempts,
-                    waited: started.elapsed(),
-                }));
-            }
+            Next::GiveUp => return Err(gave_up(&plan, blocker, attempts, started, last_error)),
         };
         let busy = (last_error.is_none(), blocker);
         recheck = pause(inner, &plan, &mut schedule, &mut ticket, busy, wait, notify).await;
     }
+}
+
+/// The error of an acquisition that gave up after `attempts`, `blocker`
+/// being the key that blocked the last one: its last transient error, else
+/// [`Error::NotObtained`].
+fn gave_up(
+    plan: &Plan,
+    blocker: usize,
+    attempts: u32,
+    started: Instant,
+    last_error: Option<Error>,
+) -> Error {
+    tracing::debug!(
+        key = %plan.members[blocker].key,
+        attempts,
+        "multi-key lock not obtained in time"
+    );
+    last_error.unwrap_or_else(|| Error::NotObtained {
+        key: plan.members[blocker].key.clone(),
+        attempts,
+        waited: started.elapsed(),
+    })
 }
 
 /// Sends first the releases of these keys this mutex queued (guards

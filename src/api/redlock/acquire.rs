@@ -210,37 +210,7 @@ async fn attempt(
     })
     .await;
     match end {
-        Some(AttemptEnd::Won) => {
-            let ttl = Duration::from_millis(ttl_ms);
-            let token = std::mem::take(&mut armed.token);
-            let lease = LeaseCore::new(
-                key.to_owned(),
-                keys.clone(),
-                token,
-                None,
-                ttl,
-                started,
-                None,
-                crate::engine::metrics::Lock::untracked(),
-            );
-            if lease.remaining() > Duration::ZERO {
-                armed.maybe.fill(false);
-                return Ok((Arc::new(lease), started));
-            }
-            armed.token = lease.token.clone();
-            Err(Failure::Error(super::quorum::no_majority(
-                key,
-                tally.taken,
-                n,
-                servers.quorum,
-                &format!(
-                    "a majority answered after {:?}, when the validity window (TTL − drift) had \
-                     already closed; raise the TTL or lower the server timeout",
-                    started.elapsed()
-                ),
-                None,
-            )))
-        }
+        Some(AttemptEnd::Won) => won(&mut armed, key, ttl_ms, started, tally.taken),
         Some(AttemptEnd::Busy) => Err(Failure::Busy {
             holder_ttl: tally.holder_ttl,
         }),
@@ -248,6 +218,47 @@ async fn attempt(
             fatal.unwrap_or_else(|| tally.unavailable(key)),
         )),
     }
+}
+
+/// A majority answered `taken` for the attempt `armed`, sent at `started`:
+/// the lease, unless its validity window had already closed (then the
+/// token is released everywhere, as for any failed attempt).
+fn won(
+    armed: &mut Armed<'_>,
+    key: &str,
+    ttl_ms: u64,
+    started: Instant,
+    taken: usize,
+) -> Result<(Arc<LeaseCore>, Instant), Failure> {
+    let ttl = Duration::from_millis(ttl_ms);
+    let token = std::mem::take(&mut armed.token);
+    let lease = LeaseCore::new(
+        key.to_owned(),
+        armed.keys.clone(),
+        token,
+        None,
+        ttl,
+        started,
+        None,
+        crate::engine::metrics::Lock::untracked(),
+    );
+    if lease.remaining() > Duration::ZERO {
+        armed.maybe.fill(false);
+        return Ok((Arc::new(lease), started));
+    }
+    armed.token = lease.token.clone();
+    Err(Failure::Error(super::quorum::no_majority(
+        key,
+        taken,
+        armed.servers.len(),
+        armed.servers.quorum,
+        &format!(
+            "a majority answered after {:?}, when the validity window (TTL − drift) had \
+             already closed; raise the TTL or lower the server timeout",
+            started.elapsed()
+        ),
+        None,
+    )))
 }
 
 /// A copy of a server's non-transient error (the tally keeps the original).

@@ -187,32 +187,11 @@ impl<'a> Run<'a> {
         .await;
         match result {
             Ok(Taken::Yes) if !self.inner.epoch.unchanged(epoch) => {
-                // Sentinel: the master changed while this attempt was out:
-                // the place may have been written on the old master. It
-                // does not count; the next attempt (same token) goes to the
-                // new master, and giving up releases the token.
-                self.uncertain = true;
-                tracing::debug!(name = %name, "place taken while the master changed; trying again on the new master");
-                self.holder_ttl = None;
-                self.last_error = Some(Error::Unavailable {
-                    key: name.clone(),
-                    source: fred::error::Error::new(
-                        fred::error::ErrorKind::Sentinel,
-                        "the master changed (Sentinel failover) while the place was being taken",
-                    ),
-                });
+                self.taken_during_failover();
                 Ok(None)
             }
             Ok(Taken::Yes) => {
-                self.token.armed = false;
-                if let Some(ticket) = self.ticket.take() {
-                    if matches!(self.target.attempt, Attempt::Write { .. }) {
-                        ticket.acquired();
-                    }
-                    // Else dropping the ticket passes the wake-up on: more
-                    // permits or readers may fit.
-                }
-                tracing::debug!(name = %name, attempts = self.attempts, "acquired");
+                self.taken();
                 Ok(Some(sent_at))
             }
             Ok(Taken::No(wait)) => {
@@ -238,6 +217,39 @@ impl<'a> Run<'a> {
                 Err(e)
             }
         }
+    }
+
+    /// The place was taken while the master changed (Sentinel): it may have
+    /// been written on the old master. It does not count; the next attempt
+    /// (same token) goes to the new master, and giving up releases the
+    /// token.
+    fn taken_during_failover(&mut self) {
+        let name = &self.target.name;
+        self.uncertain = true;
+        tracing::debug!(name = %name, "place taken while the master changed; trying again on the new master");
+        self.holder_ttl = None;
+        self.last_error = Some(Error::Unavailable {
+            key: name.clone(),
+            source: fred::error::Error::new(
+                fred::error::ErrorKind::Sentinel,
+                "the master changed (Sentinel failover) while the place was being taken",
+            ),
+        });
+    }
+
+    /// The place was taken: the token is the guard's now, and a writer's
+    /// local queue place is done with.
+    fn taken(&mut self) {
+        self.token.armed = false;
+        if let Some(ticket) = self.ticket.take() {
+            if matches!(self.target.attempt, Attempt::Write { .. }) {
+                ticket.acquired();
+            }
+            // Else dropping the ticket passes the wake-up on: more
+            // permits or readers may fit.
+        }
+        let name = &self.target.name;
+        tracing::debug!(name = %name, attempts = self.attempts, "acquired");
     }
 
     /// Waits for the next attempt, or gives up.
