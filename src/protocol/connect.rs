@@ -64,6 +64,34 @@ async fn connect_tls_client(
     connect_config(config, command_timeout).await
 }
 
+/// Builds the client for `config` as the crate's clients are (timeouts,
+/// command attempts, an exponential reconnect policy up to
+/// `max_delay_ms`), without connecting it.
+pub(crate) fn build_client(
+    config: Config,
+    command_timeout: Duration,
+    max_delay_ms: u32,
+) -> Result<Client, Error> {
+    fred::types::Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = command_timeout;
+            c.internal_command_timeout = command_timeout;
+            // One attempt more than the cluster redirections a command may
+            // follow: fred 10 ends the client's connection task when an ASK
+            // meets a command with no attempts left (it sends a command that
+            // met ASK back to the old owner, which answers ASK again, each
+            // time using an attempt), and the client is dead after.
+            c.max_command_attempts = c.max_command_attempts.max(c.max_redirections + 1);
+        })
+        .with_performance_config(|p| p.default_command_timeout = command_timeout)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, max_delay_ms, 2))
+        .build()
+        .map_err(|source| Error::Config {
+            message: format!("the Redis client could not be built ({})", source.details()),
+            source: Some(source),
+        })
+}
+
 /// Builds the client for `config` and makes its first connection.
 async fn connect_config(config: Config, command_timeout: Duration) -> Result<Client, Error> {
     let tls = config_uses_tls(&config);
@@ -76,24 +104,7 @@ async fn connect_config(config: Config, command_timeout: Duration) -> Result<Cli
     } else {
         2_000
     };
-    let client = fred::types::Builder::from_config(config)
-        .with_connection_config(|c| {
-            c.connection_timeout = command_timeout;
-            c.internal_command_timeout = command_timeout;
-            // One attempt more than the cluster redirections a command may
-            // follow: fred 10 ends the client's connection task when an ASK
-            // meets a command with no attempts left (it sends a command that
-            // met ASK back to the old owner, which answers ASK again, each
-            // time using an attempt), and the client is dead after.
-            c.max_command_attempts = c.max_command_attempts.max(c.max_redirections + 1);
-        })
-        .with_performance_config(|p| p.default_command_timeout = command_timeout)
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, max_delay, 2))
-        .build()
-        .map_err(|source| Error::Config {
-            message: format!("the Redis client could not be built ({})", source.details()),
-            source: Some(source),
-        })?;
+    let client = build_client(config, command_timeout, max_delay)?;
     // Dropped before the first connection is made (the caller gave up), the
     // client would go on reconnecting forever: close it.
     let mut closer = QuitOnDrop(Some(client.clone()));

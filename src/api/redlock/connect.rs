@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
-use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::config::Config;
 
 use super::fanout::gather;
 use super::quorum::{no_majority, quorum};
 use crate::policy::error::Error;
-use crate::protocol::connect::QuitOnDrop;
+use crate::protocol::connect::{build_client, QuitOnDrop};
 
 /// Connects to every URL in parallel. A server that cannot be reached gets
 /// a client that keeps reconnecting in the background; fewer than a
@@ -79,19 +79,7 @@ pub(super) fn reconnecting_client(url: &str, timeout: Duration) -> Result<Client
         source: Some(source),
     })?;
     config.fail_fast = false;
-    let client = fred::types::Builder::from_config(config)
-        .with_connection_config(|c| {
-            c.connection_timeout = timeout;
-            c.internal_command_timeout = timeout;
-            c.max_command_attempts = c.max_command_attempts.max(c.max_redirections + 1);
-        })
-        .with_performance_config(|p| p.default_command_timeout = timeout)
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-        .build()
-        .map_err(|source| Error::Config {
-            message: format!("the Redis client could not be built ({})", source.details()),
-            source: Some(source),
-        })?;
+    let client = build_client(config, timeout, 2_000)?;
     // The connection task; it runs until the client is closed.
     drop(client.connect());
     Ok(client)

@@ -141,6 +141,7 @@ pub(super) async fn ssubscribe_once_more_after_moved(
         other => other,
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,6 +153,7 @@ pub(super) async fn apply(
         }
     }
 }
+
 /// Makes the subscriber connection, with the main client's settings.
 pub(super) async fn connect(client: &Client, timeout: Duration) -> Option<SubscriberClient> {
     let mut builder = fred::types::Builder::from_config(client.client_config());

@@ -95,6 +95,7 @@ impl Shared {
 pub(super) fn live(lease: &LeaseCore) -> bool {
     !lease.is_ended() && lease.lost_reason().is_none()
 }
+
 /// Pops every live lease due now or within the coalescing window.
 pub(super) fn take_due(queue: &mut Queue) -> Vec<(Arc<LeaseCore>, u64)> {
     let queue = &mut queue.heap;
