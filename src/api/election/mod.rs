@@ -337,7 +337,7 @@ impl fmt::Debug for Election {
     }
 }
 
-/// Leader elections over this mutex.
+// Leader elections over this mutex (here, since an election uses the mutex).
 impl DistributedMutex {
     /// A leader election named `name` (see [`Election`]): campaign, read
     /// and follow its leader. Nothing is sent until it is used; a bad name

@@ -8,7 +8,7 @@ use crate::api::mutex::DistributedMutex;
 use crate::policy::error::{none_when_busy, Error};
 use crate::policy::retry::RetryStrategy;
 
-/// Multi-key locks, all or none.
+// Multi-key locks, all or none (here, beside the loop they run).
 impl DistributedMutex {
     /// Takes the locks on every key of `keys` at once, all or none, waiting
     /// per the retry strategy; one [`MultiGuard`] holds them all.
