@@ -39,25 +39,7 @@ pub(super) struct Plan {
 impl Plan {
     pub(super) fn check(req: &AcquireAll) -> Result<Plan, Error> {
         let settings = &req.inner.settings;
-        if req.keys.is_empty() {
-            return Err(Error::InvalidKeySet {
-                count: 0,
-                reason: "a multi-key lock needs at least one key",
-            });
-        }
-        if req.too_many && req.keys.len() == MAX_LOCK_ALL_KEYS {
-            return Err(Error::InvalidKeySet {
-                count: MAX_LOCK_ALL_KEYS + 1,
-                reason: "a multi-key lock takes at most 1024 distinct keys (MAX_LOCK_ALL_KEYS)",
-            });
-        }
-        if req.too_many {
-            return Err(Error::InvalidKeySet {
-                count: req.keys.len(),
-                reason: "more than 2^20 keys were given (duplicates included); \
-                         a multi-key lock takes at most 1024 distinct keys",
-            });
-        }
+        check_count(req)?;
         for key in &req.keys {
             validate_key(key)?;
         }
@@ -68,24 +50,7 @@ impl Plan {
             Some((replicas, timeout)) => MinReplicas::check(replicas, timeout)?,
             None => settings.min_replicas,
         };
-        let mut members: Vec<(u16, Member)> = req
-            .keys
-            .iter()
-            .map(|key| {
-                let keys = LockKeys::new(&settings.prefix, key);
-                let slot = fred::util::redis_keyslot(keys.lock.as_bytes());
-                (
-                    slot,
-                    Member {
-                        key: key.clone(),
-                        keys,
-                    },
-                )
-            })
-            .collect();
-        members.sort_by(|(a, x), (b, y)| {
-            (a, x.keys.lock.as_bytes()).cmp(&(b, y.keys.lock.as_bytes()))
-        });
+        let members = canonical(&settings.prefix, &req.keys);
         let groups = if req.inner.client.is_clustered() {
             slot_runs(members.iter().map(|(slot, _)| *slot))
         } else {
@@ -101,6 +66,51 @@ impl Plan {
             confirm,
         })
     }
+}
+
+/// Refuses an empty set, and one of more keys than a multi-key lock takes.
+fn check_count(req: &AcquireAll) -> Result<(), Error> {
+    if req.keys.is_empty() {
+        return Err(Error::InvalidKeySet {
+            count: 0,
+            reason: "a multi-key lock needs at least one key",
+        });
+    }
+    if req.too_many && req.keys.len() == MAX_LOCK_ALL_KEYS {
+        return Err(Error::InvalidKeySet {
+            count: MAX_LOCK_ALL_KEYS + 1,
+            reason: "a multi-key lock takes at most 1024 distinct keys (MAX_LOCK_ALL_KEYS)",
+        });
+    }
+    if req.too_many {
+        return Err(Error::InvalidKeySet {
+            count: req.keys.len(),
+            reason: "more than 2^20 keys were given (duplicates included); \
+                     a multi-key lock takes at most 1024 distinct keys",
+        });
+    }
+    Ok(())
+}
+
+/// The members of `keys` (distinct), each with its slot, in canonical
+/// order: by cluster slot, then by Redis key.
+fn canonical(prefix: &str, keys: &[String]) -> Vec<(u16, Member)> {
+    let mut members: Vec<(u16, Member)> = keys
+        .iter()
+        .map(|key| {
+            let keys = LockKeys::new(prefix, key);
+            let slot = fred::util::redis_keyslot(keys.lock.as_bytes());
+            (
+                slot,
+                Member {
+                    key: key.clone(),
+                    keys,
+                },
+            )
+        })
+        .collect();
+    members.sort_by(|(a, x), (b, y)| (a, x.keys.lock.as_bytes()).cmp(&(b, y.keys.lock.as_bytes())));
+    members
 }
 
 /// The runs of equal slots in a sorted sequence of slots.

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::follow::{follow, ssubscribe_once_more_after_moved, Followed};
 use super::queues::{Shared, Subscription};
 use super::{Op, FOLLOW_CHECK, RECONNECT_PAUSE};
+use crate::protocol::channel::ReleaseChannel;
 
 /// Owns the subscriber connection: applies subscription changes in order,
 /// and turns release messages into wake-ups.
@@ -77,7 +78,7 @@ pub(super) async fn manager(
     shared.stopped.mark();
 }
 
-pub(super) async fn recv<T: Clone>(
+async fn recv<T: Clone>(
     rx: &mut Option<tokio::sync::broadcast::Receiver<T>>,
 ) -> Result<T, tokio::sync::broadcast::error::RecvError> {
     match rx {
@@ -86,7 +87,7 @@ pub(super) async fn recv<T: Clone>(
     }
 }
 
-pub(super) async fn apply(
+async fn apply(
     subscriber: Option<&SubscriberClient>,
     op: Op,
     timeout: Duration,
@@ -95,33 +96,7 @@ pub(super) async fn apply(
     match op {
         Op::Subscribe(channel, subscription) => {
             let ok = match subscriber {
-                // SSUBSCRIBE is answered by the node that owns the channel's
-                // slot, once it has subscribed. fred answers SUBSCRIBE once it
-                // is queued, not once Redis has it; a PING behind it on the
-                // same connection answers only after Redis has subscribed.
-                Some(s) => match tokio::time::timeout(timeout, async {
-                    if channel.sharded {
-                        ssubscribe_once_more_after_moved(s, &channel.name).await
-                    } else {
-                        s.subscribe(channel.name.as_str()).await?;
-                        s.ping::<fred::types::Value>(None).await.map(drop)
-                    }
-                })
-                .await
-                {
-                    Ok(Ok(_)) => true,
-                    Ok(Err(e)) if e.details().starts_with("NOPERM") => {
-                        tracing::warn!(
-                            channel = %channel.name,
-                            error = %e,
-                            "the Redis user may not subscribe to the release channel (NOPERM); \
-                             waiters poll instead: grant the channel pattern (&<prefix>*) as the \
-                             README's \"ACL user\" section shows"
-                        );
-                        false
-                    }
-                    _ => false,
-                },
+                Some(s) => subscribe(s, &channel, timeout).await,
                 None => false,
             };
             if ok && channel.sharded {
@@ -151,6 +126,37 @@ pub(super) async fn apply(
                 };
             }
         }
+    }
+}
+
+/// Subscribes `s` to `channel`: `true` once Redis has the subscription.
+async fn subscribe(s: &SubscriberClient, channel: &ReleaseChannel, timeout: Duration) -> bool {
+    // SSUBSCRIBE is answered by the node that owns the channel's slot, once
+    // it has subscribed. fred answers SUBSCRIBE once it is queued, not once
+    // Redis has it; a PING behind it on the same connection answers only
+    // after Redis has subscribed.
+    match tokio::time::timeout(timeout, async {
+        if channel.sharded {
+            ssubscribe_once_more_after_moved(s, &channel.name).await
+        } else {
+            s.subscribe(channel.name.as_str()).await?;
+            s.ping::<fred::types::Value>(None).await.map(drop)
+        }
+    })
+    .await
+    {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) if e.details().starts_with("NOPERM") => {
+            tracing::warn!(
+                channel = %channel.name,
+                error = %e,
+                "the Redis user may not subscribe to the release channel (NOPERM); \
+                 waiters poll instead: grant the channel pattern (&<prefix>*) as the \
+                 README's \"ACL user\" section shows"
+            );
+            false
+        }
+        _ => false,
     }
 }
 
