@@ -1,10 +1,12 @@
-//! The lease engine: what every handle shares ([`inner`]), a held lease and
-//! its loss ([`lease`]), the background tasks (the release worker
+//! The lease engine: what every handle shares ([`inner`]), the per-call
+//! options and the macros that write the builders ([`options`]), a held
+//! lease and its loss ([`lease`]), the background tasks (the release worker
 //! [`release`] with its group commit [`batch`], the renewer [`renew`], the
-//! subscriber and local waiters [`notify`], Sentinel failover
-//! [`sentinel`]), the wait queue and hand-off ([`queue`]), the sorted-set
-//! leases that semaphores and read-write locks share ([`primitive`]), and
-//! the metrics hooks ([`metrics`]). It uses the protocol and policy layers.
+//! subscriber and local waiters [`notify`], Sentinel failover [`sentinel`]
+//! with its count of switches [`epoch`]), the wait queue and hand-off
+//! ([`queue`]), the sorted-set leases that semaphores and read-write locks
+//! share ([`primitive`]), and the metrics hooks ([`metrics`]). It uses the
+//! protocol and policy layers.
 
 pub(crate) mod batch;
 pub(crate) mod epoch;

@@ -1,6 +1,6 @@
 //! Policy, the lowest layer: what failed ([`error`]), when to try again and
 //! when to give up ([`retry`], [`schedule`]), and the bounds every setting is
-//! checked against ([`limits`]). Pure: no Redis, no tasks; it imports nothing
+//! checked against ([`limits`]). Pure: no I/O, no tasks; it imports nothing
 //! of the crate's other layers.
 
 pub(crate) mod error;
