@@ -101,8 +101,8 @@ const COMPARE_AND_DELETE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then 
 /// The library's own acquire script, sent raw by the diagnostic
 /// `floor_scripts` loop of the summary.
 const ACQUIRE_LUA: &str = concat!(
-    include_str!("../src/scripts/common.lua"),
-    include_str!("../src/scripts/acquire.lua")
+    include_str!("../src/protocol/scripts/common.lua"),
+    include_str!("../src/protocol/scripts/acquire.lua")
 );
 
 /// Tasks in the parallel group.

@@ -89,36 +89,55 @@
 //!   name), `Builder::metrics_name` and `Builder::metrics_key_label`.
 //!
 //! # Internals at a glance (for contributors)
+//! Four layers, each a folder under `src/`; a layer uses the ones below it,
+//! never one above (`docs/architecture.md` draws them):
+//!
+//! ```text
+//! api/       DistributedMutex, Builder, the guards, multi-key, Semaphore, RwLock, Election, Redlock, Adapter
+//! engine/    what handles share, leases, the release worker, the renewer, waiters, Sentinel, metrics hooks
+//! protocol/  Redis names, Lua scripts, channels, connections (TLS), replica confirmation, cluster routing
+//! policy/    errors, retry strategies, the schedule, limits
+//! ```
+//!
 //! | file | owns |
 //! |---|---|
-//! | `mutex.rs` | the public [`DistributedMutex`] and its docs |
-//! | `builder.rs`, `limits.rs`, `connect.rs` | settings, their bounds, making a client from a URL |
-//! | `tls.rs` | `rediss://`: trusted roots, client certificate, server name (feature `tls`) |
-//! | `inner.rs` | what all handles share; starts the background tasks |
-//! | `acquire.rs` | [`Acquire`] and the attempt loop |
-//! | `holder.rs` | holder labels: the token format `<uuid>:<unix ms>:<label>`, [`Holder`] |
-//! | `schedule.rs` | when to try again and when to give up (pure) |
-//! | `keys.rs` | every Redis name a lock uses (lock, fencing counter, wait queue, channels) |
-//! | `scripts/` (`mod.rs` lists its files), `scripts/*.lua` | the commands sent to Redis (and `WAIT` after them, with `min_replicas`) |
-//! | `confirm.rs` | `min_replicas`: its bounds, and the connection that confirmed writes go through |
-//! | `guard.rs`, `lease.rs` | a held lock, its validity and loss |
-//! | `multi/` | multi-key locks: [`AcquireAll`] and its all-or-nothing attempt loop (`mod.rs`), [`MultiGuard`] (`guard.rs`); `scripts/acquire_all.lua` |
-//! | `release.rs` | task: releases handed over by `Drop` |
-//! | `batch.rs` | group commit: releases that arrive while one is in flight go out as one call |
-//! | `renew.rs` | task: batched lease renewal |
-//! | `route.rs` | where renewals go on a cluster: one call per node (cross-slot script), per slot for slots that moved |
-//! | `queue.rs` | the wait queue in Redis and direct handoff: the claim TTL, the queue's lifetime, when a handed-over lock is used without confirming |
-//! | `notify.rs` | task: the subscriber connection; handoff and release channels and their local waiters |
-//! | `channel.rs` | where hand-offs and release messages go (plain, sharded, or plain on a cluster), decided from what the servers support, and what a receiver count proves |
-//! | `sentinel.rs` | Sentinel: watching `+switch-master`, following the new master, re-checking held leases |
-//! | `background.rs` | which runtime the tasks run on; restarting them when it stops |
-//! | `semaphore.rs` | the public [`Semaphore`], [`AcquirePermit`], [`Permit`] |
-//! | `rwlock.rs` | the public [`RwLock`], its builders and guards |
-//! | `election/` | [`Election`], [`Leadership`], [`Leader`]: a fenced lock per election, the leader's value beside it, the observer task (its `mod.rs` lists its files) |
-//! | `primitive/` | what both share: places in sorted sets, their attempt loop, guard, background release and scripts (its `mod.rs` lists its files) |
-//! | `adapter.rs` | the Go-compatible shim |
-//! | `redlock/` | [`Redlock`]: one [`DistributedMutex`] per server, majority counting, renewal per guard (its `mod.rs` lists its files) |
-//! | `metrics.rs` | what is recorded through the `metrics` facade (feature `metrics`; inline no-ops without it) |
+//! | **`api/`** | **the public types; each a thin face over the engine** |
+//! | `api/mutex.rs` | the public [`DistributedMutex`] and its docs |
+//! | `api/builder/` | [`Builder`]: `new`, `connect`, settings (`mod.rs`); metric labels (`metrics.rs`, feature `metrics`) |
+//! | `api/acquire.rs` | [`Acquire`] and the single-key attempt loop |
+//! | `api/guard.rs` | [`LockGuard`]: a held lock, `extend`, `release`, drop |
+//! | `api/with_lock.rs` | `with_lock`: work dropped when the lock is lost (mutex and Redlock) |
+//! | `api/multi/` | multi-key locks: [`AcquireAll`] (`mod.rs`), `lock_all` and friends (`lock_all.rs`), the checked key set (`plan.rs`), the all-or-nothing loop (`run.rs`), [`MultiGuard`] (`guard/`) |
+//! | `api/semaphore.rs` | the public [`Semaphore`], [`AcquirePermit`], [`Permit`] |
+//! | `api/rwlock.rs` | the public [`RwLock`], its builders and guards |
+//! | `api/election/` | [`Election`], [`Leadership`], [`Leader`]: a fenced lock per election, the leader's value beside it, the observer task (its `mod.rs` lists its files) |
+//! | `api/redlock/` | [`Redlock`]: one [`DistributedMutex`] per server, majority counting, renewal per guard (its `mod.rs` lists its files) |
+//! | `api/adapter.rs` | the Go-compatible shim |
+//! | **`engine/`** | **the lease engine under every primitive** |
+//! | `engine/inner.rs` | what all handles share; starts the background tasks |
+//! | `engine/options.rs` | the per-call options of every acquisition builder, and the macros that write the builders' setters and `.await` |
+//! | `engine/lease.rs` | a held lease: its validity and loss; [`Lease`] |
+//! | `engine/queue.rs` | the wait queue in Redis and direct handoff: the claim TTL, the queue's lifetime, when a handed-over lock is used without confirming |
+//! | `engine/notify/` | task: the subscriber connection; handoff and release channels and their local waiters (its `mod.rs` lists its files) |
+//! | `engine/release.rs` | task: releases handed over by `Drop` |
+//! | `engine/batch.rs` | group commit: releases that arrive while one is in flight go out as one call |
+//! | `engine/renew/` | task: batched lease renewal (the queue by due time, `due.rs`; one call per chunk, `call.rs`) |
+//! | `engine/sentinel.rs`, `engine/epoch.rs` | Sentinel: watching `+switch-master`, following the new master, re-checking held leases; the count of switches answers are checked against |
+//! | `engine/primitive/` | places in sorted sets, shared by semaphores and read-write locks: their attempt loop, guard, background release and script calls (its `mod.rs` lists its files) |
+//! | `engine/metrics/` | what is recorded through the `metrics` facade (feature `metrics`; inline no-ops without it): names, labels, recording |
+//! | **`protocol/`** | **what goes over the wire** |
+//! | `protocol/keys.rs` | every Redis name a lock uses (lock, fencing counter, wait queue, channels) |
+//! | `protocol/holder.rs` | holder labels: the token format `<uuid>:<unix ms>:<label>`, [`Holder`] |
+//! | `protocol/scripts/` (`mod.rs` lists its files), `protocol/scripts/*.lua` | the commands sent to Redis (and `WAIT` after them, with `min_replicas`) |
+//! | `protocol/channel.rs` | where hand-offs and release messages go (plain, sharded, or plain on a cluster), decided from what the servers support, and what a receiver count proves |
+//! | `protocol/connect.rs`, `protocol/tls.rs` | making a client from a URL; `rediss://`: trusted roots, client certificate, server name (feature `tls`) |
+//! | `protocol/confirm.rs` | `min_replicas`: its bounds, and the connection that confirmed writes go through |
+//! | `protocol/route.rs` | where renewals and releases go on a cluster: one call per node (cross-slot script), per slot for slots that moved |
+//! | `protocol/background.rs` | which runtime the tasks run on; restarting them when it stops; reviving a client |
+//! | **`policy/`** | **pure decisions and types** |
+//! | `policy/error/` | [`Error`] (`mod.rs`), sorting a fred error into it (`redis.rs`), [`LostReason`] (`lost.rs`) |
+//! | `policy/retry.rs`, `policy/schedule.rs` | [`RetryStrategy`]; when to try again and when to give up |
+//! | `policy/limits.rs` | bounds of keys, TTLs, timeouts |
 //! | `bin/dmutex/` | the `dmutex` command (feature `cli`): run, status, release, elect, ls |
 //!
 //! Three tasks per mutex run on its "home" runtime (the first one that used
@@ -131,76 +150,45 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
-mod acquire;
-mod adapter;
-mod background;
-mod batch;
-mod builder;
-mod channel;
-mod confirm;
-mod connect;
-mod election;
-mod error;
-mod first_attempts;
-mod group_commit;
-mod guard;
-mod holder;
-mod inner;
-mod keys;
-mod lease;
-mod limits;
+mod api;
+mod engine;
+mod policy;
+mod protocol;
+
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
-pub mod metrics;
-#[cfg(not(feature = "metrics"))]
-mod metrics;
-mod multi;
-mod mutex;
-mod notify;
-mod primitive;
-mod queue;
-mod redlock;
-mod release;
-mod renew;
-mod retry;
-mod route;
-mod rwlock;
-mod schedule;
-mod scripts;
-mod semaphore;
-mod sentinel;
-#[cfg(feature = "tls")]
-mod tls;
+pub use engine::metrics;
 
-pub use acquire::Acquire;
-pub use adapter::{provide_adapter, Adapter, AdapterFuture, RedisAdapter};
-pub use builder::Builder;
-pub use election::{
+pub use api::acquire::Acquire;
+pub use api::adapter::{provide_adapter, Adapter, AdapterFuture, RedisAdapter};
+pub use api::builder::Builder;
+pub use api::election::{
     Election, Leader, Leadership, DEFAULT_ELECTION_RETRY_PERIOD, MAX_ELECTION_NAME_LEN,
     MAX_ELECTION_VALUE_LEN, OBSERVE_POLL,
 };
-pub use error::Error;
-pub use guard::LockGuard;
-pub use holder::{Holder, MAX_HOLDER_LEN};
-pub use lease::{Lease, LostReason};
-pub use limits::{
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_COMMAND_TIMEOUT, MAX_KEY_LEN, MAX_PREFIX_LEN,
-    MAX_TTL, MIN_TTL,
-};
-pub use multi::{AcquireAll, LostKey, MultiGuard, MAX_LOCK_ALL_KEYS};
-pub use mutex::DistributedMutex;
-pub use primitive::MAX_PERMITS;
-pub use queue::CLAIM_TTL;
-pub use redlock::{
+pub use api::guard::LockGuard;
+pub use api::multi::{AcquireAll, LostKey, MultiGuard, MAX_LOCK_ALL_KEYS};
+pub use api::mutex::DistributedMutex;
+pub use api::redlock::{
     Redlock, RedlockAcquire, RedlockBuilder, RedlockGuard, RedlockLease, DEFAULT_REDLOCK_TTL,
     DEFAULT_SERVER_TIMEOUT, MAX_REDLOCK_SERVERS,
 };
-pub use retry::RetryStrategy;
-pub use rwlock::{AcquireRead, AcquireWrite, ReadGuard, RwLock, WriteGuard};
-pub use semaphore::{AcquirePermit, Permit, Semaphore};
+pub use api::rwlock::{AcquireRead, AcquireWrite, ReadGuard, RwLock, WriteGuard};
+pub use api::semaphore::{AcquirePermit, Permit, Semaphore};
+pub use engine::lease::Lease;
+pub use engine::primitive::MAX_PERMITS;
+pub use engine::queue::CLAIM_TTL;
+pub use policy::error::lost::LostReason;
+pub use policy::error::Error;
+pub use policy::limits::{
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_TTL, MAX_COMMAND_TIMEOUT, MAX_KEY_LEN, MAX_PREFIX_LEN,
+    MAX_TTL, MIN_TTL,
+};
+pub use policy::retry::RetryStrategy;
+pub use protocol::holder::{Holder, MAX_HOLDER_LEN};
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-pub use tls::Tls;
+pub use protocol::tls::Tls;
 
 /// The fred client type the mutex is built on, re-exported for convenience.
 pub use fred::clients::Client;

@@ -14,7 +14,7 @@
 //! pattern subscriber.
 //!
 //! The queue of lock `P K` is the list `P \xff {P K}:queue:K` (keys here
-//! have no braces; see `src/keys.rs`).
+//! have no braces; see `src/protocol/keys.rs`).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;

@@ -259,13 +259,13 @@ pub fn info_field(server: &RedisServer, section: &str, field: &str) -> String {
 
 // ---- the library's scripts ------------------------------------------------------
 
-/// The text of the library's script `src/scripts/<name>.lua` as it sends
+/// The text of the library's script `src/protocol/scripts/<name>.lua` as it sends
 /// it: with `common.lua` put before it.
 macro_rules! library_script {
     ($name:literal) => {
         concat!(
-            include_str!("../../src/scripts/common.lua"),
-            include_str!(concat!("../../src/scripts/", $name, ".lua"))
+            include_str!("../../src/protocol/scripts/common.lua"),
+            include_str!(concat!("../../src/protocol/scripts/", $name, ".lua"))
         )
     };
 }

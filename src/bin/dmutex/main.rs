@@ -35,6 +35,7 @@ mod release;
 mod run;
 mod signals;
 mod status;
+mod values;
 
 use std::process::ExitCode;
 

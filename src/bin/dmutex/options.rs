@@ -7,9 +7,9 @@ use std::time::Duration;
 use clap::Args;
 use distributed_mutex::{MAX_ELECTION_NAME_LEN, MAX_ELECTION_VALUE_LEN};
 
-use crate::args::{parse_ttl, OnLost};
 use crate::duration;
 use crate::exit;
+use crate::values::{parse_ttl, OnLost};
 
 #[derive(Debug, Args)]
 pub struct LsArgs {

@@ -22,13 +22,14 @@ use distributed_mutex::{DistributedMutex, Error, LockGuard, LostReason, RetryStr
 use rustix::process::Signal;
 use tokio::process::Command;
 
-use crate::args::{Global, OnLost, RunArgs};
+use crate::args::{Global, RunArgs};
 use crate::connect::connect;
 use crate::duration::human;
 use crate::exit::{self, Failure};
 use crate::held::Held;
 use crate::progress::Progress;
 use crate::signals::{self, Signals};
+use crate::values::OnLost;
 
 /// How often a waiter polls when no release message wakes it first.
 const POLL: Duration = Duration::from_millis(500);
@@ -157,19 +158,8 @@ pub async fn supervise<G: Held>(
     quiet: bool,
     signals: &mut Signals,
 ) -> u8 {
-    let program = &args.command[0];
-    let shown = program.to_string_lossy().into_owned();
-    let mut command = Command::new(program);
-    command
-        .args(&args.command[1..])
-        .env("DMUTEX_KEY", &args.key)
-        .env("DMUTEX_TOKEN", guard.token());
-    match guard.fencing_token() {
-        Some(token) => command.env("DMUTEX_FENCING_TOKEN", token.to_string()),
-        // Not one from an outer dmutex.
-        None => command.env_remove("DMUTEX_FENCING_TOKEN"),
-    };
-    let mut child = match command.spawn() {
+    let shown = args.command[0].to_string_lossy().into_owned();
+    let mut child = match command(&guard, args).spawn() {
         Ok(child) => child,
         Err(e) => {
             let code = spawn_failure_code(&e);
@@ -179,16 +169,7 @@ pub async fn supervise<G: Held>(
     };
     // Some until the child is reaped (by `wait` below), so never a reused pid.
     let pid = child.id();
-    let send = |signal: Signal| {
-        if let Some(pid) = pid {
-            if let Err(e) = signals::send(pid, signal) {
-                eprintln!(
-                    "dmutex: error: cannot send {} to `{shown}` (pid {pid}): {e}",
-                    signals::name(signal)
-                );
-            }
-        }
-    };
+    let send = |signal: Signal| signal_child(pid, signal, &shown);
 
     let mut lost: Option<LostReason> = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
@@ -197,21 +178,13 @@ pub async fn supervise<G: Held>(
             status = child.wait() => break status,
             reason = guard.lost(), if lost.is_none() => {
                 lost = Some(reason);
-                let action = match args.on_lost {
-                    OnLost::Term => {
-                        kill_at = Some(tokio::time::Instant::now() + args.grace);
-                        format!("sending SIGTERM (SIGKILL in {})", human(args.grace))
-                    }
-                    OnLost::Kill => "sending SIGKILL".to_owned(),
-                    OnLost::Ignore => "letting it run on (--on-lost ignore)".to_owned(),
-                };
+                let (action, signal, kill) = on_lost(args);
+                kill_at = kill;
                 if !quiet {
                     eprintln!("dmutex: lost lock `{}` ({reason}) while `{shown}` ran; {action}", args.key);
                 }
-                match args.on_lost {
-                    OnLost::Term => send(Signal::TERM),
-                    OnLost::Kill => send(Signal::KILL),
-                    OnLost::Ignore => {}
+                if let Some(signal) = signal {
+                    send(signal);
                 }
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)),
@@ -231,10 +204,7 @@ pub async fn supervise<G: Held>(
     };
     let code = match status {
         Ok(status) => exit::of_child(status),
-        Err(e) => {
-            eprintln!("dmutex: error: cannot wait for `{shown}`: {e}");
-            exit::SOFTWARE
-        }
+        Err(e) => cannot_wait(&shown, &e),
     };
     if lost.is_some() {
         // Dropped: a release is queued only if the key may still be ours.
@@ -242,6 +212,59 @@ pub async fn supervise<G: Held>(
         return exit::LOST;
     }
     release(guard, &args.key, quiet, code).await
+}
+
+/// Sends `signal` to the child of pid `pid` (`None`: it was reaped
+/// already), saying so when it cannot.
+fn signal_child(pid: Option<u32>, signal: Signal, shown: &str) {
+    if let Some(pid) = pid {
+        if let Err(e) = signals::send(pid, signal) {
+            eprintln!(
+                "dmutex: error: cannot send {} to `{shown}` (pid {pid}): {e}",
+                signals::name(signal)
+            );
+        }
+    }
+}
+
+/// The exit code when the child could not be waited for.
+fn cannot_wait(shown: &str, e: &std::io::Error) -> u8 {
+    eprintln!("dmutex: error: cannot wait for `{shown}`: {e}");
+    exit::SOFTWARE
+}
+
+/// The command to run under `guard`, with its environment: `DMUTEX_KEY`,
+/// `DMUTEX_TOKEN`, and `DMUTEX_FENCING_TOKEN` when there is one.
+fn command<G: Held>(guard: &G, args: &RunArgs) -> Command {
+    let mut command = Command::new(&args.command[0]);
+    command
+        .args(&args.command[1..])
+        .env("DMUTEX_KEY", &args.key)
+        .env("DMUTEX_TOKEN", guard.token());
+    match guard.fencing_token() {
+        Some(token) => command.env("DMUTEX_FENCING_TOKEN", token.to_string()),
+        // Not one from an outer dmutex.
+        None => command.env_remove("DMUTEX_FENCING_TOKEN"),
+    };
+    command
+}
+
+/// What `--on-lost` does once the lock is lost: what to say, the signal to
+/// send now, and when to send SIGKILL.
+fn on_lost(args: &RunArgs) -> (String, Option<Signal>, Option<tokio::time::Instant>) {
+    match args.on_lost {
+        OnLost::Term => (
+            format!("sending SIGTERM (SIGKILL in {})", human(args.grace)),
+            Some(Signal::TERM),
+            Some(tokio::time::Instant::now() + args.grace),
+        ),
+        OnLost::Kill => ("sending SIGKILL".to_owned(), Some(Signal::KILL), None),
+        OnLost::Ignore => (
+            "letting it run on (--on-lost ignore)".to_owned(),
+            None,
+            None,
+        ),
+    }
 }
 
 /// Releases the lock after the command ended with `code`; the code to exit
