@@ -104,7 +104,7 @@
 //! | **`api/`** | **the public types; each a thin face over the engine** |
 //! | `api/mutex.rs` | the public [`DistributedMutex`] and its docs |
 //! | `api/builder/` | [`Builder`]: `new`, `connect`, settings (`mod.rs`); metric labels (`metrics.rs`, feature `metrics`) |
-//! | `api/acquire.rs` | [`Acquire`] and the single-key attempt loop |
+//! | `api/acquire/` | [`Acquire`] and the single-key attempt loop (`plan.rs`, `attempt.rs`, `acquisition.rs`) |
 //! | `api/guard.rs` | [`LockGuard`]: a held lock, `extend`, `release`, drop |
 //! | `api/with_lock.rs` | `with_lock`: work dropped when the lock is lost (mutex and Redlock) |
 //! | `api/multi/` | multi-key locks: [`AcquireAll`] (`mod.rs`), `lock_all` and friends (`lock_all.rs`), the checked key set (`plan.rs`), the all-or-nothing loop (`run.rs`), [`MultiGuard`] (`guard/`) |
@@ -120,7 +120,9 @@
 //! | `engine/queue.rs` | the wait queue in Redis and direct handoff: the claim TTL, the queue's lifetime, when a handed-over lock is used without confirming |
 //! | `engine/notify/` | task: the subscriber connection; handoff and release channels and their local waiters (its `mod.rs` lists its files) |
 //! | `engine/release.rs` | task: releases handed over by `Drop` |
-//! | `engine/batch.rs` | group commit: releases that arrive while one is in flight go out as one call |
+//! | `engine/group_commit.rs` | group commit: calls of one kind that arrive together go out as one (a lone call at once) |
+//! | `engine/batch.rs` | the group commit of releases |
+//! | `engine/first_attempts.rs` | the group commit of first attempts on one server (`SET NX`s in one script call) |
 //! | `engine/renew/` | task: batched lease renewal (the queue by due time, `due.rs`; one call per chunk, `call.rs`) |
 //! | `engine/sentinel.rs`, `engine/epoch.rs` | Sentinel: watching `+switch-master`, following the new master, re-checking held leases; the count of switches answers are checked against |
 //! | `engine/primitive/` | places in sorted sets, shared by semaphores and read-write locks: their attempt loop, guard, background release and script calls (its `mod.rs` lists its files) |

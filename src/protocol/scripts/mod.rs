@@ -14,7 +14,7 @@
 //! | `call.rs` | sending a call: timeout, `NOSCRIPT` reload, sent once, cross-slot |
 //! | `redirect.rs` | following `MOVED`, `ASK` and `TRYAGAIN` on a cluster (not fred) |
 //! | `confirmed.rs` | a call confirmed by `WAIT` (`min_replicas`) |
-//! | `acquire.rs` | the acquire script and the first attempt's `SET NX` |
+//! | `acquire.rs` | the acquire script, the first attempt's `SET NX`, and the batched `SET NX`s of first attempts (`set_nx.lua`) |
 //! | `release.rs` | the release script |
 //! | `extend.rs` | the extend (and renewal) script |
 //! | `acquire_all.rs` | the multi-key acquire script |
