@@ -63,6 +63,10 @@ pub(super) async fn follow(
         ..base.clone()
     };
     let via = client.with_options(&options);
+    if !client.is_clustered() {
+        // Nothing to follow on one server (or a Sentinel master).
+        return evalsha_reloading(client, &via, script, slot, rest).await;
+    }
     let mut pause = FIRST_PAUSE;
     let mut hops = 0;
     let mut first = true;
