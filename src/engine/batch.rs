@@ -16,7 +16,8 @@ use std::time::Duration;
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
 
-use crate::engine::group_commit::{BoxFuture, Flush, GroupCommit, Withdraw};
+use crate::engine::group_commit::{Flush, GroupCommit, Withdraw};
+use crate::engine::join::Boxed;
 use crate::policy::error::Error;
 use crate::protocol::channel::{Mode, PubSub};
 use crate::protocol::keys::LockKeys;
@@ -48,7 +49,7 @@ impl Flush for Releases {
     type Entry = Job;
     type Answer = Result<Compared, Error>;
 
-    fn flush(&self, _group: &Group, mut batch: Vec<Job>) -> BoxFuture<Vec<Self::Answer>> {
+    fn flush(&self, _group: &Group, mut batch: Vec<Job>) -> Boxed<'static, Vec<Self::Answer>> {
         let client = self.client.clone();
         let timeout = self.timeout;
         let pubsub = self.mode.get(&client);

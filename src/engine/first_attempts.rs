@@ -13,12 +13,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use fred::clients::Client;
 
-use crate::engine::group_commit::{BoxFuture, Flush, GroupCommit, Withdraw};
+use crate::engine::group_commit::{Flush, GroupCommit, Withdraw};
+use crate::engine::join::{join_all, Boxed};
 use crate::policy::error::Error;
 use crate::protocol::route::Group;
 use crate::protocol::scripts::{self, FirstAttempt};
@@ -66,7 +66,7 @@ impl Flush for FirstAttempts {
     type Entry = FirstAttempt;
     type Answer = Result<bool, Error>;
 
-    fn flush(&self, _group: &Group, batch: Vec<FirstAttempt>) -> BoxFuture<Vec<Self::Answer>> {
+    fn flush(&self, _group: &Group, batch: Vec<FirstAttempt>) -> Boxed<'static, Vec<Self::Answer>> {
         let client = self.client.clone();
         let timeout = self.timeout;
         if batch.len() > 1 && self.loaded.load(Ordering::Relaxed) {
@@ -88,36 +88,16 @@ impl Flush for FirstAttempts {
             self.load();
         }
         // One `SET NX` each, all handed to the client by the first poll.
-        Box::pin(async move {
-            let mut sets: Vec<BoxFuture<Result<bool, Error>>> = batch
-                .into_iter()
-                .map(|a| {
-                    let client = client.clone();
-                    Box::pin(async move {
-                        scripts::set_nx_one(&client, &a.key, &a.token, a.ttl_ms, timeout).await
-                    }) as BoxFuture<_>
-                })
-                .collect();
-            let mut answers: Vec<Option<Result<bool, Error>>> = vec![None; sets.len()];
-            std::future::poll_fn(|cx| {
-                let mut pending = false;
-                for (set, answer) in sets.iter_mut().zip(answers.iter_mut()) {
-                    if answer.is_none() {
-                        match set.as_mut().poll(cx) {
-                            Poll::Ready(a) => *answer = Some(a),
-                            Poll::Pending => pending = true,
-                        }
-                    }
-                }
-                if pending {
-                    Poll::Pending
-                } else {
-                    Poll::Ready(())
-                }
+        let sets: Vec<Boxed<'static, Result<bool, Error>>> = batch
+            .into_iter()
+            .map(|a| {
+                let client = client.clone();
+                Box::pin(async move {
+                    scripts::set_nx_one(&client, &a.key, &a.token, a.ttl_ms, timeout).await
+                }) as Boxed<'static, _>
             })
-            .await;
-            answers.into_iter().flatten().collect()
-        })
+            .collect();
+        Box::pin(join_all(sets))
     }
 }
 

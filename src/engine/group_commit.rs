@@ -32,13 +32,11 @@ use std::task::Poll;
 
 use tokio::sync::oneshot;
 
+use crate::engine::join::Boxed;
 use crate::protocol::route::Group;
 
 /// The most entries sent in one call; a gate holding more sends several.
 pub(crate) const MAX_BATCH: usize = 256;
-
-/// A boxed, sendable future.
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// How one kind of call is sent for a batch of entries.
 pub(crate) trait Flush: Send + Sync + 'static {
@@ -48,7 +46,7 @@ pub(crate) trait Flush: Send + Sync + 'static {
     /// One call for `batch` (at most [`MAX_BATCH`] entries of `group`),
     /// answering each entry in order. Its first poll hands the command to
     /// the client.
-    fn flush(&self, group: &Group, batch: Vec<Self::Entry>) -> BoxFuture<Vec<Self::Answer>>;
+    fn flush(&self, group: &Group, batch: Vec<Self::Entry>) -> Boxed<'static, Vec<Self::Answer>>;
 }
 
 /// What happens to an entry whose caller is dropped before it was sent.
@@ -171,7 +169,7 @@ impl<F: Flush> Shared<F> {
         self: &Arc<Self>,
         group: &Group,
         cx: &mut std::task::Context<'_>,
-    ) -> Option<BoxFuture<()>> {
+    ) -> Option<Boxed<'static, ()>> {
         let mut gates = self.gates();
         let waiting = match gates.remove(group) {
             Some(gate) => gate.waiting,
@@ -199,7 +197,7 @@ impl<F: Flush> Shared<F> {
     }
 
     /// One call for `chunk`, answering its entries.
-    fn call(&self, group: &Group, chunk: Vec<Queued<F>>) -> BoxFuture<()> {
+    fn call(&self, group: &Group, chunk: Vec<Queued<F>>) -> Boxed<'static, ()> {
         let mut replies = Vec::with_capacity(chunk.len());
         let entries = chunk
             .into_iter()
@@ -245,7 +243,7 @@ struct Place<'a, F: Flush> {
 
 impl<F: Flush> Place<'_, F> {
     /// As the leader: takes the gate's batch and starts it.
-    async fn send_batch(&mut self) -> Option<BoxFuture<()>> {
+    async fn send_batch(&mut self) -> Option<Boxed<'static, ()>> {
         let sending =
             std::future::poll_fn(|cx| Poll::Ready(self.shared.start(&self.group, cx))).await;
         self.lead = false;
@@ -295,7 +293,7 @@ impl Drop for Active<'_> {
 }
 
 /// Calls in flight, awaited together.
-struct JoinAll(Vec<BoxFuture<()>>);
+struct JoinAll(Vec<Boxed<'static, ()>>);
 
 impl Future for JoinAll {
     type Output = ();
@@ -313,7 +311,7 @@ impl Future for JoinAll {
 
 /// A batch's call in flight: finished by a task of its own when the leader
 /// awaiting it is dropped, so the others still get their answers.
-struct Detached(Option<BoxFuture<()>>);
+struct Detached(Option<Boxed<'static, ()>>);
 
 impl Future for Detached {
     type Output = ();

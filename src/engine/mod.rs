@@ -14,6 +14,7 @@ pub(crate) mod epoch;
 pub(crate) mod first_attempts;
 pub(crate) mod group_commit;
 pub(crate) mod inner;
+pub(crate) mod join;
 pub(crate) mod lease;
 pub mod metrics;
 pub(crate) mod notify;

@@ -2,14 +2,13 @@
 //! was lost.
 
 use std::fmt;
-use std::future::Future;
 use std::ops::Range;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use crate::engine::inner::Inner;
+use crate::engine::join::{join_all, Boxed};
 use crate::engine::lease::{Lease, LeaseCore};
 use crate::policy::error::lost::LostReason;
 use crate::policy::error::Error;
@@ -66,9 +65,6 @@ pub struct MultiGuard {
     /// Whether `Drop` must release.
     armed: bool,
 }
-
-/// A boxed future borrowed from the guard.
-type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl MultiGuard {
     pub(crate) fn new(
@@ -271,29 +267,6 @@ fn not_held(lost: LostKey) -> Error {
         key: lost.key,
         reason: lost.reason,
     }
-}
-
-/// Awaits every future, concurrently; their outputs in order.
-async fn join_all<T>(mut futures: Vec<Boxed<'_, T>>) -> Vec<T> {
-    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 impl Drop for MultiGuard {
