@@ -179,6 +179,19 @@ impl<'a> Acquisition<'a> {
             queueing,
         )
         .await;
+        self.answered(result, step, sent_at, epoch)
+    }
+
+    /// What an attempt sent at `sent_at` (in Sentinel epoch `epoch`) as
+    /// `step` found: `Some(guard)` when it took the lock, `None` when the
+    /// lock is busy or the answer was a transient error, an error otherwise.
+    fn answered(
+        &mut self,
+        result: Result<Attempt, Error>,
+        step: Step,
+        sent_at: Instant,
+        epoch: u64,
+    ) -> Result<Option<LockGuard>, Error> {
         match result {
             Ok(Attempt::Taken(_)) if !self.inner.epoch.unchanged(epoch) => {
                 // Sentinel: the master changed while this attempt was out (or

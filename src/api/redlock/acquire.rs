@@ -151,14 +151,7 @@ pub(crate) async fn run(req: RedlockAcquire) -> Result<RedlockGuard, Error> {
                     // strategy's pace, and a release heard cuts one short.
                     tickets = Some(listen(&servers, &keys));
                 }
-                let woken = match &tickets {
-                    Some(tickets) => any_woken(tickets, jittered(wait)).await,
-                    None => {
-                        tokio::time::sleep(jittered(wait)).await;
-                        false
-                    }
-                };
-                schedule.waited(woken);
+                schedule.waited(pause(tickets.as_deref(), jittered(wait)).await);
             }
         }
         if servers.is_shut_down() {
@@ -177,6 +170,18 @@ fn listen<'a>(servers: &'a Servers, keys: &LockKeys) -> Vec<Ticket<'a>> {
     (0..servers.len())
         .map(|i| servers.inner(i).waiters.join(keys))
         .collect()
+}
+
+/// Waits `wait`, cut short by a release message to any of `tickets`
+/// (`true`) when there are some.
+async fn pause(tickets: Option<&[Ticket<'_>]>, wait: Duration) -> bool {
+    match tickets {
+        Some(tickets) => any_woken(tickets, wait).await,
+        None => {
+            tokio::time::sleep(wait).await;
+            false
+        }
+    }
 }
 
 /// Waits until a release message reaches any of `tickets` (`true`) or for
