@@ -10,15 +10,13 @@
 //! | `acquisition.rs` | the state between attempts: waiting, hand-off, giving up |
 
 use std::fmt;
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::api::guard::LockGuard;
 use crate::engine::inner::Inner;
+use crate::engine::options::{into_future, option_setters, setters, Options};
 use crate::policy::error::Error;
-use crate::policy::retry::RetryStrategy;
 
 mod acquisition;
 mod attempt;
@@ -42,12 +40,8 @@ use plan::Plan;
 pub struct Acquire {
     inner: Arc<Inner>,
     key: String,
-    ttl: Option<Duration>,
-    retry: Option<RetryStrategy>,
-    timeout: Option<Duration>,
-    auto_renew: Option<bool>,
+    options: Options,
     fencing: Option<bool>,
-    min_replicas: Option<(u32, Duration)>,
     holder: Option<String>,
 }
 
@@ -56,118 +50,87 @@ impl Acquire {
         Acquire {
             inner,
             key,
-            ttl: None,
-            retry: None,
-            timeout: None,
-            auto_renew: None,
+            options: Options::default(),
             fencing: None,
-            min_replicas: None,
             holder: None,
         }
     }
 
-    /// The holder label this lock carries, instead of the mutex's (see
-    /// [`Builder::holder`](crate::Builder::holder)); a bad label fails the
-    /// call with [`Error::Config`] before anything is sent.
-    ///
-    /// ```no_run
-    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
-    /// let guard = mutex.acquire("nightly-report").holder("cron@db-2").await?;
-    /// # drop(guard); Ok(()) }
-    /// ```
-    pub fn holder(mut self, label: impl Into<String>) -> Self {
-        self.holder = Some(label.into());
-        self
+    setters! {
+        /// The holder label this lock carries, instead of the mutex's (see
+        /// [`Builder::holder`](crate::Builder::holder)); a bad label fails the
+        /// call with [`Error::Config`] before anything is sent.
+        ///
+        /// ```no_run
+        /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+        /// let guard = mutex.acquire("nightly-report").holder("cron@db-2").await?;
+        /// # drop(guard); Ok(()) }
+        /// ```
+        holder(label: impl Into<String>) => holder = Some(label.into());
     }
 
-    /// Whether this guard renews its lease while it lives, instead of the
-    /// mutex's setting (default on).
-    pub fn auto_renew(mut self, on: bool) -> Self {
-        self.auto_renew = Some(on);
-        self
+    option_setters! {
+        /// Whether this guard renews its lease while it lives, instead of the
+        /// mutex's setting (default on).
+        auto_renew;
     }
 
-    /// Takes this lock with a fencing token (see [`LockGuard::fencing_token`]).
-    pub fn fencing(mut self) -> Self {
-        self.fencing = Some(true);
-        self
+    setters! {
+        /// Takes this lock with a fencing token (see [`LockGuard::fencing_token`]).
+        fencing() => fencing = Some(true);
     }
 
-    /// Confirms this lock's writes (the acquisition, its renewals and
-    /// extensions) with `WAIT replicas timeout`, instead of the mutex's
-    /// setting; `replicas == 0` turns confirmation off for this lock. See
-    /// [`Builder::min_replicas`](crate::Builder::min_replicas) for what it
-    /// guarantees and costs.
-    ///
-    /// When the acquisition's write is not confirmed by `replicas` replicas
-    /// within `timeout`, the call fails with [`Error::NotReplicated`] (at
-    /// once, without trying again) and a release of its token is queued.
-    /// A `timeout` of zero or over one hour fails the call with
-    /// [`Error::Config`] before anything is sent.
-    ///
-    /// ```no_run
-    /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
-    /// use distributed_mutex::Error;
-    /// use std::time::Duration;
-    ///
-    /// match mutex
-    ///     .acquire("ledger:close-day")
-    ///     .min_replicas(1, Duration::from_millis(200))
-    ///     .await
-    /// {
-    ///     Ok(guard) => { /* written on the master and one replica at least */ }
-    ///     Err(Error::NotReplicated { acked, .. }) => eprintln!("only {acked} replica(s) in sync"),
-    ///     Err(e) => return Err(e),
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub fn min_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.min_replicas = Some((replicas, timeout));
-        self
-    }
-
-    /// The lease for this lock, instead of the mutex's.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// How to wait for this lock, instead of the mutex's retry strategy.
-    pub fn retry(mut self, retry: RetryStrategy) -> Self {
-        self.retry = Some(retry);
-        self
-    }
-
-    /// The longest time to wait for the lock to become free, on top of the
-    /// retry strategy (whichever ends first). At least one attempt is always
-    /// made, so `Duration::ZERO` means "one attempt"; `Duration::MAX` leaves
-    /// the strategy alone. The call returns within this (or the strategy's
-    /// budget) plus one command timeout.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
+    option_setters! {
+        /// Confirms this lock's writes (the acquisition, its renewals and
+        /// extensions) with `WAIT replicas timeout`, instead of the mutex's
+        /// setting; `replicas == 0` turns confirmation off for this lock. See
+        /// [`Builder::min_replicas`](crate::Builder::min_replicas) for what it
+        /// guarantees and costs.
+        ///
+        /// When the acquisition's write is not confirmed by `replicas` replicas
+        /// within `timeout`, the call fails with [`Error::NotReplicated`] (at
+        /// once, without trying again) and a release of its token is queued.
+        /// A `timeout` of zero or over one hour fails the call with
+        /// [`Error::Config`] before anything is sent.
+        ///
+        /// ```no_run
+        /// # async fn demo(mutex: distributed_mutex::DistributedMutex) -> Result<(), distributed_mutex::Error> {
+        /// use distributed_mutex::Error;
+        /// use std::time::Duration;
+        ///
+        /// match mutex
+        ///     .acquire("ledger:close-day")
+        ///     .min_replicas(1, Duration::from_millis(200))
+        ///     .await
+        /// {
+        ///     Ok(guard) => { /* written on the master and one replica at least */ }
+        ///     Err(Error::NotReplicated { acked, .. }) => eprintln!("only {acked} replica(s) in sync"),
+        ///     Err(e) => return Err(e),
+        /// }
+        /// # Ok(()) }
+        /// ```
+        min_replicas;
+        /// The lease for this lock, instead of the mutex's.
+        ttl;
+        /// How to wait for this lock, instead of the mutex's retry strategy.
+        retry;
+        /// The longest time to wait for the lock to become free, on top of the
+        /// retry strategy (whichever ends first). At least one attempt is always
+        /// made, so `Duration::ZERO` means "one attempt"; `Duration::MAX` leaves
+        /// the strategy alone. The call returns within this (or the strategy's
+        /// budget) plus one command timeout.
+        timeout;
     }
 }
 
-impl IntoFuture for Acquire {
-    type Output = Result<LockGuard, Error>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'static>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(run(self))
-    }
-}
+into_future!(Acquire => LockGuard, run);
 
 impl fmt::Debug for Acquire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Acquire")
-            .field("key", &self.key)
-            .field("ttl", &self.ttl)
-            .field("retry", &self.retry)
-            .field("timeout", &self.timeout)
-            .field("auto_renew", &self.auto_renew)
-            .field("fencing", &self.fencing)
-            .field("min_replicas", &self.min_replicas)
+        let mut out = f.debug_struct("Acquire");
+        out.field("key", &self.key);
+        self.options.fields(&mut out, true);
+        out.field("fencing", &self.fencing)
             .field("holder", &self.holder)
             .finish()
     }

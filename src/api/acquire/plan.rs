@@ -28,11 +28,11 @@ impl Plan {
     /// The checked settings, and the lock's Redis names.
     pub(super) fn check(req: &Acquire) -> Result<(Plan, LockKeys), Error> {
         let settings = &req.inner.settings;
-        let ttl_ms = ttl_millis(&req.key, req.ttl.unwrap_or(settings.ttl))?;
+        let ttl_ms = ttl_millis(&req.key, req.options.ttl.unwrap_or(settings.ttl))?;
         validate_key(&req.key)?;
-        let retry = req.retry.unwrap_or(settings.retry);
+        let retry = req.options.retry.unwrap_or(settings.retry);
         retry.validate()?;
-        let confirm = match req.min_replicas {
+        let confirm = match req.options.min_replicas {
             Some((replicas, timeout)) => MinReplicas::check(replicas, timeout)?,
             None => settings.min_replicas,
         };
@@ -46,9 +46,9 @@ impl Plan {
                 key: req.key.clone(),
                 ttl_ms,
                 fencing: req.fencing.unwrap_or(settings.fencing),
-                auto_renew: req.auto_renew.unwrap_or(settings.auto_renew),
+                auto_renew: req.options.auto_renew.unwrap_or(settings.auto_renew),
                 retry,
-                timeout: req.timeout,
+                timeout: req.options.timeout,
                 confirm,
                 holder,
             },
