@@ -29,8 +29,9 @@ pub(crate) struct FirstAttempts {
     timeout: Duration,
     /// `set_nx.lua` is loaded: batches go as one `EVALSHA`.
     loaded: Arc<AtomicBool>,
-    /// A load is under way (or done).
-    loading: AtomicBool,
+    /// A load is under way (or done); cleared when one fails, so the next
+    /// batch tries again.
+    loading: Arc<AtomicBool>,
 }
 
 impl FirstAttempts {
@@ -39,21 +40,22 @@ impl FirstAttempts {
             client,
             timeout,
             loaded: Arc::default(),
-            loading: AtomicBool::new(false),
+            loading: Arc::default(),
         }
     }
 
-    /// Loads the script in the background, once.
+    /// Loads the script in the background (again after a load failed).
     fn load(&self) {
         if self.loading.swap(true, Ordering::Relaxed) {
             return;
         }
         let client = self.client.clone();
         let (timeout, loaded) = (self.timeout, Arc::clone(&self.loaded));
+        let under_way = Arc::clone(&self.loading);
         let loading = async move {
             let ok = scripts::load_set_nx(&client, timeout).await;
             loaded.store(ok, Ordering::Relaxed);
-            ok
+            under_way.store(ok, Ordering::Relaxed);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(loading)),
