@@ -29,7 +29,7 @@ use crate::protocol::scripts::{self, Compared, Releasing};
 pub(crate) type OnSent = Box<dyn FnOnce() + Send>;
 
 /// One release to send.
-pub(crate) struct Job {
+struct Job {
     keys: LockKeys,
     token: String,
     /// A queue member to remove first (see `Batcher::release`).
@@ -38,7 +38,7 @@ pub(crate) struct Job {
 }
 
 /// How a batch of releases is sent.
-pub(crate) struct Releases {
+struct Releases {
     client: Client,
     timeout: Duration,
     /// Plain or sharded pub/sub for the release messages.
@@ -49,7 +49,7 @@ impl Flush for Releases {
     type Entry = Job;
     type Answer = Result<Compared, Error>;
 
-    fn flush(&self, _group: &Group, mut batch: Vec<Job>) -> Boxed<'static, Vec<Self::Answer>> {
+    fn flush(&self, mut batch: Vec<Job>) -> Boxed<'static, Vec<Self::Answer>> {
         let client = self.client.clone();
         let timeout = self.timeout;
         let pubsub = self.mode.get(&client);
@@ -131,7 +131,7 @@ impl Batcher {
 
 /// The gate of a key: its cluster node (Redis 7.0+) or slot, or one gate on
 /// a single server.
-pub(crate) fn gate_of(client: &Client, keys: &LockKeys) -> Group {
+fn gate_of(client: &Client, keys: &LockKeys) -> Group {
     if !client.is_clustered() {
         return Group::Slot(0);
     }

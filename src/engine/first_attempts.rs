@@ -68,7 +68,7 @@ impl Flush for FirstAttempts {
     type Entry = FirstAttempt;
     type Answer = Result<bool, Error>;
 
-    fn flush(&self, _group: &Group, batch: Vec<FirstAttempt>) -> Boxed<'static, Vec<Self::Answer>> {
+    fn flush(&self, batch: Vec<FirstAttempt>) -> Boxed<'static, Vec<Self::Answer>> {
         let client = self.client.clone();
         let timeout = self.timeout;
         if batch.len() > 1 && self.loaded.load(Ordering::Relaxed) {

@@ -43,10 +43,10 @@ pub(crate) trait Flush: Send + Sync + 'static {
     type Entry: Send + 'static;
     type Answer: Send + 'static;
 
-    /// One call for `batch` (at most [`MAX_BATCH`] entries of `group`),
+    /// One call for `batch` (at most [`MAX_BATCH`] entries of one group),
     /// answering each entry in order. Its first poll hands the command to
     /// the client.
-    fn flush(&self, group: &Group, batch: Vec<Self::Entry>) -> Boxed<'static, Vec<Self::Answer>>;
+    fn flush(&self, batch: Vec<Self::Entry>) -> Boxed<'static, Vec<Self::Answer>>;
 }
 
 /// What happens to an entry whose caller is dropped before it was sent.
@@ -121,7 +121,7 @@ impl<F: Flush> GroupCommit<F> {
         if alone {
             // No other call of the kind under way: sent at once, as a batch
             // of one, without the gate's bookkeeping.
-            let mut answers = self.shared.flusher.flush(&group, vec![entry]).await;
+            let mut answers = self.shared.flusher.flush(vec![entry]).await;
             return answers.pop();
         }
         let (reply, answer) = oneshot::channel();
@@ -182,7 +182,7 @@ impl<F: Flush> Shared<F> {
         let mut rest = waiting.into_iter().peekable();
         while rest.peek().is_some() {
             let chunk: Vec<Queued<F>> = rest.by_ref().take(MAX_BATCH).collect();
-            let mut call = self.call(group, chunk);
+            let mut call = self.call(chunk);
             // Each call's first poll hands its command to the client.
             if call.as_mut().poll(cx).is_pending() {
                 calls.push(call);
@@ -197,7 +197,7 @@ impl<F: Flush> Shared<F> {
     }
 
     /// One call for `chunk`, answering its entries.
-    fn call(&self, group: &Group, chunk: Vec<Queued<F>>) -> Boxed<'static, ()> {
+    fn call(&self, chunk: Vec<Queued<F>>) -> Boxed<'static, ()> {
         let mut replies = Vec::with_capacity(chunk.len());
         let entries = chunk
             .into_iter()
@@ -206,7 +206,7 @@ impl<F: Flush> Shared<F> {
                 q.entry
             })
             .collect();
-        let sent = self.flusher.flush(group, entries);
+        let sent = self.flusher.flush(entries);
         Box::pin(async move {
             let answers = sent.await;
             for (reply, answer) in replies.into_iter().zip(answers) {
