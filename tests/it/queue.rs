@@ -541,7 +541,8 @@ async fn run_case(
 /// keys, with waiters cancelled at random moments and, in most cases, one
 /// process killed at a random moment: a holder never enters while another
 /// believes its lease valid, and once the survivors are done (and the
-/// killed process's leases ran out) no lock or queue key is left.
+/// killed process's leases and queue entries ran out) no lock or queue key
+/// is left.
 #[test]
 fn handoffs_cancellations_and_killed_processes_keep_mutual_exclusion() {
     let server = RedisServer::start();
@@ -563,8 +564,11 @@ fn handoffs_cancellations_and_killed_processes_keep_mutual_exclusion() {
         runtime.block_on(async {
             let n = run_case(&server.url(), server.port(), &keys, case).await?;
             sections.fetch_add(n, Ordering::Relaxed);
-            // The killed process's locks expire with their TTL.
-            let deadline = Instant::now() + Duration::from_secs(5);
+            // The killed process's locks expire with their TTL, and a queue
+            // entry it added after the last release with its queue's TTL
+            // (10 s after its last join or poll, `QUEUE_TTL`): nothing else
+            // removes a dead waiter's entry that no release passes.
+            let deadline = Instant::now() + Duration::from_secs(12);
             loop {
                 let mut left = Vec::new();
                 for key in keys.iter() {
