@@ -21,7 +21,7 @@ use crate::engine::join::Boxed;
 use crate::policy::error::Error;
 use crate::protocol::channel::{Mode, PubSub};
 use crate::protocol::keys::LockKeys;
-use crate::protocol::route::{self, Group};
+use crate::protocol::route;
 use crate::protocol::scripts::{self, Compared, Releasing};
 
 /// Called once the release has been handed to the client (so that a command
@@ -112,7 +112,7 @@ impl Batcher {
         on_sent: Option<OnSent>,
     ) -> Result<Compared, Error> {
         let releases = self.commit.flusher();
-        let group = gate_of(&releases.client, keys);
+        let group = route::gate(&releases.client, &keys.lock);
         let job = Job {
             keys: keys.clone(),
             token: token.to_owned(),
@@ -126,19 +126,6 @@ impl Batcher {
                 after: releases.timeout,
             })
         })
-    }
-}
-
-/// The gate of a key: its cluster node (Redis 7.0+) or slot, or one gate on
-/// a single server.
-fn gate_of(client: &Client, keys: &LockKeys) -> Group {
-    if !client.is_clustered() {
-        return Group::Slot(0);
-    }
-    let slot = fred::util::redis_keyslot(keys.lock.as_bytes());
-    match route::node_for_cross_slot(client, slot) {
-        Some(node) => Group::Node(node),
-        None => Group::Slot(slot),
     }
 }
 

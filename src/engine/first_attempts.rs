@@ -4,23 +4,34 @@
 //! arrive together go out as one script call of plain `SET key token NX PX
 //! ttl`s (`set_nx.lua`) instead of one command each: one frame, one socket
 //! write and one reply for the lot, on the client and on the server. A lone
-//! attempt is a plain `SET NX`, as before. A cluster sends its first
-//! attempts one by one (see `scripts::set_nx`).
+//! attempt is a plain `SET NX`, as before.
+//!
+//! On Redis Cluster (7.0+, Valkey) the attempts are grouped per node, as
+//! releases are (`route::gate`), and each group goes as one call of the
+//! script's cross-slot form, lone ones included (a plain `SET`'s `OK`
+//! cannot be told from another command's reply; the script echoes its
+//! token): as `EVAL` of its text until the node has run it once, so that
+//! no call waits on a load (a call re-sent after `NOSCRIPT` could run after
+//! the release of a cancelled acquisition). A call the node refuses (a
+//! slot of it moved, or is moving) ran nothing, and its attempts are
+//! answered "send it alone", as are those of a cluster older than 7.0.
 //!
 //! An attempt whose acquisition is dropped before its batch is sent is
 //! taken out of it and never sent ([`Withdraw::Unsent`]); once sent, the
 //! acquisition's release goes out after it on the same connection.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::clients::Client;
+use fred::interfaces::ClientLike;
 
 use crate::engine::group_commit::{Flush, GroupCommit, Withdraw};
 use crate::engine::join::{join_all, Boxed};
 use crate::policy::error::Error;
-use crate::protocol::route::Group;
+use crate::protocol::route::{self, Group};
 use crate::protocol::scripts::{self, FirstAttempt};
 
 /// How a batch of first attempts is sent.
@@ -32,6 +43,8 @@ pub(crate) struct FirstAttempts {
     /// A load is under way (or done); cleared when one fails, so the next
     /// batch tries again.
     loading: Arc<AtomicBool>,
+    /// On a cluster: the nodes that have run the script's cross-slot form.
+    nodes: Arc<Mutex<HashSet<Group>>>,
 }
 
 impl FirstAttempts {
@@ -41,6 +54,7 @@ impl FirstAttempts {
             timeout,
             loaded: Arc::default(),
             loading: Arc::default(),
+            nodes: Arc::default(),
         }
     }
 
@@ -64,38 +78,39 @@ impl FirstAttempts {
     }
 }
 
+/// What a first attempt sent with others found: `Some(true)` when it set
+/// the key, `Some(false)` when the key exists, `None` when it was not sent
+/// (on a cluster: the caller sends it alone).
+type Answer = Result<Option<bool>, Error>;
+
 impl Flush for FirstAttempts {
     type Entry = FirstAttempt;
-    type Answer = Result<bool, Error>;
+    type Answer = Answer;
 
-    fn flush(&self, batch: Vec<FirstAttempt>) -> Boxed<'static, Vec<Self::Answer>> {
+    fn flush(&self, batch: Vec<FirstAttempt>) -> Boxed<'static, Vec<Answer>> {
         let client = self.client.clone();
         let timeout = self.timeout;
+        if client.is_clustered() {
+            return self.flush_on_node(batch);
+        }
         if batch.len() > 1 && self.loaded.load(Ordering::Relaxed) {
             return Box::pin(async move {
-                match scripts::set_nx_many(&client, &batch, timeout).await {
-                    Ok(set) => set.into_iter().map(Ok).collect(),
-                    Err(e) => batch
-                        .iter()
-                        .map(|a| {
-                            let mut e = e.clone();
-                            e.set_key(&a.key);
-                            Err(e)
-                        })
-                        .collect(),
-                }
+                let sent = scripts::set_nx_many(&client, &batch, false, timeout).await;
+                answers(&batch, sent)
             });
         }
         if batch.len() > 1 {
             self.load();
         }
         // One `SET NX` each, all handed to the client by the first poll.
-        let sets: Vec<Boxed<'static, Result<bool, Error>>> = batch
+        let sets: Vec<Boxed<'static, Answer>> = batch
             .into_iter()
             .map(|a| {
                 let client = client.clone();
                 Box::pin(async move {
-                    scripts::set_nx_one(&client, &a.key, &a.token, a.ttl_ms, timeout).await
+                    scripts::set_nx_one(&client, &a.key, &a.token, a.ttl_ms, timeout)
+                        .await
+                        .map(Some)
                 }) as Boxed<'static, _>
             })
             .collect();
@@ -103,7 +118,45 @@ impl Flush for FirstAttempts {
     }
 }
 
-/// Sends first attempts on one server, grouping those that arrive together.
+impl FirstAttempts {
+    /// A batch of one cluster node's keys: one call of the cross-slot form,
+    /// as `EVAL` until the node has run it.
+    fn flush_on_node(&self, batch: Vec<FirstAttempt>) -> Boxed<'static, Vec<Answer>> {
+        let (client, timeout) = (self.client.clone(), self.timeout);
+        let node = batch.first().map(|a| route::gate(&client, &a.key));
+        let nodes = Arc::clone(&self.nodes);
+        let text = !node.as_ref().is_some_and(|n| known(&nodes).contains(n));
+        Box::pin(async move {
+            let sent = scripts::set_nx_many(&client, &batch, text, timeout).await;
+            if let (true, Ok(_), Some(node)) = (text, &sent, node) {
+                known(&nodes).insert(node);
+            }
+            answers(&batch, sent)
+        })
+    }
+}
+
+/// The answers to a batch sent as one call: a node's refusal (nothing ran)
+/// sends each attempt alone; any other error is every attempt's.
+fn answers(batch: &[FirstAttempt], sent: Result<Vec<bool>, Error>) -> Vec<Answer> {
+    match sent {
+        Ok(set) => set.into_iter().map(|s| Ok(Some(s))).collect(),
+        Err(e) if scripts::refused_across_slots(&e) => {
+            tracing::debug!(error = %e, attempts = batch.len(), "a node refused first attempts across its slots; sending them alone");
+            batch.iter().map(|_| Ok(None)).collect()
+        }
+        Err(e) => batch
+            .iter()
+            .map(|a| {
+                let mut e = e.clone();
+                e.set_key(&a.key);
+                Err(e)
+            })
+            .collect(),
+    }
+}
+
+/// Sends first attempts, grouping those that arrive together.
 #[derive(Clone)]
 pub(crate) struct FirstAttemptBatcher {
     commit: GroupCommit<FirstAttempts>,
@@ -116,9 +169,20 @@ impl FirstAttemptBatcher {
         }
     }
 
-    /// `SET key token NX PX ttl_ms`, with the others that arrive together:
-    /// `true` when it set the key.
-    pub(crate) async fn set_nx(&self, key: &str, token: &str, ttl_ms: u64) -> Result<bool, Error> {
+    /// `SET key token NX PX ttl_ms`, with the others of its gate that
+    /// arrive together: `Some(true)` when it set the key, `Some(false)` when
+    /// the key exists, `None` when the caller must send it alone (on a
+    /// cluster; see the module docs).
+    ///
+    /// Cancel-safe: dropped before its batch is sent, the attempt is never
+    /// sent; after, its answer is dropped.
+    pub(crate) async fn set_nx(&self, key: &str, token: &str, ttl_ms: u64) -> Answer {
+        let client = &self.commit.flusher().client;
+        let gate = route::gate(client, key);
+        if client.is_clustered() && matches!(gate, Group::Slot(_)) {
+            // Before Redis 7.0 (or a slot fred's table lacks): one by one.
+            return Ok(None);
+        }
         let attempt = FirstAttempt {
             key: key.to_owned(),
             token: token.to_owned(),
@@ -126,14 +190,16 @@ impl FirstAttemptBatcher {
         };
         let timeout = self.commit.flusher().timeout;
         // Never answered (no runtime left to send its batch): unknown.
-        self.commit
-            .submit(Group::Slot(0), attempt)
-            .await
-            .unwrap_or_else(|| {
-                Err(Error::Timeout {
-                    key: key.to_owned(),
-                    after: timeout,
-                })
+        self.commit.submit(gate, attempt).await.unwrap_or_else(|| {
+            Err(Error::Timeout {
+                key: key.to_owned(),
+                after: timeout,
             })
+        })
     }
+}
+
+/// The nodes known to have the script (a poisoned lock is still a set).
+fn known(nodes: &Mutex<HashSet<Group>>) -> std::sync::MutexGuard<'_, HashSet<Group>> {
+    nodes.lock().unwrap_or_else(|e| e.into_inner())
 }

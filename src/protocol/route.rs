@@ -99,6 +99,20 @@ pub(crate) fn node_for_cross_slot(client: &Client, slot: u16) -> Option<Server> 
         .flatten()
 }
 
+/// The group commit gate of `key` (see `engine/group_commit.rs`): its
+/// cluster node when the servers run cross-slot scripts (Redis 7.0+), else
+/// its cluster slot; one gate on one server.
+pub(crate) fn gate(client: &Client, key: &str) -> Group {
+    if !client.is_clustered() {
+        return Group::Slot(0);
+    }
+    let slot = fred::util::redis_keyslot(key.as_bytes());
+    match node_for_cross_slot(client, slot) {
+        Some(node) => Group::Node(node),
+        None => Group::Slot(slot),
+    }
+}
+
 impl Routes {
     /// How to group the leases of one batch on `client`: per slot on a
     /// cluster (per node where the servers allow it), one group on one

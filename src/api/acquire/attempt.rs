@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use fred::interfaces::ClientLike;
-
 use crate::engine::inner::Inner;
 use crate::policy::error::Error;
 use crate::protocol::keys::LockKeys;
@@ -87,13 +85,12 @@ pub(super) async fn attempt(
     }
     let client = &inner.client;
     if fast && !plan.fencing {
-        // On one server, first attempts that arrive together go as one call.
-        let set = if client.is_clustered() {
-            scripts::set_nx(client, keys, ask, timeout).await?
-        } else {
-            (inner.first_attempts)
-                .set_nx(&keys.lock, token, plan.ttl_ms)
-                .await?
+        // First attempts that arrive together go as one call (per node on a
+        // cluster); one the batch did not send goes alone.
+        let batched = inner.first_attempts.set_nx(&keys.lock, token, plan.ttl_ms);
+        let set = match batched.await? {
+            Some(set) => set,
+            None => scripts::set_nx(client, keys, ask, timeout).await?,
         };
         if set {
             return Ok(Attempt::Taken(None));

@@ -17,7 +17,22 @@ use crate::protocol::keys::LockKeys;
 use super::*;
 
 pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(lua!("acquire")));
-static SET_NX: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("set_nx.lua")));
+pub(super) static SET_NX: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("set_nx.lua")));
+/// `set_nx.lua` declared cross-slot, like the renewal's and release's
+/// cross-slot forms: the first attempts of keys in several slots of one
+/// cluster node (Redis 7.0+, Valkey) in one call, every key touched before
+/// anything is written (`cross_slot_check.lua`), so that a call the node
+/// refuses ran nothing. No `allow-oom`: a `SET` adds a key, which an
+/// out-of-memory server refuses anyway.
+pub(super) static SET_NX_CROSS_SLOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(concat!(
+        "#!lua flags=allow-cross-slot-keys\n",
+        include_str!("cross_slot.lua"),
+        include_str!("cross_slot_check.lua"),
+        include_str!("set_nx.lua")
+    ))
+});
 
 /// What the acquire script answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,8 +245,8 @@ pub(crate) struct FirstAttempt {
     pub(crate) ttl_ms: u64,
 }
 
-/// Loads `set_nx.lua` (bounded by `timeout`), so that batches can be sent
-/// by `EVALSHA` without a `NOSCRIPT` round.
+/// Loads `set_nx.lua` on one server (bounded by `timeout`), so that
+/// batches can be sent by `EVALSHA` without a `NOSCRIPT` round.
 pub(crate) async fn load_set_nx(client: &Client, timeout: Duration) -> bool {
     matches!(
         tokio::time::timeout(timeout, load(client, &SET_NX, 0)).await,
@@ -240,11 +255,19 @@ pub(crate) async fn load_set_nx(client: &Client, timeout: Duration) -> bool {
 }
 
 /// The first attempts of several locks on one server as one call
-/// (`set_nx.lua`): per lock, what [`set_nx_one`] answers. Not for a
-/// cluster, whose keys sit in many slots.
+/// (`set_nx.lua`): per lock, what [`set_nx_one`] answers.
+///
+/// On a cluster, the first attempts of keys that one node serves (per
+/// fred's slot table) as one call of the script's cross-slot form, sent to
+/// that node and never redirected: a node that does not serve every key
+/// refuses the whole call before anything ran ([`refused_across_slots`]),
+/// and the caller sends each attempt alone. With `text`, the call is sent
+/// as `EVAL` of the script's text, which loads it on the node (for a node
+/// not known to have it).
 pub(crate) async fn set_nx_many(
     client: &Client,
     batch: &[FirstAttempt],
+    text: bool,
     timeout: Duration,
 ) -> Result<Vec<bool>, Error> {
     let first = batch.first().map_or("", |a| a.key.as_str());
@@ -256,7 +279,12 @@ pub(crate) async fn set_nx_many(
         args.push(Value::from(a.token.as_str()));
         args.push(Value::from(a.ttl_ms as i64));
     }
-    let reply = run_once(client, &SET_NX, first, keys, args, timeout).await?;
+    let reply = if client.is_clustered() {
+        let call = (first, keys);
+        run_cross_slot(client, &SET_NX_CROSS_SLOT, call, args, true, text, timeout).await?
+    } else {
+        run_once(client, &SET_NX, first, keys, args, timeout).await?
+    };
     let reply = checked(reply, echo).ok_or_else(|| mismatched(first, "set_nx"))?;
     if reply.len() != batch.len() {
         return Err(unexpected(first, "set_nx", reply));

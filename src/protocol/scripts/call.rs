@@ -169,7 +169,9 @@ pub(super) async fn load(
 
 /// The other form of a script that has two (per slot and cross-slot).
 pub(super) fn other_form(script: &Script) -> Option<&'static Script> {
-    let pairs: [(&Script, &'static Script); 4] = [
+    let pairs: [(&Script, &'static Script); 6] = [
+        (&SET_NX, &SET_NX_CROSS_SLOT),
+        (&SET_NX_CROSS_SLOT, &SET_NX),
         (&RELEASE, &RELEASE_CROSS_SLOT),
         (&RELEASE_CROSS_SLOT, &RELEASE),
         (&EXTEND, &EXTEND_CROSS_SLOT),
@@ -278,16 +280,21 @@ pub(crate) fn refused_across_slots(error: &Error) -> bool {
 /// fred's slot table names for `first`'s slot: `keys` are passed as
 /// arguments behind `first`, the only declared key. Not redirected; with
 /// `once`, never re-sent after a reconnect either (as [`run_once`]). On
-/// `NOSCRIPT` the script is loaded on that node and sent once more.
+/// `NOSCRIPT` the script is loaded on that node and sent once more; with
+/// `text`, it is sent as `EVAL` of its text instead, which loads it on the
+/// node as it runs (for a node that may not have it yet: a call re-sent
+/// after `NOSCRIPT` could run after a command sent after it).
 pub(super) async fn run_cross_slot(
     client: &Client,
     script: &Script,
     (first, keys): (&str, Vec<Value>),
     args: Vec<Value>,
     once: bool,
+    text: bool,
     timeout: Duration,
 ) -> Result<Value, Error> {
     use fred::types::config::Options;
+    use fred::types::{ClusterHash, CustomCommand};
     let slot = fred::util::redis_keyslot(first.as_bytes());
     let once = client.with_options(&Options {
         max_redirections: Some(0),
@@ -296,11 +303,19 @@ pub(super) async fn run_cross_slot(
     });
     // One declared key (Redis refuses declared keys of several slots), the
     // others as arguments (see `cross_slot.lua`).
-    let mut rest = Vec::with_capacity(3 + keys.len() + args.len());
+    let mut rest = Vec::with_capacity(4 + keys.len() + args.len());
+    if text {
+        rest.push(Value::from(script.lua().cloned().unwrap_or_default()));
+    }
     rest.extend([Value::from(1), Value::from(first)]);
     rest.push(Value::from(keys.len() as i64));
     rest.extend(keys);
     rest.extend(args);
+    if text {
+        let command = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
+        let call = once.custom::<Value, _>(command, rest);
+        return bounded(client, first, timeout, call).await;
+    }
     let call = evalsha_reloading(client, &once, script, slot, rest);
     bounded(client, first, timeout, call).await
 }

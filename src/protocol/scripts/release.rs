@@ -54,7 +54,16 @@ async fn send(
     let (script_keys, args) = release_call(entries, pubsub);
     let reply = if across_slots {
         let call = (first, script_keys);
-        run_cross_slot(client, &RELEASE_CROSS_SLOT, call, args, true, timeout).await?
+        run_cross_slot(
+            client,
+            &RELEASE_CROSS_SLOT,
+            call,
+            args,
+            true,
+            false,
+            timeout,
+        )
+        .await?
     } else {
         run_once(client, &RELEASE, first, script_keys, args, timeout).await?
     };

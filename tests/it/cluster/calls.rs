@@ -1,9 +1,11 @@
-//! What renewal and release cost in calls on a cluster: one script call
-//! per node for the leases that fall due together, and for the releases
-//! that queue behind one in flight, whatever the slots of their keys (Redis
-//! 7.0+ runs a script declared `allow-cross-slot-keys` on keys of every
-//! slot of the node).
+//! What renewal, first attempts and release cost in calls on a cluster:
+//! one script call per node for the leases that fall due together, for the
+//! first attempts that arrive together and for the releases that queue
+//! behind one in flight, whatever the slots of their keys (Redis 7.0+ runs
+//! a script declared `allow-cross-slot-keys` on keys of every slot of the
+//! node).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use distributed_mutex::LockGuard;
@@ -99,8 +101,8 @@ const TASKS: usize = 32;
 /// Lock-and-release rounds per task.
 const ROUNDS: usize = 20;
 
-/// 32 tasks each take and release their own key 20 times, all keys on one
-/// master and each in a slot of its own: every release answers `Ok` and
+/// 32 tasks each take (fenced) and release their own key 20 times, all
+/// keys on one master and each in a slot of its own: every release answers `Ok` and
 /// every key is gone after, and releases that queue behind one in flight go
 /// out together, so the master runs far fewer release calls than releases
 /// (one per release with a gate per slot).
@@ -119,7 +121,8 @@ async fn releases_queued_on_one_node_go_out_together_across_slots() {
         tasks.push(tokio::spawn(async move {
             for round in 0..ROUNDS {
                 let guard = mutex
-                    .lock(&key)
+                    .acquire(&key)
+                    .fencing()
                     .await
                     .unwrap_or_else(|e| panic!("{key} round {round}: {e}"));
                 guard
@@ -133,8 +136,8 @@ async fn releases_queued_on_one_node_go_out_together_across_slots() {
         task.await.unwrap();
     }
     let releases = (TASKS * ROUNDS) as u64;
-    // Each acquisition is one acquire-script call (on a cluster a first
-    // attempt uses the script); the rest are release calls.
+    // Each acquisition is one acquire-script call (fenced: a fenced first
+    // attempt is the script, never grouped); the rest are release calls.
     let calls = command_calls(cluster.master(0), "evalsha");
     let release_calls = calls.saturating_sub(releases);
     eprintln!(
@@ -152,4 +155,69 @@ async fn releases_queued_on_one_node_go_out_together_across_slots() {
         assert_eq!(get_on(&cluster, 0, key), "", "{key} left");
     }
     mutex.shutdown().await;
+}
+
+/// First attempts per master.
+const ATTEMPTS: usize = 64;
+
+/// 64 tasks per master try their own key at once, each key in a slot of
+/// its own: every key is taken, holds its guard's token on its master, and
+/// each master ran one `SET` per key inside a handful of script calls (one
+/// per node and batch), not 64 calls. After the guards are dropped no key
+/// is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_attempts_on_one_node_go_out_together_across_slots() {
+    let cluster = RedisCluster::start();
+    let mutex = builder_at(&cluster.url()).await.build().unwrap();
+    let keys: Vec<(usize, String)> = (0..MASTERS)
+        .flat_map(|i| {
+            let keys = cluster.keys_on_master(i, "cluster:first:", ATTEMPTS);
+            keys.into_iter().map(move |k| (i, k))
+        })
+        .collect();
+    for i in 0..MASTERS {
+        reset_stats(cluster.master(i));
+    }
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(keys.len()));
+    let tasks: Vec<_> = keys
+        .iter()
+        .map(|(i, key)| {
+            let (mutex, barrier, key, i) = (mutex.clone(), barrier.clone(), key.clone(), *i);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let guard = mutex.try_lock(&key).await;
+                (i, guard.unwrap_or_else(|e| panic!("{key}: {e}")))
+            })
+        })
+        .collect();
+    let mut guards = Vec::new();
+    for task in tasks {
+        let (i, guard) = task.await.unwrap();
+        guards.push((i, guard.expect("a free key is taken")));
+    }
+    for (i, guard) in &guards {
+        let key = guard.key();
+        assert_eq!(get_on(&cluster, *i, key), guard.token(), "{key}");
+    }
+    for i in 0..MASTERS {
+        let sets = command_calls(cluster.master(i), "set");
+        let calls =
+            command_calls(cluster.master(i), "evalsha") + command_calls(cluster.master(i), "eval");
+        eprintln!("master {i}: {ATTEMPTS} first attempts, {sets} SET, {calls} script calls");
+        assert_eq!(sets, ATTEMPTS as u64, "master {i}: one SET NX per lock");
+        assert!(
+            calls >= 1 && calls <= (ATTEMPTS / 4) as u64,
+            "master {i}: {calls} script calls for {ATTEMPTS} first attempts"
+        );
+    }
+    let keys: Vec<(usize, String)> = guards
+        .iter()
+        .map(|(i, g)| (*i, g.key().to_owned()))
+        .collect();
+    drop(guards);
+    mutex.shutdown().await;
+    for (i, key) in &keys {
+        assert_eq!(get_on(&cluster, *i, key), "", "{key} left");
+    }
 }
