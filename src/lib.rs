@@ -122,7 +122,7 @@
 //! | `engine/release.rs` | task: releases handed over by `Drop` |
 //! | `engine/group_commit.rs` | group commit: calls of one kind that arrive together go out as one (a lone call at once) |
 //! | `engine/batch.rs` | the group commit of releases |
-//! | `engine/first_attempts.rs` | the group commit of first attempts on one server (`SET NX`s in one script call) |
+//! | `engine/first_attempts.rs` | the group commit of first attempts (`SET NX`s in one script call; per master on a cluster) |
 //! | `engine/renew/` | task: batched lease renewal (the queue by due time, `due.rs`; one call per chunk, `call.rs`) |
 //! | `engine/sentinel.rs`, `engine/epoch.rs` | Sentinel: watching `+switch-master`, following the new master, re-checking held leases; the count of switches answers are checked against |
 //! | `engine/primitive/` | places in sorted sets, shared by semaphores and read-write locks: their attempt loop, guard, background release and script calls (its `mod.rs` lists its files) |

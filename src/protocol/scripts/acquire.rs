@@ -25,14 +25,11 @@ pub(super) static SET_NX: LazyLock<Script> =
 /// anything is written (`cross_slot_check.lua`), so that a call the node
 /// refuses ran nothing. No `allow-oom`: a `SET` adds a key, which an
 /// out-of-memory server refuses anyway.
-pub(super) static SET_NX_CROSS_SLOT: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(concat!(
-        "#!lua flags=allow-cross-slot-keys\n",
-        include_str!("cross_slot.lua"),
-        include_str!("cross_slot_check.lua"),
-        include_str!("set_nx.lua")
-    ))
-});
+pub(super) static SET_NX_CROSS_SLOT: LazyLock<Script> = cross_slot!(
+    "",
+    include_str!("cross_slot_check.lua"),
+    include_str!("set_nx.lua")
+);
 
 /// What the acquire script answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

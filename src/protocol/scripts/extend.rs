@@ -18,13 +18,7 @@ pub(super) static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(l
 /// Valkey), on the node that serves them all, the keys passed as arguments
 /// by `cross_slot.lua` (see `route.rs`). `allow-oom` keeps what a script
 /// without flags may do: renew under `maxmemory` (it adds nothing).
-pub(super) static EXTEND_CROSS_SLOT: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(concat!(
-        "#!lua flags=allow-cross-slot-keys,allow-oom\n",
-        include_str!("cross_slot.lua"),
-        lua!("extend")
-    ))
-});
+pub(super) static EXTEND_CROSS_SLOT: LazyLock<Script> = cross_slot!(",allow-oom", lua!("extend"));
 
 /// Compare-and-pexpire for a batch of `(key, token, ttl_ms)`, all in one
 /// cluster slot; one answer per entry, in order. A `renewal` never shortens

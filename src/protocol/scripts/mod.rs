@@ -52,6 +52,25 @@ macro_rules! lua {
 }
 pub(crate) use lua;
 
+/// A script's cross-slot form (see `route.rs`), as a `LazyLock<Script>`:
+/// the shebang `#!lua flags=allow-cross-slot-keys` with `$flags` after it,
+/// `cross_slot.lua` (the keys, passed as arguments), then `$part`s (a
+/// script that writes puts `cross_slot_check.lua` first).
+macro_rules! cross_slot {
+    ($flags:literal, $($part:expr),+ $(,)?) => {
+        LazyLock::new(|| {
+            Script::from_lua(concat!(
+                "#!lua flags=allow-cross-slot-keys",
+                $flags,
+                "\n",
+                include_str!("cross_slot.lua"),
+                $($part),+
+            ))
+        })
+    };
+}
+pub(crate) use cross_slot;
+
 /// What a token-checked command (release, extend, renew) found for one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Compared {

@@ -115,14 +115,11 @@ pub(super) fn release_answers(
 
 /// `release.lua` declared cross-slot, like [`EXTEND_CROSS_SLOT`], with
 /// every key touched before anything is written (`cross_slot_check.lua`).
-pub(super) static RELEASE_CROSS_SLOT: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(concat!(
-        "#!lua flags=allow-cross-slot-keys,allow-oom\n",
-        include_str!("cross_slot.lua"),
-        include_str!("cross_slot_check.lua"),
-        lua!("release")
-    ))
-});
+pub(super) static RELEASE_CROSS_SLOT: LazyLock<Script> = cross_slot!(
+    ",allow-oom",
+    include_str!("cross_slot_check.lua"),
+    lua!("release")
+);
 
 /// [`release`] of entries in several slots of one cluster node, in one
 /// call (Redis 7.0+). A call the node refuses ran nothing (see
