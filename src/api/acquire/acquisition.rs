@@ -194,22 +194,7 @@ impl<'a> Acquisition<'a> {
     ) -> Result<Option<LockGuard>, Error> {
         match result {
             Ok(Attempt::Taken(_)) if !self.inner.epoch.unchanged(epoch) => {
-                // Sentinel: the master changed while this attempt was out (or
-                // before, and the client was still moving): it may have been
-                // written on the old master. It does not count; the next
-                // attempt (same token) goes to the new master. The token
-                // stays armed, so giving up releases it.
-                self.uncertain = true;
-                let key = &self.plan.key;
-                tracing::debug!(key = %key, "lock taken while the master changed; trying again on the new master");
-                self.holder_ttl = None;
-                self.last_error = Some(Error::Unavailable {
-                    key: key.clone(),
-                    source: fred::error::Error::new(
-                        fred::error::ErrorKind::Sentinel,
-                        "the master changed (Sentinel failover) while the lock was being taken",
-                    ),
-                });
+                self.taken_while_master_changed();
                 Ok(None)
             }
             Ok(Attempt::Taken(fencing_token)) => {
@@ -252,6 +237,25 @@ impl<'a> Acquisition<'a> {
                 Err(e)
             }
         }
+    }
+
+    /// Sentinel: the master changed while an attempt that took the lock was
+    /// out (or before, and the client was still moving): it may have been
+    /// written on the old master. It does not count; the next attempt (same
+    /// token) goes to the new master. The token stays armed, so giving up
+    /// releases it.
+    fn taken_while_master_changed(&mut self) {
+        self.uncertain = true;
+        let key = &self.plan.key;
+        tracing::debug!(key = %key, "lock taken while the master changed; trying again on the new master");
+        self.holder_ttl = None;
+        self.last_error = Some(Error::Unavailable {
+            key: key.clone(),
+            source: fred::error::Error::new(
+                fred::error::ErrorKind::Sentinel,
+                "the master changed (Sentinel failover) while the lock was being taken",
+            ),
+        });
     }
 
     /// An attempt sent at `at` that queues (`step` other than `Attempt`)

@@ -20,6 +20,7 @@ use crate::engine::notify::Ticket;
 use crate::engine::options::{into_future, option_setters, Options};
 use crate::policy::error::Error;
 use crate::policy::limits::validate_key;
+use crate::policy::retry::RetryStrategy;
 use crate::policy::schedule::{Next, Schedule};
 use crate::protocol::keys::LockKeys;
 
@@ -90,25 +91,43 @@ pub(crate) fn jittered(wait: Duration) -> Duration {
     half + Duration::from_nanos(fastrand::u64(..=span))
 }
 
-/// Runs an acquisition (unboxed: `lock` and `try_lock` await this directly).
-pub(crate) async fn run(req: RedlockAcquire) -> Result<RedlockGuard, Error> {
-    let servers = req.servers;
-    let settings = &servers.settings;
+/// An acquisition's settings, checked.
+struct Checked {
+    ttl_ms: u64,
+    retry: RetryStrategy,
+    auto_renew: bool,
+}
+
+/// The key, the TTL (against the per-server timeout) and the retry
+/// strategy of `req`, checked; its options over the builder's settings.
+fn check(req: &RedlockAcquire) -> Result<Checked, Error> {
+    let settings = &req.servers.settings;
     validate_key(&req.key)?;
-    let ttl_ms = check_ttl(
-        &req.key,
-        req.options.ttl.unwrap_or(settings.ttl),
-        settings.server_timeout,
-    )?;
+    let ttl = req.options.ttl.unwrap_or(settings.ttl);
+    let ttl_ms = check_ttl(&req.key, ttl, settings.server_timeout)?;
     let retry = req.options.retry.unwrap_or(settings.retry);
     retry.validate()?;
     let auto_renew = req.options.auto_renew.unwrap_or(settings.auto_renew);
-    let key = req.key;
+    Ok(Checked {
+        ttl_ms,
+        retry,
+        auto_renew,
+    })
+}
+
+/// Runs an acquisition (unboxed: `lock` and `try_lock` await this directly).
+pub(crate) async fn run(req: RedlockAcquire) -> Result<RedlockGuard, Error> {
+    let Checked {
+        ttl_ms,
+        retry,
+        auto_renew,
+    } = check(&req)?;
+    let (servers, key) = (req.servers, req.key);
     if servers.is_shut_down() {
         return Err(Error::Shutdown { key });
     }
     servers.ensure_background();
-    let keys = LockKeys::new(&settings.prefix, &key);
+    let keys = LockKeys::new(&servers.settings.prefix, &key);
     let started = Instant::now();
     let mut schedule = Schedule::new(started, retry, req.options.timeout);
     let mut attempts = 0u32;
@@ -129,14 +148,7 @@ pub(crate) async fn run(req: RedlockAcquire) -> Result<RedlockGuard, Error> {
             }
             Err(failure) => failure,
         };
-        let (last_error, holder_ttl) = match failure {
-            Failure::Busy { holder_ttl } => (None, holder_ttl),
-            Failure::Error(e) if !e.is_transient() => return Err(e),
-            Failure::Error(e) => {
-                tracing::debug!(key = %key, attempts, error = %e, "redlock attempt failed");
-                (Some(e), None)
-            }
-        };
+        let (last_error, holder_ttl) = failure.judged(&key, attempts)?;
         match schedule.next(Instant::now(), holder_ttl) {
             Next::GiveUp => {
                 return Err(last_error.unwrap_or_else(|| Error::NotObtained {
@@ -156,6 +168,21 @@ pub(crate) async fn run(req: RedlockAcquire) -> Result<RedlockGuard, Error> {
         }
         if servers.is_shut_down() {
             return Err(Error::Shutdown { key });
+        }
+    }
+}
+
+impl Failure {
+    /// The error to remember (a transient one) and the holder's remaining
+    /// lease (busy); a non-transient error ends the acquisition.
+    fn judged(self, key: &str, attempts: u32) -> Result<(Option<Error>, Option<Duration>), Error> {
+        match self {
+            Failure::Busy { holder_ttl } => Ok((None, holder_ttl)),
+            Failure::Error(e) if !e.is_transient() => Err(e),
+            Failure::Error(e) => {
+                tracing::debug!(key = %key, attempts, error = %e, "redlock attempt failed");
+                Ok((Some(e), None))
+            }
         }
     }
 }

@@ -77,16 +77,8 @@ async fn acquire(
     signals: &mut Signals,
 ) -> Result<LockGuard, Failure> {
     let started = Instant::now();
-    let request = |retry: RetryStrategy, timeout: Duration| {
-        let acquire = mutex.acquire(&args.key).retry(retry).timeout(timeout);
-        if args.fencing {
-            acquire.fencing()
-        } else {
-            acquire
-        }
-    };
     let first = tokio::select! {
-        result = request(RetryStrategy::none(), Duration::ZERO).into_future() => result,
+        result = request(mutex, args, RetryStrategy::none(), Duration::ZERO).into_future() => result,
         caught = signals.recv() => return Err(interrupted(caught, &args.key)),
     };
     let wait = if args.no_wait {
@@ -105,36 +97,79 @@ async fn acquire(
         Err(Error::NotObtained { .. }) => {}
         Err(e) => return Err(Failure::from_lib("cannot take the lock", &e)),
     }
+    let waiting = Waiting {
+        mutex,
+        args,
+        quiet,
+        started,
+        left: wait.saturating_sub(started.elapsed()),
+    };
+    waiting.run(signals).await
+}
 
-    let limit = args.wait;
-    let mut progress = Progress::start(quiet, &args.key, limit, started);
-    let left = wait.saturating_sub(started.elapsed());
-    let mut waiting =
-        std::pin::pin!(request(RetryStrategy::linear(POLL, u32::MAX), left).into_future());
-    let mut ticks = tokio::time::interval(progress.interval());
-    ticks.tick().await; // the first tick is now: the first line is out already
-    loop {
-        tokio::select! {
-            result = &mut waiting => {
-                progress.finish(result.is_ok());
-                return match result {
-                    Ok(guard) => Ok(guard),
-                    Err(Error::NotObtained { .. }) => Err(Failure::status(
-                        exit::BUSY,
-                        format!(
-                            "lock `{}` is still busy after {}; not running the command",
-                            args.key,
-                            human(started.elapsed())
-                        ),
-                    )),
-                    Err(e) => Err(Failure::from_lib("cannot take the lock", &e)),
-                };
+/// The acquisition of `args.key` with `retry`, given up after `timeout`.
+fn request(
+    mutex: &DistributedMutex,
+    args: &RunArgs,
+    retry: RetryStrategy,
+    timeout: Duration,
+) -> distributed_mutex::Acquire {
+    let acquire = mutex.acquire(&args.key).retry(retry).timeout(timeout);
+    if args.fencing {
+        acquire.fencing()
+    } else {
+        acquire
+    }
+}
+
+/// The wait for a busy lock, after the first attempt.
+struct Waiting<'a> {
+    mutex: &'a DistributedMutex,
+    args: &'a RunArgs,
+    quiet: bool,
+    /// When the first attempt was sent.
+    started: Instant,
+    /// What is left of `--wait`.
+    left: Duration,
+}
+
+impl Waiting<'_> {
+    /// Polls every [`POLL`] (woken by releases) until the lock is taken,
+    /// `--wait` is over, or a signal is caught, with a progress line.
+    async fn run(self, signals: &mut Signals) -> Result<LockGuard, Failure> {
+        let Waiting { args, started, .. } = self;
+        let mut progress = Progress::start(self.quiet, &args.key, args.wait, started);
+        let retry = RetryStrategy::linear(POLL, u32::MAX);
+        let mut waiting = std::pin::pin!(request(self.mutex, args, retry, self.left).into_future());
+        let mut ticks = tokio::time::interval(progress.interval());
+        ticks.tick().await; // the first tick is now: the first line is out already
+        loop {
+            tokio::select! {
+                result = &mut waiting => {
+                    progress.finish(result.is_ok());
+                    return result.map_err(|e| self.failed(&e));
+                }
+                _ = ticks.tick() => progress.tick(),
+                caught = signals.recv() => {
+                    progress.finish(false);
+                    return Err(interrupted(caught, &args.key));
+                }
             }
-            _ = ticks.tick() => progress.tick(),
-            caught = signals.recv() => {
-                progress.finish(false);
-                return Err(interrupted(caught, &args.key));
-            }
+        }
+    }
+
+    /// Why the wait ended without the lock.
+    fn failed(&self, error: &Error) -> Failure {
+        match error {
+            Error::NotObtained { .. } => Failure::status(
+                exit::BUSY,
+                format!(
+                    "lock `{}` is still busy after {}; not running the command",
+                    self.args.key,
+                    human(self.started.elapsed())
+                ),
+            ),
+            e => Failure::from_lib("cannot take the lock", e),
         }
     }
 }
@@ -178,11 +213,8 @@ pub async fn supervise<G: Held>(
             status = child.wait() => break status,
             reason = guard.lost(), if lost.is_none() => {
                 lost = Some(reason);
-                let (action, signal, kill) = on_lost(args);
+                let (signal, kill) = lost_while_running(args, reason, &shown, quiet);
                 kill_at = kill;
-                if !quiet {
-                    eprintln!("dmutex: lost lock `{}` ({reason}) while `{shown}` ran; {action}", args.key);
-                }
                 if let Some(signal) = signal {
                     send(signal);
                 }
@@ -192,10 +224,7 @@ pub async fn supervise<G: Held>(
             {
                 kill_at = None;
                 if !quiet {
-                    eprintln!(
-                        "dmutex: `{shown}` still runs {} after SIGTERM; sending SIGKILL",
-                        human(args.grace)
-                    );
+                    eprintln!("dmutex: `{shown}` still runs {} after SIGTERM; sending SIGKILL", human(args.grace));
                 }
                 send(Signal::KILL);
             }
@@ -247,6 +276,25 @@ fn command<G: Held>(guard: &G, args: &RunArgs) -> Command {
         None => command.env_remove("DMUTEX_FENCING_TOKEN"),
     };
     command
+}
+
+/// The lock was lost (for `reason`) while the command ran: says so (unless
+/// `quiet`), and returns what `--on-lost` asks: the signal to send now, and
+/// when to send SIGKILL.
+fn lost_while_running(
+    args: &RunArgs,
+    reason: LostReason,
+    shown: &str,
+    quiet: bool,
+) -> (Option<Signal>, Option<tokio::time::Instant>) {
+    let (action, signal, kill) = on_lost(args);
+    if !quiet {
+        eprintln!(
+            "dmutex: lost lock `{}` ({reason}) while `{shown}` ran; {action}",
+            args.key
+        );
+    }
+    (signal, kill)
 }
 
 /// What `--on-lost` does once the lock is lost: what to say, the signal to

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::Message;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use super::follow::{follow, ssubscribe_once_more_after_moved, Followed};
@@ -50,26 +52,16 @@ pub(super) async fn manager(
                     follow(&client, s, timeout, &mut followed, &shared).await;
                 }
             }
-            message = recv(&mut messages), if messages.is_some() => match message {
-                Ok(message) => {
-                    let value = message.value.as_str();
-                    shared.on_message(&message.channel, value.as_deref());
+            message = recv(&mut messages), if messages.is_some() => {
+                if !on_message(&shared, message) {
+                    messages = None;
                 }
-                // Messages were dropped: every waiter tries once more (a
-                // spurious attempt costs one command; a missed wake-up
-                // costs a wait).
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => shared.wake_all(None),
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => messages = None,
-            },
-            // Reconnected (and resubscribed by fred): messages sent
-            // meanwhile were lost, and a hand-off to one of our waiters
-            // then skipped it; each tries (and queues) once more.
-            reconnected = recv(&mut reconnects), if reconnects.is_some() => match reconnected {
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    shared.wake_all(None)
+            }
+            reconnected = recv(&mut reconnects), if reconnects.is_some() => {
+                if !on_reconnect(&shared, reconnected) {
+                    reconnects = None;
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => reconnects = None,
-            },
+            }
         }
     }
     if let Some(s) = subscriber {
@@ -78,9 +70,36 @@ pub(super) async fn manager(
     shared.stopped.mark();
 }
 
+/// A message (or news of messages dropped) from the subscriber connection;
+/// `false` once its stream closed.
+fn on_message(shared: &Shared, message: Result<Message, RecvError>) -> bool {
+    match message {
+        Ok(message) => {
+            let value = message.value.as_str();
+            shared.on_message(&message.channel, value.as_deref());
+        }
+        // Messages were dropped: every waiter tries once more (a spurious
+        // attempt costs one command; a missed wake-up costs a wait).
+        Err(RecvError::Lagged(_)) => shared.wake_all(None),
+        Err(RecvError::Closed) => return false,
+    }
+    true
+}
+
+/// The subscriber reconnected (and fred resubscribed): messages sent
+/// meanwhile were lost, and a hand-off to one of our waiters then skipped
+/// it; each tries (and queues) once more. `false` once the stream closed.
+fn on_reconnect<T>(shared: &Shared, reconnected: Result<T, RecvError>) -> bool {
+    match reconnected {
+        Ok(_) | Err(RecvError::Lagged(_)) => shared.wake_all(None),
+        Err(RecvError::Closed) => return false,
+    }
+    true
+}
+
 async fn recv<T: Clone>(
     rx: &mut Option<tokio::sync::broadcast::Receiver<T>>,
-) -> Result<T, tokio::sync::broadcast::error::RecvError> {
+) -> Result<T, RecvError> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -67,6 +67,14 @@ pub(super) async fn follow(
         // Nothing to follow on one server (or a Sentinel master).
         return evalsha_reloading(client, &via, script, slot, rest).await;
     }
+    let call = Call {
+        client,
+        options: &options,
+        script,
+        slot,
+        rest: &rest,
+        deadline,
+    };
     let mut pause = FIRST_PAUSE;
     let mut hops = 0;
     let mut first = true;
@@ -78,47 +86,88 @@ pub(super) async fn follow(
             Err(e) => e,
         };
         let error = if redirected(&error) && client.is_clustered() {
-            // `MOVED`: fred synced its table before answering.
-            if owner(client, slot) != sent_to {
-                hops += 1;
-                if hops > MAX_HOPS {
-                    return Err(error);
-                }
-                continue;
-            }
-            let Some(source) = sent_to else {
-                return Err(error);
-            };
-            let found = within(deadline, true, importing_node(client, &source, slot)).await;
-            match found {
-                Ok(Some(target)) => {
-                    let asked = asking(client, &options, &target, script, slot, &rest);
-                    match within(deadline, true, asked).await {
-                        Ok(reply) => return Ok(reply),
-                        // The move ended or was undone meanwhile: from the top.
-                        Err(e) if redirected(&e) && hops < MAX_HOPS => {
-                            hops += 1;
-                            continue;
-                        }
-                        Err(e) => e,
-                    }
-                }
-                // Not migrating (any more): a `MOVED` whose new owner fred's
-                // table does not show yet. Try again after a pause.
-                Ok(None) => error,
-                Err(_) => return Err(error),
+            match call.redirected(sent_to, error, &mut hops).await {
+                Next::Reply(reply) => return Ok(reply),
+                Next::Fail(error) => return Err(error),
+                Next::Again => continue,
+                Next::Pause(error) => error,
             }
         } else {
             error
         };
-        if !(try_again(&error) || redirected(&error)) {
-            return Err(error);
-        }
-        if Instant::now() + pause >= deadline {
+        let retried = try_again(&error) || redirected(&error);
+        if !retried || Instant::now() + pause >= deadline {
             return Err(error);
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+/// One call being followed: where it goes and until when.
+struct Call<'a> {
+    client: &'a Client,
+    /// The call's options, without redirections of fred's.
+    options: &'a Options,
+    script: &'a Script,
+    slot: u16,
+    rest: &'a [Value],
+    deadline: Instant,
+}
+
+/// What follows a redirection.
+enum Next {
+    /// The call ran there: its reply.
+    Reply(Value),
+    /// Give up with this error.
+    Fail(fred::error::Error),
+    /// Send the call again at once (to the node the table now names).
+    Again,
+    /// Send it again after a pause (this error if time runs out).
+    Pause(fred::error::Error),
+}
+
+impl Call<'_> {
+    /// After `error`, a `MOVED` or `ASK` from `sent_to`: a `MOVED` (fred
+    /// synced its table before answering) sends the call again to the new
+    /// owner; an `ASK` sends it, after `ASKING`, to the node the slot is
+    /// migrating to. `hops` counts the redirections followed.
+    async fn redirected(
+        &self,
+        sent_to: Option<Server>,
+        error: fred::error::Error,
+        hops: &mut u32,
+    ) -> Next {
+        let Call { client, slot, .. } = *self;
+        if owner(client, slot) != sent_to {
+            *hops += 1;
+            return if *hops > MAX_HOPS {
+                Next::Fail(error)
+            } else {
+                Next::Again
+            };
+        }
+        let Some(source) = sent_to else {
+            return Next::Fail(error);
+        };
+        let found = within(self.deadline, true, importing_node(client, &source, slot)).await;
+        let target = match found {
+            Ok(Some(target)) => target,
+            // Not migrating (any more): a `MOVED` whose new owner fred's
+            // table does not show yet. Try again after a pause.
+            Ok(None) => return Next::Pause(error),
+            Err(_) => return Next::Fail(error),
+        };
+        let asked = asking(client, self.options, &target, self.script, slot, self.rest);
+        match within(self.deadline, true, asked).await {
+            Ok(reply) => Next::Reply(reply),
+            // The move ended or was undone meanwhile: from the top.
+            Err(e) if redirected(&e) && *hops < MAX_HOPS => {
+                *hops += 1;
+                Next::Again
+            }
+            Err(e) => Next::Pause(e),
+        }
     }
 }
 
