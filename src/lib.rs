@@ -119,13 +119,13 @@
 //! | `engine/lease.rs` | a held lease: its validity and loss; [`Lease`] |
 //! | `engine/queue.rs` | the wait queue in Redis and direct handoff: the claim TTL, the queue's lifetime, when a handed-over lock is used without confirming |
 //! | `engine/notify/` | task: the subscriber connection; handoff and release channels and their local waiters (its `mod.rs` lists its files) |
-//! | `engine/release.rs` | task: releases handed over by `Drop` |
+//! | `engine/release/` | task: the one release worker, for releases handed over by `Drop` of every kind of lease: locks (with `batch.rs`) and places in sorted sets (`places.rs`) |
 //! | `engine/group_commit.rs` | group commit: calls of one kind that arrive together go out as one (a lone call at once) |
 //! | `engine/batch.rs` | the group commit of releases |
 //! | `engine/first_attempts.rs` | the group commit of first attempts (`SET NX`s in one script call; per master on a cluster) |
 //! | `engine/renew/` | task: batched lease renewal (the queue by due time, `due.rs`; one call per chunk, `call.rs`) |
 //! | `engine/sentinel.rs`, `engine/epoch.rs` | Sentinel: watching `+switch-master`, following the new master, re-checking held leases; the count of switches answers are checked against |
-//! | `engine/primitive/` | places in sorted sets, shared by semaphores and read-write locks: their attempt loop, guard, background release and script calls (its `mod.rs` lists its files) |
+//! | `engine/primitive/` | places in sorted sets, shared by semaphores and read-write locks: their attempt loop, guard and script calls (their background release is the release worker's) (its `mod.rs` lists its files) |
 //! | `engine/metrics/` | what is recorded through the `metrics` facade (feature `metrics`; inline no-ops without it): names, labels, recording |
 //! | **`protocol/`** | **what goes over the wire** |
 //! | `protocol/keys.rs` | every Redis name a lock uses (lock, fencing counter, wait queue, channels) |

@@ -280,10 +280,8 @@ impl DistributedMutex {
     /// queued releases and the closing go on in the background.
     pub async fn shutdown(&self) {
         self.inner.shut_down();
+        // Locks, semaphore permits and read-write lock guards dropped before.
         self.inner.releases.flush().await;
-        // Semaphore permits and read-write lock guards dropped before.
-        let limit = self.inner.settings.command_timeout * 3;
-        self.inner.member_releases.flush(limit).await;
         self.inner.wait_closed().await;
     }
 }

@@ -12,7 +12,6 @@ use crate::engine::batch::Batcher;
 use crate::engine::epoch::Epoch;
 use crate::engine::first_attempts::FirstAttemptBatcher;
 use crate::engine::notify::Waiters;
-use crate::engine::primitive::release::Releases as MemberReleases;
 use crate::engine::release::ReleaseQueue;
 use crate::engine::renew::Renewer;
 use crate::engine::sentinel::{Followers, Watch};
@@ -48,8 +47,6 @@ pub(crate) struct Inner {
     /// Sends first attempts on one server, grouped when they arrive together.
     pub(crate) first_attempts: FirstAttemptBatcher,
     pub(crate) releases: ReleaseQueue,
-    /// Releases of semaphore permits and read-write lock guards.
-    pub(crate) member_releases: MemberReleases,
     pub(crate) renewer: Renewer,
     /// The connection of replica-confirmed writes (made on first use).
     pub(crate) confirmer: Arc<Confirmer>,
@@ -94,9 +91,9 @@ impl Inner {
                 owns_client,
                 timeout,
                 batcher.clone(),
+                Arc::clone(&mode),
                 settings.metrics.clone(),
             ),
-            member_releases: MemberReleases::new(client.clone(), timeout, Arc::clone(&mode)),
             batcher,
             first_attempts: FirstAttemptBatcher::new(client.clone(), timeout),
             renewer,
@@ -119,7 +116,6 @@ impl Inner {
     pub(crate) fn ensure_background(&self) {
         self.home.ensure(|home| {
             self.releases.start(home);
-            self.member_releases.start(home);
             self.renewer.start(home);
             if self.settings.notifications {
                 self.waiters.start(home);

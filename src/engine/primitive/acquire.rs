@@ -17,9 +17,9 @@ use crate::engine::lease::LeaseCore;
 use crate::engine::notify::Ticket;
 use crate::engine::options::Options;
 use crate::engine::primitive::guard::Held;
-use crate::engine::primitive::release::Job;
 use crate::engine::primitive::scripts::{self, Attempt, Taken};
 use crate::engine::primitive::{Target, MAX_PERMITS};
+use crate::engine::release::places::Places as Job;
 use crate::policy::error::Error;
 use crate::policy::limits::{ttl_millis, validate_key};
 use crate::policy::retry::RetryStrategy;
@@ -67,7 +67,7 @@ struct Armed<'a> {
 impl Drop for Armed<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.inner.member_releases.queue(self.job.clone(), None);
+            self.inner.releases.queue_places(self.job.clone(), None);
         }
     }
 }

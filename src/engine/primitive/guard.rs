@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::engine::inner::Inner;
 use crate::engine::lease::{Lease, LeaseCore};
-use crate::engine::primitive::release::Job;
+use crate::engine::release::places::Places as Job;
 use crate::policy::error::lost::LostReason;
 use crate::policy::error::Error;
 use crate::protocol::scripts::Compared;
@@ -70,7 +70,7 @@ impl Held {
     pub(crate) async fn release(mut self) -> Result<(), Error> {
         self.lease.end();
         self.inner.ensure_background();
-        let result = self.inner.member_releases.now(&self.job).await;
+        let result = self.inner.releases.places_now(&self.job).await;
         match result {
             Ok(Compared::Held) => {
                 self.armed = false;
@@ -111,7 +111,7 @@ impl Drop for Held {
         let alive = Alive(Arc::clone(&self.inner));
         if self.armed && !self.lease.known_gone() {
             let job = self.job.clone();
-            self.inner.member_releases.queue(job, Some(Box::new(alive)));
+            self.inner.releases.queue_places(job, Some(Box::new(alive)));
         }
     }
 }

@@ -9,8 +9,7 @@
 //! |---|---|
 //! | `mod.rs` | [`Target`]: the Redis names of one acquisition and how it is taken; the macros that write the public builders and guards (`acquisition!`, `guard_type!`) |
 //! | `acquire.rs` | the attempt loop: schedule, local FIFO wait, cancel safety |
-//! | `guard.rs` | [`Held`]: the place held, its release and drop |
-//! | `release.rs` | the background release of dropped guards |
+//! | `guard.rs` | [`Held`]: the place held, its release and drop (the release script and the background release: `engine/release/`) |
 //! | `scripts.rs` | the typed script calls (the scripts: `protocol/scripts/members.rs`) |
 //!
 //! Renewal goes through the mutex's renewer (`engine/renew/`): a lease with a
@@ -28,7 +27,6 @@
 
 pub(crate) mod acquire;
 pub(crate) mod guard;
-pub(crate) mod release;
 pub(crate) mod scripts;
 
 use crate::protocol::keys::LockKeys;

@@ -11,8 +11,7 @@ use fred::types::{Key, Value};
 
 use crate::engine::lease::LeaseCore;
 use crate::policy::error::Error;
-use crate::protocol::channel::PubSub;
-use crate::protocol::scripts::members::{RELEASE, RENEW, RW_READ, RW_WRITE, SEMAPHORE_ACQUIRE};
+use crate::protocol::scripts::members::{RENEW, RW_READ, RW_WRITE, SEMAPHORE_ACQUIRE};
 use crate::protocol::scripts::{binary_key, checked, mismatched, run, unexpected, Compared};
 
 /// Which acquire script an attempt runs, with its own arguments.
@@ -70,30 +69,6 @@ pub(crate) async fn acquire(
         [0, wait] if *wait >= 0 => Ok(Taken::No(Some(Duration::from_millis(*wait as u64)))),
         [0, _] => Ok(Taken::No(None)),
         other => Err(unexpected(label, "acquire", other)),
-    }
-}
-
-/// Removes `token` from `sets` (its holding set first) and announces it on
-/// `channels`: `Held` when it still held an unexpired place, else `Missing`.
-pub(crate) async fn release(
-    client: &Client,
-    label: &str,
-    sets: &[Vec<u8>],
-    token: &str,
-    channels: &[String],
-    pubsub: PubSub,
-    timeout: Duration,
-) -> Result<Compared, Error> {
-    let mut args = Vec::with_capacity(2 + channels.len());
-    args.push(Value::from(token));
-    args.push(Value::from(pubsub.arg()));
-    args.extend(channels.iter().map(|c| Value::from(c.as_str())));
-    let reply: Value = run(client, &RELEASE, label, keys_of(sets), args, timeout).await?;
-    let reply = checked(reply, token).ok_or_else(|| mismatched(label, "release"))?;
-    match reply.as_slice() {
-        [1] => Ok(Compared::Held),
-        [0] => Ok(Compared::Missing),
-        other => Err(unexpected(label, "release", other)),
     }
 }
 

@@ -1,9 +1,12 @@
-//! The release worker: releases handed over by `Drop`, run in the background.
+//! The release worker: releases handed over by `Drop`, run in the background,
+//! for every kind of lease of a mutex: locks (one key, or each key of a
+//! set), and places in sorted sets (semaphore permits, read-write lock
+//! shares, [`places`]).
 //!
 //! `Drop` cannot await, so a dropped guard (or a cancelled acquisition that
-//! may have set its token) puts `(keys, token)` on a queue kept outside any
+//! may have set its token) puts its release on a queue kept outside any
 //! task; pushing never blocks. A worker task on the mutex's home runtime (see
-//! `background.rs`) runs the compare-and-delete script for each, concurrently;
+//! `background.rs`) runs each release script, concurrently (`worker.rs`);
 //! failures are retried a few times and then left to the lease's expiry. When
 //! the home runtime stops, releases still queued stay queued, and releases
 //! that were running are put back; the next worker picks them up.
@@ -31,23 +34,57 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::ClientLike;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 
-use crate::engine::batch::{Batcher, OnSent};
+use crate::engine::batch::Batcher;
+use crate::policy::error::Error;
 use crate::protocol::background::Done;
+use crate::protocol::channel::Mode;
 use crate::protocol::keys::LockKeys;
 use crate::protocol::scripts::Compared;
 
+pub(crate) mod places;
+mod worker;
+
+use places::{KeepAlive, Places};
+use worker::{run_job, worker};
+
 /// One release to run.
-struct Job {
-    keys: LockKeys,
-    token: String,
-    /// The wait-queue member of a waiter that gave up, removed first ('' for
-    /// none; see `Batcher::release`).
-    leave: String,
+enum Job {
+    /// A lock: compare-and-delete, or hand-off to the next queued waiter.
+    Lock {
+        keys: LockKeys,
+        token: String,
+        /// The wait-queue member of a waiter that gave up, removed first
+        /// ('' for none; see `Batcher::release`).
+        leave: String,
+    },
+    /// A token's places in sorted sets.
+    Places {
+        places: Places,
+        /// Dropped when the release has finished.
+        _keep: KeepAlive,
+    },
+}
+
+impl Job {
+    /// The lock key of a lock's release (whose sending acquisitions of the
+    /// same key wait for; see [`ReleaseQueue::sent`]).
+    fn lock_key(&self) -> Option<&str> {
+        match self {
+            Job::Lock { keys, .. } => Some(&keys.lock),
+            Job::Places { .. } => None,
+        }
+    }
+
+    /// The lock key or the primitive's name, for logs.
+    fn name(&self) -> &str {
+        match self {
+            Job::Lock { keys, .. } => &keys.lock,
+            Job::Places { places, .. } => &places.name,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -81,8 +118,10 @@ struct Shared {
     /// Whether the worker closes the client once idle (decided by `close`).
     quit: AtomicBool,
     timeout: Duration,
-    /// Sends the releases (grouped while one is in flight).
+    /// Sends the releases of locks (grouped while one is in flight).
     batcher: Batcher,
+    /// Plain or sharded pub/sub, for the release messages of places.
+    mode: Arc<Mode>,
     /// Marked when the worker has closed (after its last release).
     closed: Done,
     metrics: crate::engine::metrics::Config,
@@ -93,11 +132,13 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts a new release as unsent and outstanding.
+    /// Counts a new release as outstanding (and a lock's as unsent).
     fn count(&self, job: &Job) {
         let mut state = self.state();
-        *state.unsent.entry(job.keys.lock.clone()).or_insert(0) += 1;
-        self.unsent_total.fetch_add(1, Ordering::SeqCst);
+        if let Some(key) = job.lock_key() {
+            *state.unsent.entry(key.to_owned()).or_insert(0) += 1;
+            self.unsent_total.fetch_add(1, Ordering::SeqCst);
+        }
         state.outstanding += 1;
     }
 
@@ -142,6 +183,7 @@ impl ReleaseQueue {
         owns_client: bool,
         timeout: Duration,
         batcher: Batcher,
+        mode: Arc<Mode>,
         metrics: crate::engine::metrics::Config,
     ) -> Self {
         ReleaseQueue {
@@ -157,6 +199,7 @@ impl ReleaseQueue {
                 quit: AtomicBool::new(false),
                 timeout,
                 batcher,
+                mode,
                 closed: Done::default(),
                 metrics,
             }),
@@ -184,8 +227,26 @@ impl ReleaseQueue {
     /// that gave up first: if the lock was handed to it meanwhile, it goes
     /// on to the next waiter.
     pub(crate) fn queue_leaving(&self, keys: LockKeys, token: String, leave: String) {
-        let job = Job { keys, token, leave };
         self.shared.metrics.release_queued();
+        self.enqueue(Job::Lock { keys, token, leave });
+    }
+
+    /// Releases a token's places in the background, as [`queue`](Self::queue)
+    /// releases a lock; `keep` is dropped when the release has finished.
+    pub(crate) fn queue_places(&self, places: Places, keep: KeepAlive) {
+        self.enqueue(Job::Places {
+            places,
+            _keep: keep,
+        });
+    }
+
+    /// Releases a token's places now, once: whether it still held them.
+    pub(crate) async fn places_now(&self, places: &Places) -> Result<Compared, Error> {
+        let shared = &self.shared;
+        places::release(&shared.client, &shared.mode, places, shared.timeout).await
+    }
+
+    fn enqueue(&self, job: Job) {
         self.shared.count(&job);
         let Ok(runtime) = Handle::try_current() else {
             self.shared.push(job);
@@ -265,126 +326,5 @@ impl Drop for ReleaseQueue {
     fn drop(&mut self) {
         // The mutex and every guard are gone: finish the queue, then close.
         self.close();
-    }
-}
-
-async fn worker(shared: Arc<Shared>) {
-    let mut running = JoinSet::new();
-    loop {
-        let work = shared.work.notified();
-        let jobs: Vec<Job> = shared.state().queue.drain(..).collect();
-        for job in jobs {
-            running.spawn(run_job(Arc::clone(&shared), job));
-        }
-        if shared.closing.load(Ordering::SeqCst) && shared.state().outstanding == 0 {
-            break;
-        }
-        tokio::select! {
-            _ = work => {}
-            Some(_) = running.join_next(), if !running.is_empty() => {}
-        }
-    }
-    if shared.quit.load(Ordering::SeqCst) {
-        let _ = tokio::time::timeout(shared.timeout, shared.client.quit()).await;
-    }
-    shared.closed.mark();
-}
-
-/// Runs one release. If its task is dropped before it finished (the runtime
-/// stopped), the job goes back on the queue.
-async fn run_job(shared: Arc<Shared>, job: Job) {
-    let sent = Arc::new(AtomicBool::new(false));
-    let mut requeue = Requeue {
-        shared: &shared,
-        job: Some(job),
-        sent: &sent,
-    };
-    if let Some(job) = requeue.job.as_ref() {
-        let on_sent: OnSent = {
-            let (shared, sent, key) = (
-                Arc::clone(&shared),
-                Arc::clone(&sent),
-                job.keys.lock.clone(),
-            );
-            Box::new(move || {
-                sent.store(true, Ordering::SeqCst);
-                shared.sent(&key);
-            })
-        };
-        release_one(&shared, job, on_sent).await;
-    }
-    requeue.job = None;
-    shared.done();
-}
-
-/// Puts a job whose task was dropped mid-run back on the queue.
-struct Requeue<'a> {
-    shared: &'a Shared,
-    job: Option<Job>,
-    sent: &'a AtomicBool,
-}
-
-impl Drop for Requeue<'_> {
-    fn drop(&mut self) {
-        if let Some(job) = self.job.take() {
-            let mut state = self.shared.state();
-            if self.sent.load(Ordering::SeqCst) {
-                // It will be sent again: it is unsent until then.
-                *state.unsent.entry(job.keys.lock.clone()).or_insert(0) += 1;
-                self.shared.unsent_total.fetch_add(1, Ordering::SeqCst);
-            }
-            state.queue.push_back(job);
-            drop(state);
-            self.shared.work.notify_one();
-        }
-    }
-}
-
-/// Tries a queued release, again after transient errors (a reconnect, a
-/// timeout: its reply may be lost while the key is still ours), three times
-/// in all; after that the lock
-/// expires with its TTL.
-async fn release_one(shared: &Shared, job: &Job, on_sent: OnSent) {
-    const TRIES: u32 = 3;
-    let key = job.keys.lock.as_str();
-    let mut pause = Duration::from_millis(100);
-    let mut on_sent = Some(on_sent);
-    for attempt in 1..=TRIES {
-        let release = shared
-            .batcher
-            .release(&job.keys, &job.token, &job.leave, on_sent.take());
-        match release.await {
-            Ok(Compared::Held) => {
-                tracing::debug!(key = %key, "lock released");
-                return;
-            }
-            Ok(_) => {
-                tracing::debug!(
-                    key = %key,
-                    "lock was already gone (expired or taken over); nothing released"
-                );
-                return;
-            }
-            Err(e) if e.is_transient() && attempt < TRIES => {
-                tracing::debug!(key = %key, error = %e, "lock release failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-                // A release is sent once (never re-sent by the client), so
-                // after a cut wait for the connection to be back first.
-                if !shared.client.is_connected() {
-                    let back = shared.client.wait_for_connect();
-                    let _ = tokio::time::timeout(shared.timeout, back).await;
-                }
-            }
-            Err(e) => {
-                shared.metrics.release_failed(&e);
-                tracing::warn!(
-                    key = %key,
-                    error = %e,
-                    "lock release failed; the lock will expire with its TTL"
-                );
-                return;
-            }
-        }
     }
 }
