@@ -78,18 +78,12 @@ impl Grouping {
     }
 }
 
-/// Whether `client`'s servers run scripts that touch keys of several slots
-/// (Redis 7.0 and later, which Valkey reports too).
-pub(crate) fn cross_slot_scripts(client: &Client) -> bool {
-    client.server_version().is_some_and(|v| v.major >= 7)
-}
-
 /// The node fred's slot table names for `slot`, when `client`'s servers
 /// run cross-slot scripts: the group commit of releases (`batch.rs`) sends
 /// the releases of one node together. `None` on one server, before Redis
 /// 7.0, or for a slot the table lacks.
 pub(crate) fn node_for_cross_slot(client: &Client, slot: u16) -> Option<Server> {
-    if !client.is_clustered() || !cross_slot_scripts(client) {
+    if !client.is_clustered() || !scripts::cross_slot_scripts(client) {
         return None;
     }
     client
@@ -129,7 +123,7 @@ impl Routes {
         let mut split = self.split.lock().unwrap_or_else(|e| e.into_inner());
         split.retain(|_, until| *until > now);
         let mut table = Vec::new();
-        if cross_slot_scripts(client) {
+        if scripts::cross_slot_scripts(client) {
             let _ = client.inner().with_cluster_state(|routing| {
                 table.extend(
                     routing

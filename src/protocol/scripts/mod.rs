@@ -12,6 +12,7 @@
 //! | file | owns |
 //! |---|---|
 //! | `call.rs` | sending a call: timeout, `NOSCRIPT` reload, sent once, cross-slot |
+//! | `evalsha.rs` | `EVALSHA`, and loading a script on the node that answered `NOSCRIPT` |
 //! | `redirect.rs` | following `MOVED`, `ASK` and `TRYAGAIN` on a cluster (not fred) |
 //! | `confirmed.rs` | a call confirmed by `WAIT` (`min_replicas`) |
 //! | `acquire.rs` | the acquire script, the first attempt's `SET NX`, and the batched `SET NX`s of first attempts (`set_nx.lua`) |
@@ -28,6 +29,7 @@ mod acquire;
 mod acquire_all;
 mod call;
 mod confirmed;
+mod evalsha;
 mod extend;
 pub(crate) mod members;
 mod redirect;
@@ -37,6 +39,7 @@ pub(crate) use acquire::*;
 pub(crate) use acquire_all::*;
 pub(crate) use call::*;
 use confirmed::confirmed;
+use evalsha::{evalsha_reloading, load};
 pub(crate) use extend::*;
 pub(crate) use release::*;
 
@@ -51,6 +54,13 @@ macro_rules! lua {
     };
 }
 pub(crate) use lua;
+
+/// Whether `client`'s servers run scripts that touch keys of several slots
+/// (Redis 7.0 and later, which Valkey reports too).
+pub(crate) fn cross_slot_scripts(client: &fred::clients::Client) -> bool {
+    use fred::interfaces::ClientLike;
+    client.server_version().is_some_and(|v| v.major >= 7)
+}
 
 /// A script's cross-slot form (see `route.rs`), as a `LazyLock<Script>`:
 /// the shebang `#!lua flags=allow-cross-slot-keys` with `$flags` after it,

@@ -35,7 +35,7 @@ use fred::types::config::{Options, Server};
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
-use super::call::evalsha_reloading;
+use super::evalsha::evalsha_reloading;
 
 /// How many times one call follows a `MOVED`, or an `ASK` to a node that
 /// redirects it again (an `ASK` answered `TRYAGAIN` waits instead).
