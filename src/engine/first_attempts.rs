@@ -10,9 +10,10 @@
 //! releases are (`route::gate`), and each group goes as one call of the
 //! script's cross-slot form, lone ones included (a plain `SET`'s `OK`
 //! cannot be told from another command's reply; the script echoes its
-//! token): as `EVAL` of its text until the node has run it once, so that
-//! no call waits on a load (a call re-sent after `NOSCRIPT` could run after
-//! the release of a cancelled acquisition). A call the node refuses (a
+//! token), with `SCRIPT LOAD` ahead of it in the same pipeline until the
+//! node has run it once, so that no call meets `NOSCRIPT` (a call sent
+//! again after `NOSCRIPT` could run after the release of a cancelled
+//! acquisition). A call the node refuses (a
 //! slot of it moved, or is moving) ran nothing, and its attempts are
 //! answered "send it alone", as are those of a cluster older than 7.0.
 //!
@@ -120,15 +121,15 @@ impl Flush for FirstAttempts {
 
 impl FirstAttempts {
     /// A batch of one cluster node's keys: one call of the cross-slot form,
-    /// as `EVAL` until the node has run it.
+    /// the script loaded ahead of it until the node has run it.
     fn flush_on_node(&self, batch: Vec<FirstAttempt>) -> Boxed<'static, Vec<Answer>> {
         let (client, timeout) = (self.client.clone(), self.timeout);
         let node = batch.first().map(|a| route::gate(&client, &a.key));
         let nodes = Arc::clone(&self.nodes);
-        let text = !node.as_ref().is_some_and(|n| known(&nodes).contains(n));
+        let preload = !node.as_ref().is_some_and(|n| known(&nodes).contains(n));
         Box::pin(async move {
-            let sent = scripts::set_nx_many(&client, &batch, text, timeout).await;
-            if let (true, Ok(_), Some(node)) = (text, &sent, node) {
+            let sent = scripts::set_nx_many(&client, &batch, preload, timeout).await;
+            if let (true, Ok(_), Some(node)) = (preload, &sent, node) {
                 known(&nodes).insert(node);
             }
             answers(&batch, sent)

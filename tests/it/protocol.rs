@@ -25,7 +25,7 @@ use fred::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 
 use crate::support::cluster::{RedisCluster, MASTERS};
-use crate::support::common::{builder_at, ms, raw_get, raw_pttl};
+use crate::support::common::{builder_at, command_calls, ms, raw_get, raw_pttl, reset_stats};
 use crate::support::exclusion::{run_case_as, scenario, Setup, Totals, MAX_KEYS};
 use crate::support::queue::{process, queue_key, queue_len, queue_reaches};
 use crate::support::RedisServer;
@@ -229,6 +229,56 @@ async fn two_waiters_at_a_release(without: &[&str]) {
     for mutex in [&holder, &first, &second] {
         mutex.shutdown().await;
     }
+}
+
+/// Tasks taking and releasing locks at once as the README's user.
+const GROUPED_TASKS: usize = 32;
+/// Lock-and-release rounds per task.
+const GROUPED_ROUNDS: usize = 5;
+
+/// The README's user on a cluster, its rights as written: 32 tasks each
+/// take and release a key of one master 5 times, each key in a slot of its
+/// own, so that first attempts and releases go out grouped across the
+/// master's slots (one script call declared cross-slot, which touches every
+/// key before it writes). Every call answers `Ok`, the master runs fewer
+/// script calls than first attempts and releases, and no key is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_user_takes_and_releases_locks_grouped_across_slots() {
+    let cluster = RedisCluster::start();
+    create_user(&cluster, "locker", &[]);
+    let mutex = acl_process(&cluster_url_as(&cluster, "locker")).await;
+    let full = cluster.keys_on_master(0, &format!("{ACL_PREFIX}grouped:"), GROUPED_TASKS);
+    reset_stats(cluster.master(0));
+
+    let tasks: Vec<_> = full
+        .iter()
+        .map(|full| {
+            let key = full[ACL_PREFIX.len()..].to_owned();
+            let mutex = mutex.clone();
+            tokio::spawn(async move {
+                for round in 0..GROUPED_ROUNDS {
+                    let guard = mutex.lock(&key).await;
+                    let guard = guard.unwrap_or_else(|e| panic!("{key} round {round}: {e}"));
+                    let released = guard.release().await;
+                    released.unwrap_or_else(|e| panic!("{key} round {round}: release: {e}"));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let cycles = (GROUPED_TASKS * GROUPED_ROUNDS) as u64;
+    let calls = command_calls(cluster.master(0), "evalsha");
+    eprintln!("{cycles} locks and releases on one master as the README's user: {calls} EVALSHA");
+    assert!(
+        calls < 2 * cycles,
+        "{calls} script calls for {cycles} first attempts and releases: none grouped"
+    );
+    for full in &full {
+        assert_eq!(cluster.master(0).cli(&["GET", full]), "", "{full} left");
+    }
+    mutex.shutdown().await;
 }
 
 // ---- 2. an extend to a shorter TTL whose reply is lost ----------------------------

@@ -258,13 +258,13 @@ pub(crate) async fn load_set_nx(client: &Client, timeout: Duration) -> bool {
 /// fred's slot table) as one call of the script's cross-slot form, sent to
 /// that node and never redirected: a node that does not serve every key
 /// refuses the whole call before anything ran ([`refused_across_slots`]),
-/// and the caller sends each attempt alone. With `text`, the call is sent
-/// as `EVAL` of the script's text, which loads it on the node (for a node
-/// not known to have it).
+/// and the caller sends each attempt alone. With `preload` (a node not
+/// known to have the script), `SCRIPT LOAD` goes ahead of the call in the
+/// same pipeline.
 pub(crate) async fn set_nx_many(
     client: &Client,
     batch: &[FirstAttempt],
-    text: bool,
+    preload: bool,
     timeout: Duration,
 ) -> Result<Vec<bool>, Error> {
     let first = batch.first().map_or("", |a| a.key.as_str());
@@ -278,7 +278,16 @@ pub(crate) async fn set_nx_many(
     }
     let reply = if client.is_clustered() {
         let call = (first, keys);
-        run_cross_slot(client, &SET_NX_CROSS_SLOT, call, args, true, text, timeout).await?
+        run_cross_slot(
+            client,
+            &SET_NX_CROSS_SLOT,
+            call,
+            args,
+            true,
+            preload,
+            timeout,
+        )
+        .await?
     } else {
         run_once(client, &SET_NX, first, keys, args, timeout).await?
     };

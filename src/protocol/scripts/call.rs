@@ -200,21 +200,24 @@ pub(crate) fn refused_across_slots(error: &Error) -> bool {
 /// fred's slot table names for `first`'s slot: `keys` are passed as
 /// arguments behind `first`, the only declared key. Not redirected; with
 /// `once`, never re-sent after a reconnect either (as [`run_once`]). On
-/// `NOSCRIPT` the script is loaded on that node and sent once more; with
-/// `text`, it is sent as `EVAL` of its text instead, which loads it on the
-/// node as it runs (for a node that may not have it yet: a call re-sent
-/// after `NOSCRIPT` could run after a command sent after it).
+/// `NOSCRIPT` the script is loaded on that node and sent once more. With
+/// `preload` (for a node that may not have the script yet), `SCRIPT LOAD`
+/// goes ahead of the call in the same pipeline, on the same connection:
+/// the call runs after it, so it meets no `NOSCRIPT`, and a command sent
+/// after the call (a cancelled acquisition's release) runs after it too,
+/// where a call sent again after `NOSCRIPT` could run after that command.
+/// (Not `EVAL` of the script's text: a user may have `EVALSHA` and `SCRIPT
+/// LOAD` without `EVAL`, the commands this crate needs.)
 pub(super) async fn run_cross_slot(
     client: &Client,
     script: &Script,
     (first, keys): (&str, Vec<Value>),
     args: Vec<Value>,
     once: bool,
-    text: bool,
+    preload: bool,
     timeout: Duration,
 ) -> Result<Value, Error> {
     use fred::types::config::Options;
-    use fred::types::{ClusterHash, CustomCommand};
     let slot = fred::util::redis_keyslot(first.as_bytes());
     let once = client.with_options(&Options {
         max_redirections: Some(0),
@@ -223,20 +226,19 @@ pub(super) async fn run_cross_slot(
     });
     // One declared key (Redis refuses declared keys of several slots), the
     // others as arguments (see `cross_slot.lua`).
-    let mut rest = Vec::with_capacity(4 + keys.len() + args.len());
-    if text {
-        rest.push(Value::from(script.lua().cloned().unwrap_or_default()));
-    }
+    let mut rest = Vec::with_capacity(3 + keys.len() + args.len());
     rest.extend([Value::from(1), Value::from(first)]);
     rest.push(Value::from(keys.len() as i64));
     rest.extend(keys);
     rest.extend(args);
-    if text {
-        let command = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
-        let call = once.custom::<Value, _>(command, rest);
+    let call = evalsha_reloading(client, &once, script, slot, rest);
+    if preload {
+        // Both handed to the client by the first poll, the load first. A
+        // failed load shows as the call's own error (`NOSCRIPT`, then the
+        // load's error when it is tried again).
+        let call = async { tokio::join!(load(client, script, slot), call).1 };
         return bounded(client, first, timeout, call).await;
     }
-    let call = evalsha_reloading(client, &once, script, slot, rest);
     bounded(client, first, timeout, call).await
 }
 

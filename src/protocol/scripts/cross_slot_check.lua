@@ -3,5 +3,5 @@
 -- (its slot moved, or is moving and the key has left) fails the call before
 -- anything is written, and the caller can send it again per slot.
 for i = 1, #KEYS do
-  redis.call('EXISTS', KEYS[i])
+  redis.call('PTTL', KEYS[i])
 end

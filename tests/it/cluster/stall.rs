@@ -214,7 +214,8 @@ async fn quick<T, E: std::fmt::Debug>(
 /// of call on keys of the two healthy masters answers at once, including
 /// each script's first use on those nodes (whose `NOSCRIPT` makes the
 /// client load it): lock, extend, release, a multi-key lock, a semaphore
-/// permit and read-write guards.
+/// permit and read-write guards; also while a first attempt on the stalled
+/// master is in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_on_healthy_masters_do_not_wait_on_a_stalled_one() {
     let cluster = RedisCluster::start();
@@ -230,6 +231,17 @@ async fn calls_on_healthy_masters_do_not_wait_on_a_stalled_one() {
         .unwrap();
     cluster.pause_master(stalled);
     let paused_at = Instant::now();
+    // A first attempt in flight to the stalled master throughout: first
+    // attempts go out grouped per master, and no other master's may wait
+    // on its group.
+    let in_flight = {
+        let (mutex, key) = (
+            mutex.clone(),
+            cluster.key_on_master(stalled, "stall:first:"),
+        );
+        tokio::spawn(async move { mutex.try_lock(&key).await.map(|g| g.is_some()) })
+    };
+    tokio::time::sleep(ms(20)).await;
 
     for i in (0..MASTERS).filter(|&i| i != stalled) {
         let on = |what: &str| format!("{what} on healthy master {i}");
@@ -262,6 +274,9 @@ async fn calls_on_healthy_masters_do_not_wait_on_a_stalled_one() {
         took < PAUSE,
         "the calls took {took:?}: longer than the pause"
     );
+    // Answered by now (taken, or timed out while the master was stalled).
+    let first = in_flight.await.expect("the stalled master's try_lock task");
+    eprintln!("the first attempt on the stalled master: {first:?}");
     drop(stuck);
     mutex.shutdown().await;
 }
