@@ -278,12 +278,16 @@ pub(crate) async fn set_nx_many(
     }
     let reply = if client.is_clustered() {
         let call = (first, keys);
+        // Sent again after a reconnect, as a lone first attempt on a
+        // cluster is: a `SET NX` sent twice answers "exists" the second
+        // time, and the acquire script then finds its own token.
+        let again = false;
         run_cross_slot(
             client,
             &SET_NX_CROSS_SLOT,
             call,
             args,
-            true,
+            again,
             preload,
             timeout,
         )
