@@ -42,6 +42,14 @@ impl Topology {
         }
     }
 
+    /// Whether `min_replicas(1)` makes a write survive a failover: on the
+    /// cluster (one replica per master, the one promoted), not on Sentinel,
+    /// whose second replica confirms writes on the old master until it is
+    /// moved (the README's "Redis Sentinel").
+    pub fn confirm_covers_failover(self) -> bool {
+        matches!(self, Topology::ClusterSharded | Topology::ClusterPlain)
+    }
+
     /// Whether keys have replicas that take over (a failover is possible).
     pub fn replicated(self) -> bool {
         matches!(

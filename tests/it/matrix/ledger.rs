@@ -127,7 +127,16 @@ impl Ledger {
             if !strict && after_fault && noticed {
                 tolerated += 1;
             } else {
-                violations.push(format!("(1) two holders: {}", o.text));
+                let told: Vec<u64> = o
+                    .ids
+                    .iter()
+                    .copied()
+                    .filter(|id| found_out.contains(id))
+                    .collect();
+                violations.push(format!(
+                    "(1) two holders: {} (of them, found out they had lost: {told:?})",
+                    o.text
+                ));
             }
         }
         (violations, tolerated)

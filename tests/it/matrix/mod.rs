@@ -33,12 +33,15 @@
 //!
 //! **Replication.** On a cluster or Sentinel, fault cells take the lock,
 //! multi-key and election primitives with `min_replicas(1, 250 ms)`: the
-//! README says a failover can otherwise lose a lock just written. The
-//! semaphore and the read-write lock have no `min_replicas` (README), so
-//! where a fault replaced a master without a coordinated handover (a kill,
-//! `SENTINEL FAILOVER`, a pause that ended in a failover) an overlap is
-//! tolerated (and counted) only if it began after the fault and one of its
-//! guards found out its lease was lost (reported lost, or `NotHeld` on
+//! README says a failover can otherwise lose a lock just written. That
+//! covers a cluster (one replica per master: the one promoted), not
+//! Sentinel (the README: its second replica confirms writes on the old
+//! master until it is moved), and the semaphore and the read-write lock
+//! have no `min_replicas` at all. So where a fault replaced a master
+//! without a coordinated handover (a kill, `SENTINEL FAILOVER`, a pause
+//! that ended in a failover) and confirmation does not cover it, an overlap
+//! is tolerated (and counted) only if it began after the fault and one of
+//! its guards found out its lease was lost (reported lost, or `NotHeld` on
 //! release); any other overlap fails the cell. `CLUSTER FAILOVER` is
 //! coordinated (the replica catches up first): strict.
 //!
