@@ -134,7 +134,7 @@ impl Ledger {
                     .filter(|id| found_out.contains(id))
                     .collect();
                 violations.push(format!(
-                    "(1) two holders: {} (of them, found out they had lost: {told:?})",
+                    "(1) exclusion broken: {} (of them, found out they had lost: {told:?})",
                     o.text
                 ));
             }
