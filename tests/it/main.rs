@@ -29,6 +29,7 @@
 //! | `election`  | leader election: handover on resign, drop and SIGKILL, terms, `leader()` and `observe()`, exclusion under faults (proptest), a cluster |
 //! | `holder`    | holder labels in lock tokens: stored, read back, handed over through the queue, plain to other clients, bad labels |
 //! | `election_procs` | leader election with campaigner processes SIGKILLed and SIGSTOPped (proptest), one server and the cluster |
+//! | `matrix`    | one exclusion and loss-reporting property over every primitive × topology × fault (CI runs a sample; the rest is ignored, see its docs) |
 //! | `harness`   | self-tests of the `support` fixtures                                  |
 //!
 //! Shared helpers live in `tests/support` (also used by `tests/containers.rs`
@@ -56,6 +57,7 @@ mod harness;
 mod holder;
 mod interop;
 mod lock;
+mod matrix;
 mod multi;
 mod notify;
 mod property;
