@@ -28,6 +28,7 @@ use crate::support::cluster::{RedisCluster, MASTERS};
 use crate::support::common::{builder_at, command_calls, ms, raw_get, raw_pttl, reset_stats};
 use crate::support::exclusion::{run_case_as, scenario, Setup, Totals, MAX_KEYS};
 use crate::support::queue::{process, queue_key, queue_len, queue_reaches};
+use crate::support::readme_user::{cluster_url_as, create_user, ACL_PREFIX, PLAIN_ONLY_WITHOUT};
 use crate::support::RedisServer;
 
 /// Whether `guard` claims the lock: not lost, with a lease left.
@@ -51,45 +52,6 @@ async fn foreign_set_nx(raw: &Client, key: &str, ttl_ms: i64) -> bool {
 }
 
 // ---- 1. plain pub/sub on a cluster ----------------------------------------------
-
-/// The README, whose "ACL user" line test 1 runs (minus some rights).
-const README: &str = include_str!("../../README.md");
-const ACL_PREFIX: &str = "app:";
-const ACL_PASSWORD: &str = "CHANGE-ME";
-/// The rights taken out of the README's line: without `+info` fred cannot
-/// read the server's version, and without the sharded pub/sub rights
-/// nothing but plain pub/sub can work.
-const PLAIN_ONLY_WITHOUT: &[&str] = &[
-    "+info",
-    "+spublish",
-    "+ssubscribe",
-    "+sunsubscribe",
-    "+pubsub|shardnumsub",
-];
-
-/// Creates on every node of `cluster` the user `name` with the README's
-/// rules less the rules in `without`.
-fn create_user(cluster: &RedisCluster, name: &str, without: &[&str]) {
-    let line = README
-        .lines()
-        .find(|l| l.starts_with("ACL SETUSER locker "))
-        .expect("the README gives an `ACL SETUSER locker ...` line");
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let mut args = vec!["ACL", "SETUSER", name];
-    args.extend(words[3..].iter().copied().filter(|w| !without.contains(w)));
-    for node in cluster.nodes() {
-        assert_eq!(node.cli(&args), "OK", "port {}: {args:?}", node.port());
-    }
-}
-
-/// The cluster's URL with `user`'s credentials.
-fn cluster_url_as(cluster: &RedisCluster, user: &str) -> String {
-    let url = cluster.url();
-    let rest = url
-        .strip_prefix("redis-cluster://")
-        .expect("a redis-cluster:// URL");
-    format!("redis-cluster://{user}:{ACL_PASSWORD}@{rest}")
-}
 
 /// Waits until the queue of `key` (under [`ACL_PREFIX`]) has `want`
 /// entries, or 1 s: a waiter that cannot listen polls instead of queueing,

@@ -33,6 +33,7 @@ pub mod exclusion;
 pub mod logs;
 pub mod proxy;
 pub mod queue;
+pub mod readme_user;
 pub mod redlock;
 pub mod reshard;
 pub mod sentinel;

@@ -9,6 +9,7 @@ use fred::prelude::*;
 
 use crate::support::cluster::{RedisCluster, MASTERS};
 use crate::support::proxy::Proxy;
+use crate::support::readme_user::{cluster_url_as, create_user, ACL_PREFIX, PLAIN_ONLY_WITHOUT};
 use crate::support::redlock::Masters;
 use crate::support::sentinel::SentinelSet;
 use crate::support::RedisServer;
@@ -99,21 +100,6 @@ pub struct Injected {
     pub what: String,
 }
 
-/// The README's ACL line, as `protocol.rs` takes it for plain pub/sub.
-const README: &str = include_str!("../../../README.md");
-/// The prefix the README's user may use.
-pub const ACL_PREFIX: &str = "app:";
-const ACL_PASSWORD: &str = "CHANGE-ME";
-/// The rights taken out of the README's line so that only plain pub/sub
-/// can work (the same as `protocol.rs`).
-const PLAIN_ONLY_WITHOUT: &[&str] = &[
-    "+info",
-    "+spublish",
-    "+ssubscribe",
-    "+sunsubscribe",
-    "+pubsub|shardnumsub",
-];
-
 enum Kind {
     One(RedisServer),
     Cluster {
@@ -153,7 +139,7 @@ impl Env {
             Topology::ClusterSharded | Topology::ClusterPlain => {
                 let cluster = RedisCluster::start();
                 if topology == Topology::ClusterPlain {
-                    create_plain_user(&cluster);
+                    create_user(&cluster, "locker", PLAIN_ONLY_WITHOUT);
                 }
                 Kind::Cluster {
                     cluster,
@@ -249,9 +235,7 @@ impl Env {
         match &self.kind {
             Kind::One(server) => vec![server.url()],
             Kind::Cluster { cluster, .. } if self.topology == Topology::ClusterPlain => {
-                let url = cluster.url();
-                let rest = url.strip_prefix("redis-cluster://").expect("a cluster URL");
-                vec![format!("redis-cluster://locker:{ACL_PASSWORD}@{rest}")]
+                vec![cluster_url_as(cluster, "locker")]
             }
             Kind::Cluster { cluster, .. } => vec![cluster.url()],
             Kind::Sentinel(set) => vec![set.url()],
@@ -527,25 +511,5 @@ fn replica_of(cluster: &RedisCluster, master: usize) -> usize {
         }
         assert!(Instant::now() < deadline, "node {master} has no replica");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Creates on every node the user `locker` with the README's rights less
-/// [`PLAIN_ONLY_WITHOUT`] (as `protocol.rs` does).
-fn create_plain_user(cluster: &RedisCluster) {
-    let line = README
-        .lines()
-        .find(|l| l.starts_with("ACL SETUSER locker "))
-        .expect("the README gives an `ACL SETUSER locker ...` line");
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let mut args = vec!["ACL", "SETUSER", "locker"];
-    args.extend(
-        words[3..]
-            .iter()
-            .copied()
-            .filter(|w| !PLAIN_ONLY_WITHOUT.contains(w)),
-    );
-    for node in cluster.nodes() {
-        assert_eq!(node.cli(&args), "OK", "port {}: {args:?}", node.port());
     }
 }
