@@ -125,20 +125,32 @@ impl Stats {
             .or_default() += 1;
     }
 
-    /// Enters the section of `key` as a holder of `kind`; `limit` is how
-    /// many may be inside at once (permits), and `exclusive_with` a kind
-    /// that may not be inside meanwhile.
-    fn enter(&self, key: &str, kind: &'static str, limit: u64, exclusive_with: &[&'static str]) {
+    /// Enters the section of `key` as a holder of `kind`, until the
+    /// returned [`Inside`] is dropped; `limit` is how many may be inside at
+    /// once (permits), and `exclusive_with` a kind that may not be inside
+    /// meanwhile.
+    fn enter(
+        &self,
+        key: &str,
+        kind: &'static str,
+        limit: u64,
+        exclusive_with: &[&'static str],
+    ) -> Inside<'_> {
+        let inside = Inside {
+            stats: self,
+            key: key.to_owned(),
+            kind,
+        };
         let mut occupancy = self.occupancy.lock().unwrap();
-        let inside = occupancy.entry((key.to_owned(), kind)).or_default();
-        *inside += 1;
-        if *inside > limit {
-            let n = *inside;
+        let n = occupancy.entry((key.to_owned(), kind)).or_default();
+        *n += 1;
+        if *n > limit {
+            let n = *n;
             drop(occupancy);
             self.violation(format!(
                 "{key}: {n} {kind} holders inside (at most {limit})"
             ));
-            return;
+            return inside;
         }
         for other in exclusive_with {
             let n = occupancy
@@ -148,9 +160,10 @@ impl Stats {
             if n > 0 {
                 drop(occupancy);
                 self.violation(format!("{key}: a {kind} holder with {n} {other} holders"));
-                return;
+                break;
             }
         }
+        inside
     }
 
     fn leave(&self, key: &str, kind: &'static str) {
@@ -162,6 +175,22 @@ impl Stats {
 
     fn total(&self, f: impl Fn(&Window) -> u64) -> u64 {
         self.windows.iter().map(f).sum()
+    }
+}
+
+/// A holder inside a section until dropped: also when the section's
+/// future is dropped mid-way, as `with_lock` does with its closure's when
+/// the lease is lost (left inside, it counted as a second holder of every
+/// later one).
+struct Inside<'a> {
+    stats: &'a Stats,
+    key: String,
+    kind: &'static str,
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.stats.leave(&self.key, self.kind);
     }
 }
 
@@ -234,7 +263,7 @@ impl Checks {
         if !self.cluster {
             return counter_section(&self.raw, key, &self.stats).await;
         }
-        self.stats.enter(key, "lock", 1, &[]);
+        let _inside = self.stats.enter(key, "lock", 1, &[]);
         // A read that fails (a stalled or failed master, a key mid-move)
         // checks nothing; nor does a reply that does not name its key (fred
         // 10.1 can hand a command another's reply).
@@ -263,14 +292,12 @@ impl Checks {
             }
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
-        self.stats.leave(key, "lock");
         Ok(())
     }
 
     async fn inside(&self, key: &str, kind: &'static str, limit: u64, not_with: &[&'static str]) {
-        self.stats.enter(key, kind, limit, not_with);
+        let _inside = self.stats.enter(key, kind, limit, not_with);
         tokio::time::sleep(Duration::from_millis(1)).await;
-        self.stats.leave(key, kind);
     }
 }
 
@@ -356,13 +383,9 @@ async fn worker(
                     }
                     let guard = mutex.lock_all([key, other]).await?;
                     stats.acquired();
-                    for key in [key, other] {
-                        stats.enter(key, "lock", 1, &[]);
-                    }
+                    let inside = [key, other].map(|key| stats.enter(key, "lock", 1, &[]));
                     tokio::time::sleep(Duration::from_millis(1)).await;
-                    for key in [key, other] {
-                        stats.leave(key, "lock");
-                    }
+                    drop(inside);
                     guard.release().await
                 }
                 7 => {
