@@ -13,9 +13,9 @@
 //! token), with `SCRIPT LOAD` ahead of it in the same pipeline until the
 //! node has run it once, so that no call meets `NOSCRIPT` (a call sent
 //! again after `NOSCRIPT` could run after the release of a cancelled
-//! acquisition). A call the node refuses (a
-//! slot of it moved, or is moving) ran nothing, and its attempts are
-//! answered "send it alone", as are those of a cluster older than 7.0.
+//! acquisition). A call the node refuses (a slot of it moved, or is
+//! moving) ran nothing, and its attempts are answered "send it alone", as
+//! are those of a cluster older than 7.0.
 //!
 //! An attempt whose acquisition is dropped before its batch is sent is
 //! taken out of it and never sent ([`Withdraw::Unsent`]); once sent, the
