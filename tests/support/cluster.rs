@@ -333,9 +333,18 @@ impl RedisCluster {
             let lagging: Vec<u16> = (0..self.masters.len())
                 .filter(|&i| {
                     let info = self.master(i).cli(&["INFO", "replication"]);
-                    !info
+                    let online = info
                         .lines()
-                        .any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+                        .any(|l| l.starts_with("slave0:") && l.contains("state=online"));
+                    // The master counts its replica online once the snapshot
+                    // is sent; the replica may still be loading it, and a
+                    // `WAIT` sent then goes unanswered for that long (a
+                    // test's 100 ms `min_replicas` once failed so, right after
+                    // the start). So also wait for the replica's own view.
+                    let replica = self.nodes[self.masters[i].replica].cli(&["INFO", "replication"]);
+                    let synced = replica.lines().any(|l| l == "master_link_status:up")
+                        && replica.lines().any(|l| l == "master_sync_in_progress:0");
+                    !(online && synced)
                 })
                 .map(|i| self.masters[i].port)
                 .collect();
