@@ -10,19 +10,20 @@
 //! releases are (`route::gate`), and each group goes as one call of the
 //! script's cross-slot form, lone ones included (a plain `SET`'s `OK`
 //! cannot be told from another command's reply; the script echoes its
-//! token), with `SCRIPT LOAD` ahead of it in the same pipeline until the
-//! node has run it once, so that no call meets `NOSCRIPT` (a call sent
-//! again after `NOSCRIPT` could run after the release of a cancelled
-//! acquisition). A call the node refuses (a slot of it moved, or is
-//! moving) ran nothing, and its attempts are answered "send it alone", as
-//! are those of a cluster older than 7.0.
+//! token). A call the node refuses (a slot of it moved, or is moving) ran
+//! nothing, and its attempts are answered "send it alone", as are those of
+//! a cluster older than 7.0.
+//!
+//! Until a gate (the server, or a cluster node) has run the script, its
+//! calls have `SCRIPT LOAD` ahead of them in the same pipeline, so that no
+//! call meets `NOSCRIPT` (a call sent again after `NOSCRIPT` could run
+//! after the release of a cancelled acquisition).
 //!
 //! An attempt whose acquisition is dropped before its batch is sent is
 //! taken out of it and never sent ([`Withdraw::Unsent`]); once sent, the
 //! acquisition's release goes out after it on the same connection.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ use fred::clients::Client;
 use fred::interfaces::ClientLike;
 
 use crate::engine::group_commit::{Flush, GroupCommit, Withdraw};
-use crate::engine::join::{join_all, Boxed};
+use crate::engine::join::Boxed;
 use crate::policy::error::Error;
 use crate::protocol::route::{self, Group};
 use crate::protocol::scripts::{self, FirstAttempt};
@@ -39,44 +40,9 @@ use crate::protocol::scripts::{self, FirstAttempt};
 pub(crate) struct FirstAttempts {
     client: Client,
     timeout: Duration,
-    /// `set_nx.lua` is loaded: batches go as one `EVALSHA`.
-    loaded: Arc<AtomicBool>,
-    /// A load is under way (or done); cleared when one fails, so the next
-    /// batch tries again.
-    loading: Arc<AtomicBool>,
-    /// On a cluster: the nodes that have run the script's cross-slot form.
-    nodes: Arc<Mutex<HashSet<Group>>>,
-}
-
-impl FirstAttempts {
-    fn new(client: Client, timeout: Duration) -> Self {
-        FirstAttempts {
-            client,
-            timeout,
-            loaded: Arc::default(),
-            loading: Arc::default(),
-            nodes: Arc::default(),
-        }
-    }
-
-    /// Loads the script in the background (again after a load failed).
-    fn load(&self) {
-        if self.loading.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let client = self.client.clone();
-        let (timeout, loaded) = (self.timeout, Arc::clone(&self.loaded));
-        let under_way = Arc::clone(&self.loading);
-        let loading = async move {
-            let ok = scripts::load_set_nx(&client, timeout).await;
-            loaded.store(ok, Ordering::Relaxed);
-            under_way.store(ok, Ordering::Relaxed);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(loading)),
-            Err(_) => self.loading.store(false, Ordering::Relaxed),
-        }
-    }
+    /// The gates that have run `set_nx.lua` (its cross-slot form on a
+    /// cluster): their calls need no `SCRIPT LOAD` ahead.
+    loaded: Arc<Mutex<HashSet<Group>>>,
 }
 
 /// What a first attempt sent with others found: `Some(true)` when it set
@@ -88,49 +54,23 @@ impl Flush for FirstAttempts {
     type Entry = FirstAttempt;
     type Answer = Answer;
 
-    fn flush(&self, batch: Vec<FirstAttempt>) -> Boxed<'static, Vec<Answer>> {
-        let client = self.client.clone();
-        let timeout = self.timeout;
-        if client.is_clustered() {
-            return self.flush_on_node(batch);
-        }
-        if batch.len() > 1 && self.loaded.load(Ordering::Relaxed) {
+    fn flush(&self, mut batch: Vec<FirstAttempt>) -> Boxed<'static, Vec<Answer>> {
+        let (client, timeout) = (self.client.clone(), self.timeout);
+        if batch.len() == 1 && !client.is_clustered() {
+            // Alone on one server: a plain `SET NX`.
+            let a = batch.pop().expect("one attempt");
             return Box::pin(async move {
-                let sent = scripts::set_nx_many(&client, &batch, false, timeout).await;
-                answers(&batch, sent)
+                let set = scripts::set_nx_one(&client, &a.key, &a.token, a.ttl_ms, timeout).await;
+                vec![set.map(Some)]
             });
         }
-        if batch.len() > 1 {
-            self.load();
-        }
-        // One `SET NX` each, all handed to the client by the first poll.
-        let sets: Vec<Boxed<'static, Answer>> = batch
-            .into_iter()
-            .map(|a| {
-                let client = client.clone();
-                Box::pin(async move {
-                    scripts::set_nx_one(&client, &a.key, &a.token, a.ttl_ms, timeout)
-                        .await
-                        .map(Some)
-                }) as Boxed<'static, _>
-            })
-            .collect();
-        Box::pin(join_all(sets))
-    }
-}
-
-impl FirstAttempts {
-    /// A batch of one cluster node's keys: one call of the cross-slot form,
-    /// the script loaded ahead of it until the node has run it.
-    fn flush_on_node(&self, batch: Vec<FirstAttempt>) -> Boxed<'static, Vec<Answer>> {
-        let (client, timeout) = (self.client.clone(), self.timeout);
-        let node = batch.first().map(|a| route::gate(&client, &a.key));
-        let nodes = Arc::clone(&self.nodes);
-        let preload = !node.as_ref().is_some_and(|n| known(&nodes).contains(n));
+        let gate = batch.first().map(|a| route::gate(&client, &a.key));
+        let loaded = Arc::clone(&self.loaded);
+        let preload = !gate.as_ref().is_some_and(|g| known(&loaded).contains(g));
         Box::pin(async move {
             let sent = scripts::set_nx_many(&client, &batch, preload, timeout).await;
-            if let (true, Ok(_), Some(node)) = (preload, &sent, node) {
-                known(&nodes).insert(node);
+            if let (true, Ok(_), Some(gate)) = (preload, &sent, gate) {
+                known(&loaded).insert(gate);
             }
             answers(&batch, sent)
         })
@@ -166,7 +106,14 @@ pub(crate) struct FirstAttemptBatcher {
 impl FirstAttemptBatcher {
     pub(crate) fn new(client: Client, timeout: Duration) -> Self {
         FirstAttemptBatcher {
-            commit: GroupCommit::new(FirstAttempts::new(client, timeout), Withdraw::Unsent),
+            commit: GroupCommit::new(
+                FirstAttempts {
+                    client,
+                    timeout,
+                    loaded: Arc::default(),
+                },
+                Withdraw::Unsent,
+            ),
         }
     }
 
@@ -200,7 +147,7 @@ impl FirstAttemptBatcher {
     }
 }
 
-/// The nodes known to have the script (a poisoned lock is still a set).
+/// The gates known to have the script (a poisoned lock is still a set).
 fn known(nodes: &Mutex<HashSet<Group>>) -> std::sync::MutexGuard<'_, HashSet<Group>> {
     nodes.lock().unwrap_or_else(|e| e.into_inner())
 }

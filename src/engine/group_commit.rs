@@ -32,7 +32,7 @@ use std::task::Poll;
 
 use tokio::sync::oneshot;
 
-use crate::engine::join::Boxed;
+use crate::engine::join::{join_all, Boxed};
 use crate::protocol::route::Group;
 
 /// The most entries sent in one call; a gate holding more sends several.
@@ -192,7 +192,9 @@ impl<F: Flush> Shared<F> {
         match calls.len() {
             0 => None,
             1 => calls.pop(),
-            _ => Some(Box::pin(JoinAll(calls))),
+            _ => Some(Box::pin(async move {
+                join_all(calls).await;
+            })),
         }
     }
 
@@ -289,23 +291,6 @@ impl<'a> Active<'a> {
 impl Drop for Active<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Calls in flight, awaited together.
-struct JoinAll(Vec<Boxed<'static, ()>>);
-
-impl Future for JoinAll {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let calls = &mut self.get_mut().0;
-        calls.retain_mut(|call| call.as_mut().poll(cx).is_pending());
-        if calls.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
     }
 }
 

@@ -44,7 +44,8 @@ pub(crate) struct Inner {
     pub(crate) waiters: Waiters,
     /// Sends releases, grouped while one is in flight.
     pub(crate) batcher: Batcher,
-    /// Sends first attempts on one server, grouped when they arrive together.
+    /// Sends first attempts, grouped when they arrive together (per master on
+    /// a cluster).
     pub(crate) first_attempts: FirstAttemptBatcher,
     pub(crate) releases: ReleaseQueue,
     pub(crate) renewer: Renewer,

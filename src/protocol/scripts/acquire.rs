@@ -242,15 +242,6 @@ pub(crate) struct FirstAttempt {
     pub(crate) ttl_ms: u64,
 }
 
-/// Loads `set_nx.lua` on one server (bounded by `timeout`), so that
-/// batches can be sent by `EVALSHA` without a `NOSCRIPT` round.
-pub(crate) async fn load_set_nx(client: &Client, timeout: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, load(client, &SET_NX, 0)).await,
-        Ok(Ok(()))
-    )
-}
-
 /// The first attempts of several locks on one server as one call
 /// (`set_nx.lua`): per lock, what [`set_nx_one`] answers.
 ///
@@ -276,24 +267,33 @@ pub(crate) async fn set_nx_many(
         args.push(Value::from(a.token.as_str()));
         args.push(Value::from(a.ttl_ms as i64));
     }
-    let reply = if client.is_clustered() {
-        let call = (first, keys);
-        // Sent again after a reconnect, as a lone first attempt on a
-        // cluster is: a `SET NX` sent twice answers "exists" the second
-        // time, and the acquire script then finds its own token.
-        let again = false;
-        run_cross_slot(
-            client,
-            &SET_NX_CROSS_SLOT,
-            call,
-            args,
-            again,
-            preload,
-            timeout,
-        )
-        .await?
+    let clustered = client.is_clustered();
+    let send = async {
+        if clustered {
+            // Sent again after a reconnect, as a lone first attempt on a
+            // cluster is: a `SET NX` sent twice answers "exists" the second
+            // time, and the acquire script then finds its own token.
+            let once = false;
+            let call = (first, keys);
+            run_cross_slot(client, &SET_NX_CROSS_SLOT, call, args, once, timeout).await
+        } else {
+            run_once(client, &SET_NX, first, keys, args, timeout).await
+        }
+    };
+    let reply = if preload {
+        // Both handed to the client by the first poll, the load first, to
+        // the node of the call. A failed load shows as the call's own error
+        // (`NOSCRIPT`, then the load's error when it is tried again).
+        let script = if clustered {
+            &SET_NX_CROSS_SLOT
+        } else {
+            &SET_NX
+        };
+        let slot = fred::util::redis_keyslot(first.as_bytes());
+        let load = tokio::time::timeout(timeout, load(client, script, slot));
+        tokio::join!(load, send).1?
     } else {
-        run_once(client, &SET_NX, first, keys, args, timeout).await?
+        send.await?
     };
     let reply = checked(reply, echo).ok_or_else(|| mismatched(first, "set_nx"))?;
     if reply.len() != batch.len() {

@@ -200,21 +200,13 @@ pub(crate) fn refused_across_slots(error: &Error) -> bool {
 /// fred's slot table names for `first`'s slot: `keys` are passed as
 /// arguments behind `first`, the only declared key. Not redirected; with
 /// `once`, never re-sent after a reconnect either (as [`run_once`]). On
-/// `NOSCRIPT` the script is loaded on that node and sent once more. With
-/// `preload` (for a node that may not have the script yet), `SCRIPT LOAD`
-/// goes ahead of the call in the same pipeline, on the same connection:
-/// the call runs after it, so it meets no `NOSCRIPT`, and a command sent
-/// after the call (a cancelled acquisition's release) runs after it too,
-/// where a call sent again after `NOSCRIPT` could run after that command.
-/// (Not `EVAL` of the script's text: a user may have `EVALSHA` and `SCRIPT
-/// LOAD` without `EVAL`, the commands this crate needs.)
+/// `NOSCRIPT` the script is loaded on that node and sent once more.
 pub(super) async fn run_cross_slot(
     client: &Client,
     script: &Script,
     (first, keys): (&str, Vec<Value>),
     args: Vec<Value>,
     once: bool,
-    preload: bool,
     timeout: Duration,
 ) -> Result<Value, Error> {
     use fred::types::config::Options;
@@ -232,13 +224,6 @@ pub(super) async fn run_cross_slot(
     rest.extend(keys);
     rest.extend(args);
     let call = evalsha_reloading(client, &once, script, slot, rest);
-    if preload {
-        // Both handed to the client by the first poll, the load first. A
-        // failed load shows as the call's own error (`NOSCRIPT`, then the
-        // load's error when it is tried again).
-        let call = async { tokio::join!(load(client, script, slot), call).1 };
-        return bounded(client, first, timeout, call).await;
-    }
     bounded(client, first, timeout, call).await
 }
 

@@ -54,16 +54,7 @@ pub(crate) async fn extend_cross_slot(
     let keys: Vec<Value> = entries.iter().map(|e| Value::from(e.0)).collect();
     let args = extend_args(entries, true);
     let call = (first, keys);
-    let reply = run_cross_slot(
-        client,
-        &EXTEND_CROSS_SLOT,
-        call,
-        args,
-        false,
-        false,
-        timeout,
-    )
-    .await?;
+    let reply = run_cross_slot(client, &EXTEND_CROSS_SLOT, call, args, false, timeout).await?;
     parse_extended(first, entries, reply)
 }
 

@@ -54,16 +54,7 @@ async fn send(
     let (script_keys, args) = release_call(entries, pubsub);
     let reply = if across_slots {
         let call = (first, script_keys);
-        run_cross_slot(
-            client,
-            &RELEASE_CROSS_SLOT,
-            call,
-            args,
-            true,
-            false,
-            timeout,
-        )
-        .await?
+        run_cross_slot(client, &RELEASE_CROSS_SLOT, call, args, true, timeout).await?
     } else {
         run_once(client, &RELEASE, first, script_keys, args, timeout).await?
     };
